@@ -1,0 +1,37 @@
+package fleet
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Callers test them with errors.Is; the HTTP API maps each to
+// a status code and a stable error code.
+var (
+	// ErrDeviceNotFound: no device with that ID is registered.
+	ErrDeviceNotFound = errors.New("device not found")
+	// ErrFirmwareNotFound: no firmware with that ID is stored.
+	ErrFirmwareNotFound = errors.New("firmware not found")
+	// ErrUpdateNotFound: no update with that ID exists.
+	ErrUpdateNotFound = errors.New("update not found")
+	// ErrNoTargets: an update's selector matched no device that needs the firmware.
+	ErrNoTargets = errors.New("no target devices")
+	// ErrInvalidPolicy: an update's policy is out of the supported ranges.
+	ErrInvalidPolicy = errors.New("invalid policy")
+	// ErrInvalidInput: a request or flag is malformed.
+	ErrInvalidInput = errors.New("invalid input")
+	// ErrIllegalTransition: a device or update state change that the state
+	// machine does not allow.
+	ErrIllegalTransition = errors.New("illegal state transition")
+	// ErrUpdateFinished: an operation on an update that already ended.
+	ErrUpdateFinished = errors.New("update already finished")
+	// ErrDeviceBusy: a device is already a target of another active update.
+	ErrDeviceBusy = errors.New("device is in another active update")
+	// ErrClosed: the component was closed.
+	ErrClosed = errors.New("closed")
+)
+
+// Errorf wraps a sentinel with a message: errors.Is(Errorf(ErrX, ...), ErrX).
+func Errorf(sentinel error, format string, args ...any) error {
+	return fmt.Errorf("%w: %s", sentinel, fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,124 @@
+package fleet
+
+import "fmt"
+
+// DeviceState is one device's state within one update, as the orchestrator
+// tracks it. docs/PROTOCOL.md draws the machine.
+type DeviceState string
+
+// Device states. Queued and Skipped exist only on the orchestrator side; the
+// others are also the states a device reports.
+const (
+	StateQueued      DeviceState = "queued"      // selected, not yet offered
+	StateSkipped     DeviceState = "skipped"     // not updated (already on the target, ...), with a reason
+	StateOffered     DeviceState = "offered"     // offer sent, no answer yet
+	StateAccepted    DeviceState = "accepted"    // device accepted and reported its offset
+	StateRejected    DeviceState = "rejected"    // device refused the offer, with a reason
+	StateDownloading DeviceState = "downloading" // chunks flowing
+	StateDownloaded  DeviceState = "downloaded"  // device holds every byte
+	StateVerified    DeviceState = "verified"    // device checked the SHA-256
+	StateInstalling  DeviceState = "installing"  // device is writing the image
+	StateRebooting   DeviceState = "rebooting"   // device reboots into the new image
+	StateSucceeded   DeviceState = "succeeded"   // device came back running the target version
+	StateFailed      DeviceState = "failed"      // gave up, with a reason
+	StateCancelled   DeviceState = "cancelled"   // stopped by the operator
+)
+
+// AllDeviceStates lists every state in the order of the happy path.
+var AllDeviceStates = []DeviceState{
+	StateQueued, StateOffered, StateAccepted, StateDownloading, StateDownloaded,
+	StateVerified, StateInstalling, StateRebooting, StateSucceeded,
+	StateRejected, StateFailed, StateCancelled, StateSkipped,
+}
+
+// transitions is the whole state machine: from -> allowed next states.
+// A transfer may be offered again (resume after a disconnect or a restart)
+// from any state before installing; a failed device may be queued again for
+// another attempt. Once a device installs, only the boot confirmation (or its
+// absence) decides.
+var transitions = map[DeviceState][]DeviceState{
+	StateQueued:      {StateOffered, StateSkipped, StateCancelled, StateFailed},
+	StateOffered:     {StateOffered, StateAccepted, StateRejected, StateFailed, StateCancelled, StateQueued},
+	StateAccepted:    {StateOffered, StateDownloading, StateDownloaded, StateFailed, StateCancelled, StateQueued},
+	StateDownloading: {StateOffered, StateDownloaded, StateFailed, StateCancelled, StateQueued},
+	StateDownloaded:  {StateOffered, StateVerified, StateFailed, StateCancelled, StateQueued},
+	StateVerified:    {StateOffered, StateInstalling, StateFailed, StateCancelled, StateQueued},
+	StateInstalling:  {StateRebooting, StateSucceeded, StateFailed},
+	StateRebooting:   {StateSucceeded, StateFailed},
+	StateFailed:      {StateQueued},
+	StateSucceeded:   nil,
+	StateRejected:    nil,
+	StateCancelled:   nil,
+	StateSkipped:     nil,
+}
+
+// Valid reports whether s is a known state.
+func (s DeviceState) Valid() bool {
+	_, ok := transitions[s]
+	return ok
+}
+
+// Terminal reports whether s ends the device's part in an update. Failed is
+// terminal unless the device is queued again for another attempt.
+func (s DeviceState) Terminal() bool {
+	switch s {
+	case StateSucceeded, StateRejected, StateCancelled, StateSkipped, StateFailed:
+		return true
+	}
+	return false
+}
+
+// Transferring reports whether a device in s holds one of the update's
+// in-flight slots: from the offer until it starts rebooting.
+func (s DeviceState) Transferring() bool {
+	switch s {
+	case StateOffered, StateAccepted, StateDownloading, StateDownloaded, StateVerified, StateInstalling:
+		return true
+	}
+	return false
+}
+
+// CanTransition reports whether from -> to is legal.
+func CanTransition(from, to DeviceState) bool {
+	for _, s := range transitions[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+// Transition returns to when from -> to is legal, and ErrIllegalTransition
+// otherwise.
+func Transition(from, to DeviceState) (DeviceState, error) {
+	if !CanTransition(from, to) {
+		return from, fmt.Errorf("%w: %s -> %s", ErrIllegalTransition, from, to)
+	}
+	return to, nil
+}
+
+// Reason is a stable code explaining a rejection, failure, skip or cancel.
+// docs/PROTOCOL.md lists them for device authors.
+type Reason string
+
+// Reason codes. Devices send the ones marked (device); the orchestrator sets
+// the others.
+const (
+	ReasonNone              Reason = ""
+	ReasonAlreadyCurrent    Reason = "already_current"    // device already runs the target version
+	ReasonBusy              Reason = "busy"               // (device) another transfer is in progress
+	ReasonIncompatibleModel Reason = "incompatible_model" // (device) image is for another model
+	ReasonNoSpace           Reason = "insufficient_space" // (device) image does not fit
+	ReasonVersionNotNewer   Reason = "version_not_newer"  // (device) refuses to downgrade
+	ReasonBadDigest         Reason = "bad_digest"         // (device) SHA-256 mismatch
+	ReasonBadSignature      Reason = "bad_signature"      // (device) signature does not verify
+	ReasonInstallFailed     Reason = "install_failed"     // (device) writing the image failed
+	ReasonStorageError      Reason = "storage_error"      // (device) could not store a chunk
+	ReasonBootFailed        Reason = "boot_failed"        // device came back on another version
+	ReasonBadOffset         Reason = "bad_offset"         // device reported an offset past the image
+	ReasonTransferTimeout   Reason = "transfer_timeout"   // no progress for the idle timeout
+	ReasonConfirmTimeout    Reason = "confirm_timeout"    // device never came back on the target
+	ReasonTooManyAttempts   Reason = "too_many_attempts"  // attempts exhausted
+	ReasonOperator          Reason = "operator"           // cancelled by an operator
+	ReasonUnknownUpdate     Reason = "unknown_update"     // (device) cancel of an update it does not hold
+)

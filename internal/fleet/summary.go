@@ -1,0 +1,44 @@
+package fleet
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"time"
+)
+
+// NewID returns prefix + "-" + 12 random hex digits: short enough to type,
+// random enough for one orchestrator's lifetime.
+func NewID(prefix string) string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return prefix + "-" + hex.EncodeToString(b[:])
+}
+
+// UpdateSummary is an update's live state: the retained status message on
+// flota/status/updates/{id} and the body of GET /api/v1/updates/{id}.
+type UpdateSummary struct {
+	Update
+	Firmware   Firmware            `json:"firmware"`
+	Total      int                 `json:"total"`
+	Counts     map[DeviceState]int `json:"counts"`
+	InFlight   int                 `json:"in_flight"`
+	BytesSent  int64               `json:"bytes_sent"`  // chunk payload bytes published, resends included
+	BytesAcked int64               `json:"bytes_acked"` // payload bytes devices acknowledged
+	Resends    int64               `json:"resends"`     // chunks sent again after a gap or a timeout
+	RateBps    float64             `json:"rate_bps"`    // acknowledged bytes per second, recent
+	ETASeconds float64             `json:"eta_seconds,omitempty"`
+	Time       time.Time           `json:"time"`
+}
+
+// Finished counts the devices in terminal states.
+func (s UpdateSummary) Finished() int {
+	n := 0
+	for st, c := range s.Counts {
+		if st.Terminal() {
+			n += c
+		}
+	}
+	return n
+}

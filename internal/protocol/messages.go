@@ -1,0 +1,203 @@
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/flotaio/flota/internal/fleet"
+)
+
+// MaxControlSize bounds a JSON control message from a device.
+const MaxControlSize = 4096
+
+// Decoding errors. Each wraps into a *DecodeError naming the message kind.
+var (
+	ErrTooLarge   = errors.New("message too large")
+	ErrBadVersion = errors.New("unsupported protocol version")
+	ErrMissing    = errors.New("required field missing")
+	ErrBadValue   = errors.New("field has an invalid value")
+)
+
+// Hello is the device's announcement, sent on every (re)connect. Transfer
+// tells what the device holds, so that the orchestrator resumes from the
+// device's own offset or confirms the boot of a newly installed version.
+type Hello struct {
+	V        int               `json:"v"`
+	Model    string            `json:"model"`
+	Version  string            `json:"version"`
+	Tags     map[string]string `json:"tags,omitempty"`
+	Transfer *Held             `json:"transfer,omitempty"`
+}
+
+// Held is the transfer a device holds across a reconnect or a reboot.
+type Held struct {
+	Update string            `json:"update"`
+	Handle uint32            `json:"handle"`
+	Offset int64             `json:"offset"`
+	State  fleet.DeviceState `json:"state"`
+}
+
+// FirmwareInfo describes the image in an offer.
+type FirmwareInfo struct {
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	Model   string `json:"model,omitempty"`
+	Size    int64  `json:"size"`
+	SHA256  string `json:"sha256"`
+}
+
+// Offer proposes an update to a device. The device answers with a report:
+// accepted with the offset it holds (where the orchestrator starts sending),
+// or rejected with a reason.
+type Offer struct {
+	V         int          `json:"v"`
+	Update    string       `json:"update"`
+	Handle    uint32       `json:"handle"`
+	Attempt   int          `json:"attempt"`
+	Firmware  FirmwareInfo `json:"firmware"`
+	ChunkSize int          `json:"chunk_size"`
+	Window    int          `json:"window"`
+}
+
+// Report is a device's change of state in a transfer: accepted (with the
+// offset it holds), rejected, downloaded, verified, installing, rebooting,
+// failed or cancelled (with a reason).
+type Report struct {
+	V       int               `json:"v"`
+	Update  string            `json:"update"`
+	Handle  uint32            `json:"handle"`
+	State   fleet.DeviceState `json:"state"`
+	Offset  int64             `json:"offset,omitempty"`
+	Reason  fleet.Reason      `json:"reason,omitempty"`
+	Version string            `json:"version,omitempty"`
+}
+
+// Ack is a cumulative acknowledgement: the device holds every byte before
+// Offset and expects Offset next.
+type Ack struct {
+	V      int    `json:"v"`
+	Handle uint32 `json:"handle"`
+	Offset int64  `json:"offset"`
+}
+
+// Cancel tells a device to stop a transfer and discard what it downloaded.
+type Cancel struct {
+	V      int          `json:"v"`
+	Update string       `json:"update"`
+	Handle uint32       `json:"handle"`
+	Reason fleet.Reason `json:"reason"`
+}
+
+// DecodeError is a device message that could not be decoded.
+type DecodeError struct {
+	Kind string
+	Err  error
+}
+
+func (e *DecodeError) Error() string { return "decode " + e.Kind + ": " + e.Err.Error() }
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+func decode(kind string, b []byte, v any, version func() int) error {
+	if len(b) > MaxControlSize {
+		return &DecodeError{kind, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(b))}
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return &DecodeError{kind, err}
+	}
+	if got := version(); got != Version {
+		return &DecodeError{kind, fmt.Errorf("%w: %d", ErrBadVersion, got)}
+	}
+	return nil
+}
+
+func invalid(kind string, err error, format string, args ...any) error {
+	return &DecodeError{kind, fmt.Errorf("%w: %s", err, fmt.Sprintf(format, args...))}
+}
+
+// DecodeHello parses and validates a hello.
+func DecodeHello(b []byte) (Hello, error) {
+	var m Hello
+	if err := decode(KindHello, b, &m, func() int { return m.V }); err != nil {
+		return Hello{}, err
+	}
+	if m.Version == "" {
+		return Hello{}, invalid(KindHello, ErrMissing, "version")
+	}
+	if len(m.Model) > 64 || len(m.Version) > 64 || len(m.Tags) > 32 {
+		return Hello{}, invalid(KindHello, ErrBadValue, "model, version or tags too long")
+	}
+	if t := m.Transfer; t != nil {
+		if t.Update == "" || t.Offset < 0 || !t.State.Valid() {
+			return Hello{}, invalid(KindHello, ErrBadValue, "transfer")
+		}
+	}
+	return m, nil
+}
+
+// DecodeReport parses and validates a report.
+func DecodeReport(b []byte) (Report, error) {
+	var m Report
+	if err := decode(KindReport, b, &m, func() int { return m.V }); err != nil {
+		return Report{}, err
+	}
+	if m.Update == "" {
+		return Report{}, invalid(KindReport, ErrMissing, "update")
+	}
+	switch m.State {
+	case fleet.StateAccepted, fleet.StateRejected, fleet.StateDownloaded, fleet.StateVerified,
+		fleet.StateInstalling, fleet.StateRebooting, fleet.StateFailed, fleet.StateCancelled:
+	default:
+		return Report{}, invalid(KindReport, ErrBadValue, "state %q", m.State)
+	}
+	if m.Offset < 0 {
+		return Report{}, invalid(KindReport, ErrBadValue, "offset %d", m.Offset)
+	}
+	return m, nil
+}
+
+// DecodeAck parses and validates an ack.
+func DecodeAck(b []byte) (Ack, error) {
+	var m Ack
+	if err := decode(KindAck, b, &m, func() int { return m.V }); err != nil {
+		return Ack{}, err
+	}
+	if m.Offset < 0 {
+		return Ack{}, invalid(KindAck, ErrBadValue, "offset %d", m.Offset)
+	}
+	return m, nil
+}
+
+// DecodeOffer parses an offer (device side).
+func DecodeOffer(b []byte) (Offer, error) {
+	var m Offer
+	if err := decode(KindOffer, b, &m, func() int { return m.V }); err != nil {
+		return Offer{}, err
+	}
+	if m.Update == "" || m.Firmware.Size < 0 || m.ChunkSize <= 0 || m.ChunkSize > MaxChunkPayload || m.Window <= 0 {
+		return Offer{}, invalid(KindOffer, ErrBadValue, "update, size, chunk_size or window")
+	}
+	return m, nil
+}
+
+// DecodeCancel parses a cancel (device side).
+func DecodeCancel(b []byte) (Cancel, error) {
+	var m Cancel
+	if err := decode(KindCancel, b, &m, func() int { return m.V }); err != nil {
+		return Cancel{}, err
+	}
+	if m.Update == "" {
+		return Cancel{}, invalid(KindCancel, ErrMissing, "update")
+	}
+	return m, nil
+}
+
+// Encode marshals a message. Messages here always marshal.
+func Encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("protocol: encode %T: %v", v, err))
+	}
+	return b
+}
