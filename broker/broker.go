@@ -1,0 +1,395 @@
+// Package broker is flota's embedded MQTT broker: mochi-mqtt with a TCP
+// listener, a hook that authenticates client IDs and confines every client to
+// its own topics, presence tracking per connection, and the inline
+// publish/subscribe that the engine uses as its transport.
+//
+// # Topic ACL
+//
+// Every client ID must be a valid device ID (fleet.ValidDeviceID: 1 to 64 of
+// [A-Za-z0-9._-], not "inline"); a connection with another ID is refused with
+// CONNACK "identifier rejected" (an MQTT 3.1.1 client that sends an empty ID
+// with a clean session gets a valid one assigned). With {id} the connection's
+// own client ID:
+//
+//	write  flota/devices/{id}/up/<at least one more level>
+//	read   flota/devices/{id}/down    and everything below it
+//	       flota/events               and everything below it
+//	       flota/status               and everything below it
+//
+// Nothing else is allowed. mochi asks the same question for a publish (the
+// topic), a subscribe (the filter) and every delivery (the topic), so a filter
+// is judged like a topic: it is allowed only if its literal prefix lies inside
+// one read tree, which means everything it can match is readable. For device A,
+// flota/devices/A/down/#, flota/events/# and flota/status/updates/+ are allowed;
+// flota/devices/+/down/#, flota/#, #, $SYS/# and $share/... are not.
+//
+// A refused subscription gets SUBACK 0x80. A refused QoS 0 publish is dropped
+// silently; a refused QoS 1 or 2 publish disconnects an MQTT 3.1.1 client
+// (mochi's behaviour; an MQTT 5 client gets PUBACK 0x87 instead). A will
+// message is a publish too: a connection whose will topic it may not write is
+// refused at connect. The inline client (the orchestrator itself) bypasses the
+// ACL. Any valid ID may read the events and status trees, so a read-only
+// monitor is just a client that never writes; Options.Authenticator is where
+// passwords will be checked.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/flotaio/flota/internal/fleet"
+)
+
+// Defaults of Options.
+const (
+	DefaultAddr          = "127.0.0.1:1883"
+	DefaultMaxPacketSize = 128 * 1024 // a 64 KiB chunk plus its frame and topic, with room to spare
+
+	// DefaultSessionExpiry bounds how long mochi keeps the session of a
+	// disconnected client that asked for a persistent one. The protocol
+	// resumes from the device's own offset and agents resubscribe on every
+	// connect, so an old session is worth little and must not pile up.
+	DefaultSessionExpiry = 60 * 60 // seconds
+
+	listenerID = "tcp"
+)
+
+// Options configure a Broker. Zero values take the defaults above.
+type Options struct {
+	// Addr is the TCP address to listen on, e.g. "127.0.0.1:1883" or ":0".
+	Addr string
+	// Window is the largest number of chunks any update keeps in flight per
+	// device; it sizes the per-client queues. Default fleet.DefaultWindow.
+	Window int
+	// MaxPacketSize is the largest MQTT packet accepted. Default 128 KiB.
+	MaxPacketSize uint32
+	// Logger receives the broker's logs; mochi's own logs go to it at warn
+	// level and above only. Nil discards.
+	Logger *slog.Logger
+	// Authenticator, when set, is asked about every connection whose client
+	// ID is valid. Nil accepts any valid client ID.
+	Authenticator func(clientID, username string, password []byte) bool
+}
+
+// Stats are the broker's counters since it opened.
+type Stats struct {
+	Clients         int   `json:"clients"`          // connections with an established session
+	MessagesDropped int64 `json:"messages_dropped"` // deliveries dropped on a full client queue or inflight store
+	AuthRefused     int64 `json:"auth_refused"`     // connections refused
+	ACLDenied       int64 `json:"acl_denied"`       // publishes, subscriptions and deliveries denied by the ACL
+}
+
+// Broker is the embedded MQTT broker. It implements the engine's transport
+// (Publish and Subscribe) through mochi's inline client.
+type Broker struct {
+	opts Options
+	log  *slog.Logger
+	srv  *mqtt.Server
+
+	subID atomic.Int64 // last inline subscription identifier handed out
+
+	authRefused atomic.Int64
+	aclDenied   atomic.Int64
+	queueDrops  atomic.Int64 // deliveries dropped on a full outbound queue (OnPublishDropped)
+
+	onPresence func(clientID string, online bool) // set before Open, read-only after
+
+	// notifyMu serialises each presence change with its onPresence call, so
+	// that the calls reach the callback in the order the changes happened.
+	// It is taken before mu, never after.
+	notifyMu sync.Mutex
+
+	mu    sync.Mutex              // guards the fields below
+	conns map[string]*mqtt.Client // client ID -> its current connection
+	addr  string                  // bound listener address, set by Open
+	state int                     // stateNew, stateOpen or stateClosed
+
+	closeOnce sync.Once
+}
+
+const (
+	stateNew = iota
+	stateOpen
+	stateClosed
+)
+
+// New returns a broker configured by opts; Open starts it.
+func New(opts Options) *Broker {
+	if opts.Addr == "" {
+		opts.Addr = DefaultAddr
+	}
+	if opts.Window <= 0 {
+		opts.Window = fleet.DefaultWindow
+	}
+	if opts.MaxPacketSize == 0 {
+		opts.MaxPacketSize = DefaultMaxPacketSize
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	pending := writesPending(opts.Window)
+	// mochi preallocates a channel of MaximumClientWritesPending packets for
+	// every client (8192 by default: about 93 KB of RSS per idle connection)
+	// and drops a delivery when it is full, even at QoS 1. A device needs
+	// room for a window of chunks plus a few control messages; a monitor
+	// watching the event stream needs headroom for bursts of events. Four
+	// windows plus 64, and never below 256, covers both at about 2 KB a client.
+	caps.MaximumClientWritesPending = int32(pending)
+	// Unacknowledged QoS 1/2 deliveries kept per client: the same bound, so a
+	// stalled device cannot hold more than that many chunks in memory.
+	caps.MaximumInflight = uint16(pending)
+	// QoS 2 messages a client may have open towards the broker (announced to
+	// MQTT 5 clients; mochi disconnects a client that exceeds it).
+	caps.ReceiveMaximum = uint16(pending)
+	caps.MaximumPacketSize = opts.MaxPacketSize
+	// The default 24 h would delete retained status summaries after a day.
+	// In mochi 0 means no broker limit: a message expires only if its
+	// publisher set an expiry (MQTT 5), retained ones when replaced.
+	caps.MaximumMessageExpiryInterval = 0
+	caps.MaximumSessionExpiryInterval = DefaultSessionExpiry
+
+	b := &Broker{
+		opts:  opts,
+		log:   log,
+		conns: make(map[string]*mqtt.Client),
+	}
+	b.srv = mqtt.New(&mqtt.Options{
+		Capabilities:           caps,
+		InlineClient:           true,
+		SysTopicResendInterval: 10,
+		Logger:                 slog.New(minLevel{h: log.Handler(), min: slog.LevelWarn}).With("component", "mqtt"),
+	})
+	return b
+}
+
+// writesPending sizes a client's outbound queue to the window; see New.
+func writesPending(window int) int {
+	return min(max(4*window+64, 256), 65535)
+}
+
+// OnPresence sets the function called when a client's session is established
+// (online) and when that connection ends (offline). A connection taken over
+// by a new one with the same client ID reports nothing when it ends (if mochi
+// happens to finish the old connection before establishing the new session,
+// the calls are offline then online: the last call is always the truth). fn runs
+// on the connection's goroutine, one call at a time: it must not block. Call
+// it before Open.
+func (b *Broker) OnPresence(fn func(clientID string, online bool)) {
+	b.onPresence = fn
+}
+
+// Open adds the hooks and the TCP listener and starts serving. When it
+// returns, the broker is listening and Addr reports the bound address.
+func (b *Broker) Open() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case stateOpen:
+		return errors.New("broker already open")
+	case stateClosed:
+		return fmt.Errorf("open broker: %w", fleet.ErrClosed)
+	}
+
+	tcp := listeners.NewTCP(listeners.Config{ID: listenerID, Address: b.opts.Addr})
+	if err := b.start(tcp); err != nil {
+		// A failed Open leaves a broker that cannot be opened again: mochi
+		// has no way to remove a hook or listener once added.
+		b.state = stateClosed
+		_ = b.srv.Close() // closes whatever was added; mochi's Close never fails
+		return err
+	}
+	b.addr = tcp.Address()
+	b.state = stateOpen
+	b.log.Info("mqtt broker listening", "addr", b.addr, "client_queue", b.srv.Options.Capabilities.MaximumClientWritesPending)
+	return nil
+}
+
+func (b *Broker) start(tcp *listeners.TCP) error {
+	if err := b.srv.AddHook(&hook{b: b}, nil); err != nil {
+		return fmt.Errorf("add broker hook: %w", err)
+	}
+	if err := b.srv.AddListener(tcp); err != nil {
+		return fmt.Errorf("listen on %s: %w", b.opts.Addr, err)
+	}
+	if err := b.srv.Serve(); err != nil {
+		return fmt.Errorf("serve mqtt: %w", err)
+	}
+	return nil
+}
+
+// Addr returns the address the broker listens on (the bound one once open,
+// so a ":0" port is resolved).
+func (b *Broker) Addr() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.addr != "" {
+		return b.addr
+	}
+	return b.opts.Addr
+}
+
+// Close disconnects every client, stops the listener and waits for the
+// connections to end. Presence callbacks for those connections run before it
+// returns. It is idempotent.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		b.mu.Lock()
+		wasOpen := b.state == stateOpen
+		b.state = stateClosed
+		b.mu.Unlock()
+		if wasOpen {
+			_ = b.srv.Close() // always nil; it waits for every client goroutine
+			b.log.Info("mqtt broker closed")
+		}
+	})
+	return nil
+}
+
+func (b *Broker) closed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state == stateClosed
+}
+
+// Publish sends payload to every subscriber of topic, as the broker itself:
+// no ACL applies. Each client subscriber gets its own copy, so the caller may
+// reuse payload once Publish returns; inline handlers run before it returns.
+// A delivery dropped on a full client queue is not an error here (see Stats).
+func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	if b.closed() {
+		return fmt.Errorf("publish %s: %w", topic, fleet.ErrClosed)
+	}
+	if err := b.srv.Publish(topic, payload, retain, qos); err != nil {
+		return fmt.Errorf("publish %s: %w", topic, err)
+	}
+	return nil
+}
+
+// Subscribe calls handler for every message published on a topic matching
+// filter, including retained ones at once. handler runs on the publisher's
+// connection goroutine: it must hand the message off and return. The payload
+// is not reused by the broker but is shared with other inline subscribers:
+// do not modify it.
+func (b *Broker) Subscribe(filter string, handler func(topic string, payload []byte)) error {
+	if handler == nil {
+		return fmt.Errorf("subscribe %s: nil handler", filter)
+	}
+	if b.closed() {
+		return fmt.Errorf("subscribe %s: %w", filter, fleet.ErrClosed)
+	}
+	id := int(b.subID.Add(1))
+	err := b.srv.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		handler(pk.TopicName, pk.Payload)
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", filter, err)
+	}
+	return nil
+}
+
+// Online reports whether clientID has a connection with an established session.
+func (b *Broker) Online(clientID string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, ok := b.conns[clientID]
+	return ok
+}
+
+// Connected returns the number of clients online.
+func (b *Broker) Connected() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.conns)
+}
+
+// Stats returns the broker's counters.
+func (b *Broker) Stats() Stats {
+	info := b.srv.Info
+	return Stats{
+		Clients: b.Connected(),
+		// The hook counts the same queue drops as info.MessagesDropped;
+		// InflightDropped (inflight store full) reaches no hook.
+		MessagesDropped: max(b.queueDrops.Load(), atomic.LoadInt64(&info.MessagesDropped)) +
+			atomic.LoadInt64(&info.InflightDropped),
+		AuthRefused: b.authRefused.Load(),
+		ACLDenied:   b.aclDenied.Load(),
+	}
+}
+
+// sessionUp records cl as clientID's current connection and reports it online.
+func (b *Broker) sessionUp(cl *mqtt.Client) {
+	b.notifyMu.Lock()
+	defer b.notifyMu.Unlock()
+	b.mu.Lock()
+	b.conns[cl.ID] = cl
+	b.mu.Unlock()
+	b.log.Debug("client online", "client", cl.ID, "remote", cl.Net.Remote)
+	if b.onPresence != nil {
+		b.onPresence(cl.ID, true)
+	}
+}
+
+// sessionDown reports clientID offline if cl is still its current
+// connection; the end of a connection that was taken over reports nothing.
+func (b *Broker) sessionDown(cl *mqtt.Client, cause error) {
+	b.notifyMu.Lock()
+	defer b.notifyMu.Unlock()
+	b.mu.Lock()
+	current := b.conns[cl.ID] == cl
+	if current {
+		delete(b.conns, cl.ID)
+	}
+	b.mu.Unlock()
+	if !current {
+		b.log.Debug("taken-over connection ended", "client", cl.ID, "remote", cl.Net.Remote)
+		return
+	}
+	b.log.Debug("client offline", "client", cl.ID, "remote", cl.Net.Remote, "cause", cause)
+	if b.onPresence != nil {
+		b.onPresence(cl.ID, false)
+	}
+}
+
+// minLevel is a slog.Handler that passes on records at min or above only; it
+// quiets mochi, which logs every connection at info.
+type minLevel struct {
+	h   slog.Handler
+	min slog.Level
+}
+
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.h.Enabled(ctx, l)
+}
+
+// Handle passes r on, except that it demotes to debug the message-less warning
+// mochi's listener logs whenever a connection ends with an error: a device
+// that reboots or loses its network (or a refused connection, already logged
+// by the hook) is routine in a fleet, not a warning.
+func (m minLevel) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "" {
+		if !m.h.Enabled(ctx, slog.LevelDebug) {
+			return nil
+		}
+		r.Level, r.Message = slog.LevelDebug, "connection ended"
+	}
+	return m.h.Handle(ctx, r)
+}
+
+func (m minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return minLevel{h: m.h.WithAttrs(attrs), min: m.min}
+}
+
+func (m minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{h: m.h.WithGroup(name), min: m.min}
+}

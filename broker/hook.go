@@ -1,0 +1,152 @@
+package broker
+
+import (
+	"strings"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/flotaio/flota/internal/fleet"
+)
+
+// Topic trees of the ACL (see the package comment).
+const (
+	devicesPrefix = "flota/devices/"
+	upLevel       = "/up/"
+	downLevel     = "/down"
+	eventsTree    = "flota/events"
+	statusTree    = "flota/status"
+)
+
+// hook is the broker's mochi hook: connect authentication, the topic ACL,
+// presence and drop counting. mochi calls OnACLCheck for every delivery to
+// every subscriber, so it is allocation-free string comparison only.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+// ID names the hook in mochi's logs.
+func (h *hook) ID() string { return "flota" }
+
+// Provides tells mochi which events the hook handles.
+func (h *hook) Provides(event byte) bool {
+	switch event {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped:
+		return true
+	}
+	return false
+}
+
+// OnConnect refuses an invalid client ID with CONNACK "identifier rejected"
+// (0x02 in MQTT 3.1.1), which tells a firmware author more than the "not
+// authorised" that mochi sends when OnConnectAuthenticate says no, and a
+// will topic the client could not publish to itself with "not authorised".
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	code := packets.CodeSuccess
+	switch {
+	case !fleet.ValidDeviceID(cl.ID):
+		code = packets.ErrClientIdentifierNotValid
+	case pk.Connect.WillFlag && !canWrite(cl.ID, pk.Connect.WillTopic):
+		code = packets.ErrNotAuthorized
+		if cl.Properties.ProtocolVersion < 5 {
+			code = packets.ErrBadUsernameOrPassword // the one mochi maps to 3.1.1's 0x05 "not authorised"
+		}
+	default:
+		return nil
+	}
+	h.b.authRefused.Add(1)
+	h.b.log.Debug("connection refused", "client", cl.ID, "remote", cl.Net.Remote, "reason", code.Reason)
+	if err := h.b.srv.SendConnack(cl, code, false, nil); err != nil {
+		h.b.log.Debug("send connack", "client", cl.ID, "error", err)
+	}
+	return code
+}
+
+// OnConnectAuthenticate accepts a valid client ID that the Authenticator, if
+// any, accepts.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	ok := fleet.ValidDeviceID(cl.ID)
+	if ok && h.b.opts.Authenticator != nil {
+		ok = h.b.opts.Authenticator(cl.ID, string(pk.Connect.Username), pk.Connect.Password)
+	}
+	if !ok {
+		h.b.authRefused.Add(1)
+		h.b.log.Debug("authentication refused", "client", cl.ID, "remote", cl.Net.Remote)
+	}
+	return ok
+}
+
+// OnACLCheck applies the topic ACL to a publish (write), a subscription filter
+// or a delivery (read).
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if cl.Net.Inline {
+		return true
+	}
+	var ok bool
+	if write {
+		ok = canWrite(cl.ID, topic)
+	} else {
+		ok = canRead(cl.ID, topic)
+	}
+	if !ok {
+		h.b.aclDenied.Add(1)
+		h.b.log.Debug("acl denied", "client", cl.ID, "topic", topic, "write", write)
+	}
+	return ok
+}
+
+// OnSessionEstablished reports the client online.
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	h.b.sessionUp(cl)
+}
+
+// OnDisconnect reports the client offline unless its connection was taken over.
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	h.b.sessionDown(cl, err)
+}
+
+// OnPublishDropped counts a delivery dropped on a full client queue.
+func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.b.queueDrops.Add(1)
+	h.b.log.Debug("delivery dropped: client queue full", "client", cl.ID, "topic", pk.TopicName)
+}
+
+// canWrite reports whether client id may publish to topic: only
+// flota/devices/{id}/up/ followed by at least one character, without
+// wildcards.
+func canWrite(id, topic string) bool {
+	rest, ok := strings.CutPrefix(topic, devicesPrefix)
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutPrefix(rest, id)
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutPrefix(rest, upLevel)
+	return ok && rest != "" && !strings.ContainsAny(rest, "+#")
+}
+
+// canRead reports whether client id may receive topic, or subscribe to it as
+// a filter: it must be one of the read trees or lie below one. Because the
+// trees are literal and the comparison stops at a level boundary, a filter
+// passes only if everything it matches passes.
+func canRead(id, topic string) bool {
+	if inTree(topic, eventsTree) || inTree(topic, statusTree) {
+		return true
+	}
+	rest, ok := strings.CutPrefix(topic, devicesPrefix)
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutPrefix(rest, id)
+	return ok && inTree(rest, downLevel)
+}
+
+// inTree reports whether topic is tree or lies below it.
+func inTree(topic, tree string) bool {
+	rest, ok := strings.CutPrefix(topic, tree)
+	return ok && (rest == "" || rest[0] == '/')
+}
