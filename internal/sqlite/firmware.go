@@ -1,0 +1,215 @@
+package sqlite
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/flotaio/flota/internal/fleet"
+)
+
+// tempPrefix names partial uploads in the firmware directory; Open removes
+// the ones a crash left behind.
+const tempPrefix = ".upload-"
+
+// AddFirmware stores the image read from r and a firmware row describing it.
+// The image is streamed to a temporary file while its SHA-256 and size are
+// computed, then renamed to DataDir/firmware/<sha256>; when an image with the
+// same bytes is already stored the copy is dropped, so every image is stored
+// once. meta's Name (default "firmware"), Version (required) and Model are
+// kept; ID, Size, SHA256 and CreatedAt are set here.
+func (s *Store) AddFirmware(ctx context.Context, meta fleet.Firmware, r io.Reader) (fleet.Firmware, error) {
+	if strings.TrimSpace(meta.Version) == "" {
+		return fleet.Firmware{}, fleet.Errorf(fleet.ErrInvalidInput, "firmware version is required")
+	}
+	if _, err := s.db(); err != nil {
+		return fleet.Firmware{}, err
+	}
+	if meta.Name == "" {
+		meta.Name = "firmware"
+	}
+	sum, size, err := s.storeBlob(ctx, r)
+	if err != nil {
+		return fleet.Firmware{}, fmt.Errorf("add firmware: %w", err)
+	}
+	fw := fleet.Firmware{
+		ID:        fleet.NewID("fw"),
+		Name:      meta.Name,
+		Version:   meta.Version,
+		Model:     meta.Model,
+		Size:      size,
+		SHA256:    sum,
+		CreatedAt: time.Now().UTC(),
+	}
+	err = s.doSync(ctx, func() error {
+		_, err := s.writer.ExecContext(ctx, sqlInsertFirmware, fw.ID, fw.Name, fw.Version, fw.Model,
+			fw.Size, fw.SHA256, fmtTime(fw.CreatedAt))
+		if err == nil {
+			s.stats.transactions.Add(1)
+			s.stats.rows.Add(1)
+		}
+		return err
+	})
+	if err != nil {
+		return fleet.Firmware{}, fmt.Errorf("add firmware: %w", err)
+	}
+	return fw, nil
+}
+
+// storeBlob copies r into the firmware directory under its SHA-256 and
+// returns the hex digest and the size.
+func (s *Store) storeBlob(ctx context.Context, r io.Reader) (sum string, size int64, err error) {
+	f, err := os.CreateTemp(filepath.Join(s.DataDir, FirmwareDir), tempPrefix+"*")
+	if err != nil {
+		return "", 0, err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close() //nolint:errcheck // already failing
+			os.Remove(tmp)
+		}
+	}()
+	h := sha256.New()
+	size, err = io.Copy(io.MultiWriter(f, h), ctxReader{ctx: ctx, r: r})
+	if err != nil {
+		return "", 0, fmt.Errorf("copy image: %w", err)
+	}
+	if err = f.Chmod(0o644); err != nil {
+		return "", 0, err
+	}
+	if err = f.Sync(); err != nil {
+		return "", 0, err
+	}
+	if err = f.Close(); err != nil {
+		return "", 0, err
+	}
+	sum = hex.EncodeToString(h.Sum(nil))
+	final := s.FirmwarePath(sum)
+	switch _, statErr := os.Stat(final); {
+	case statErr == nil:
+		// Same bytes already stored: keep that file.
+		if err = os.Remove(tmp); err != nil {
+			return "", 0, err
+		}
+	case errors.Is(statErr, fs.ErrNotExist):
+		if err = os.Rename(tmp, final); err != nil {
+			return "", 0, err
+		}
+	default:
+		err = statErr
+		return "", 0, err
+	}
+	return sum, size, nil
+}
+
+// removeStaleUploads deletes partial uploads left by a crash.
+func (s *Store) removeStaleUploads() error {
+	dir := filepath.Join(s.DataDir, FirmwareDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), tempPrefix) {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ctxReader stops a copy when ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+const firmwareCols = `id, name, version, model, size, sha256, created_at`
+
+func scanFirmware(sc interface{ Scan(...any) error }) (fleet.Firmware, error) {
+	var fw fleet.Firmware
+	var created string
+	if err := sc.Scan(&fw.ID, &fw.Name, &fw.Version, &fw.Model, &fw.Size, &fw.SHA256, &created); err != nil {
+		return fleet.Firmware{}, err
+	}
+	var err error
+	if fw.CreatedAt, err = parseTime(created); err != nil {
+		return fleet.Firmware{}, err
+	}
+	return fw, nil
+}
+
+// Firmware returns the firmware with that ID, or fleet.ErrFirmwareNotFound.
+func (s *Store) Firmware(ctx context.Context, id string) (fleet.Firmware, error) {
+	db, err := s.db()
+	if err != nil {
+		return fleet.Firmware{}, err
+	}
+	fw, err := scanFirmware(db.QueryRowContext(ctx, `SELECT `+firmwareCols+` FROM firmware WHERE id = ?`, id))
+	if err != nil {
+		return fleet.Firmware{}, fmt.Errorf("firmware %s: %w", id, notFound(err, fleet.ErrFirmwareNotFound, id))
+	}
+	return fw, nil
+}
+
+// ListFirmware returns every firmware, newest first.
+func (s *Store) ListFirmware(ctx context.Context) ([]fleet.Firmware, error) {
+	db, err := s.db()
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.QueryContext(ctx, `SELECT `+firmwareCols+` FROM firmware ORDER BY created_at DESC, id`)
+	if err != nil {
+		return nil, fmt.Errorf("list firmware: %w", err)
+	}
+	return collect(rows, scanFirmware, "list firmware")
+}
+
+// OpenFirmware opens the image of the firmware with that ID for reading (the
+// caller closes it), or returns fleet.ErrFirmwareNotFound.
+func (s *Store) OpenFirmware(ctx context.Context, id string) (*os.File, fleet.Firmware, error) {
+	fw, err := s.Firmware(ctx, id)
+	if err != nil {
+		return nil, fleet.Firmware{}, err
+	}
+	f, err := os.Open(s.FirmwarePath(fw.SHA256))
+	if err != nil {
+		return nil, fleet.Firmware{}, fmt.Errorf("open firmware %s image: %w", id, err)
+	}
+	return f, fw, nil
+}
+
+// collect scans every row with scan and closes rows.
+func collect[T any](rows *sql.Rows, scan func(interface{ Scan(...any) error }) (T, error), what string) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,533 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/flotaio/flota/internal/fleet"
+)
+
+// writeOp is one entry of the write queue. Batched operations implement
+// batchOp; synchronous ones are *syncOp.
+type writeOp interface{ isWriteOp() }
+
+// batchOp is an asynchronous write, committed with others in one transaction.
+type batchOp interface {
+	writeOp
+	exec(ctx context.Context, tx *batchTx) error
+	// attrs describe the operation in a log line when it fails.
+	attrs() []any
+}
+
+// syncOp runs alone on the writer goroutine, after the pending batch is
+// committed, and replies with its result.
+//
+// claim settles the race between the writer starting the op and the caller
+// giving up: whoever moves it from syncPending first wins. An op the caller
+// abandoned is never run; an op the writer claimed always has its result
+// received, so Flush never clears an error nobody reads.
+type syncOp struct {
+	run   func() error
+	reply chan error // buffered: the writer never blocks on it
+	claim atomic.Int32
+}
+
+// States of syncOp.claim.
+const (
+	syncPending int32 = iota
+	syncStarted
+	syncAbandoned
+)
+
+func (*syncOp) isWriteOp() {}
+
+// Statement texts of the batched operations.
+const (
+	sqlUpsertDevice = `INSERT INTO devices (id, model, version, tags, first_seen, last_seen, online)
+		VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT(id) DO UPDATE SET model = excluded.model, version = excluded.version,
+			tags = excluded.tags, last_seen = excluded.last_seen, online = excluded.online`
+	sqlSetOnline = `UPDATE devices SET online = ?, last_seen = ? WHERE id = ?`
+
+	sqlUpsertProgress = `INSERT INTO progress (update_id, device_id, state, offset, attempts, reason, handle,
+			started_at, finished_at, updated_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT(update_id, device_id) DO UPDATE SET state = excluded.state, offset = excluded.offset,
+			attempts = excluded.attempts, reason = excluded.reason, handle = excluded.handle,
+			started_at = excluded.started_at, finished_at = excluded.finished_at,
+			updated_at = excluded.updated_at`
+	sqlInsertEvent = `INSERT INTO events (seq, time, type, update_id, device_id, from_state, state, reason,
+			offset, attempt)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	// Parameters: state, started_at candidate (NULL unless entering running),
+	// finished_at candidate (NULL unless terminal), id.
+	sqlSetUpdateState = `UPDATE updates SET state = ?1,
+			started_at = COALESCE(started_at, ?2),
+			finished_at = COALESCE(finished_at, ?3)
+		WHERE id = ?4`
+	sqlInsertUpdate = `INSERT INTO updates (id, firmware_id, selector, policy, state, created_at,
+			started_at, finished_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+	sqlInsertFirmware = `INSERT INTO firmware (id, name, version, model, size, sha256, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?)`
+)
+
+// writeStmts are the batched statements, prepared once on the writer
+// connection.
+type writeStmts struct {
+	upsertDevice, setOnline, upsertProgress, insertEvent, setUpdateState *sql.Stmt
+}
+
+func prepareWriteStmts(db *sql.DB) (*writeStmts, error) {
+	ws := &writeStmts{}
+	for _, p := range []struct {
+		dst **sql.Stmt
+		sql string
+	}{
+		{&ws.upsertDevice, sqlUpsertDevice},
+		{&ws.setOnline, sqlSetOnline},
+		{&ws.upsertProgress, sqlUpsertProgress},
+		{&ws.insertEvent, sqlInsertEvent},
+		{&ws.setUpdateState, sqlSetUpdateState},
+	} {
+		st, err := db.Prepare(p.sql)
+		if err != nil {
+			ws.close()
+			return nil, fmt.Errorf("prepare: %w", err)
+		}
+		*p.dst = st
+	}
+	return ws, nil
+}
+
+func (ws *writeStmts) close() []error {
+	var errs []error
+	for _, st := range []*sql.Stmt{ws.upsertDevice, ws.setOnline, ws.upsertProgress, ws.insertEvent, ws.setUpdateState} {
+		if st != nil {
+			if err := st.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errs
+}
+
+// batchTx is one batch's transaction with its statements bound to it on first
+// use.
+type batchTx struct {
+	tx    *sql.Tx
+	stmts *writeStmts
+	bound map[*sql.Stmt]*sql.Stmt
+}
+
+func (b *batchTx) stmt(ctx context.Context, st *sql.Stmt) *sql.Stmt {
+	if s, ok := b.bound[st]; ok {
+		return s
+	}
+	s := b.tx.StmtContext(ctx, st)
+	b.bound[st] = s
+	return s
+}
+
+// run is the writer goroutine: it owns s.writer and s.werr.
+func (s *Store) run() {
+	defer s.wg.Done()
+	batch := make([]batchOp, 0, s.BatchSize)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	armed := false
+	flush := func() {
+		if armed {
+			timer.Stop()
+			armed = false
+		}
+		if len(batch) == 0 {
+			return
+		}
+		s.commitBatch(batch)
+		clear(batch)
+		batch = batch[:0]
+	}
+	for {
+		select {
+		case o, ok := <-s.ops:
+			if !ok {
+				flush()
+				return
+			}
+			switch o := o.(type) {
+			case *syncOp:
+				flush()
+				if o.claim.CompareAndSwap(syncPending, syncStarted) {
+					o.reply <- o.run()
+				}
+			case batchOp:
+				batch = append(batch, o)
+				if len(batch) >= s.BatchSize {
+					flush()
+				} else if !armed {
+					timer.Reset(s.FlushInterval)
+					armed = true
+				}
+			}
+		case <-timer.C:
+			armed = false
+			flush()
+		}
+	}
+}
+
+// commitBatch commits ops in one transaction. When that fails it applies them
+// one per transaction, so that one bad operation is dropped (and logged)
+// without losing the others.
+func (s *Store) commitBatch(ops []batchOp) {
+	err := s.execTx(ops)
+	if err == nil {
+		s.stats.transactions.Add(1)
+		s.stats.rows.Add(int64(len(ops)))
+		s.stats.lastBatch.Store(int64(len(ops)))
+		return
+	}
+	if len(ops) > 1 {
+		s.Logger.Warn("store batch failed, retrying one by one", "ops", len(ops), "err", err)
+	}
+	var ok int64
+	for _, o := range ops {
+		if err := s.execTx([]batchOp{o}); err != nil {
+			s.stats.dropped.Add(1)
+			s.Logger.Error("store write dropped", append(o.attrs(), "err", err)...)
+			if s.werr == nil {
+				s.werr = err
+			}
+			continue
+		}
+		ok++
+		s.stats.transactions.Add(1)
+	}
+	s.stats.rows.Add(ok)
+	s.stats.lastBatch.Store(1)
+}
+
+// execTx runs ops in one transaction on the writer connection.
+func (s *Store) execTx(ops []batchOp) error {
+	ctx := context.Background()
+	tx, err := s.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	b := &batchTx{tx: tx, stmts: s.stmts, bound: make(map[*sql.Stmt]*sql.Stmt, 5)}
+	for _, o := range ops {
+		if err := o.exec(ctx, b); err != nil {
+			return errors.Join(err, rollback(tx))
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+func rollback(tx *sql.Tx) error {
+	if err := tx.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
+		return fmt.Errorf("rollback: %w", err)
+	}
+	return nil
+}
+
+// doSync queues run behind every earlier write and waits for its result.
+// When ctx ends before the writer starts run, run is skipped and ctx's error
+// returned; once started, run's own result is returned (run should honour
+// ctx itself).
+func (s *Store) doSync(ctx context.Context, run func() error) error {
+	o := &syncOp{run: run, reply: make(chan error, 1)}
+	if err := s.enqueue(ctx, o); err != nil {
+		return err
+	}
+	select {
+	case err := <-o.reply:
+		return err
+	case <-ctx.Done():
+		if o.claim.CompareAndSwap(syncPending, syncAbandoned) {
+			return ctx.Err()
+		}
+		return <-o.reply
+	}
+}
+
+// Flush returns when every write queued before it is committed. It returns
+// the first write error since the previous Flush (the failed operation was
+// dropped and logged), or ctx's error.
+func (s *Store) Flush(ctx context.Context) error {
+	return s.doSync(ctx, func() error {
+		err := s.werr
+		s.werr = nil
+		if err != nil {
+			return fmt.Errorf("store write: %w", err)
+		}
+		return nil
+	})
+}
+
+// --- asynchronous writes ---
+
+type saveDeviceOp struct{ d fleet.Device }
+
+func (*saveDeviceOp) isWriteOp() {}
+func (o *saveDeviceOp) attrs() []any {
+	return []any{"op", "save_device", "device", o.d.ID}
+}
+func (o *saveDeviceOp) exec(ctx context.Context, b *batchTx) error {
+	d := o.d
+	tags, err := marshalTags(d.Tags)
+	if err != nil {
+		return err
+	}
+	last := d.LastSeen
+	if last.IsZero() {
+		last = time.Now()
+	}
+	first := d.FirstSeen
+	if first.IsZero() {
+		first = last
+	}
+	_, err = b.stmt(ctx, b.stmts.upsertDevice).ExecContext(ctx,
+		d.ID, d.Model, d.Version, tags, fmtTime(first), fmtTime(last), d.Online)
+	if err != nil {
+		return fmt.Errorf("save device %s: %w", d.ID, err)
+	}
+	return nil
+}
+
+// SaveDevice queues an insert or update of d. An existing row keeps its
+// first_seen; a zero LastSeen means now.
+func (s *Store) SaveDevice(d fleet.Device) error {
+	if d.ID == "" {
+		return fleet.Errorf(fleet.ErrInvalidInput, "device without ID")
+	}
+	return s.enqueue(context.Background(), &saveDeviceOp{d: d})
+}
+
+type setOnlineOp struct {
+	id     string
+	online bool
+	at     time.Time
+}
+
+func (*setOnlineOp) isWriteOp() {}
+func (o *setOnlineOp) attrs() []any {
+	return []any{"op", "set_device_online", "device", o.id, "online", o.online}
+}
+func (o *setOnlineOp) exec(ctx context.Context, b *batchTx) error {
+	if _, err := b.stmt(ctx, b.stmts.setOnline).ExecContext(ctx, o.online, fmtTime(o.at), o.id); err != nil {
+		return fmt.Errorf("set device %s online: %w", o.id, err)
+	}
+	return nil
+}
+
+// SetDeviceOnline queues a change of a registered device's presence and sets
+// its last_seen to at. An unknown device is left alone: devices are
+// registered by SaveDevice.
+func (s *Store) SetDeviceOnline(id string, online bool, at time.Time) error {
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return s.enqueue(context.Background(), &setOnlineOp{id: id, online: online, at: at})
+}
+
+type saveProgressOp struct {
+	p      fleet.Progress
+	handle uint32
+}
+
+func (*saveProgressOp) isWriteOp() {}
+func (o *saveProgressOp) attrs() []any {
+	return []any{"op", "save_progress", "update", o.p.UpdateID, "device", o.p.DeviceID, "state", o.p.State}
+}
+func (o *saveProgressOp) exec(ctx context.Context, b *batchTx) error {
+	if err := execProgress(ctx, b.stmt(ctx, b.stmts.upsertProgress), o.p, o.handle); err != nil {
+		return fmt.Errorf("save progress %s/%s: %w", o.p.UpdateID, o.p.DeviceID, err)
+	}
+	return nil
+}
+
+// execProgress runs st, prepared from sqlUpsertProgress, for p.
+func execProgress(ctx context.Context, st *sql.Stmt, p fleet.Progress, handle uint32) error {
+	updated := p.UpdatedAt
+	if updated.IsZero() {
+		updated = time.Now()
+	}
+	_, err := st.ExecContext(ctx, p.UpdateID, p.DeviceID, string(p.State), p.Offset, p.Attempts,
+		string(p.Reason), int64(handle), fmtTimePtr(p.StartedAt), fmtTimePtr(p.FinishedAt), fmtTime(updated))
+	return err
+}
+
+// SaveProgress queues an insert or update of one device's progress row, with
+// the transfer handle the engine needs to resume after a restart.
+func (s *Store) SaveProgress(p fleet.Progress, handle uint32) error {
+	return s.enqueue(context.Background(), &saveProgressOp{p: p, handle: handle})
+}
+
+type appendEventOp struct{ e fleet.Event }
+
+func (*appendEventOp) isWriteOp() {}
+func (o *appendEventOp) attrs() []any {
+	return []any{"op", "append_event", "seq", o.e.Seq, "type", o.e.Type}
+}
+func (o *appendEventOp) exec(ctx context.Context, b *batchTx) error {
+	e := o.e
+	_, err := b.stmt(ctx, b.stmts.insertEvent).ExecContext(ctx, e.Seq, fmtTime(e.Time), e.Type, e.UpdateID,
+		e.DeviceID, e.From, e.State, string(e.Reason), e.Offset, e.Attempt)
+	if err != nil {
+		return fmt.Errorf("append event %d: %w", e.Seq, err)
+	}
+	return nil
+}
+
+// AppendEvent queues e for the event log. e.Seq is the caller's, and must
+// grow; a duplicate is dropped and reported by the next Flush. A zero Time
+// means now.
+func (s *Store) AppendEvent(e fleet.Event) error {
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	return s.enqueue(context.Background(), &appendEventOp{e: e})
+}
+
+type setUpdateStateOp struct {
+	id    string
+	state fleet.UpdateState
+	at    time.Time
+}
+
+func (*setUpdateStateOp) isWriteOp() {}
+func (o *setUpdateStateOp) attrs() []any {
+	return []any{"op", "set_update_state", "update", o.id, "state", o.state}
+}
+func (o *setUpdateStateOp) exec(ctx context.Context, b *batchTx) error {
+	var started, finished any
+	if o.state == fleet.UpdateRunning {
+		started = fmtTime(o.at)
+	}
+	if o.state.Terminal() {
+		finished = fmtTime(o.at)
+	}
+	_, err := b.stmt(ctx, b.stmts.setUpdateState).ExecContext(ctx, string(o.state), started, finished, o.id)
+	if err != nil {
+		return fmt.Errorf("set update %s state: %w", o.id, err)
+	}
+	return nil
+}
+
+// SetUpdateState queues a change of an update's state. Entering running sets
+// started_at if it is not set yet; a terminal state sets finished_at.
+func (s *Store) SetUpdateState(id string, state fleet.UpdateState, at time.Time) error {
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return s.enqueue(context.Background(), &setUpdateStateOp{id: id, state: state, at: at})
+}
+
+// Counters are an update's transfer totals.
+type Counters struct {
+	BytesSent  int64 `json:"bytes_sent"`
+	BytesAcked int64 `json:"bytes_acked"`
+	Resends    int64 `json:"resends"`
+}
+
+type saveCountersOp struct {
+	id string
+	c  Counters
+}
+
+func (*saveCountersOp) isWriteOp() {}
+func (o *saveCountersOp) attrs() []any {
+	return []any{"op", "save_update_counters", "update", o.id}
+}
+func (o *saveCountersOp) exec(ctx context.Context, b *batchTx) error {
+	_, err := b.tx.ExecContext(ctx, `UPDATE updates SET bytes_sent = ?, bytes_acked = ?, resends = ? WHERE id = ?`,
+		o.c.BytesSent, o.c.BytesAcked, o.c.Resends, o.id)
+	if err != nil {
+		return fmt.Errorf("save update %s counters: %w", o.id, err)
+	}
+	return nil
+}
+
+// SaveUpdateCounters queues an update's transfer totals.
+func (s *Store) SaveUpdateCounters(id string, c Counters) error {
+	return s.enqueue(context.Background(), &saveCountersOp{id: id, c: c})
+}
+
+// --- synchronous writes ---
+
+// CreateUpdate stores u and one progress row per target in one transaction,
+// after every write queued before it. A zero CreatedAt means now; a target's
+// zero UpdatedAt means u.CreatedAt. It returns fleet.ErrFirmwareNotFound when
+// u.FirmwareID is unknown. When ctx ends before the commit, nothing is
+// stored and an error is returned.
+func (s *Store) CreateUpdate(ctx context.Context, u fleet.Update, targets []fleet.Progress) error {
+	if u.ID == "" || u.FirmwareID == "" {
+		return fleet.Errorf(fleet.ErrInvalidInput, "update needs an ID and a firmware")
+	}
+	if u.CreatedAt.IsZero() {
+		u.CreatedAt = time.Now()
+	}
+	sel, err := json.Marshal(u.Selector)
+	if err != nil {
+		return fmt.Errorf("create update: %w", err)
+	}
+	pol, err := json.Marshal(u.Policy)
+	if err != nil {
+		return fmt.Errorf("create update: %w", err)
+	}
+	err = s.doSync(ctx, func() error {
+		tx, err := s.writer.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer rollback(tx) //nolint:errcheck // no-op after Commit
+		var one int
+		if err := tx.QueryRowContext(ctx, `SELECT 1 FROM firmware WHERE id = ?`, u.FirmwareID).Scan(&one); err != nil {
+			return notFound(err, fleet.ErrFirmwareNotFound, u.FirmwareID)
+		}
+		if _, err := tx.ExecContext(ctx, sqlInsertUpdate, u.ID, u.FirmwareID, string(sel), string(pol),
+			string(u.State), fmtTime(u.CreatedAt), fmtTimePtr(u.StartedAt), fmtTimePtr(u.FinishedAt)); err != nil {
+			return err
+		}
+		st := tx.StmtContext(ctx, s.stmts.upsertProgress)
+		for _, p := range targets {
+			p.UpdateID = u.ID
+			if p.UpdatedAt.IsZero() {
+				p.UpdatedAt = u.CreatedAt
+			}
+			if err := execProgress(ctx, st, p, 0); err != nil {
+				return fmt.Errorf("target %s: %w", p.DeviceID, err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+		s.stats.transactions.Add(1)
+		s.stats.rows.Add(int64(1 + len(targets)))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("create update %s: %w", u.ID, err)
+	}
+	return nil
+}
+
+func marshalTags(tags map[string]string) (string, error) {
+	if len(tags) == 0 {
+		return "{}", nil
+	}
+	b, err := json.Marshal(tags)
+	if err != nil {
+		return "", fmt.Errorf("marshal tags: %w", err)
+	}
+	return string(b), nil
+}
