@@ -1,0 +1,391 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flotaio/flota/internal/agent"
+	"github.com/flotaio/flota/internal/fleet"
+)
+
+// closeParallelism bounds how many agents disconnect at once at exit.
+const closeParallelism = 256
+
+// pollInterval is how often the exit condition and progress are checked.
+const pollInterval = 100 * time.Millisecond
+
+// usageError is a bad command line: main exits with status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+// options are the command-line flags.
+type options struct {
+	broker          string
+	devices         int
+	idPrefix        string
+	model           string
+	version         string
+	tags            map[string]string
+	rebootDelay     time.Duration
+	installDelay    time.Duration
+	faults          agent.Faults
+	seed            uint64
+	connectRate     int
+	summaryFile     string
+	exitWhenUpdated string
+	duration        time.Duration
+	username        string
+	password        string
+	logLevel        slog.Level
+}
+
+func newFlagSet(o *options, tags *string) *flag.FlagSet {
+	fs := flag.NewFlagSet("devicesim", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned; main prints them with the usage
+	fs.StringVar(&o.broker, "broker", "tcp://127.0.0.1:1883", "MQTT broker URL")
+	fs.IntVar(&o.devices, "devices", 10, "number of simulated devices")
+	fs.StringVar(&o.idPrefix, "id-prefix", "sim-", "device ID prefix; IDs are the prefix and a 5-digit number from 00001")
+	fs.StringVar(&o.model, "model", "sim-a", "device model")
+	fs.StringVar(&o.version, "version", "1.0.0", "firmware version the devices run at start")
+	fs.StringVar(tags, "tags", "", "device tags, k=v,k2=v2")
+	fs.DurationVar(&o.rebootDelay, "reboot-delay", agent.DefaultRebootDelay, "time a device is off while rebooting")
+	fs.DurationVar(&o.installDelay, "install-delay", 0, "simulated install time")
+	fs.Float64Var(&o.faults.DropChunks, "drop-chunks", 0, "probability (0..1) that a device ignores a chunk")
+	fs.Float64Var(&o.faults.FailInstall, "fail-install", 0, "probability (0..1) that an install fails")
+	fs.Float64Var(&o.faults.Disconnect, "disconnect", 0, "probability (0..1) that a device disconnects once mid-transfer")
+	fs.Uint64Var(&o.seed, "seed", 0, "seed of the fault injection (0: random)")
+	fs.IntVar(&o.connectRate, "connect-rate", 500, "connections opened per second at start")
+	fs.StringVar(&o.summaryFile, "summary", "", "write the summary as JSON to this file")
+	fs.StringVar(&o.exitWhenUpdated, "exit-when-updated", "", "exit once every device runs this version or reported a failure or rejection")
+	fs.DurationVar(&o.duration, "duration", 0, "exit after this long (0: no limit)")
+	fs.StringVar(&o.username, "username", "", "MQTT username")
+	fs.StringVar(&o.password, "password", "", "MQTT password")
+	fs.TextVar(&o.logLevel, "log-level", slog.LevelWarn, "log level: debug, info, warn, error")
+	return fs
+}
+
+func usage() string {
+	var o options
+	var tags string
+	fs := newFlagSet(&o, &tags)
+	var b bytes.Buffer
+	b.WriteString("usage: devicesim [flags]\n")
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	return b.String()
+}
+
+// parseFlags parses and validates the command line.
+func parseFlags(args []string) (options, error) {
+	var o options
+	var tags string
+	fs := newFlagSet(&o, &tags)
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return o, err
+		}
+		return o, usagef("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return o, usagef("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	u, err := url.Parse(o.broker)
+	if err != nil || u.Scheme == "" || u.Host == "" {
+		return o, usagef("--broker %q: want a URL such as tcp://127.0.0.1:1883", o.broker)
+	}
+	if o.devices < 1 {
+		return o, usagef("--devices must be at least 1, got %d", o.devices)
+	}
+	if o.devices > 99999 {
+		return o, usagef("--devices must be at most 99999, got %d", o.devices)
+	}
+	if id := deviceID(o.idPrefix, 1); !fleet.ValidDeviceID(id) || len(deviceID(o.idPrefix, o.devices)) > 64 {
+		return o, usagef("--id-prefix %q: device IDs must match [A-Za-z0-9._-]{1,64}", o.idPrefix)
+	}
+	if o.version == "" {
+		return o, usagef("--version must not be empty")
+	}
+	for _, p := range []struct {
+		name string
+		v    float64
+	}{{"drop-chunks", o.faults.DropChunks}, {"fail-install", o.faults.FailInstall}, {"disconnect", o.faults.Disconnect}} {
+		if !(p.v >= 0 && p.v <= 1) {
+			return o, usagef("--%s must be a probability in 0..1, got %v", p.name, p.v)
+		}
+	}
+	if o.connectRate < 1 {
+		return o, usagef("--connect-rate must be at least 1, got %d", o.connectRate)
+	}
+	if o.rebootDelay < 0 || o.installDelay < 0 || o.duration < 0 {
+		return o, usagef("--reboot-delay, --install-delay and --duration must not be negative")
+	}
+	if o.tags, err = fleet.ParseTags(tags); err != nil {
+		return o, usagef("--tags: %v", err)
+	}
+	return o, nil
+}
+
+func deviceID(prefix string, n int) string { return fmt.Sprintf("%s%05d", prefix, n) }
+
+// run is the whole program: parse flags, start the fleet, wait for the end
+// (ctx, --duration or --exit-when-updated), print the summary.
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	o, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
+
+	seed := o.seed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	rebootDelay := max(o.rebootDelay, time.Millisecond) // the agent reads zero as its default
+	agents := make([]*agent.Agent, o.devices)
+	for i := range agents {
+		agents[i] = agent.New(agent.Config{
+			Broker: o.broker, ID: deviceID(o.idPrefix, i+1), Model: o.model, Version: o.version, Tags: o.tags,
+			RebootDelay: rebootDelay, InstallDelay: o.installDelay, Faults: o.faults,
+			Seed: seed + uint64(i) + 1, Logger: log, Username: o.username, Password: o.password,
+		})
+	}
+
+	started := time.Now()
+	startCtx, stopStarting := context.WithCancel(ctx)
+	var wg sync.WaitGroup // the starter and every Start call
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		startAll(startCtx, agents, o.connectRate, log, &wg)
+	}()
+
+	waitForEnd(ctx, o, agents, log)
+	sum := summarize(o, agents, time.Since(started))
+	stopStarting()
+	wg.Wait()
+	closeAll(agents, log)
+
+	writeText(stdout, sum)
+	if o.summaryFile != "" {
+		b, err := json.MarshalIndent(sum, "", "  ")
+		if err != nil {
+			return fmt.Errorf("encode summary: %w", err)
+		}
+		if err := os.WriteFile(o.summaryFile, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write summary: %w", err)
+		}
+	}
+	return nil
+}
+
+// startAll starts the agents at rate per second. Each Start runs in its own
+// goroutine (tracked by wg) because it waits for the connection.
+func startAll(ctx context.Context, agents []*agent.Agent, rate int, log *slog.Logger, wg *sync.WaitGroup) {
+	interval := time.Second / time.Duration(rate)
+	begin := time.Now()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for i, a := range agents {
+		if wait := time.Until(begin.Add(time.Duration(i) * interval)); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+			}
+		} else if ctx.Err() != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.Start(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("device not connected yet; retrying in the background", "device", a.ID(), "err", err)
+			}
+		}()
+	}
+	log.Info("all devices started", "devices", len(agents), "elapsed", time.Since(begin))
+}
+
+// waitForEnd returns when ctx ends, --duration passes or, with
+// --exit-when-updated, every device is done.
+func waitForEnd(ctx context.Context, o options, agents []*agent.Agent, log *slog.Logger) {
+	var deadline <-chan time.Time
+	if o.duration > 0 {
+		t := time.NewTimer(o.duration)
+		defer t.Stop()
+		deadline = t.C
+	}
+	poll := time.NewTicker(pollInterval)
+	defer poll.Stop()
+	lastLog := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline:
+			return
+		case <-poll.C:
+		}
+		if o.exitWhenUpdated == "" && time.Since(lastLog) < 5*time.Second {
+			continue
+		}
+		done, connected, updated := 0, 0, 0
+		for _, a := range agents {
+			s := a.Stats()
+			if s.Connected {
+				connected++
+			}
+			if s.Version == o.exitWhenUpdated {
+				updated++
+			}
+			if finished(s, o.exitWhenUpdated) {
+				done++
+			}
+		}
+		if time.Since(lastLog) >= 5*time.Second {
+			lastLog = time.Now()
+			log.Info("progress", "devices", len(agents), "connected", connected, "on_target", updated, "finished", done)
+		}
+		if o.exitWhenUpdated != "" && done == len(agents) {
+			return
+		}
+	}
+}
+
+// finished reports whether a device is done for --exit-when-updated: it
+// holds no transfer, and it runs the target version (and is connected, so its
+// hello went out) or its last transfer failed, was rejected or was cancelled.
+// A device only knows its own reports, so a failure that the orchestrator
+// would retry later counts as finished too.
+func finished(s agent.Stats, target string) bool {
+	if s.Holding {
+		return false
+	}
+	return (s.Connected && s.Version == target) || s.Failed || s.State == fleet.StateCancelled
+}
+
+// summary is what devicesim prints at exit.
+type summary struct {
+	Devices         int            `json:"devices"`
+	Connected       int            `json:"connected"`
+	Updated         int            `json:"updated"`
+	Failed          int            `json:"failed"`
+	Installs        int            `json:"installs"`
+	BytesReceived   int64          `json:"bytes_received"`
+	ChunksDropped   int            `json:"chunks_dropped"`
+	BadFrames       int            `json:"bad_frames"`
+	QueueDropped    int            `json:"queue_dropped"`
+	UpdateTimeP50Ms float64        `json:"update_time_p50_ms"`
+	UpdateTimeP99Ms float64        `json:"update_time_p99_ms"`
+	ElapsedSeconds  float64        `json:"elapsed_seconds"`
+	DevicesDetail   []deviceDetail `json:"devices_detail"`
+}
+
+// deviceDetail is one device in the summary.
+type deviceDetail struct {
+	ID            string  `json:"id"`
+	Version       string  `json:"version"`
+	Connected     bool    `json:"connected"`
+	Installs      int     `json:"installs"`
+	BytesReceived int64   `json:"bytes_received"`
+	ImageSHA256   string  `json:"image_sha256,omitempty"`
+	Failed        bool    `json:"failed"`
+	Reason        string  `json:"reason,omitempty"`
+	UpdateTimeMs  float64 `json:"update_time_ms,omitempty"`
+}
+
+// summarize collects the fleet's stats. Updated counts devices on the
+// --exit-when-updated version, or else on any version but the initial one.
+func summarize(o options, agents []*agent.Agent, elapsed time.Duration) summary {
+	sum := summary{Devices: len(agents), ElapsedSeconds: elapsed.Seconds(), DevicesDetail: make([]deviceDetail, 0, len(agents))}
+	var times []time.Duration
+	for _, a := range agents {
+		s := a.Stats()
+		if s.Connected {
+			sum.Connected++
+		}
+		if (o.exitWhenUpdated != "" && s.Version == o.exitWhenUpdated) || (o.exitWhenUpdated == "" && s.Version != o.version) {
+			sum.Updated++
+		}
+		if s.Failed {
+			sum.Failed++
+		}
+		sum.Installs += s.Installs
+		sum.BytesReceived += s.BytesReceived
+		sum.ChunksDropped += s.ChunksDropped
+		sum.BadFrames += s.BadFrames
+		sum.QueueDropped += s.QueueDropped
+		if s.UpdateTime > 0 {
+			times = append(times, s.UpdateTime)
+		}
+		sum.DevicesDetail = append(sum.DevicesDetail, deviceDetail{
+			ID: s.ID, Version: s.Version, Connected: s.Connected, Installs: s.Installs, BytesReceived: s.BytesReceived,
+			ImageSHA256: s.ImageSHA256, Failed: s.Failed, Reason: string(s.LastReason), UpdateTimeMs: ms(s.UpdateTime),
+		})
+	}
+	slices.Sort(times)
+	sum.UpdateTimeP50Ms = ms(percentile(times, 0.50))
+	sum.UpdateTimeP99Ms = ms(percentile(times, 0.99))
+	return sum
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// percentile is the nearest-rank percentile of sorted durations.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(p*float64(len(sorted))+0.999999) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+func writeText(w io.Writer, s summary) {
+	fmt.Fprintf(w, "devices         %d\n", s.Devices)
+	fmt.Fprintf(w, "connected       %d\n", s.Connected)
+	fmt.Fprintf(w, "updated         %d\n", s.Updated)
+	fmt.Fprintf(w, "failed          %d\n", s.Failed)
+	fmt.Fprintf(w, "installs        %d\n", s.Installs)
+	fmt.Fprintf(w, "bytes_received  %d\n", s.BytesReceived)
+	fmt.Fprintf(w, "chunks_dropped  %d\n", s.ChunksDropped)
+	fmt.Fprintf(w, "bad_frames      %d\n", s.BadFrames)
+	fmt.Fprintf(w, "queue_dropped   %d\n", s.QueueDropped)
+	fmt.Fprintf(w, "update_time     p50 %.0f ms, p99 %.0f ms\n", s.UpdateTimeP50Ms, s.UpdateTimeP99Ms)
+	fmt.Fprintf(w, "elapsed         %.1f s\n", s.ElapsedSeconds)
+}
+
+// closeAll disconnects every agent, closeParallelism at a time.
+func closeAll(agents []*agent.Agent, log *slog.Logger) {
+	sem := make(chan struct{}, closeParallelism)
+	var wg sync.WaitGroup
+	for _, a := range agents {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := a.Close(); err != nil {
+				log.Warn("close device", "device", a.ID(), "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}

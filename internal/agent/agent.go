@@ -1,0 +1,551 @@
+// Package agent is the device side of flota's protocol v1: a reference agent
+// that connects to an MQTT broker with paho, announces itself, accepts offers,
+// receives the chunked image with cumulative acks, verifies its SHA-256,
+// simulates the install and the reboot into the new version, and resumes a
+// transfer byte-exactly after a disconnect. cmd/devicesim runs thousands of
+// them in one process, so an agent keeps no image in memory: only a running
+// hash and the offset it holds.
+//
+// Concurrency: paho's message handler only hands messages to one goroutine
+// per agent through a bounded queue (dropping when it is full; the
+// orchestrator recovers lost chunks); that goroutine owns all protocol state.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/protocol"
+)
+
+// Defaults for the zero fields of a Config.
+const (
+	DefaultRebootDelay    = time.Second
+	DefaultReconnectDelay = 200 * time.Millisecond
+	DefaultRetryInterval  = time.Second
+	DefaultConnectTimeout = 30 * time.Second
+	DefaultDialTimeout    = 10 * time.Second
+	DefaultPublishTimeout = 5 * time.Second
+	// DefaultQueueSize holds two full windows of the largest window a policy
+	// allows, plus room for control messages.
+	DefaultQueueSize = 2*fleet.MaxWindow + 16
+)
+
+// quiesce is how long a Disconnect waits for the DISCONNECT packet, in ms.
+const quiesce = 250
+
+// Faults are probabilities (0..1) of injected failures, for load tests.
+type Faults struct {
+	// DropChunks: ignore a received chunk as if it was lost.
+	DropChunks float64
+	// FailInstall: the simulated install fails (reported install_failed).
+	FailInstall float64
+	// Disconnect: once per transfer, disconnect at a random offset, then
+	// reconnect after ReconnectDelay and resume.
+	Disconnect float64
+}
+
+// Config configures an Agent. Zero durations take the Default constants.
+type Config struct {
+	Broker  string // tcp://host:port
+	ID      string // device ID, also the MQTT client ID
+	Model   string
+	Version string // version running at start
+	Tags    map[string]string
+
+	RebootDelay    time.Duration // off time of a reboot (default 1s)
+	InstallDelay   time.Duration // simulated install time (default 0)
+	ReconnectDelay time.Duration // off time after an injected disconnect
+	RetryInterval  time.Duration // between failed connection attempts (jittered)
+	ConnectTimeout time.Duration // how long Start waits for the first connection
+	DialTimeout    time.Duration // one connection attempt, CONNACK included
+	PublishTimeout time.Duration // how long the agent waits for a QoS 1 PUBACK
+
+	// MaxImageSize is the largest image the device can store; larger offers
+	// are rejected insufficient_space. Zero: only the 4 GiB protocol bound.
+	MaxImageSize int64
+	// QueueSize bounds the inbound message queue (default DefaultQueueSize).
+	QueueSize int
+
+	Faults Faults
+	// Seed seeds the fault injection; zero picks a random seed.
+	Seed uint64
+
+	Logger *slog.Logger
+
+	Username string
+	Password string
+}
+
+// Stats are an agent's counters. Copy-safe.
+type Stats struct {
+	ID        string            `json:"id"`
+	Version   string            `json:"version"`
+	Connected bool              `json:"connected"`
+	State     fleet.DeviceState `json:"state,omitempty"` // last state reported for a held transfer
+	// Holding: the device holds a transfer (a partial download, an install,
+	// or a reboot whose hello was not yet acknowledged).
+	Holding  bool `json:"holding"`
+	Installs int  `json:"installs"`
+	// BytesReceived counts chunk payload bytes accepted, re-downloads included.
+	BytesReceived int64 `json:"bytes_received"`
+	// ChunksDropped counts chunks ignored by fault injection.
+	ChunksDropped int `json:"chunks_dropped"`
+	// BadFrames counts down messages that did not decode (bad CRC, bad JSON...).
+	BadFrames int `json:"bad_frames"`
+	// QueueDropped counts messages dropped because the inbound queue was full.
+	QueueDropped int `json:"queue_dropped"`
+	// Updated: the device rebooted into a new version.
+	Updated bool `json:"updated"`
+	// Failed: the last transfer ended failed or rejected (not busy); LastReason says why.
+	Failed     bool         `json:"failed"`
+	LastReason fleet.Reason `json:"reason,omitempty"`
+	// ImageSHA256 is the hex SHA-256 of the last fully received image.
+	ImageSHA256 string `json:"image_sha256,omitempty"`
+	// UpdateTime is the time from the offer that started the last completed
+	// transfer to the hello sent after rebooting into its version.
+	UpdateTime time.Duration `json:"update_time_ns,omitempty"`
+}
+
+// errOffline is the publish result while the agent has no client.
+var errOffline = errors.New("agent: not connected")
+
+// waiter is what the agent needs of a publish token; mqtt.Token satisfies it.
+type waiter interface {
+	WaitTimeout(time.Duration) bool
+	Error() error
+}
+
+// doneToken is a completed publish result.
+type doneToken struct{ err error }
+
+func (t doneToken) WaitTimeout(time.Duration) bool { return true }
+func (t doneToken) Error() error                   { return t.err }
+
+// inbound is one down message handed from paho's handler to the loop.
+type inbound struct {
+	gen     uint64 // client generation that received it
+	kind    string // last topic level: offer, chunk, cancel
+	payload []byte
+}
+
+// action is network work that message handling asks the loop to do.
+type action int
+
+const (
+	actNone action = iota
+	actInstall
+	actFaultDisconnect
+	actReboot
+)
+
+// Agent is one simulated device.
+type Agent struct {
+	cfg        Config
+	log        *slog.Logger
+	downPrefix string
+
+	in        chan *inbound
+	connected chan uint64   // generations whose client connected
+	gen       atomic.Uint64 // generation of the current client
+	ready     chan struct{} // closed after the first hello
+	readyOnce sync.Once
+
+	// out publishes on a topic; tests replace it to run without a broker.
+	out func(topic string, qos byte, payload []byte) waiter
+
+	// Owned by the loop goroutine (or the test that drives handleDown).
+	rng            *rand.Rand
+	client         mqtt.Client
+	online         bool // a client exists and should be connected (false while "off")
+	connTok        mqtt.Token
+	version        string
+	pendingVersion string // version to boot into at the next connect
+	held           *transfer
+	done           *completed
+	lastReport     waiter
+	action         action
+	installTimer   *time.Timer
+	reconnTimer    *time.Timer
+	helloTimer     *time.Timer
+	retries        int
+
+	lifeMu  sync.Mutex // guards cancel and closed
+	cancel  context.CancelFunc
+	closed  bool
+	wg      sync.WaitGroup // the loop goroutine
+	started atomic.Bool
+
+	mu    sync.Mutex // guards stats
+	stats Stats
+}
+
+// New returns an agent; Start connects it.
+func New(cfg Config) *Agent {
+	if cfg.RebootDelay <= 0 {
+		cfg.RebootDelay = DefaultRebootDelay
+	}
+	if cfg.ReconnectDelay <= 0 {
+		cfg.ReconnectDelay = DefaultReconnectDelay
+	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = DefaultRetryInterval
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.PublishTimeout <= 0 {
+		cfg.PublishTimeout = DefaultPublishTimeout
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.InstallDelay < 0 {
+		cfg.InstallDelay = 0
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	if len(cfg.Tags) > 0 {
+		tags := make(map[string]string, len(cfg.Tags))
+		for k, v := range cfg.Tags {
+			tags[k] = v
+		}
+		cfg.Tags = tags
+	}
+	a := &Agent{
+		cfg:        cfg,
+		log:        cfg.Logger.With("device", cfg.ID),
+		downPrefix: protocol.DevicesRoot + cfg.ID + "/down/",
+		in:         make(chan *inbound, cfg.QueueSize),
+		connected:  make(chan uint64, 4),
+		ready:      make(chan struct{}),
+		rng:        rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		version:    cfg.Version,
+		stats:      Stats{ID: cfg.ID, Version: cfg.Version},
+	}
+	a.out = a.clientPublish
+	return a
+}
+
+// ID returns the device ID.
+func (a *Agent) ID() string { return a.cfg.ID }
+
+// Start starts the agent and waits until it first connected and said hello,
+// or until ctx ends or Config.ConnectTimeout passes. After an error the agent
+// keeps trying to connect in the background until Close.
+func (a *Agent) Start(ctx context.Context) error {
+	if !fleet.ValidDeviceID(a.cfg.ID) {
+		return fleet.Errorf(fleet.ErrInvalidInput, "device ID %q", a.cfg.ID)
+	}
+	a.lifeMu.Lock()
+	if a.closed {
+		a.lifeMu.Unlock()
+		return fmt.Errorf("agent %s: start: %w", a.cfg.ID, fleet.ErrClosed)
+	}
+	if !a.started.CompareAndSwap(false, true) {
+		a.lifeMu.Unlock()
+		return fmt.Errorf("agent %s: already started", a.cfg.ID)
+	}
+	loopCtx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.wg.Add(1)
+	go a.run(loopCtx)
+	a.lifeMu.Unlock()
+
+	timeout := time.NewTimer(a.cfg.ConnectTimeout)
+	defer timeout.Stop()
+	select {
+	case <-a.ready:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("agent %s: connect to %s: %w", a.cfg.ID, a.cfg.Broker, context.Cause(ctx))
+	case <-timeout.C:
+		return fmt.Errorf("agent %s: connect to %s: no connection after %s", a.cfg.ID, a.cfg.Broker, a.cfg.ConnectTimeout)
+	}
+}
+
+// Close disconnects the agent and waits for its goroutine. It is idempotent.
+func (a *Agent) Close() error {
+	a.lifeMu.Lock()
+	a.closed = true
+	cancel := a.cancel
+	a.lifeMu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	a.wg.Wait()
+	return nil
+}
+
+// Stats returns a snapshot of the agent's counters.
+func (a *Agent) Stats() Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stats
+}
+
+func (a *Agent) updateStats(f func(s *Stats)) {
+	a.mu.Lock()
+	f(&a.stats)
+	a.mu.Unlock()
+}
+
+func timerC(t *time.Timer) <-chan time.Time {
+	if t == nil {
+		return nil
+	}
+	return t.C
+}
+
+func tokenDone(t mqtt.Token) <-chan struct{} {
+	if t == nil {
+		return nil
+	}
+	return t.Done()
+}
+
+// run is the agent's goroutine: it owns the client and all protocol state.
+func (a *Agent) run(ctx context.Context) {
+	defer a.wg.Done()
+	defer a.stopTimers()
+	defer a.disconnect()
+	a.connect()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-a.in:
+			if !a.online || m.gen != a.gen.Load() {
+				continue // received before a disconnect: the device was off
+			}
+			a.handleDown(m.kind, m.payload)
+		case g := <-a.connected:
+			if a.online && g == a.gen.Load() {
+				a.onConnected()
+			}
+		case <-tokenDone(a.connTok):
+			a.onConnectResult()
+		case <-timerC(a.helloTimer):
+			a.helloTimer = nil
+			if a.online && a.client.IsConnectionOpen() {
+				a.onConnected()
+			}
+		case <-timerC(a.installTimer):
+			a.installTimer = nil
+			a.finishInstall()
+		case <-timerC(a.reconnTimer):
+			a.reconnTimer = nil
+			a.connect()
+		}
+		a.perform()
+	}
+}
+
+func (a *Agent) stopTimers() {
+	for _, t := range []*time.Timer{a.installTimer, a.reconnTimer, a.helloTimer} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+}
+
+// perform carries out the actions message handling asked for.
+func (a *Agent) perform() {
+	for a.action != actNone {
+		act := a.action
+		a.action = actNone
+		switch act {
+		case actInstall:
+			if a.cfg.InstallDelay > 0 {
+				a.installTimer = time.NewTimer(a.cfg.InstallDelay)
+			} else {
+				a.finishInstall()
+			}
+		case actFaultDisconnect:
+			a.log.Info("injected disconnect", "offset", a.heldOffset())
+			a.goOffline(a.cfg.ReconnectDelay)
+		case actReboot:
+			a.log.Info("rebooting", "into", a.pendingVersion)
+			a.goOffline(a.cfg.RebootDelay)
+		}
+	}
+}
+
+func (a *Agent) heldOffset() int64 {
+	if a.held == nil {
+		return 0
+	}
+	return a.held.expected
+}
+
+// goOffline lets the last report reach the broker, disconnects and schedules
+// the reconnection after delay.
+func (a *Agent) goOffline(delay time.Duration) {
+	a.waitReport()
+	a.disconnect()
+	a.reconnTimer = time.NewTimer(delay)
+}
+
+// waitReport waits for the PUBACK of the last QoS 1 report: DISCONNECT goes
+// out on paho's priority queue and could overtake it.
+func (a *Agent) waitReport() {
+	if a.lastReport == nil {
+		return
+	}
+	if !a.lastReport.WaitTimeout(a.cfg.PublishTimeout) {
+		a.log.Warn("report not acknowledged before disconnect")
+	}
+	a.lastReport = nil
+}
+
+// disconnect ends the current client, if any. Messages it received and not
+// yet handled are discarded (their generation is stale).
+func (a *Agent) disconnect() {
+	a.online = false
+	a.connTok = nil
+	if a.helloTimer != nil {
+		a.helloTimer.Stop()
+		a.helloTimer = nil
+	}
+	a.gen.Add(1)
+	if a.client != nil {
+		a.client.Disconnect(quiesce)
+		a.client = nil
+	}
+	a.updateStats(func(s *Stats) { s.Connected = false })
+}
+
+// connect boots into a pending version, if any, and starts connecting a new
+// client. The loop learns the outcome from the connect token and from the
+// on-connect handler.
+func (a *Agent) connect() {
+	a.boot()
+	gen := a.gen.Add(1)
+	opts := mqtt.NewClientOptions().
+		AddBroker(a.cfg.Broker).
+		SetClientID(a.cfg.ID).
+		SetCleanSession(true).
+		SetOrderMatters(true). // chunks must reach the queue in order
+		SetAutoReconnect(true).
+		SetConnectRetry(false). // the loop retries, so Close never waits on a retry sleep
+		SetMaxReconnectInterval(5 * time.Second).
+		SetConnectTimeout(a.cfg.DialTimeout).
+		SetWriteTimeout(10 * time.Second).
+		SetKeepAlive(30 * time.Second).
+		SetOnConnectHandler(func(mqtt.Client) { a.notifyConnected(gen) }).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+			if a.gen.Load() == gen {
+				a.log.Info("connection lost", "err", err)
+				a.updateStats(func(s *Stats) { s.Connected = false })
+			}
+		})
+	if a.cfg.Username != "" {
+		opts.SetUsername(a.cfg.Username)
+	}
+	if a.cfg.Password != "" {
+		opts.SetPassword(a.cfg.Password)
+	}
+	a.client = mqtt.NewClient(opts)
+	a.online = true
+	a.connTok = a.client.Connect()
+}
+
+// boot switches to the version installed before a reboot, if any.
+func (a *Agent) boot() {
+	if a.pendingVersion == "" {
+		return
+	}
+	a.version = a.pendingVersion
+	a.pendingVersion = ""
+	v := a.version
+	a.updateStats(func(s *Stats) { s.Version = v; s.Updated = true; s.Failed = false; s.LastReason = "" })
+}
+
+// onConnectResult handles the outcome of a connection attempt.
+func (a *Agent) onConnectResult() {
+	tok := a.connTok
+	a.connTok = nil
+	if err := tok.Error(); err != nil {
+		a.retries++
+		// Jitter spreads a fleet's reconnection storm.
+		d := a.cfg.RetryInterval/2 + time.Duration(a.rng.Int64N(int64(a.cfg.RetryInterval)))
+		a.log.Debug("connect failed", "err", err, "retry_in", d, "attempt", a.retries)
+		if a.client != nil {
+			a.client.Disconnect(0)
+			a.client = nil
+		}
+		a.online = false
+		a.gen.Add(1)
+		a.reconnTimer = time.NewTimer(d)
+		return
+	}
+	a.retries = 0
+}
+
+// notifyConnected runs in paho's on-connect goroutine: it only tells the loop.
+func (a *Agent) notifyConnected(gen uint64) {
+	if a.gen.Load() != gen {
+		return
+	}
+	select {
+	case a.connected <- gen:
+	default: // a notification is pending; the loop will say hello
+	}
+}
+
+// handler is paho's message handler for one client generation. It must not
+// block: it hands the message to the loop or drops it when the queue is full.
+func (a *Agent) handler(gen uint64) mqtt.MessageHandler {
+	return func(_ mqtt.Client, m mqtt.Message) {
+		kind, ok := strings.CutPrefix(m.Topic(), a.downPrefix)
+		if !ok || strings.Contains(kind, "/") {
+			return
+		}
+		select {
+		case a.in <- &inbound{gen: gen, kind: kind, payload: m.Payload()}:
+		default:
+			a.updateStats(func(s *Stats) { s.QueueDropped++ })
+		}
+	}
+}
+
+// onConnected subscribes (CleanSession: every connection starts without
+// subscriptions) and then says hello. It runs on the loop, so it may wait.
+func (a *Agent) onConnected() {
+	c := a.client
+	tok := c.Subscribe(protocol.DownFilter(a.cfg.ID), 1, a.handler(a.gen.Load()))
+	if !tok.WaitTimeout(a.cfg.PublishTimeout) || tok.Error() != nil {
+		a.log.Warn("subscribe failed", "err", tok.Error())
+		a.helloTimer = time.NewTimer(a.cfg.RetryInterval)
+		return
+	}
+	a.updateStats(func(s *Stats) { s.Connected = true })
+	a.sayHello(a.heldHello())
+	a.readyOnce.Do(func() { close(a.ready) })
+}
+
+// clientPublish publishes with the current client.
+func (a *Agent) clientPublish(topic string, qos byte, payload []byte) waiter {
+	if a.client == nil {
+		return doneToken{errOffline}
+	}
+	return a.client.Publish(topic, qos, false, payload)
+}

@@ -1,0 +1,287 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"hash"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/protocol"
+)
+
+// transfer is the update the device holds: the offset it has and a running
+// SHA-256 of the bytes before it. The bytes themselves are not kept.
+type transfer struct {
+	update    string
+	handle    uint32
+	fw        protocol.FirmwareInfo
+	expected  int64
+	hash      hash.Hash
+	state     fleet.DeviceState // downloading, downloaded, verified, installing or rebooting
+	faultAt   int64             // disconnect once expected passes it; -1: no fault
+	offeredAt time.Time
+}
+
+// completed remembers the last update the device rebooted into, so that a
+// re-offer of it is answered with a hello rather than a new download.
+type completed struct {
+	update  string
+	handle  uint32
+	size    int64
+	version string
+}
+
+// handleDown handles one down message. It touches the network only through
+// a.out; the loop performs the action it leaves in a.action.
+func (a *Agent) handleDown(kind string, payload []byte) {
+	switch kind {
+	case protocol.KindOffer:
+		a.handleOffer(payload)
+	case protocol.KindChunk:
+		a.handleChunk(payload)
+	case protocol.KindCancel:
+		a.handleCancel(payload)
+	default:
+		a.bad(kind, nil)
+	}
+}
+
+func (a *Agent) bad(kind string, err error) {
+	a.log.Debug("bad down message", "kind", kind, "err", err)
+	a.updateStats(func(s *Stats) { s.BadFrames++ })
+}
+
+func (a *Agent) handleOffer(b []byte) {
+	o, err := protocol.DecodeOffer(b)
+	if err != nil {
+		a.bad(protocol.KindOffer, err)
+		return
+	}
+	if a.held != nil && a.held.state == fleet.StateRebooting {
+		a.settle() // rebooted already; the hello's confirmation was not seen
+	}
+	t := a.held
+	if t == nil && a.done != nil && a.done.update == o.Update && a.version == o.Firmware.Version {
+		// Already running it: confirm again.
+		a.done.handle = o.Handle
+		a.sayHello(&protocol.Held{Update: o.Update, Handle: o.Handle, Offset: a.done.size, State: fleet.StateRebooting})
+		return
+	}
+	if t != nil && t.update != o.Update {
+		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonBusy})
+		return
+	}
+	if o.Firmware.Model != "" && o.Firmware.Model != a.cfg.Model {
+		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonIncompatibleModel})
+		return
+	}
+	if o.Firmware.Size > math.MaxUint32 || (a.cfg.MaxImageSize > 0 && o.Firmware.Size > a.cfg.MaxImageSize) {
+		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonNoSpace})
+		return
+	}
+	if t != nil && t.fw.Size == o.Firmware.Size && strings.EqualFold(t.fw.SHA256, o.Firmware.SHA256) {
+		// The same update again (a re-offer, or after an orchestrator
+		// restart): keep the bytes, adopt the handle.
+		t.handle = o.Handle
+		st := t.state
+		if st == fleet.StateDownloading {
+			st = fleet.StateAccepted
+		}
+		a.report(protocol.Report{Update: t.update, Handle: t.handle, State: st, Offset: t.expected})
+		return
+	}
+	t = &transfer{
+		update:    o.Update,
+		handle:    o.Handle,
+		fw:        o.Firmware,
+		hash:      sha256.New(),
+		state:     fleet.StateDownloading,
+		faultAt:   -1,
+		offeredAt: time.Now(),
+	}
+	if p := a.cfg.Faults.Disconnect; p > 0 && t.fw.Size > 0 && a.rng.Float64() < p {
+		t.faultAt = a.rng.Int64N(t.fw.Size)
+	}
+	a.setHeld(t)
+	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateAccepted, Offset: 0})
+	if t.fw.Size == 0 {
+		a.complete()
+	}
+}
+
+func (a *Agent) handleChunk(b []byte) {
+	f, err := protocol.DecodeFrame(b)
+	if err != nil {
+		a.bad(protocol.KindChunk, err)
+		return
+	}
+	t := a.held
+	if t == nil || f.Handle != t.handle {
+		return // another transfer's: drop silently
+	}
+	if t.state != fleet.StateDownloading {
+		a.ack(t) // complete already: tell where it stands
+		return
+	}
+	if p := a.cfg.Faults.DropChunks; p > 0 && a.rng.Float64() < p {
+		a.updateStats(func(s *Stats) { s.ChunksDropped++ })
+		return
+	}
+	off, n := int64(f.Offset), int64(len(f.Payload))
+	if off != t.expected || n == 0 || off+n > t.fw.Size {
+		a.ack(t) // a gap or a duplicate: the duplicate ack tells the expected offset
+		return
+	}
+	t.hash.Write(f.Payload)
+	t.expected += n
+	a.updateStats(func(s *Stats) { s.BytesReceived += n })
+	a.ack(t)
+	if t.expected == t.fw.Size {
+		a.complete()
+		return
+	}
+	if t.faultAt >= 0 && t.expected > t.faultAt {
+		t.faultAt = -1
+		a.action = actFaultDisconnect
+	}
+}
+
+// complete checks the received image and starts the install.
+func (a *Agent) complete() {
+	t := a.held
+	t.state = fleet.StateDownloaded
+	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateDownloaded, Offset: t.expected})
+	sum := hex.EncodeToString(t.hash.Sum(nil))
+	t.hash = nil
+	a.updateStats(func(s *Stats) { s.ImageSHA256 = sum })
+	if !strings.EqualFold(sum, t.fw.SHA256) {
+		a.log.Info("image digest mismatch", "update", t.update, "got", sum, "want", t.fw.SHA256)
+		a.setHeld(nil)
+		a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateFailed, Reason: fleet.ReasonBadDigest})
+		return
+	}
+	t.state = fleet.StateVerified
+	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateVerified, Offset: t.expected})
+	t.state = fleet.StateInstalling
+	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateInstalling, Offset: t.expected})
+	a.action = actInstall
+}
+
+// finishInstall ends the simulated install: a failure keeps the old version,
+// a success reboots into the new one.
+func (a *Agent) finishInstall() {
+	t := a.held
+	if t == nil || t.state != fleet.StateInstalling {
+		return
+	}
+	if p := a.cfg.Faults.FailInstall; p > 0 && a.rng.Float64() < p {
+		a.setHeld(nil)
+		a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateFailed, Reason: fleet.ReasonInstallFailed})
+		return
+	}
+	a.updateStats(func(s *Stats) { s.Installs++ })
+	t.state = fleet.StateRebooting
+	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateRebooting, Offset: t.expected, Version: t.fw.Version})
+	a.pendingVersion = t.fw.Version
+	a.action = actReboot
+}
+
+func (a *Agent) handleCancel(b []byte) {
+	c, err := protocol.DecodeCancel(b)
+	if err != nil {
+		a.bad(protocol.KindCancel, err)
+		return
+	}
+	t := a.held
+	switch {
+	case t != nil && t.update == c.Update:
+		if t.state != fleet.StateDownloading {
+			return // installing or rebooting: too late to cancel
+		}
+		a.setHeld(nil)
+		reason := c.Reason
+		if reason == fleet.ReasonNone {
+			reason = fleet.ReasonOperator
+		}
+		a.report(protocol.Report{Update: t.update, Handle: c.Handle, State: fleet.StateCancelled, Offset: t.expected, Reason: reason})
+	case a.done != nil && a.done.update == c.Update:
+		// Already running it: nothing to cancel.
+	default:
+		a.report(protocol.Report{Update: c.Update, Handle: c.Handle, State: fleet.StateCancelled, Reason: fleet.ReasonUnknownUpdate})
+	}
+}
+
+// heldHello is the transfer a hello announces, if any.
+func (a *Agent) heldHello() *protocol.Held {
+	t := a.held
+	if t == nil {
+		return nil
+	}
+	return &protocol.Held{Update: t.update, Handle: t.handle, Offset: t.expected, State: t.state}
+}
+
+// sayHello publishes a hello. After a reboot (transfer state rebooting) it
+// waits for the PUBACK and then forgets the transfer.
+func (a *Agent) sayHello(held *protocol.Held) {
+	h := protocol.Hello{V: protocol.Version, Model: a.cfg.Model, Version: a.version, Tags: a.cfg.Tags, Transfer: held}
+	tok := a.out(protocol.UpTopic(a.cfg.ID, protocol.KindHello), 1, protocol.Encode(h))
+	if held == nil || held.State != fleet.StateRebooting || a.held == nil || a.held.update != held.Update {
+		return
+	}
+	if !tok.WaitTimeout(a.cfg.PublishTimeout) || tok.Error() != nil {
+		a.log.Warn("hello after reboot not acknowledged; it is sent again on the next connect", "err", tok.Error())
+		return
+	}
+	a.settle()
+}
+
+// setHeld replaces the held transfer.
+func (a *Agent) setHeld(t *transfer) {
+	a.held = t
+	a.updateStats(func(s *Stats) { s.Holding = t != nil })
+}
+
+// settle forgets a transfer the device rebooted into.
+func (a *Agent) settle() {
+	t := a.held
+	a.setHeld(nil)
+	a.done = &completed{update: t.update, handle: t.handle, size: t.fw.Size, version: t.fw.Version}
+	d := time.Since(t.offeredAt)
+	a.updateStats(func(s *Stats) { s.UpdateTime = d })
+}
+
+// report publishes a state change (QoS 1, not waited for here) and records
+// it in the stats.
+func (a *Agent) report(r protocol.Report) {
+	r.V = protocol.Version
+	if r.Version == "" {
+		r.Version = a.version
+	}
+	a.lastReport = a.out(protocol.UpTopic(a.cfg.ID, protocol.KindReport), 1, protocol.Encode(r))
+	if r.Reason == fleet.ReasonBusy || r.Reason == fleet.ReasonUnknownUpdate {
+		return // about an update the device does not hold
+	}
+	a.updateStats(func(s *Stats) {
+		s.State = r.State
+		switch r.State {
+		case fleet.StateAccepted:
+			if r.Offset == 0 {
+				s.Failed, s.LastReason = false, ""
+			}
+		case fleet.StateFailed, fleet.StateRejected:
+			s.Failed, s.LastReason = true, r.Reason
+		case fleet.StateCancelled:
+			s.LastReason = r.Reason
+		}
+	})
+}
+
+// ack publishes the cumulative ack of t (QoS 0: the orchestrator's timeout
+// recovers a lost one).
+func (a *Agent) ack(t *transfer) {
+	a.out(protocol.UpTopic(a.cfg.ID, protocol.KindAck), 0,
+		protocol.Encode(protocol.Ack{V: protocol.Version, Handle: t.handle, Offset: t.expected}))
+}
