@@ -115,6 +115,7 @@ const (
 	ReasonInstallFailed     Reason = "install_failed"     // (device) writing the image failed
 	ReasonStorageError      Reason = "storage_error"      // (device) could not store a chunk
 	ReasonBootFailed        Reason = "boot_failed"        // device came back on another version
+	ReasonDeviceReset       Reason = "device_reset"       // device came back without the transfer it was installing
 	ReasonBadOffset         Reason = "bad_offset"         // device reported an offset past the image
 	ReasonTransferTimeout   Reason = "transfer_timeout"   // no progress for the idle timeout
 	ReasonConfirmTimeout    Reason = "confirm_timeout"    // device never came back on the target

@@ -69,7 +69,7 @@ type Report struct {
 	Update  string            `json:"update"`
 	Handle  uint32            `json:"handle"`
 	State   fleet.DeviceState `json:"state"`
-	Offset  int64             `json:"offset,omitempty"`
+	Offset  int64             `json:"offset"`
 	Reason  fleet.Reason      `json:"reason,omitempty"`
 	Version string            `json:"version,omitempty"`
 }

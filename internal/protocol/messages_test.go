@@ -196,7 +196,7 @@ func TestEncode_OmitsEmptyOptionalFields(t *testing.T) {
 		want string
 	}{
 		{Hello{V: 1, Model: "m", Version: "1"}, `{"v":1,"model":"m","version":"1"}`},
-		{Report{V: 1, Update: "u", Handle: 2, State: fleet.StateAccepted}, `{"v":1,"update":"u","handle":2,"state":"accepted"}`},
+		{Report{V: 1, Update: "u", Handle: 2, State: fleet.StateAccepted}, `{"v":1,"update":"u","handle":2,"state":"accepted","offset":0}`},
 		{Ack{V: 1, Handle: 2, Offset: 0}, `{"v":1,"handle":2,"offset":0}`},
 		{Cancel{V: 1, Update: "u", Handle: 2, Reason: fleet.ReasonOperator}, `{"v":1,"update":"u","handle":2,"reason":"operator"}`},
 	}

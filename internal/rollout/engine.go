@@ -1,0 +1,360 @@
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/protocol"
+	"github.com/flotaio/flota/internal/sqlite"
+)
+
+// Defaults of the engine's timers and queues.
+const (
+	DefaultAckTimeout     = 2 * time.Second
+	DefaultOfferTimeout   = 10 * time.Second
+	DefaultIdleTimeout    = 2 * time.Minute
+	DefaultConfirmTimeout = 10 * time.Minute
+	DefaultTickInterval   = 100 * time.Millisecond
+	DefaultStatusInterval = 250 * time.Millisecond
+	DefaultCheckpoint     = 2 * time.Second
+	DefaultQueueSize      = 64 * 1024
+)
+
+// Engine runs updates. Create it with New, start it with Open, stop it with
+// Close. Every field below the settings is owned by the loop goroutine.
+type Engine struct {
+	Store     *sqlite.Store
+	Transport Transport
+	Logger    *slog.Logger
+
+	// AckTimeout: no ack progress for this long makes the engine resend
+	// from the acknowledged offset.
+	AckTimeout time.Duration
+	// OfferTimeout: an offer unanswered for this long is sent again.
+	OfferTimeout time.Duration
+	// IdleTimeout: a transfer that makes no progress for this long, device
+	// online or not, fails the attempt with transfer_timeout (and is retried
+	// while attempts remain).
+	IdleTimeout time.Duration
+	// ConfirmTimeout: a device that rebooted and has not come back on the
+	// target version within this long fails with confirm_timeout.
+	ConfirmTimeout time.Duration
+	// TickInterval is how often timers are checked.
+	TickInterval time.Duration
+	// StatusInterval bounds how often an update's retained summary is
+	// published.
+	StatusInterval time.Duration
+	// Checkpoint is how often acknowledged offsets of in-flight devices are
+	// written to the store.
+	Checkpoint time.Duration
+	// QueueSize bounds the device messages waiting for the loop.
+	QueueSize int
+
+	inbox  chan inbound
+	cmds   chan func()
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+	closed atomic.Bool
+
+	stats struct {
+		chunks, bytes, resends, acks, bad, stale, drops, illegal atomic.Int64
+	}
+
+	// Loop-owned state.
+	runs   map[string]*run    // active updates by ID
+	active map[string]*target // device ID -> its target in an active update
+	ready  map[string]bool    // devices that said hello on their current connection
+	seq    int64              // last event sequence number
+	rng    *rand.Rand
+}
+
+// inbound is one device message handed from the broker to the loop.
+type inbound struct {
+	device, kind string
+	payload      []byte
+}
+
+// New returns an engine with default settings.
+func New(store *sqlite.Store, tr Transport, logger *slog.Logger) *Engine {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Engine{
+		Store:          store,
+		Transport:      tr,
+		Logger:         logger,
+		AckTimeout:     DefaultAckTimeout,
+		OfferTimeout:   DefaultOfferTimeout,
+		IdleTimeout:    DefaultIdleTimeout,
+		ConfirmTimeout: DefaultConfirmTimeout,
+		TickInterval:   DefaultTickInterval,
+		StatusInterval: DefaultStatusInterval,
+		Checkpoint:     DefaultCheckpoint,
+		QueueSize:      DefaultQueueSize,
+	}
+}
+
+// Open loads active updates from the store, subscribes to device reports and
+// starts the loop.
+func (e *Engine) Open(ctx context.Context) error {
+	if e.Store == nil || e.Transport == nil {
+		return errors.New("rollout: engine needs a store and a transport")
+	}
+	e.inbox = make(chan inbound, e.QueueSize)
+	e.cmds = make(chan func())
+	e.runs = map[string]*run{}
+	e.active = map[string]*target{}
+	e.ready = map[string]bool{}
+	e.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x666c6f7461))
+
+	seq, err := e.Store.MaxEventSeq(ctx)
+	if err != nil {
+		return fmt.Errorf("rollout: load event sequence: %w", err)
+	}
+	e.seq = seq
+	if err := e.restore(ctx); err != nil {
+		return err
+	}
+	if err := e.Transport.Subscribe(protocol.UpFilter, e.handle); err != nil {
+		return fmt.Errorf("rollout: subscribe %s: %w", protocol.UpFilter, err)
+	}
+	loopCtx, cancel := context.WithCancelCause(context.Background())
+	e.cancel = cancel
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.loop(loopCtx)
+	}()
+	return nil
+}
+
+// Close stops the loop, checkpoints in-flight progress and flushes the store.
+// It is idempotent.
+func (e *Engine) Close() error {
+	var err error
+	e.once.Do(func() {
+		e.closed.Store(true)
+		if e.cancel == nil {
+			return
+		}
+		e.cancel(fleet.ErrClosed)
+		e.wg.Wait()
+		for _, r := range e.runs {
+			r.checkpoint(e, true)
+			r.closeBlob()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		err = e.Store.Flush(ctx)
+	})
+	return err
+}
+
+// handle is the transport's handler. It runs on a device connection's read
+// goroutine, so it only hands the message to the loop, never blocking: a full
+// queue drops the message (acks are recovered by the resend timer, reports
+// and hellos by the device's own retries and the offer timer).
+func (e *Engine) handle(topic string, payload []byte) {
+	id, kind, ok := protocol.ParseUpTopic(topic)
+	if !ok {
+		e.stats.bad.Add(1)
+		e.Logger.Warn("bad device topic", "topic", topic)
+		return
+	}
+	select {
+	case e.inbox <- inbound{device: id, kind: kind, payload: payload}:
+	default:
+		e.stats.drops.Add(1)
+	}
+}
+
+// DevicePresence tells the engine a device connected or disconnected. It is
+// safe to call from any goroutine and never blocks for long.
+func (e *Engine) DevicePresence(deviceID string, online bool) {
+	if e.closed.Load() || e.cmds == nil {
+		return
+	}
+	kind := kindOffline
+	if online {
+		kind = kindOnline
+	}
+	select {
+	case e.inbox <- inbound{device: deviceID, kind: kind}:
+	default:
+		e.stats.drops.Add(1)
+	}
+}
+
+// Presence pseudo-kinds travel through the inbox so they stay ordered with
+// the device's messages.
+const (
+	kindOnline  = "\x00online"
+	kindOffline = "\x00offline"
+)
+
+// do runs fn on the loop and waits for it.
+func (e *Engine) do(ctx context.Context, fn func()) error {
+	if e.closed.Load() || e.cmds == nil {
+		return fleet.ErrClosed
+	}
+	done := make(chan struct{})
+	select {
+	case e.cmds <- func() { fn(); close(done) }:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (e *Engine) loop(ctx context.Context) {
+	tick := time.NewTicker(e.TickInterval)
+	defer tick.Stop()
+	lastStatus, lastCheckpoint := time.Now(), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case fn := <-e.cmds:
+			fn()
+		case m := <-e.inbox:
+			e.dispatch(m)
+			// Drain what is waiting before looking at timers: acks come in
+			// bursts and each one may release more chunks.
+			for i := 0; i < 256; i++ {
+				select {
+				case m = <-e.inbox:
+					e.dispatch(m)
+					continue
+				default:
+				}
+				break
+			}
+			e.finishRuns()
+		case now := <-tick.C:
+			e.timers(now)
+			e.finishRuns()
+			if now.Sub(lastStatus) >= e.StatusInterval {
+				lastStatus = now
+				for _, r := range e.runs {
+					r.publishStatus(e, now, false)
+				}
+			}
+			if now.Sub(lastCheckpoint) >= e.Checkpoint {
+				lastCheckpoint = now
+				for _, r := range e.runs {
+					r.checkpoint(e, false)
+				}
+			}
+		}
+	}
+}
+
+func (e *Engine) dispatch(m inbound) {
+	switch m.kind {
+	case kindOnline:
+		// A connection alone proves nothing: wait for the hello, which the
+		// device sends after subscribing.
+	case kindOffline:
+		e.deviceOffline(m.device)
+	case protocol.KindAck:
+		a, err := protocol.DecodeAck(m.payload)
+		if err != nil {
+			e.bad(m, err)
+			return
+		}
+		e.onAck(m.device, a)
+	case protocol.KindReport:
+		r, err := protocol.DecodeReport(m.payload)
+		if err != nil {
+			e.bad(m, err)
+			return
+		}
+		e.onReport(m.device, r)
+	case protocol.KindHello:
+		h, err := protocol.DecodeHello(m.payload)
+		if err != nil {
+			e.bad(m, err)
+			return
+		}
+		e.onHello(m.device, h)
+	default:
+		e.bad(m, fmt.Errorf("unknown message kind %q", m.kind))
+	}
+}
+
+// bad counts and logs a device message that could not be used.
+func (e *Engine) bad(m inbound, err error) {
+	e.stats.bad.Add(1)
+	e.Logger.Warn("bad device message", "device", m.device, "kind", m.kind, "size", len(m.payload), "err", err)
+}
+
+// stale counts a valid message that belongs to another update, handle or
+// attempt: late, duplicated or replayed. It changes nothing.
+func (e *Engine) stale(device, what string, args ...any) {
+	e.stats.stale.Add(1)
+	e.Logger.Debug("stale device message", append([]any{"device", device, "msg", what}, args...)...)
+}
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Stats {
+	return Stats{
+		ChunksSent:     e.stats.chunks.Load(),
+		BytesSent:      e.stats.bytes.Load(),
+		Resends:        e.stats.resends.Load(),
+		Acks:           e.stats.acks.Load(),
+		BadMessages:    e.stats.bad.Load(),
+		StaleMessages:  e.stats.stale.Load(),
+		QueueDrops:     e.stats.drops.Load(),
+		IllegalChanges: e.stats.illegal.Load(),
+	}
+}
+
+// newHandle returns a non-zero transfer handle different from old.
+func (e *Engine) newHandle(old uint32) uint32 {
+	for {
+		h := e.rng.Uint32()
+		if h != 0 && h != old {
+			return h
+		}
+	}
+}
+
+// emit appends an event to the log and publishes it.
+func (e *Engine) emit(ev fleet.Event) {
+	e.seq++
+	ev.Seq = e.seq
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	if err := e.Store.AppendEvent(ev); err != nil {
+		e.Logger.Error("append event", "seq", ev.Seq, "err", err)
+	}
+	if ev.UpdateID != "" {
+		if err := e.Transport.Publish(protocol.UpdateEventsTopic(ev.UpdateID), protocol.Encode(ev), false, 1); err != nil {
+			e.Logger.Warn("publish event", "seq", ev.Seq, "err", err)
+		}
+	}
+}
+
+// openBlob opens a firmware image for ReadAt by every session of a run.
+func (e *Engine) openBlob(ctx context.Context, id string) (*os.File, fleet.Firmware, error) {
+	f, fw, err := e.Store.OpenFirmware(ctx, id)
+	if err != nil {
+		return nil, fleet.Firmware{}, err
+	}
+	return f, fw, nil
+}
