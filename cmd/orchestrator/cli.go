@@ -1,0 +1,890 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/rollout"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitFail  = 1 // the command ran and failed, or an update did not complete
+	exitUsage = 2 // bad command line
+)
+
+// cli runs one command line. Its output goes to stdout (results) and stderr
+// (errors, usage, the server's listening addresses).
+type cli struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	// tty reports whether stdout is a terminal: update watch then redraws
+	// one line instead of printing a line per change.
+	tty bool
+}
+
+func newCLI(stdout, stderr io.Writer, getenv func(string) string) *cli {
+	return &cli{stdout: stdout, stderr: stderr, getenv: getenv, tty: isTerminal(stdout)}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// usageError is a bad command line: exit code 2.
+type usageError struct {
+	msg  string
+	spec *spec           // the command whose usage to point at, if any
+	list func(io.Writer) // else, the commands to list, if any
+}
+
+func (e *usageError) Error() string { return e.msg }
+
+// exitError ends a command with a code and nothing more to print.
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return "exit " + strconv.Itoa(e.code) }
+
+// spec describes one command for its usage text.
+type spec struct {
+	name    string // "update create"
+	args    string // "--firmware ID [--select ...]"
+	summary string
+	example string
+}
+
+// commands lists every command in the order of the overview.
+var commands = []*spec{
+	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--log-level LEVEL] [--window N]",
+		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
+		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
+	{name: "firmware add", args: "FILE --version V [--name N] [--model M]",
+		summary: "upload a firmware image and print its ID",
+		example: "orchestrator firmware add build/sensor-2.1.0.bin --version 2.1.0 --model sensor-v2"},
+	{name: "firmware list", args: "[--json]", summary: "list stored firmware",
+		example: "orchestrator firmware list --json"},
+	{name: "update create", args: "--firmware ID [--select model=M,version=V,tag:K=V,device=ID] [--max-in-flight N] [--window W] [--chunk-size B] [--max-attempts N]",
+		summary: "start an update and print its ID",
+		example: "orchestrator update create --firmware fw-1a2b3c4d5e6f --select model=sensor-v2,tag:site=lyon --max-in-flight 100"},
+	{name: "update status", args: "ID [--json]", summary: "show an update's state, counts, bytes, rate and ETA",
+		example: "orchestrator update status upd-1a2b3c4d5e6f"},
+	{name: "update watch", args: "ID [--interval 500ms]",
+		summary: "follow an update until it ends; exit 0 if it completed, 1 otherwise",
+		example: "orchestrator update watch upd-1a2b3c4d5e6f --interval 1s"},
+	{name: "update list", args: "[--json]", summary: "list updates",
+		example: "orchestrator update list"},
+	{name: "update devices", args: "ID [--state S] [--json]", summary: "list an update's devices and their progress",
+		example: "orchestrator update devices upd-1a2b3c4d5e6f --state failed"},
+	{name: "update events", args: "ID [--after SEQ] [--json]", summary: "print an update's event log",
+		example: "orchestrator update events upd-1a2b3c4d5e6f --after 120"},
+	{name: "update pause", args: "ID", summary: "stop admitting devices; transfers in flight finish",
+		example: "orchestrator update pause upd-1a2b3c4d5e6f"},
+	{name: "update resume", args: "ID", summary: "admit devices to a paused update again",
+		example: "orchestrator update resume upd-1a2b3c4d5e6f"},
+	{name: "update cancel", args: "ID", summary: "cancel an update",
+		example: "orchestrator update cancel upd-1a2b3c4d5e6f"},
+	{name: "device list", args: "[--online] [--model M] [--version V] [--json]", summary: "list registered devices",
+		example: "orchestrator device list --online --model sensor-v2"},
+	{name: "version", args: "", summary: "print the version", example: "orchestrator version"},
+}
+
+func findSpec(name string) *spec {
+	for _, s := range commands {
+		if s.name == name {
+			return s
+		}
+	}
+	panic("no spec for " + name)
+}
+
+// run runs args (without the program name) and returns the exit code.
+func (c *cli) run(ctx context.Context, args []string) int {
+	err := c.dispatch(ctx, args)
+	var (
+		usage   *usageError
+		apiErr  *APIError
+		exitErr *exitError
+	)
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, &exitErr):
+		return exitErr.code
+	case errors.As(err, &usage):
+		fmt.Fprintf(c.stderr, "error: %s\n", usage.msg)
+		switch {
+		case usage.spec != nil:
+			fmt.Fprintf(c.stderr, "usage: orchestrator %s %s\nrun 'orchestrator %s --help' for details\n", usage.spec.name, usage.spec.args, usage.spec.name)
+		case usage.list != nil:
+			usage.list(c.stderr)
+		default:
+			fmt.Fprintln(c.stderr, "run 'orchestrator help' for the list of commands")
+		}
+		return exitUsage
+	case errors.As(err, &apiErr):
+		fmt.Fprintf(c.stderr, "error: %s (%s)\n", apiErr.Message, apiErr.Code)
+		return exitFail
+	default:
+		fmt.Fprintf(c.stderr, "error: %v\n", err)
+		return exitFail
+	}
+}
+
+func (c *cli) dispatch(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return &usageError{msg: "no command given", list: c.overview}
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "help", "-h", "-help", "--help":
+		c.overview(c.stdout)
+		return nil
+	case "version", "-version", "--version":
+		return c.version(rest)
+	case "serve":
+		return c.serve(ctx, rest)
+	case "firmware", "update", "device":
+		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
+			if len(rest) > 0 && isHelpFlag(rest[0]) {
+				c.group(cmd)(c.stdout)
+				return nil
+			}
+			return &usageError{msg: fmt.Sprintf("%s: missing subcommand", cmd), list: c.group(cmd)}
+		}
+		sub := cmd + " " + rest[0]
+		rest = rest[1:]
+		switch sub {
+		case "firmware add":
+			return c.firmwareAdd(ctx, rest)
+		case "firmware list":
+			return c.firmwareList(ctx, rest)
+		case "update create":
+			return c.updateCreate(ctx, rest)
+		case "update status":
+			return c.updateStatus(ctx, rest)
+		case "update watch":
+			return c.updateWatch(ctx, rest)
+		case "update list":
+			return c.updateList(ctx, rest)
+		case "update devices":
+			return c.updateDevices(ctx, rest)
+		case "update events":
+			return c.updateEvents(ctx, rest)
+		case "update pause", "update resume", "update cancel":
+			return c.updateControl(ctx, sub, rest)
+		case "device list":
+			return c.deviceList(ctx, rest)
+		}
+		return &usageError{msg: fmt.Sprintf("unknown command %q", sub), list: c.group(cmd)}
+	}
+	return &usageError{msg: fmt.Sprintf("unknown command %q", cmd), list: c.overview}
+}
+
+func isHelpFlag(s string) bool {
+	return s == "-h" || s == "-help" || s == "--help"
+}
+
+func (c *cli) overview(w io.Writer) {
+	fmt.Fprintln(w, "orchestrator updates the firmware of IoT fleets over MQTT.")
+	fmt.Fprintln(w, "\nusage: orchestrator COMMAND [ARGS] [FLAGS]\n\ncommands:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, s := range commands {
+		fmt.Fprintf(tw, "  %s\t%s\n", s.name, s.summary)
+	}
+	_ = tw.Flush() // a write error to stderr or stdout cannot be reported anywhere
+	fmt.Fprintln(w, "\nOperator commands talk to --server (default $FLOTA_SERVER or "+DefaultServer+").")
+	fmt.Fprintln(w, "Run 'orchestrator COMMAND --help' for a command's flags and an example.")
+}
+
+// group returns a function that lists the subcommands of name.
+func (c *cli) group(name string) func(io.Writer) {
+	return func(w io.Writer) {
+		fmt.Fprintf(w, "usage: orchestrator %s SUBCOMMAND [ARGS] [FLAGS]\n\nsubcommands:\n", name)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		for _, s := range commands {
+			if strings.HasPrefix(s.name, name+" ") {
+				fmt.Fprintf(tw, "  %s\t%s\n", s.name, s.summary)
+			}
+		}
+		_ = tw.Flush() // see overview
+		fmt.Fprintf(w, "\nRun 'orchestrator %s SUBCOMMAND --help' for its flags and an example.\n", name)
+	}
+}
+
+// newFlags returns the flag set of the named command. Parse errors are
+// reported by parse, not by the flag package.
+func (c *cli) newFlags(name string) (*flag.FlagSet, *spec) {
+	sp := findSpec(name)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs, sp
+}
+
+// serverFlag adds --server to an operator command.
+func (c *cli) serverFlag(fs *flag.FlagSet) *string {
+	def := c.getenv("FLOTA_SERVER")
+	if def == "" {
+		def = DefaultServer
+	}
+	return fs.String("server", def, "orchestrator API base URL (env FLOTA_SERVER)")
+}
+
+// parse parses args, in which flags may come before, between or after the
+// positional arguments ("--" ends the flags), and checks that there are
+// exactly len(positional) positional arguments, named for the error message.
+func (c *cli) parse(fs *flag.FlagSet, sp *spec, args []string, positional ...string) ([]string, error) {
+	pos, err := parseInterleaved(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		c.usage(c.stdout, fs, sp)
+		return nil, err
+	}
+	if err != nil {
+		return nil, &usageError{msg: err.Error(), spec: sp}
+	}
+	if len(pos) < len(positional) {
+		return nil, &usageError{msg: fmt.Sprintf("missing %s", positional[len(pos)]), spec: sp}
+	}
+	if len(pos) > len(positional) {
+		return nil, &usageError{msg: fmt.Sprintf("unexpected argument %q", pos[len(positional)]), spec: sp}
+	}
+	return pos, nil
+}
+
+// parseInterleaved parses flags anywhere in args and returns the positional
+// arguments in order.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+func (c *cli) usage(w io.Writer, fs *flag.FlagSet, sp *spec) {
+	fmt.Fprintf(w, "usage: orchestrator %s %s\n\n%s.\n\nexample:\n  %s\n", sp.name, sp.args, sp.summary, sp.example)
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n > 0 {
+		fmt.Fprintln(w, "\nflags:")
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+}
+
+func required(sp *spec, name, value string) error {
+	if value == "" {
+		return &usageError{msg: fmt.Sprintf("--%s is required", name), spec: sp}
+	}
+	return nil
+}
+
+func (c *cli) printJSON(v any) error {
+	enc := json.NewEncoder(c.stdout)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+func (c *cli) version(args []string) error {
+	fs, sp := c.newFlags("version")
+	if _, err := c.parse(fs, sp, args); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "orchestrator %s\n", version)
+	return nil
+}
+
+func (c *cli) serve(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("serve")
+	m := NewMain()
+	fs.StringVar(&m.Config.DataDir, "data", m.Config.DataDir, "data directory: SQLite database and firmware images")
+	fs.StringVar(&m.Config.MQTTAddr, "mqtt", m.Config.MQTTAddr, "MQTT listen address (port 0 picks a free port)")
+	fs.StringVar(&m.Config.HTTPAddr, "http", m.Config.HTTPAddr, "HTTP API listen address (port 0 picks a free port)")
+	fs.StringVar(&m.Config.LogLevel, "log-level", m.Config.LogLevel, "log level: debug, info, warn or error")
+	fs.IntVar(&m.Config.Window, "window", m.Config.Window, "largest chunk window of any update; sizes the broker's per-client queues (0: default)")
+	if _, err := c.parse(fs, sp, args); err != nil {
+		return err
+	}
+	if _, err := parseLogLevel(m.Config.LogLevel); err != nil {
+		return &usageError{msg: err.Error(), spec: sp}
+	}
+	if m.Config.Window < 0 || m.Config.Window > fleet.MaxWindow {
+		return &usageError{msg: fmt.Sprintf("--window must be 0..%d", fleet.MaxWindow), spec: sp}
+	}
+	if err := m.Run(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "mqtt listening on tcp://%s\n", m.MQTTAddr())
+	fmt.Fprintf(c.stderr, "http listening on %s\n", m.HTTPURL())
+	<-ctx.Done()
+	m.Logger.Info("shutting down", "cause", context.Cause(ctx))
+	if err := m.Close(); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+func (c *cli) firmwareAdd(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("firmware add")
+	server := c.serverFlag(fs)
+	ver := fs.String("version", "", "firmware version (required)")
+	name := fs.String("name", "", "firmware name (default: the file name)")
+	model := fs.String("model", "", "device model the image is for (default: any)")
+	pos, err := c.parse(fs, sp, args, "FILE")
+	if err != nil {
+		return err
+	}
+	if err := required(sp, "version", *ver); err != nil {
+		return err
+	}
+	f, err := os.Open(pos[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", pos[0])
+	}
+	if *name == "" {
+		*name = filepath.Base(pos[0])
+	}
+	fw, err := NewClient(*server).AddFirmware(ctx, fleet.Firmware{Name: *name, Version: *ver, Model: *model}, f, st.Size())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(c.stdout, fw.ID)
+	return nil
+}
+
+func (c *cli) firmwareList(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("firmware list")
+	server := c.serverFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := c.parse(fs, sp, args); err != nil {
+		return err
+	}
+	fws, err := NewClient(*server).ListFirmware(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return c.printJSON(nonNilSlice(fws))
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tVERSION\tMODEL\tSIZE\tSHA256\tCREATED")
+	for _, fw := range fws {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", fw.ID, fw.Name, fw.Version, orDash(fw.Model),
+			humanBytes(fw.Size), shortHash(fw.SHA256), fw.CreatedAt.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
+}
+
+func (c *cli) updateCreate(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("update create")
+	server := c.serverFlag(fs)
+	var req rollout.CreateRequest
+	sel := &selectorFlag{sel: &req.Selector}
+	fs.StringVar(&req.FirmwareID, "firmware", "", "firmware ID (required)")
+	fs.Var(sel, "select", "target devices: `criteria` model=M,version=V,tag:K=V,device=ID (repeatable; every criterion must match; none: all devices)")
+	fs.IntVar(&req.Policy.MaxInFlight, "max-in-flight", 0, fmt.Sprintf("devices transferring at once (default %d)", fleet.DefaultMaxInFlight))
+	fs.IntVar(&req.Policy.Window, "window", 0, fmt.Sprintf("unacknowledged chunks per device, 1..%d (default %d)", fleet.MaxWindow, fleet.DefaultWindow))
+	fs.Var((*sizeFlag)(&req.Policy.ChunkSize), "chunk-size", fmt.Sprintf("chunk size in `bytes`, %d..%d, suffix k for KiB (default %d)", fleet.MinChunkSize, fleet.MaxChunkSize, fleet.DefaultChunkSize))
+	fs.IntVar(&req.Policy.MaxAttempts, "max-attempts", 0, fmt.Sprintf("attempts per device before it fails (default %d)", fleet.DefaultMaxAttempts))
+	if _, err := c.parse(fs, sp, args); err != nil {
+		return err
+	}
+	if err := required(sp, "firmware", req.FirmwareID); err != nil {
+		return err
+	}
+	if p := req.Policy; p.MaxInFlight < 0 || p.Window < 0 || p.ChunkSize < 0 || p.MaxAttempts < 0 {
+		return &usageError{msg: "policy values must not be negative", spec: sp}
+	}
+	u, err := NewClient(*server).CreateUpdate(ctx, req)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(c.stdout, u.ID)
+	return nil
+}
+
+func (c *cli) updateStatus(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("update status")
+	server := c.serverFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := c.parse(fs, sp, args, "ID")
+	if err != nil {
+		return err
+	}
+	sum, err := NewClient(*server).Update(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return c.printJSON(sum)
+	}
+	writeStatus(c.stdout, sum)
+	return nil
+}
+
+// writeStatus prints a summary for people.
+func writeStatus(w io.Writer, s fleet.UpdateSummary) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "update\t%s\n", s.ID)
+	fmt.Fprintf(tw, "state\t%s\n", s.State)
+	fmt.Fprintf(tw, "firmware\t%s (%s %s, %s)\n", s.FirmwareID, s.Firmware.Name, s.Firmware.Version, humanBytes(s.Firmware.Size))
+	fmt.Fprintf(tw, "devices\t%d/%d finished, %d in flight\n", s.Finished(), s.Total, s.InFlight)
+	fmt.Fprintf(tw, "states\t%s\n", formatCounts(s.Counts))
+	fmt.Fprintf(tw, "bytes\t%s acked, %s sent, %d resends\n", humanBytes(s.BytesAcked), humanBytes(s.BytesSent), s.Resends)
+	fmt.Fprintf(tw, "rate\t%s/s\n", humanBytes(int64(s.RateBps)))
+	if !s.State.Terminal() {
+		fmt.Fprintf(tw, "eta\t%s\n", formatETA(s.ETASeconds))
+	}
+	_ = tw.Flush() // stdout; nothing to report to
+}
+
+func (c *cli) updateWatch(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("update watch")
+	server := c.serverFlag(fs)
+	interval := fs.Duration("interval", 500*time.Millisecond, "polling interval")
+	pos, err := c.parse(fs, sp, args, "ID")
+	if err != nil {
+		return err
+	}
+	if *interval <= 0 {
+		return &usageError{msg: "--interval must be positive", spec: sp}
+	}
+	code, err := c.watch(ctx, NewClient(*server), pos[0], *interval)
+	if err != nil {
+		return err
+	}
+	if code != exitOK {
+		return &exitError{code: code}
+	}
+	return nil
+}
+
+// watch polls an update until it is terminal and returns the exit code: 0 if
+// it completed, 1 otherwise.
+func (c *cli) watch(ctx context.Context, client *Client, id string, interval time.Duration) (int, error) {
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	var last string
+	for {
+		sum, err := client.Update(ctx, id)
+		if err != nil {
+			if c.tty && last != "" {
+				fmt.Fprintln(c.stdout)
+			}
+			return exitFail, err
+		}
+		line := progressLine(sum)
+		switch {
+		case c.tty:
+			fmt.Fprintf(c.stdout, "\r%s\x1b[K", line)
+		case changeKey(sum) != last:
+			fmt.Fprintln(c.stdout, line)
+		}
+		last = changeKey(sum)
+		if sum.State.Terminal() {
+			if c.tty {
+				fmt.Fprintln(c.stdout)
+			}
+			fmt.Fprintf(c.stdout, "update %s %s: %s\n", sum.ID, sum.State, formatCounts(sum.Counts))
+			if sum.State == fleet.UpdateCompleted {
+				return exitOK, nil
+			}
+			return exitFail, nil
+		}
+		select {
+		case <-ctx.Done():
+			if c.tty {
+				fmt.Fprintln(c.stdout)
+			}
+			return exitFail, context.Cause(ctx)
+		case <-ticker.C:
+		}
+	}
+}
+
+// changeKey identifies what a non-terminal watcher reports a change of: the
+// progress line without the rate and the ETA, which change on every poll.
+func changeKey(s fleet.UpdateSummary) string {
+	return progressCore(s) + "  " + string(s.State)
+}
+
+// progressLine renders a summary as one line with a progress bar.
+func progressLine(s fleet.UpdateSummary) string {
+	line := progressCore(s) + fmt.Sprintf("  %s/s", humanBytes(int64(s.RateBps)))
+	if !s.State.Terminal() {
+		line += "  ETA " + formatETA(s.ETASeconds)
+	}
+	return line + "  " + string(s.State)
+}
+
+// progressCore is the bar and the device counts of a progress line.
+func progressCore(s fleet.UpdateSummary) string {
+	const width = 24
+	done := s.Finished()
+	frac := 0.0
+	if s.Total > 0 {
+		frac = float64(done) / float64(s.Total)
+	}
+	filled := int(frac * width)
+	bar := strings.Repeat("=", filled)
+	if filled < width {
+		bar += ">" + strings.Repeat(" ", width-filled-1)
+	}
+	return fmt.Sprintf("[%s] %3.0f%% %d/%d  ok %d  failed %d  in flight %d",
+		bar, frac*100, done, s.Total, s.Counts[fleet.StateSucceeded],
+		s.Counts[fleet.StateFailed]+s.Counts[fleet.StateRejected], s.InFlight)
+}
+
+func (c *cli) updateList(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("update list")
+	server := c.serverFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := c.parse(fs, sp, args); err != nil {
+		return err
+	}
+	ups, err := NewClient(*server).ListUpdates(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return c.printJSON(nonNilSlice(ups))
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tFIRMWARE\tDONE\tIN FLIGHT\tCREATED")
+	for _, u := range ups {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%d\t%s\n", u.ID, u.State, u.FirmwareID, u.Finished(), u.Total,
+			u.InFlight, u.CreatedAt.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
+}
+
+func (c *cli) updateDevices(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("update devices")
+	server := c.serverFlag(fs)
+	state := fs.String("state", "", "only devices in this state (queued, downloading, succeeded, failed, ...)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := c.parse(fs, sp, args, "ID")
+	if err != nil {
+		return err
+	}
+	if st := fleet.DeviceState(*state); st != "" && !st.Valid() {
+		return &usageError{msg: fmt.Sprintf("--state %q: unknown device state", *state), spec: sp}
+	}
+	ps, err := NewClient(*server).AllUpdateDevices(ctx, pos[0], fleet.DeviceState(*state))
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return c.printJSON(nonNilSlice(ps))
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tSTATE\tOFFSET\tATTEMPTS\tREASON\tUPDATED")
+	for _, p := range ps {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", p.DeviceID, p.State, p.Offset, p.Attempts, orDash(string(p.Reason)),
+			p.UpdatedAt.Local().Format(time.DateTime))
+	}
+	return tw.Flush()
+}
+
+func (c *cli) updateEvents(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("update events")
+	server := c.serverFlag(fs)
+	after := fs.Int64("after", 0, "print events after this sequence number")
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := c.parse(fs, sp, args, "ID")
+	if err != nil {
+		return err
+	}
+	if *after < 0 {
+		return &usageError{msg: "--after must not be negative", spec: sp}
+	}
+	client := NewClient(*server)
+	var all []fleet.Event
+	for seq := *after; ; {
+		page, err := client.Events(ctx, pos[0], seq, 1000)
+		if err != nil {
+			return err
+		}
+		all = append(all, page.Events...)
+		if len(page.Events) == 0 || page.Next <= seq {
+			break
+		}
+		seq = page.Next
+	}
+	if *asJSON {
+		return c.printJSON(nonNilSlice(all))
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tTIME\tTYPE\tDEVICE\tSTATE\tREASON\tOFFSET\tATTEMPT")
+	for _, e := range all {
+		state := e.State
+		if e.From != "" {
+			state = e.From + " -> " + e.State
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", e.Seq, e.Time.Local().Format("15:04:05.000"), e.Type,
+			orDash(e.DeviceID), state, orDash(string(e.Reason)), e.Offset, e.Attempt)
+	}
+	return tw.Flush()
+}
+
+func (c *cli) updateControl(ctx context.Context, name string, args []string) error {
+	fs, sp := c.newFlags(name)
+	server := c.serverFlag(fs)
+	pos, err := c.parse(fs, sp, args, "ID")
+	if err != nil {
+		return err
+	}
+	client := NewClient(*server)
+	op := map[string]func(context.Context, string) (fleet.UpdateSummary, error){
+		"update pause": client.Pause, "update resume": client.Resume, "update cancel": client.Cancel,
+	}[name]
+	sum, err := op(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "update %s %s\n", sum.ID, sum.State)
+	return nil
+}
+
+func (c *cli) deviceList(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("device list")
+	server := c.serverFlag(fs)
+	online := fs.Bool("online", false, "only devices connected now")
+	model := fs.String("model", "", "only devices of this model")
+	ver := fs.String("version", "", "only devices running this version")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := c.parse(fs, sp, args); err != nil {
+		return err
+	}
+	q := DeviceQuery{Model: *model, Version: *ver}
+	if *online {
+		q.Online = online
+	}
+	devs, err := NewClient(*server).AllDevices(ctx, q)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return c.printJSON(nonNilSlice(devs))
+	}
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tMODEL\tVERSION\tONLINE\tLAST SEEN\tTAGS")
+	for _, d := range devs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%s\n", d.ID, d.Model, d.Version, d.Online,
+			d.LastSeen.Local().Format(time.DateTime), formatTags(d.Tags))
+	}
+	return tw.Flush()
+}
+
+// selectorFlag is --select: comma-separated criteria merged into a selector.
+type selectorFlag struct {
+	sel *fleet.Selector
+	raw []string
+}
+
+func (f *selectorFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	return strings.Join(f.raw, ",")
+}
+
+func (f *selectorFlag) Set(s string) error {
+	if err := parseSelector(s, f.sel); err != nil {
+		return err
+	}
+	f.raw = append(f.raw, s)
+	return nil
+}
+
+// parseSelector merges "model=M,version=V,tag:K=V,device=ID,..." into sel.
+func parseSelector(s string, sel *fleet.Selector) error {
+	for _, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(item, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || v == "" {
+			return fmt.Errorf("%q: want key=value (model=, version=, tag:K=, device=)", item)
+		}
+		switch {
+		case k == "model":
+			if sel.Model != "" && sel.Model != v {
+				return fmt.Errorf("%q: model already set to %q", item, sel.Model)
+			}
+			sel.Model = v
+		case k == "version":
+			if sel.Version != "" && sel.Version != v {
+				return fmt.Errorf("%q: version already set to %q", item, sel.Version)
+			}
+			sel.Version = v
+		case k == "device":
+			if !fleet.ValidDeviceID(v) {
+				return fmt.Errorf("%q: invalid device ID", item)
+			}
+			sel.Devices = append(sel.Devices, v)
+		case strings.HasPrefix(k, "tag:"):
+			tag := strings.TrimPrefix(k, "tag:")
+			if tag == "" {
+				return fmt.Errorf("%q: empty tag name", item)
+			}
+			if old, ok := sel.Tags[tag]; ok && old != v {
+				return fmt.Errorf("%q: tag %q already set to %q", item, tag, old)
+			}
+			if sel.Tags == nil {
+				sel.Tags = map[string]string{}
+			}
+			sel.Tags[tag] = v
+		default:
+			return fmt.Errorf("%q: unknown key %q (want model, version, tag:NAME or device)", item, k)
+		}
+	}
+	return nil
+}
+
+// sizeFlag is a byte count with an optional k/K/KiB suffix (x1024).
+type sizeFlag int
+
+func (f *sizeFlag) String() string {
+	if f == nil || *f == 0 {
+		return ""
+	}
+	return strconv.Itoa(int(*f))
+}
+
+func (f *sizeFlag) Set(s string) error {
+	n, err := parseSize(s)
+	if err != nil {
+		return err
+	}
+	*f = sizeFlag(n)
+	return nil
+}
+
+func parseSize(s string) (int, error) {
+	num, mult := strings.TrimSpace(s), 1
+	for _, suf := range []string{"KiB", "kib", "k", "K"} {
+		if strings.HasSuffix(num, suf) {
+			num, mult = strings.TrimSuffix(num, suf), 1024
+			break
+		}
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(num))
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q: want a byte count such as 16384 or 16k", s)
+	}
+	return n * mult, nil
+}
+
+// formatCounts lists the non-zero counts in the order of the happy path.
+func formatCounts(counts map[fleet.DeviceState]int) string {
+	var parts []string
+	for _, st := range fleet.AllDeviceStates {
+		if n := counts[st]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", st, n))
+		}
+	}
+	if len(parts) == 0 {
+		return "no devices"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func formatETA(seconds float64) string {
+	if seconds <= 0 {
+		return "-"
+	}
+	return time.Duration(seconds * float64(time.Second)).Round(time.Second).String()
+}
+
+func formatTags(tags map[string]string) string {
+	if len(tags) == 0 {
+		return "-"
+	}
+	keys := make([]string, 0, len(tags))
+	for k := range tags {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + tags[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+// humanBytes formats n in binary units.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
+
+func shortHash(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func nonNilSlice[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

@@ -1,0 +1,458 @@
+package main
+
+// End-to-end tests with real processes: the orchestrator and devicesim
+// binaries, the real mosquitto_sub/mosquitto_pub clients and the sqlite3 CLI,
+// over TCP on 127.0.0.1 ports the processes choose themselves.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/flotaio/flota/internal/fleet"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds orchestrator and devicesim once per test run.
+func binaries(t *testing.T) (orchestrator, devicesim string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test with real processes")
+	}
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "flota-e2e-bin")
+		if buildErr != nil {
+			return
+		}
+		for _, pkg := range []string{"orchestrator", "devicesim"} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, pkg), "../"+pkg).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	require.NoError(t, buildErr)
+	return filepath.Join(binDir, "orchestrator"), filepath.Join(binDir, "devicesim")
+}
+
+func requireTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	require.NoError(t, err, "%s must be installed (.ci/run installs it)", name)
+	return p
+}
+
+// server is a running `orchestrator serve` process.
+type server struct {
+	t        *testing.T
+	bin      string
+	data     string
+	mqttAddr string // host:port
+	url      string
+	cmd      *exec.Cmd
+	mu       sync.Mutex // guards log, written by the stderr reader
+	log      bytes.Buffer
+}
+
+func startServer(t *testing.T) *server {
+	t.Helper()
+	orch, _ := binaries(t)
+	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data")}
+	s.cmd = exec.Command(orch, "serve", "--data", s.data, "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0")
+	stderr, err := s.cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, s.cmd.Start())
+	t.Cleanup(func() {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		if t.Failed() {
+			t.Logf("orchestrator log:\n%s", s.logString())
+		}
+	})
+	found := make(chan struct{})
+	mu := &s.mu
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		signalled := false
+		for sc.Scan() {
+			line := sc.Text()
+			mu.Lock()
+			s.log.WriteString(line + "\n")
+			if a, ok := strings.CutPrefix(line, "mqtt listening on tcp://"); ok {
+				s.mqttAddr = a
+			}
+			if a, ok := strings.CutPrefix(line, "http listening on "); ok {
+				s.url = a
+			}
+			if !signalled && s.mqttAddr != "" && s.url != "" {
+				signalled = true
+				close(found)
+			}
+			mu.Unlock()
+		}
+	}()
+	select {
+	case <-found:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("orchestrator did not report its addresses:\n%s", s.logString())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return s
+}
+
+// cli runs an operator command against the server and returns its stdout
+// and exit code.
+func (s *server) cli(args ...string) (string, int) {
+	s.t.Helper()
+	cmd := exec.Command(s.bin, append(args, "--server", s.url)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else {
+		require.NoError(s.t, err)
+	}
+	if code != 0 {
+		s.t.Logf("orchestrator %s: exit %d: %s", strings.Join(args, " "), code, errb.String())
+	}
+	return out.String(), code
+}
+
+func (s *server) mustCLI(args ...string) string {
+	s.t.Helper()
+	out, code := s.cli(args...)
+	require.Zero(s.t, code, "orchestrator %v", args)
+	return out
+}
+
+func (s *server) getJSON(path string, v any) {
+	s.t.Helper()
+	resp, err := http.Get(s.url + path)
+	require.NoError(s.t, err)
+	defer resp.Body.Close()
+	require.Equal(s.t, http.StatusOK, resp.StatusCode)
+	require.NoError(s.t, json.NewDecoder(resp.Body).Decode(v))
+}
+
+// waitOnline waits until n devices are online.
+func (s *server) waitOnline(n int) {
+	s.t.Helper()
+	poll(s.t, 60*time.Second, func() bool {
+		out, code := s.cli("device", "list", "--online", "--json")
+		if code != 0 {
+			return false
+		}
+		var ds []fleet.Device
+		return json.Unmarshal([]byte(out), &ds) == nil && len(ds) >= n
+	}, fmt.Sprintf("%d devices online", n))
+}
+
+// sim is a running devicesim process.
+type sim struct {
+	cmd     *exec.Cmd
+	summary string
+	out     *bytes.Buffer
+	done    chan error
+}
+
+type simSummary struct {
+	Devices       int   `json:"devices"`
+	Updated       int   `json:"updated"`
+	Failed        int   `json:"failed"`
+	Installs      int   `json:"installs"`
+	BytesReceived int64 `json:"bytes_received"`
+	ChunksDropped int   `json:"chunks_dropped"`
+	DevicesDetail []struct {
+		ID            string `json:"id"`
+		Version       string `json:"version"`
+		Installs      int    `json:"installs"`
+		BytesReceived int64  `json:"bytes_received"`
+		ImageSHA256   string `json:"image_sha256"`
+		Failed        bool   `json:"failed"`
+		Reason        string `json:"reason"`
+	} `json:"devices_detail"`
+}
+
+func startSim(t *testing.T, s *server, args ...string) *sim {
+	t.Helper()
+	_, bin := binaries(t)
+	sm := &sim{summary: filepath.Join(t.TempDir(), "summary.json"), out: &bytes.Buffer{}, done: make(chan error, 1)}
+	all := append([]string{"--broker", "tcp://" + s.mqttAddr, "--summary", sm.summary, "--reboot-delay", "100ms"}, args...)
+	sm.cmd = exec.Command(bin, all...)
+	sm.cmd.Stdout, sm.cmd.Stderr = sm.out, sm.out
+	require.NoError(t, sm.cmd.Start())
+	go func() { sm.done <- sm.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = sm.cmd.Process.Kill()
+		<-sm.done
+		sm.done <- nil
+	})
+	return sm
+}
+
+// stop interrupts devicesim (it prints and writes its summary) and reads the
+// summary.
+func (sm *sim) stop(t *testing.T) simSummary {
+	t.Helper()
+	_ = sm.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-sm.done:
+		sm.done <- nil
+	case <-time.After(30 * time.Second):
+		t.Fatalf("devicesim did not exit on SIGINT:\n%s", sm.out.String())
+	}
+	b, err := os.ReadFile(sm.summary)
+	require.NoError(t, err, "devicesim output:\n%s", sm.out.String())
+	var sum simSummary
+	require.NoError(t, json.Unmarshal(b, &sum))
+	return sum
+}
+
+func poll(t *testing.T, within time.Duration, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for: %s", within, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// firmware writes a random image and adds it through the CLI.
+func (s *server) firmware(size int, version string) (id, digest string) {
+	s.t.Helper()
+	img := make([]byte, size)
+	_, _ = rand.Read(img)
+	path := filepath.Join(s.t.TempDir(), "fw.bin")
+	require.NoError(s.t, os.WriteFile(path, img, 0o644))
+	id = strings.TrimSpace(s.mustCLI("firmware", "add", path, "--version", version, "--name", "app", "--model", "sim-a"))
+	require.True(s.t, strings.HasPrefix(id, "fw-"), "firmware ID %q", id)
+	sum := sha256.Sum256(img)
+	return id, hex.EncodeToString(sum[:])
+}
+
+func (s *server) status(id string) fleet.UpdateSummary {
+	s.t.Helper()
+	var sum fleet.UpdateSummary
+	require.NoError(s.t, json.Unmarshal([]byte(s.mustCLI("update", "status", id, "--json")), &sum))
+	return sum
+}
+
+// sqlite3 runs a query with the sqlite3 CLI on the server's database.
+func (s *server) sqlite3(query string) string {
+	s.t.Helper()
+	out, err := exec.Command(requireTool(s.t, "sqlite3"), filepath.Join(s.data, "flota.db"), query).CombinedOutput()
+	require.NoError(s.t, err, "%s", out)
+	return strings.TrimSpace(string(out))
+}
+
+func TestE2E_FleetOf100DevicesSucceeds(t *testing.T) {
+	s := startServer(t)
+
+	// A monitor watches the event stream with the real mosquitto_sub.
+	host, port, _ := strings.Cut(s.mqttAddr, ":")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// stdbuf: mosquitto_sub's debug lines are block-buffered on a pipe.
+	monitor := exec.CommandContext(ctx, requireTool(t, "stdbuf"), "-oL", requireTool(t, "mosquitto_sub"),
+		"-h", host, "-p", port, "-i", "monitor-e2e", "-t", "flota/events/#", "-v", "-q", "1", "-d")
+	var events bytes.Buffer
+	var evMu sync.Mutex // guards events
+	subscribed := make(chan struct{})
+	pipe, pw, err := os.Pipe() // -d prints SUBACK on one stream and messages on the other
+	require.NoError(t, err)
+	monitor.Stdout, monitor.Stderr = pw, pw
+	require.NoError(t, monitor.Start())
+	pw.Close()
+	t.Cleanup(func() { cancel(); _ = monitor.Wait() })
+	go func() {
+		sc := bufio.NewScanner(pipe)
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		once := sync.Once{}
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.Contains(line, "received SUBACK") {
+				once.Do(func() { close(subscribed) })
+			}
+			evMu.Lock()
+			events.WriteString(line + "\n")
+			evMu.Unlock()
+		}
+	}()
+	select {
+	case <-subscribed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("mosquitto_sub did not subscribe")
+	}
+
+	sm := startSim(t, s, "--devices", "100", "--id-prefix", "e2e-", "--model", "sim-a", "--version", "1.0.0",
+		"--tags", "site=lab")
+	s.waitOnline(100)
+	fw, digest := s.firmware(256*1024, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--select", "model=sim-a,tag:site=lab"))
+	require.True(t, strings.HasPrefix(id, "u-"), "update ID %q", id)
+
+	_, code := s.cli("update", "watch", id, "--interval", "200ms")
+	assert.Zero(t, code, "watch exits 0 on a completed update")
+
+	// The API and the store agree.
+	st := s.status(id)
+	assert.Equal(t, fleet.UpdateCompleted, st.State)
+	assert.Equal(t, 100, st.Total)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: 100}, st.Counts)
+	poll(t, 10*time.Second, func() bool {
+		return s.sqlite3("SELECT state, count(*) FROM progress WHERE update_id='"+id+"' GROUP BY state") == "succeeded|100"
+	}, "store records 100 succeeded devices")
+	assert.Equal(t, "completed", s.sqlite3("SELECT state FROM updates WHERE id='"+id+"'"))
+
+	// Every device received exactly the image and installed it once.
+	sum := sm.stop(t)
+	assert.Equal(t, 100, sum.Devices)
+	assert.Equal(t, 100, sum.Updated)
+	require.Len(t, sum.DevicesDetail, 100)
+	for _, d := range sum.DevicesDetail {
+		assert.Equal(t, "1.1.0", d.Version, d.ID)
+		assert.Equal(t, 1, d.Installs, d.ID)
+		assert.Equal(t, digest, d.ImageSHA256, d.ID)
+	}
+
+	// mosquitto_sub saw every device's succeeded event.
+	poll(t, 10*time.Second, func() bool {
+		evMu.Lock()
+		defer evMu.Unlock()
+		return len(succeededDevices(events.String(), id)) == 100
+	}, "mosquitto_sub receives 100 succeeded events")
+}
+
+// succeededDevices parses mosquitto_sub -v lines ("topic payload").
+func succeededDevices(out, update string) map[string]bool {
+	seen := map[string]bool{}
+	prefix := "flota/events/updates/" + update + " "
+	for _, line := range strings.Split(out, "\n") {
+		payload, ok := strings.CutPrefix(line, prefix)
+		if !ok {
+			continue
+		}
+		var ev fleet.Event
+		if json.Unmarshal([]byte(payload), &ev) == nil && ev.Type == fleet.EventDevice && ev.State == string(fleet.StateSucceeded) {
+			seen[ev.DeviceID] = true
+		}
+	}
+	return seen
+}
+
+func TestE2E_DroppedChunksAreResent(t *testing.T) {
+	s := startServer(t)
+	sm := startSim(t, s, "--devices", "40", "--id-prefix", "lossy-", "--model", "sim-a", "--drop-chunks", "0.1", "--seed", "7")
+	s.waitOnline(40)
+	fw, digest := s.firmware(128*1024, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--chunk-size", "4096"))
+	_, code := s.cli("update", "watch", id, "--interval", "200ms")
+	require.Zero(t, code)
+	st := s.status(id)
+	assert.Equal(t, 40, st.Counts[fleet.StateSucceeded])
+	assert.Positive(t, st.Resends)
+
+	sum := sm.stop(t)
+	assert.Positive(t, sum.ChunksDropped)
+	for _, d := range sum.DevicesDetail {
+		assert.Equal(t, digest, d.ImageSHA256, d.ID)
+	}
+}
+
+func TestE2E_FailedInstallEndsFailedWithReason(t *testing.T) {
+	s := startServer(t)
+	good := startSim(t, s, "--devices", "10", "--id-prefix", "good-", "--model", "sim-a")
+	bad := startSim(t, s, "--devices", "1", "--id-prefix", "bad-", "--model", "sim-a", "--fail-install", "1")
+	s.waitOnline(11)
+	fw, _ := s.firmware(64*1024, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw))
+	_, code := s.cli("update", "watch", id, "--interval", "200ms")
+	assert.Equal(t, 1, code, "watch exits 1 when devices failed")
+
+	st := s.status(id)
+	assert.Equal(t, fleet.UpdateCompletedWithFailures, st.State)
+	assert.Equal(t, 10, st.Counts[fleet.StateSucceeded])
+	assert.Equal(t, 1, st.Counts[fleet.StateFailed])
+	var failed []fleet.Progress
+	require.NoError(t, json.Unmarshal([]byte(s.mustCLI("update", "devices", id, "--state", "failed", "--json")), &failed))
+	require.Len(t, failed, 1)
+	assert.Equal(t, "bad-00001", failed[0].DeviceID)
+	assert.Equal(t, fleet.ReasonInstallFailed, failed[0].Reason)
+
+	assert.Equal(t, 10, good.stop(t).Updated)
+	b := bad.stop(t)
+	assert.Equal(t, 0, b.Updated)
+	assert.Equal(t, 1, b.Failed)
+}
+
+func TestE2E_GarbageFromMosquittoPubIsCountedAndHarmless(t *testing.T) {
+	s := startServer(t)
+	sm := startSim(t, s, "--devices", "20", "--id-prefix", "ok-", "--model", "sim-a")
+	s.waitOnline(20)
+	fw, _ := s.firmware(64*1024, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "4"))
+
+	host, port, _ := strings.Cut(s.mqttAddr, ":")
+	pub := requireTool(t, "mosquitto_pub")
+	for i, msg := range []struct{ topic, payload string }{
+		{"flota/devices/junk/up/report", "\x01\x02 not json at all"},
+		{"flota/devices/junk/up/hello", `{"v":1,"version":7}`},
+		{"flota/devices/junk/up/ack", `{"v":1,"handle":1,"offset":-5}`},
+		{"flota/devices/junk/up/report", `{"v":1,"update":"u-000000000000","handle":1,"state":"accepted"}`},
+		{"flota/devices/junk/up/report", `{"v":1,"update":"` + id + `","handle":1,"state":"teleported"}`},
+	} {
+		out, err := exec.Command(pub, "-h", host, "-p", port, "-i", "junk", "-q", "1", "-t", msg.topic, "-m", msg.payload).CombinedOutput()
+		require.NoError(t, err, "message %d: %s", i, out)
+	}
+	var stats struct {
+		Engine struct {
+			BadMessages int64 `json:"bad_messages"`
+		} `json:"engine"`
+	}
+	poll(t, 10*time.Second, func() bool {
+		s.getJSON("/api/v1/stats", &stats)
+		return stats.Engine.BadMessages >= 5
+	}, "five bad messages counted, got "+strconv.FormatInt(stats.Engine.BadMessages, 10))
+	assert.Contains(t, s.logString(), "bad device message")
+
+	_, code := s.cli("update", "watch", id, "--interval", "200ms")
+	require.Zero(t, code)
+	assert.Equal(t, 20, s.status(id).Counts[fleet.StateSucceeded])
+	assert.Equal(t, 20, sm.stop(t).Updated)
+}
+
+func (s *server) logString() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.log.String()
+}

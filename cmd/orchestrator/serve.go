@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/flotaio/flota/broker"
+	"github.com/flotaio/flota/internal/httpapi"
+	"github.com/flotaio/flota/internal/rollout"
+	"github.com/flotaio/flota/internal/sqlite"
+)
+
+// Defaults of the serve command.
+const (
+	DefaultDataDir  = "./flota-data"
+	DefaultMQTTAddr = "127.0.0.1:1883"
+	DefaultHTTPAddr = "127.0.0.1:8080"
+	DefaultLogLevel = "info"
+)
+
+// Config is what serve is told by its flags.
+type Config struct {
+	DataDir  string // SQLite database and firmware images
+	MQTTAddr string // MQTT listener, host:port ("127.0.0.1:0" picks a port)
+	HTTPAddr string // HTTP API listener, host:port
+	// Window is the largest chunk window any update uses; it sizes the
+	// broker's per-client queues. 0 means the broker's default.
+	Window   int
+	LogLevel string // debug, info, warn or error
+}
+
+// Main is the orchestrator with its production wiring, so that tests run
+// exactly what serve runs: Run opens every component, Close closes them.
+type Main struct {
+	Config Config
+	Store  *sqlite.Store
+	Broker *broker.Broker
+	Engine *rollout.Engine
+	HTTP   *httpapi.Server
+	// Logger receives every component's logs; nil means a text handler on
+	// stderr at Config.LogLevel.
+	Logger *slog.Logger
+
+	// mu guards closers and closed, and the component fields while Run sets them.
+	mu      sync.Mutex
+	closers []func() error // in opening order; Close runs them in reverse
+	closed  bool
+}
+
+// NewMain returns a Main with the default configuration.
+func NewMain() *Main {
+	return &Main{Config: Config{
+		DataDir:  DefaultDataDir,
+		MQTTAddr: DefaultMQTTAddr,
+		HTTPAddr: DefaultHTTPAddr,
+		LogLevel: DefaultLogLevel,
+	}}
+}
+
+// Run opens the store, the broker, the engine and the HTTP API, in that
+// order, and returns once all of them listen. On an error it closes what it
+// opened. Stop it with Close.
+func (m *Main) Run(ctx context.Context) (err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || len(m.closers) > 0 {
+		return errors.New("main: already run")
+	}
+	defer func() {
+		if err != nil {
+			for i := len(m.closers) - 1; i >= 0; i-- {
+				if cerr := m.closers[i](); cerr != nil {
+					m.Logger.Error("close after a failed start", "err", cerr)
+				}
+			}
+			m.closers = nil
+		}
+	}()
+
+	if m.Logger == nil {
+		level, err := parseLogLevel(m.Config.LogLevel)
+		if err != nil {
+			return err
+		}
+		m.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	}
+
+	m.Store = sqlite.New(m.Config.DataDir)
+	m.Store.Logger = m.Logger.With("component", "store")
+	if err := m.Store.Open(); err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	m.closers = append(m.closers, m.Store.Close)
+
+	m.Broker = broker.New(broker.Options{
+		Addr:   m.Config.MQTTAddr,
+		Window: m.Config.Window,
+		Logger: m.Logger.With("component", "broker"),
+	})
+	m.Engine = rollout.New(m.Store, m.Broker, m.Logger.With("component", "engine"))
+	engine := m.Engine
+	m.Broker.OnPresence(func(id string, online bool) { engine.DevicePresence(id, online) })
+	if err := m.Broker.Open(); err != nil {
+		return fmt.Errorf("open broker: %w", err)
+	}
+	m.closers = append(m.closers, m.Broker.Close)
+
+	if err := m.Engine.Open(ctx); err != nil {
+		return fmt.Errorf("open engine: %w", err)
+	}
+	m.closers = append(m.closers, m.Engine.Close)
+
+	b := m.Broker
+	m.HTTP = &httpapi.Server{
+		Addr:        m.Config.HTTPAddr,
+		Store:       m.Store,
+		Engine:      m.Engine,
+		BrokerStats: func() any { return b.Stats() },
+		Logger:      m.Logger.With("component", "http"),
+		Version:     version,
+	}
+	if err := m.HTTP.Open(); err != nil {
+		return fmt.Errorf("open http: %w", err)
+	}
+	m.closers = append(m.closers, m.HTTP.Close)
+	return nil
+}
+
+// Close closes the HTTP API, the engine, the broker and the store, in that
+// order, and returns the first error. It is idempotent.
+func (m *Main) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
+	var first error
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		if err := m.closers[i](); err != nil && first == nil {
+			first = err
+		}
+	}
+	m.closers = nil
+	return first
+}
+
+// MQTTAddr returns the broker's bound address, or "" before Run.
+func (m *Main) MQTTAddr() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.Broker == nil {
+		return ""
+	}
+	return m.Broker.Addr()
+}
+
+// HTTPURL returns the HTTP API's base URL, or "" before Run.
+func (m *Main) HTTPURL() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.HTTP == nil {
+		return ""
+	}
+	return m.HTTP.URL()
+}
+
+func parseLogLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(strings.TrimSpace(s))); err != nil {
+		return 0, fmt.Errorf("log level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}

@@ -1,0 +1,388 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/rollout"
+	"github.com/flotaio/flota/internal/sqlite"
+)
+
+// Response bodies of the list routes.
+type (
+	// FirmwareList is the body of GET /api/v1/firmware.
+	FirmwareList struct {
+		Firmware []fleet.Firmware `json:"firmware"`
+	}
+	// DeviceList is the body of GET /api/v1/devices.
+	DeviceList struct {
+		Devices []fleet.Device `json:"devices"`
+		Total   int            `json:"total"`
+	}
+	// UpdateList is the body of GET /api/v1/updates.
+	UpdateList struct {
+		Updates []fleet.UpdateSummary `json:"updates"`
+	}
+	// ProgressList is the body of GET /api/v1/updates/{id}/devices.
+	ProgressList struct {
+		Devices []fleet.Progress `json:"devices"`
+		Total   int              `json:"total"`
+	}
+	// EventList is the body of GET /api/v1/updates/{id}/events. Next is the
+	// value of ?after= that returns the following events.
+	EventList struct {
+		Events []fleet.Event `json:"events"`
+		Next   int64         `json:"next"`
+	}
+	// Health is the body of GET /api/v1/health.
+	Health struct {
+		Status  string `json:"status"`
+		Version string `json:"version"`
+	}
+)
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/health", s.health)
+	mux.HandleFunc("GET /api/v1/stats", s.stats)
+
+	mux.HandleFunc("POST /api/v1/firmware", s.addFirmware)
+	mux.HandleFunc("GET /api/v1/firmware", s.listFirmware)
+	mux.HandleFunc("GET /api/v1/firmware/{id}", s.getFirmware)
+
+	mux.HandleFunc("GET /api/v1/devices", s.listDevices)
+	mux.HandleFunc("GET /api/v1/devices/{id}", s.getDevice)
+
+	mux.HandleFunc("POST /api/v1/updates", s.createUpdate)
+	mux.HandleFunc("GET /api/v1/updates", s.listUpdates)
+	mux.HandleFunc("GET /api/v1/updates/{id}", s.getUpdate)
+	mux.HandleFunc("GET /api/v1/updates/{id}/devices", s.updateDevices)
+	mux.HandleFunc("GET /api/v1/updates/{id}/events", s.updateEvents)
+	mux.HandleFunc("POST /api/v1/updates/{id}/pause", s.control((*rollout.Engine).Pause))
+	mux.HandleFunc("POST /api/v1/updates/{id}/resume", s.control((*rollout.Engine).Resume))
+	mux.HandleFunc("POST /api/v1/updates/{id}/cancel", s.control((*rollout.Engine).Cancel))
+	return s.logRequests(mux)
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, Health{Status: "ok", Version: s.version()})
+}
+
+func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
+	out := map[string]any{"store": s.Store.Stats()}
+	if s.Engine != nil {
+		out["engine"] = s.Engine.Stats()
+	}
+	if s.BrokerStats != nil {
+		out["broker"] = s.BrokerStats()
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) addFirmware(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	meta := fleet.Firmware{Name: q.Get("name"), Version: q.Get("version"), Model: q.Get("model")}
+	if meta.Version == "" {
+		s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "version is required"))
+		return
+	}
+	limit := s.maxFirmwareSize()
+	if r.ContentLength > limit {
+		s.writeError(w, r, &http.MaxBytesError{Limit: limit})
+		return
+	}
+	body := http.MaxBytesReader(w, r.Body, limit)
+	fw, err := s.Store.AddFirmware(r.Context(), meta, body)
+	if err != nil {
+		s.writeError(w, r, fmt.Errorf("add firmware: %w", err))
+		return
+	}
+	writeJSON(w, http.StatusCreated, fw)
+}
+
+func (s *Server) listFirmware(w http.ResponseWriter, r *http.Request) {
+	fws, err := s.Store.ListFirmware(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, FirmwareList{Firmware: nonNil(fws)})
+}
+
+func (s *Server) getFirmware(w http.ResponseWriter, r *http.Request) {
+	fw, err := s.Store.Firmware(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, fw)
+}
+
+func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit, offset, err := pageParams(q.Get("limit"), q.Get("offset"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	f := sqlite.DeviceFilter{Model: q.Get("model"), Version: q.Get("version"), Limit: limit, Offset: offset}
+	if v := q.Get("online"); v != "" {
+		online, err := strconv.ParseBool(v)
+		if err != nil {
+			s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "online=%q: want true or false", v))
+			return
+		}
+		f.Online = &online
+	}
+	devs, total, err := s.Store.ListDevices(r.Context(), f)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, DeviceList{Devices: nonNil(devs), Total: total})
+}
+
+func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
+	d, err := s.Store.Device(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Server) createUpdate(w http.ResponseWriter, r *http.Request) {
+	var req rollout.CreateRequest
+	if err := decodeStrict(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if !s.engineReady(w, r) {
+		return
+	}
+	u, err := s.Engine.CreateUpdate(r.Context(), req)
+	if err != nil {
+		s.writeError(w, r, fmt.Errorf("create update: %w", err))
+		return
+	}
+	writeJSON(w, http.StatusCreated, u)
+}
+
+func (s *Server) listUpdates(w http.ResponseWriter, r *http.Request) {
+	if !s.engineReady(w, r) {
+		return
+	}
+	ups, err := s.Store.ListUpdates(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := UpdateList{Updates: make([]fleet.UpdateSummary, 0, len(ups))}
+	for _, u := range ups {
+		sum, err := s.Engine.Summary(r.Context(), u.ID)
+		if err != nil {
+			s.writeError(w, r, fmt.Errorf("summary of %s: %w", u.ID, err))
+			return
+		}
+		out.Updates = append(out.Updates, sum)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getUpdate(w http.ResponseWriter, r *http.Request) {
+	if !s.engineReady(w, r) {
+		return
+	}
+	sum, err := s.Engine.Summary(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sum)
+}
+
+func (s *Server) updateDevices(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit, offset, err := pageParams(q.Get("limit"), q.Get("offset"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	f := sqlite.ProgressFilter{State: fleet.DeviceState(q.Get("state")), Limit: limit, Offset: offset}
+	if f.State != "" && !f.State.Valid() {
+		s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "state=%q: unknown device state", f.State))
+		return
+	}
+	id := r.PathValue("id")
+	if _, err := s.Store.Update(r.Context(), id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ps, total, err := s.Store.Progress(r.Context(), id, f)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ProgressList{Devices: nonNil(ps), Total: total})
+}
+
+func (s *Server) updateEvents(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var after int64
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "after=%q: want a sequence number >= 0", v))
+			return
+		}
+		after = n
+	}
+	limit, _, err := pageParams(q.Get("limit"), "")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	id := r.PathValue("id")
+	if _, err := s.Store.Update(r.Context(), id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	evs, err := s.Store.Events(r.Context(), id, after, limit)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := EventList{Events: nonNil(evs), Next: after}
+	if len(evs) > 0 {
+		out.Next = evs[len(evs)-1].Seq
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// control returns a handler that applies op to the update and answers with
+// its summary.
+func (s *Server) control(op func(*rollout.Engine, context.Context, string) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !s.engineReady(w, r) {
+			return
+		}
+		id := r.PathValue("id")
+		if err := op(s.Engine, r.Context(), id); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		sum, err := s.Engine.Summary(r.Context(), id)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, sum)
+	}
+}
+
+// engineReady answers 503 when the server runs without an engine.
+func (s *Server) engineReady(w http.ResponseWriter, r *http.Request) bool {
+	if s.Engine == nil {
+		writeJSON(w, http.StatusServiceUnavailable, Error{Code: CodeUnavailable, Message: "engine not running"})
+		return false
+	}
+	return true
+}
+
+// pageParams parses ?limit= and ?offset=. A missing limit is DefaultPageSize;
+// a larger one than MaxPageSize is clamped.
+func pageParams(limitStr, offsetStr string) (limit, offset int, err error) {
+	limit = DefaultPageSize
+	if limitStr != "" {
+		limit, err = strconv.Atoi(limitStr)
+		if err != nil || limit < 1 {
+			return 0, 0, fleet.Errorf(fleet.ErrInvalidInput, "limit=%q: want a number >= 1", limitStr)
+		}
+		limit = min(limit, MaxPageSize)
+	}
+	if offsetStr != "" {
+		offset, err = strconv.Atoi(offsetStr)
+		if err != nil || offset < 0 {
+			return 0, 0, fleet.Errorf(fleet.ErrInvalidInput, "offset=%q: want a number >= 0", offsetStr)
+		}
+	}
+	return limit, offset, nil
+}
+
+// decodeStrict decodes one JSON object of at most MaxRequestBody bytes into
+// v, refusing unknown fields and trailing data.
+func decodeStrict(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return err
+		}
+		if errors.Is(err, io.EOF) {
+			return fleet.Errorf(fleet.ErrInvalidInput, "empty request body")
+		}
+		return fleet.Errorf(fleet.ErrInvalidInput, "request body: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fleet.Errorf(fleet.ErrInvalidInput, "request body: trailing data after the JSON object")
+	}
+	return nil
+}
+
+// writeJSON writes v with status. Encoding errors are a bug in the types.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		status = http.StatusInternalServerError
+		buf.Reset()
+		fmt.Fprintf(&buf, `{"code":%q,"message":"encode response"}`+"\n", CodeInternal)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
+	w.WriteHeader(status)
+	_, _ = w.Write(buf.Bytes()) // the client went away; nothing to do
+}
+
+// nonNil turns a nil slice into an empty one so lists encode as [].
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// statusRecorder remembers the status a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(status int) {
+	r.status = status
+	r.ResponseWriter.WriteHeader(status)
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// logRequests logs every request at debug level.
+func (s *Server) logRequests(next http.Handler) http.Handler {
+	log := s.logger()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		log.Debug("http request", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start))
+	})
+}

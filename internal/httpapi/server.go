@@ -1,0 +1,147 @@
+// Package httpapi is flota's REST API for operators and dashboards: JSON
+// under /api/v1 over the store (firmware, devices, updates, progress, events)
+// and the engine (create, pause, resume, cancel, live summaries). The
+// orchestrator CLI is a thin client of it.
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/flotaio/flota/internal/rollout"
+	"github.com/flotaio/flota/internal/sqlite"
+)
+
+// Defaults of a Server.
+const (
+	// DefaultMaxFirmwareSize bounds an uploaded firmware image.
+	DefaultMaxFirmwareSize = 512 << 20
+	// MaxRequestBody bounds every JSON request body.
+	MaxRequestBody = 1 << 20
+	// DefaultPageSize is the number of rows a list returns without ?limit=.
+	DefaultPageSize = 100
+	// MaxPageSize is the largest ?limit= honoured; larger values are clamped.
+	MaxPageSize = 1000
+	// DefaultShutdownTimeout bounds how long Close waits for requests in flight.
+	DefaultShutdownTimeout = 5 * time.Second
+)
+
+// Server serves the API. Fill the exported fields, then call Open; or mount
+// Handler in a server of your own.
+type Server struct {
+	// Addr is the TCP address to listen on; "127.0.0.1:0" picks a free port.
+	Addr   string
+	Store  *sqlite.Store
+	Engine *rollout.Engine
+	// BrokerStats, if set, returns the broker's counters for GET /api/v1/stats.
+	BrokerStats func() any
+	Logger      *slog.Logger
+	// Version is reported by GET /api/v1/health.
+	Version string
+	// MaxFirmwareSize bounds an uploaded image; 0 means DefaultMaxFirmwareSize.
+	MaxFirmwareSize int64
+	// ShutdownTimeout bounds Close; 0 means DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+
+	// mu guards ln, srv and closed.
+	mu     sync.Mutex
+	ln     net.Listener
+	srv    *http.Server
+	closed bool
+	wg     sync.WaitGroup // the Serve goroutine
+}
+
+// Open listens on Addr and serves in a tracked goroutine until Close.
+func (s *Server) Open() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv != nil || s.closed {
+		return errors.New("httpapi: already opened")
+	}
+	if s.Store == nil {
+		return errors.New("httpapi: no store")
+	}
+	ln, err := net.Listen("tcp", s.Addr)
+	if err != nil {
+		return fmt.Errorf("httpapi: listen %s: %w", s.Addr, err)
+	}
+	s.ln = ln
+	s.srv = &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.logger().Handler(), slog.LevelWarn),
+	}
+	srv := s.srv
+	s.wg.Go(func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.logger().Error("http serve", "err", err)
+		}
+	})
+	return nil
+}
+
+// URL returns the base URL the server listens on, such as
+// http://127.0.0.1:8080, or "" before Open.
+func (s *Server) URL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return ""
+	}
+	return "http://" + s.ln.Addr().String()
+}
+
+// Close stops accepting connections and waits, up to ShutdownTimeout, for
+// requests in flight; then it closes whatever is left. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	srv := s.srv
+	s.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	timeout := s.ShutdownTimeout
+	if timeout <= 0 {
+		timeout = DefaultShutdownTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := srv.Shutdown(ctx)
+	if err != nil {
+		err = errors.Join(fmt.Errorf("httpapi: shutdown: %w", err), srv.Close())
+	}
+	s.wg.Wait()
+	return err
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+func (s *Server) maxFirmwareSize() int64 {
+	if s.MaxFirmwareSize <= 0 {
+		return DefaultMaxFirmwareSize
+	}
+	return s.MaxFirmwareSize
+}
+
+func (s *Server) version() string {
+	if s.Version == "" {
+		return "dev"
+	}
+	return s.Version
+}
