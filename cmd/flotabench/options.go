@@ -1,0 +1,139 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/flotaio/flota/internal/fleet"
+)
+
+// Defaults of the flags.
+const (
+	DefaultDevices     = 2000
+	DefaultSize        = 256 * 1024
+	DefaultConnectRate = 1000
+	DefaultTimeout     = 3 * time.Minute
+	DefaultBinDir      = "bin"
+	DefaultLogLevel    = "warn"
+
+	maxDevices = 99999     // devicesim numbers devices with 5 digits
+	maxSize    = 512 << 20 // the HTTP API's default firmware limit
+)
+
+// What --run selects.
+const (
+	runBoth  = "both"
+	runFlota = "flota"
+	runRaw   = "raw"
+)
+
+// usageError is a bad command line: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+// options are flotabench's flags.
+type options struct {
+	Devices     int           `json:"devices"`
+	Size        int           `json:"size"`
+	MaxInFlight int           `json:"max_in_flight"`
+	Window      int           `json:"window"`
+	ChunkSize   int           `json:"chunk_size"`
+	BinDir      string        `json:"bin_dir"`
+	JSONFile    string        `json:"-"`
+	Run         string        `json:"run"`
+	ConnectRate int           `json:"connect_rate"`
+	Timeout     time.Duration `json:"-"`
+	LogLevel    string        `json:"orchestrator_log_level"`
+}
+
+// chunks is the number of chunk frames per device.
+func (o options) chunks() int { return (o.Size + o.ChunkSize - 1) / o.ChunkSize }
+
+func (o options) runs(name string) bool { return o.Run == runBoth || o.Run == name }
+
+func newFlagSet(o *options) *flag.FlagSet {
+	fs := flag.NewFlagSet("flotabench", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned; --help prints the usage
+	fs.IntVar(&o.Devices, "devices", DefaultDevices, "number of devices (1..99999)")
+	fs.IntVar(&o.Size, "size", DefaultSize, "firmware size in bytes")
+	fs.IntVar(&o.MaxInFlight, "max-in-flight", fleet.DefaultMaxInFlight, "devices receiving at once")
+	fs.IntVar(&o.Window, "window", fleet.DefaultWindow, "unacknowledged chunks per device; also sizes the broker's per-client queues")
+	fs.IntVar(&o.ChunkSize, "chunk-size", fleet.DefaultChunkSize, "chunk payload size in bytes")
+	fs.StringVar(&o.BinDir, "bin-dir", DefaultBinDir, "directory holding the orchestrator and devicesim binaries")
+	fs.StringVar(&o.JSONFile, "json", "", "also write the results as JSON to this file")
+	fs.StringVar(&o.Run, "run", runBoth, "what to measure: both, flota or raw")
+	fs.IntVar(&o.ConnectRate, "connect-rate", DefaultConnectRate, "connections opened per second by devicesim")
+	fs.DurationVar(&o.Timeout, "timeout", DefaultTimeout, "longest time each measured transfer may take")
+	fs.StringVar(&o.LogLevel, "log-level", DefaultLogLevel, "the orchestrator's log level: debug, info, warn or error")
+	return fs
+}
+
+func usage(w io.Writer) {
+	var o options
+	fs := newFlagSet(&o)
+	fmt.Fprint(w, "usage: flotabench [flags]\n\n"+
+		"Updates a devicesim fleet through the orchestrator, then publishes the same\n"+
+		"bytes through the same embedded broker without flota, and compares the two.\n\n"+
+		"example:\n  flotabench --devices 500 --size 65536 --json bench.json\n\nflags:\n")
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
+
+// parseOptions parses and validates the command line. It returns a
+// *usageError for a bad one and flag.ErrHelp for --help.
+func parseOptions(args []string) (options, error) {
+	var o options
+	fs := newFlagSet(&o)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return o, err
+		}
+		return o, usagef("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return o, usagef("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	switch {
+	case o.Devices < 1 || o.Devices > maxDevices:
+		return o, usagef("--devices must be 1..%d, got %d", maxDevices, o.Devices)
+	case o.Size < 1 || o.Size > maxSize:
+		return o, usagef("--size must be 1..%d bytes, got %d", maxSize, o.Size)
+	case o.MaxInFlight < 1:
+		return o, usagef("--max-in-flight must be at least 1, got %d", o.MaxInFlight)
+	case o.Window < 1 || o.Window > fleet.MaxWindow:
+		return o, usagef("--window must be 1..%d, got %d", fleet.MaxWindow, o.Window)
+	case o.ChunkSize < fleet.MinChunkSize || o.ChunkSize > fleet.MaxChunkSize:
+		return o, usagef("--chunk-size must be %d..%d bytes, got %d", fleet.MinChunkSize, fleet.MaxChunkSize, o.ChunkSize)
+	case o.Run != runBoth && o.Run != runFlota && o.Run != runRaw:
+		return o, usagef("--run must be both, flota or raw, got %q", o.Run)
+	case o.ConnectRate < 1:
+		return o, usagef("--connect-rate must be at least 1, got %d", o.ConnectRate)
+	case o.Timeout <= 0:
+		return o, usagef("--timeout must be positive, got %v", o.Timeout)
+	}
+	switch o.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return o, usagef("--log-level must be debug, info, warn or error, got %q", o.LogLevel)
+	}
+	if o.runs(runFlota) {
+		for _, name := range []string{"orchestrator", "devicesim"} {
+			p := filepath.Join(o.BinDir, name)
+			if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+				return o, usagef("--bin-dir %q: no %s binary there (run 'make build')", o.BinDir, name)
+			}
+		}
+	}
+	return o, nil
+}

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/flotaio/flota/broker"
+	"github.com/flotaio/flota/internal/protocol"
+)
+
+// Raw run settings.
+const (
+	rawIDPrefix = "raw-"
+	rawDoneKind = "done"
+	// rawStall fails the raw run early when the broker dropped deliveries and
+	// no device finished for this long: the missing chunks never come.
+	rawStall = 5 * time.Second
+)
+
+// rawDeviceID is the client ID of the raw subscriber numbered n (from 1).
+func rawDeviceID(n int) string { return fmt.Sprintf("%s%05d", rawIDPrefix, n) }
+
+// runRawBench publishes the image straight through the embedded broker, with
+// the same settings as the orchestrator's, to o.Devices subscribers in a
+// separate process, o.MaxInFlight devices at a time, and measures from the
+// first publish to the last device's "done".
+func runRawBench(ctx context.Context, o options, image []byte, tmp string, stderr io.Writer) (res result, err error) {
+	rss := sampleRSS(0)
+	sampling := true
+	defer func() {
+		if sampling {
+			rss.stop()
+		}
+	}()
+
+	b := broker.New(broker.Options{Addr: "127.0.0.1:0", Window: o.Window})
+	if err := b.Open(); err != nil {
+		return res, err
+	}
+	defer b.Close()
+
+	n := o.Devices
+	index := make(map[string]int, n) // device ID -> index; read-only once built
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = rawDeviceID(i + 1)
+		index[ids[i]] = i
+	}
+	// The handler runs on a subscriber's connection goroutine: it only hands
+	// the first "done" of each device to the loop below. dones has room for
+	// one per device, so the send never blocks.
+	seen := make([]atomic.Bool, n)
+	dones := make(chan int, n)
+	var dupes, strays atomic.Int64
+	err = b.Subscribe(protocol.DevicesRoot+"+/up/"+rawDoneKind, func(topic string, _ []byte) {
+		id, _, ok := protocol.ParseUpTopic(topic)
+		i, known := index[id]
+		switch {
+		case !ok || !known:
+			strays.Add(1)
+		case seen[i].Swap(true):
+			dupes.Add(1)
+		default:
+			dones <- i
+		}
+	})
+	if err != nil {
+		return res, err
+	}
+
+	subs, err := startSubscribers(ctx, o, "tcp://"+b.Addr(), tmp)
+	if err != nil {
+		return res, err
+	}
+	defer subs.close()
+	fmt.Fprintf(stderr, "raw: %d subscribers ready\n", n)
+
+	chunks := o.chunks()
+	frame := make([]byte, protocol.HeaderSize+o.ChunkSize)
+	publishDevice := func(i int) error {
+		topic := protocol.DownTopic(ids[i], protocol.KindChunk)
+		for c := range chunks {
+			off := c * o.ChunkSize
+			end := min(off+o.ChunkSize, len(image))
+			buf := frame[:protocol.HeaderSize+end-off]
+			copy(buf[protocol.HeaderSize:], image[off:end])
+			var flags byte
+			if end == len(image) {
+				flags = protocol.FlagLast
+			}
+			protocol.PutFrameHeader(buf, flags, uint32(i+1), uint32(off))
+			if err := b.Publish(topic, buf, false, 1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+
+	firstChunk := make([]time.Time, n)
+	times := make([]time.Duration, 0, n)
+	deadline := time.NewTimer(o.Timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	next, inFlight, lastProgress := 0, 0, time.Now()
+	cpu := startCPU(nil, subs.proc)
+	start := time.Now()
+	var last time.Time
+	for len(times) < n {
+		for inFlight < o.MaxInFlight && next < n {
+			firstChunk[next] = time.Now()
+			if err := publishDevice(next); err != nil {
+				return res, err
+			}
+			next++
+			inFlight++
+		}
+		select {
+		case i := <-dones:
+			last = time.Now()
+			times = append(times, last.Sub(firstChunk[i]))
+			inFlight--
+			lastProgress = last
+		case <-tick.C:
+			dropped := b.Stats().MessagesDropped
+			if dropped > 0 && time.Since(lastProgress) > rawStall {
+				return res, fmt.Errorf("the broker dropped %d deliveries (full client queue: %d chunks per device, queue %d); %d of %d devices never got the whole image",
+					dropped, chunks, clientQueue(o.Window), n-len(times), n)
+			}
+		case <-subs.proc.done:
+			return res, fmt.Errorf("%d of %d devices done: %s", len(times), n, subs.proc.failure())
+		case <-deadline.C:
+			return res, fmt.Errorf("%d of %d devices done after %v (--timeout); the broker dropped %d deliveries",
+				len(times), n, o.Timeout, b.Stats().MessagesDropped)
+		case <-ctx.Done():
+			return res, context.Cause(ctx)
+		}
+	}
+	elapsed := last.Sub(start)
+	res.BrokerCPU, res.DevicesCPU = cpu.stop()
+	mem, memErr := readMem(0)
+	res.PeakRSS = rss.stop()
+	sampling = false
+	if memErr == nil {
+		res.HWM = mem.HWM
+		res.PeakRSS = max(res.PeakRSS, mem.RSS)
+	}
+	st := subs.stats(ctx)
+
+	slices.Sort(times)
+	res.Name = runRaw
+	res.Devices = n
+	res.Completed = len(times)
+	res.Seconds = elapsed.Seconds()
+	res.rates(o.Size)
+	res.P50Ms = ms(percentile(times, 0.50))
+	res.P99Ms = ms(percentile(times, 0.99))
+	res.RSSProcess = "flotabench"
+	res.BrokerDropped = b.Stats().MessagesDropped
+	res.Note = fmt.Sprintf("first chunk published -> last done; device time = its first chunk published -> its done received; "+
+		"QoS 1, no per-chunk acks, no store; RSS of this process (broker and publisher); subscribers: %s", st)
+	if d := dupes.Load() + strays.Load(); d > 0 {
+		res.Note += fmt.Sprintf("; %d duplicate or stray done messages", d)
+	}
+	return res, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// percentile is the nearest-rank percentile of sorted durations.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(p*float64(len(sorted))+0.999999) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// subscribers is the raw-subscribers process. Closing its standard input
+// tells it to print its counters and exit.
+type subscribers struct {
+	proc  *child
+	stdin *os.File // write end of the child's stdin
+	out   *lineWatcher
+	log   *os.File
+}
+
+// startSubscribers starts the raw-subscribers process and waits until every
+// subscriber is connected and subscribed.
+func startSubscribers(ctx context.Context, o options, brokerURL, tmp string) (*subscribers, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find own binary: %w", err)
+	}
+	log, err := os.Create(filepath.Join(tmp, "raw-subscribers.log"))
+	if err != nil {
+		return nil, err
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		log.Close()
+		return nil, err
+	}
+	out := newLineWatcher(log, readyLine, statsLine)
+	proc, err := startChild(subscribersCmd, exe, []string{subscribersCmd,
+		"--broker", brokerURL, "--devices", strconv.Itoa(o.Devices), "--size", strconv.Itoa(o.Size),
+	}, pr, out, log, log.Name())
+	pr.Close() // the child holds its own copy
+	if err != nil {
+		pw.Close()
+		log.Close()
+		return nil, err
+	}
+	s := &subscribers{proc: proc, stdin: pw, out: out, log: log}
+	readyCtx, cancel := context.WithTimeout(ctx, startTimeout+time.Duration(o.Devices/100)*time.Second)
+	defer cancel()
+	if _, err := waitLine(readyCtx, out, proc, readyLine); err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// stats asks the subscribers to exit and returns the counters they print.
+func (s *subscribers) stats(ctx context.Context) string {
+	s.stdin.Close() // EOF: print the counters and exit
+	ctx, cancel := context.WithTimeout(ctx, stopGrace)
+	defer cancel()
+	line, err := waitLine(ctx, s.out, s.proc, statsLine)
+	if err != nil {
+		return "no counters (" + firstLine(err) + ")"
+	}
+	return line
+}
+
+// close stops the process (if still running) and closes the files. It is
+// idempotent.
+func (s *subscribers) close() {
+	s.stdin.Close()
+	if !s.proc.waitExit(context.Background(), stopGrace) {
+		s.proc.stop()
+	}
+	s.log.Close()
+}
+
+func firstLine(err error) string {
+	msg := err.Error()
+	for i, r := range msg {
+		if r == '\n' {
+			return msg[:i]
+		}
+	}
+	return msg
+}

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/flotaio/flota/internal/protocol"
+)
+
+// The raw-subscribers subcommand.
+const (
+	subscribersCmd = "raw-subscribers"
+	readyLine      = "ready "
+	statsLine      = "stats "
+
+	connectParallelism = 64
+	subTimeout         = 30 * time.Second
+)
+
+// subOptions are the raw-subscribers flags.
+type subOptions struct {
+	broker  string
+	devices int
+	size    int
+}
+
+func parseSubOptions(args []string) (subOptions, error) {
+	var o subOptions
+	fs := flag.NewFlagSet(subscribersCmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.broker, "broker", "", "MQTT broker URL, tcp://HOST:PORT")
+	fs.IntVar(&o.devices, "devices", 0, "number of subscribers")
+	fs.IntVar(&o.size, "size", 0, "payload bytes each subscriber waits for")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return o, err
+		}
+		return o, usagef("%s: %v", subscribersCmd, err)
+	}
+	if fs.NArg() > 0 {
+		return o, usagef("%s: unexpected arguments: %s", subscribersCmd, strings.Join(fs.Args(), " "))
+	}
+	if u, err := url.Parse(o.broker); err != nil || u.Scheme == "" || u.Host == "" {
+		return o, usagef("%s: --broker %q: want a URL such as tcp://127.0.0.1:1883", subscribersCmd, o.broker)
+	}
+	if o.devices < 1 || o.devices > maxDevices {
+		return o, usagef("%s: --devices must be 1..%d, got %d", subscribersCmd, maxDevices, o.devices)
+	}
+	if o.size < 1 || o.size > maxSize {
+		return o, usagef("%s: --size must be 1..%d, got %d", subscribersCmd, maxSize, o.size)
+	}
+	return o, nil
+}
+
+// subCounters are the subscribers' totals, printed on the stats line.
+type subCounters struct {
+	Done      int64 `json:"done"`
+	Bytes     int64 `json:"payload_bytes"`
+	Frames    int64 `json:"frames"`
+	BadFrames int64 `json:"bad_frames"`
+	Lost      int64 `json:"connections_lost"`
+}
+
+// rawSub is one subscriber: a paho client waiting for size payload bytes.
+type rawSub struct {
+	id     string
+	client mqtt.Client
+	got    int64 // payload bytes received; touched by paho's router goroutine only
+	done   bool  // "done" sent; likewise
+}
+
+// runSubscribers is the raw-subscribers subcommand: it connects the
+// subscribers, prints "ready N", and runs until its standard input ends (or
+// a signal), then prints "stats {json}" and disconnects them.
+func runSubscribers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseSubOptions(args)
+	if err != nil {
+		return err
+	}
+	// Stop on EOF of stdin: the parent closed it, or died.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() { // ends with the process: a blocked read cannot be cancelled
+		_, _ = io.Copy(io.Discard, bufio.NewReader(os.Stdin))
+		cancel(errors.New("stdin closed"))
+	}()
+
+	var c struct {
+		done, bytes, frames, bad, lost atomic.Int64
+	}
+	subs := make([]*rawSub, o.devices)
+	for i := range subs {
+		subs[i] = &rawSub{id: rawDeviceID(i + 1)}
+	}
+	handler := func(s *rawSub) mqtt.MessageHandler {
+		doneTopic := protocol.UpTopic(s.id, rawDoneKind)
+		return func(cl mqtt.Client, m mqtt.Message) {
+			f, err := protocol.DecodeFrame(m.Payload())
+			if err != nil {
+				c.bad.Add(1)
+				return
+			}
+			c.frames.Add(1)
+			c.bytes.Add(int64(len(f.Payload)))
+			s.got += int64(len(f.Payload))
+			if s.got >= int64(o.size) && !s.done {
+				s.done = true
+				c.done.Add(1)
+				cl.Publish(doneTopic, 1, false, []byte("{}")) // not waited for: a handler must not block
+			}
+		}
+	}
+
+	connect := func(s *rawSub) error {
+		opts := mqtt.NewClientOptions().
+			AddBroker(o.broker).
+			SetClientID(s.id).
+			SetCleanSession(true).
+			SetOrderMatters(true).
+			SetAutoReconnect(false).
+			SetConnectTimeout(subTimeout).
+			SetWriteTimeout(subTimeout).
+			SetKeepAlive(60 * time.Second).
+			SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+				c.lost.Add(1)
+				fmt.Fprintf(stderr, "%s: connection lost: %v\n", s.id, err)
+			})
+		s.client = mqtt.NewClient(opts)
+		if tok := s.client.Connect(); !tok.WaitTimeout(subTimeout) || tok.Error() != nil {
+			return fmt.Errorf("%s: connect: %v", s.id, tokenErr(tok))
+		}
+		tok := s.client.Subscribe(protocol.DownFilter(s.id), 1, handler(s))
+		if !tok.WaitTimeout(subTimeout) || tok.Error() != nil {
+			return fmt.Errorf("%s: subscribe: %v", s.id, tokenErr(tok))
+		}
+		if st, ok := tok.(*mqtt.SubscribeToken); ok {
+			for _, code := range st.Result() {
+				if code > 2 {
+					return fmt.Errorf("%s: subscription refused (code %#x)", s.id, code)
+				}
+			}
+		}
+		return nil
+	}
+	defer disconnectAll(subs)
+	if err := forEach(ctx, subs, connectParallelism, connect); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s%d\n", readyLine, len(subs))
+
+	<-ctx.Done()
+	out, err := json.Marshal(subCounters{Done: c.done.Load(), Bytes: c.bytes.Load(), Frames: c.frames.Load(),
+		BadFrames: c.bad.Load(), Lost: c.lost.Load()})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s%s\n", statsLine, out)
+	return nil
+}
+
+func tokenErr(t mqtt.Token) error {
+	if err := t.Error(); err != nil {
+		return err
+	}
+	return errors.New("timed out")
+}
+
+// forEach runs fn on every subscriber, at most par at once, and returns the
+// first error; it stops starting new calls after an error or when ctx ends.
+func forEach(ctx context.Context, subs []*rawSub, par int, fn func(*rawSub) error) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex // guards first
+		first error
+	)
+	sem := make(chan struct{}, par)
+	for _, s := range subs {
+		mu.Lock()
+		failed := first != nil
+		mu.Unlock()
+		if failed || ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := fn(s); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return first
+}
+
+// disconnectAll disconnects every connected subscriber.
+func disconnectAll(subs []*rawSub) {
+	_ = forEach(context.Background(), subs, 256, func(s *rawSub) error {
+		if s.client != nil && s.client.IsConnectionOpen() {
+			s.client.Disconnect(0)
+		}
+		return nil
+	})
+}
