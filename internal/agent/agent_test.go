@@ -146,7 +146,7 @@ func (o *orch) offer(id string, of protocol.Offer) {
 		of.ChunkSize = testChunk
 	}
 	if of.Window == 0 {
-		of.Window = 8
+		of.Window = 1 // this orchestrator waits for an ack per chunk
 	}
 	o.send(id, protocol.KindOffer, protocol.Encode(of))
 }

@@ -104,6 +104,42 @@ func TestAgent_HandleDownOffline(t *testing.T) {
 	assert.Nil(t, a.held)
 	require.NotNil(t, a.done)
 	assert.Equal(t, "u1", a.done.update)
-	// accepted, 3 acks, downloaded, verified, installing, rebooting, hello
-	assert.Len(t, *topics, 9)
+	// accepted, 2 acks (window 4: every 2 chunks, and the last), downloaded,
+	// verified, installing, rebooting, hello
+	assert.Len(t, *topics, 8)
+}
+
+func TestAgent_AcksEveryHalfWindowAndAtOnceOnAGap(t *testing.T) {
+	img := newImage(6*testChunk - 10)
+	a, topics := newOfflineAgent(Config{ID: "dev-1", Model: "m", Version: "1"})
+	of := img.offer("u1", 9, "2", "m")
+	of.V, of.ChunkSize, of.Window = 1, testChunk, 8
+	a.handleDown(protocol.KindOffer, protocol.Encode(of))
+	acks := func() int {
+		n := 0
+		for _, tp := range *topics {
+			if tp == protocol.UpTopic("dev-1", protocol.KindAck) {
+				n++
+			}
+		}
+		return n
+	}
+	chunk := func(i int) {
+		off := i * testChunk
+		end := min(off+testChunk, len(img.data))
+		a.handleDown(protocol.KindChunk, protocol.AppendFrame(nil, protocol.Frame{Handle: 9, Offset: uint32(off), Payload: img.data[off:end]}))
+	}
+	for i := 0; i < 3; i++ {
+		chunk(i)
+	}
+	assert.Equal(t, 0, acks(), "three in-order chunks of a window of 8: no ack yet")
+	chunk(3)
+	assert.Equal(t, 1, acks(), "the fourth chunk (half the window) is acked")
+	chunk(5)
+	assert.Equal(t, 2, acks(), "a gap is acked at once (a duplicate ack)")
+	chunk(4)
+	assert.Equal(t, 2, acks())
+	chunk(5)
+	assert.Equal(t, 3, acks(), "the last chunk is always acked")
+	assert.Equal(t, img.sha, a.Stats().ImageSHA256)
 }

@@ -21,6 +21,8 @@ type transfer struct {
 	expected  int64
 	hash      hash.Hash
 	state     fleet.DeviceState // downloading, downloaded, verified, installing or rebooting
+	ackEvery  int               // in-order chunks per ack: half the offer's window
+	unacked   int               // in-order chunks received since the last ack
 	faultAt   int64             // disconnect once expected passes it; -1: no fault
 	offeredAt time.Time
 }
@@ -86,6 +88,7 @@ func (a *Agent) handleOffer(b []byte) {
 		// The same update again (a re-offer, or after an orchestrator
 		// restart): keep the bytes, adopt the handle.
 		t.handle = o.Handle
+		t.ackEvery, t.unacked = ackEvery(o.Window), 0
 		st := t.state
 		if st == fleet.StateDownloading {
 			st = fleet.StateAccepted
@@ -99,6 +102,7 @@ func (a *Agent) handleOffer(b []byte) {
 		fw:        o.Firmware,
 		hash:      sha256.New(),
 		state:     fleet.StateDownloading,
+		ackEvery:  ackEvery(o.Window),
 		faultAt:   -1,
 		offeredAt: time.Now(),
 	}
@@ -138,7 +142,9 @@ func (a *Agent) handleChunk(b []byte) {
 	t.hash.Write(f.Payload)
 	t.expected += n
 	a.updateStats(func(s *Stats) { s.BytesReceived += n })
-	a.ack(t)
+	if t.unacked++; t.unacked >= t.ackEvery || t.expected == t.fw.Size {
+		a.ack(t)
+	}
 	if t.expected == t.fw.Size {
 		a.complete()
 		return
@@ -279,9 +285,17 @@ func (a *Agent) report(r protocol.Report) {
 	})
 }
 
+// ackEvery is how many in-order chunks the agent takes before it acks:
+// half the window, so that the orchestrator always has room to send while
+// the ack travels, and half the ack messages of acking every chunk.
+func ackEvery(window int) int {
+	return max(1, window/2)
+}
+
 // ack publishes the cumulative ack of t (QoS 0: the orchestrator's timeout
 // recovers a lost one).
 func (a *Agent) ack(t *transfer) {
+	t.unacked = 0
 	a.out(protocol.UpTopic(a.cfg.ID, protocol.KindAck), 0,
 		protocol.Encode(protocol.Ack{V: protocol.Version, Handle: t.handle, Offset: t.expected}))
 }

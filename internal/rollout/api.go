@@ -16,7 +16,9 @@ import (
 // broker implements it, and so does a client of an external broker.
 type Transport interface {
 	// Publish sends payload to every subscriber of topic. It must not block
-	// for long: the engine calls it from its loop.
+	// for long: the engine calls it from its loop. It must not keep payload
+	// after it returns (a transport that sends later copies it): the engine
+	// reuses its chunk buffer.
 	Publish(topic string, payload []byte, retain bool, qos byte) error
 	// Subscribe calls handler for every message on filter. The handler must
 	// return quickly; it may run on a connection's read goroutine.

@@ -74,6 +74,7 @@ type Engine struct {
 	active map[string]*target // device ID -> its target in an active update
 	ready  map[string]bool    // devices that said hello on their current connection
 	seq    int64              // last event sequence number
+	frame  []byte             // chunk frame buffer, reused for every chunk
 	rng    *rand.Rand
 }
 

@@ -224,7 +224,7 @@ func (e *Engine) pump(t *target) {
 	topic := ""
 	for t.sent < size && t.sent < limit {
 		n := min(chunk, size-t.sent)
-		buf := make([]byte, protocol.HeaderSize+int(n))
+		buf := e.frameBuf(protocol.HeaderSize + int(n))
 		if _, err := r.blob.ReadAt(buf[protocol.HeaderSize:], t.sent); err != nil {
 			e.Logger.Error("read firmware", "firmware", r.fw.ID, "offset", t.sent, "err", err)
 			return
@@ -237,7 +237,9 @@ func (e *Engine) pump(t *target) {
 		if topic == "" {
 			topic = protocol.DownTopic(t.p.DeviceID, protocol.KindChunk)
 		}
-		if err := e.Transport.Publish(topic, buf, false, 1); err != nil {
+		// QoS 0: the window's acks and resends make delivery reliable, and
+		// a broker-level ack per chunk would only double the packets.
+		if err := e.Transport.Publish(topic, buf, false, 0); err != nil {
 			e.Logger.Warn("publish chunk", "device", t.p.DeviceID, "err", err)
 			return
 		}
@@ -246,6 +248,15 @@ func (e *Engine) pump(t *target) {
 		e.stats.chunks.Add(1)
 		e.stats.bytes.Add(n)
 	}
+}
+
+// frameBuf returns the loop's chunk buffer, n bytes long. Transports do not
+// keep a payload after Publish returns, so one buffer serves every chunk.
+func (e *Engine) frameBuf(n int) []byte {
+	if cap(e.frame) < n {
+		e.frame = make([]byte, n)
+	}
+	return e.frame[:n]
 }
 
 // goBack resends from the acknowledged offset.
