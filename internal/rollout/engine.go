@@ -125,6 +125,7 @@ func (e *Engine) Open(ctx context.Context) error {
 	if err := e.restore(ctx); err != nil {
 		return err
 	}
+	e.Store.OnEventsCommitted(e.publishEvents)
 	if err := e.Transport.Subscribe(protocol.UpFilter, e.handle); err != nil {
 		return fmt.Errorf("rollout: subscribe %s: %w", protocol.UpFilter, err)
 	}
@@ -156,6 +157,7 @@ func (e *Engine) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		err = e.Store.Flush(ctx)
+		e.Store.OnEventsCommitted(nil)
 	})
 	return err
 }
@@ -344,7 +346,17 @@ func (e *Engine) emit(ev fleet.Event) {
 	if err := e.Store.AppendEvent(ev); err != nil {
 		e.Logger.Error("append event", "seq", ev.Seq, "err", err)
 	}
-	if ev.UpdateID != "" {
+}
+
+// publishEvents publishes events once the store committed them (it runs on
+// the store's writer goroutine): what MQTT shows, the log holds, so a monitor
+// that missed messages catches up from the log with nothing missing, and
+// after a crash no published sequence number is used again.
+func (e *Engine) publishEvents(evs []fleet.Event) {
+	for _, ev := range evs {
+		if ev.UpdateID == "" {
+			continue
+		}
 		if err := e.Transport.Publish(protocol.UpdateEventsTopic(ev.UpdateID), protocol.Encode(ev), false, 1); err != nil {
 			e.Logger.Warn("publish event", "seq", ev.Seq, "err", err)
 		}

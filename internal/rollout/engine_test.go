@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,10 +61,15 @@ func newHarness(t *testing.T) *harness {
 }
 
 // openEngine starts a new engine on the harness's store and broker.
-func (h *harness) openEngine() {
+func (h *harness) openEngine() { h.openEngineWith(nil) }
+
+func (h *harness) openEngineWith(configure func(*rollout.Engine)) {
 	h.engine = rollout.New(h.store, h.broker, h.log)
 	h.engine.AckTimeout = 500 * time.Millisecond
 	h.engine.OfferTimeout = 2 * time.Second
+	if configure != nil {
+		configure(h.engine)
+	}
 	e := h.engine
 	h.broker.OnPresence(func(id string, online bool) { e.DevicePresence(id, online) })
 	require.NoError(h.t, e.Open(context.Background()))
@@ -448,4 +454,190 @@ func (h *harness) startAgentsLike(old []*agent.Agent) []*agent.Agent {
 		out = append(out, a)
 	}
 	return out
+}
+
+// scripted is a device driven by the test, message by message.
+type scripted struct {
+	t      *testing.T
+	id     string
+	c      paho.Client
+	offers chan protocol.Offer
+	chunks chan protocol.Frame
+}
+
+func newScripted(t *testing.T, h *harness, id, version string) *scripted {
+	t.Helper()
+	s := &scripted{t: t, id: id, c: rawDevice(t, h.broker.Addr(), id),
+		offers: make(chan protocol.Offer, 16), chunks: make(chan protocol.Frame, 1024)}
+	tok := s.c.Subscribe(protocol.DownFilter(id), 1, func(_ paho.Client, m paho.Message) {
+		switch {
+		case strings.HasSuffix(m.Topic(), "/offer"):
+			if o, err := protocol.DecodeOffer(m.Payload()); err == nil {
+				s.offers <- o
+			}
+		case strings.HasSuffix(m.Topic(), "/chunk"):
+			if f, err := protocol.DecodeFrame(append([]byte(nil), m.Payload()...)); err == nil {
+				select {
+				case s.chunks <- f:
+				default:
+				}
+			}
+		}
+	})
+	require.True(t, tok.WaitTimeout(5*time.Second))
+	s.hello(version, nil)
+	return s
+}
+
+func (s *scripted) send(kind string, v any) {
+	s.t.Helper()
+	publish(s.t, s.c, protocol.UpTopic(s.id, kind), protocol.Encode(v))
+}
+
+func (s *scripted) hello(version string, held *protocol.Held) {
+	s.send(protocol.KindHello, protocol.Hello{V: 1, Model: "m1", Version: version, Transfer: held})
+}
+
+func (s *scripted) report(o protocol.Offer, state fleet.DeviceState, offset int64, reason fleet.Reason) {
+	s.send(protocol.KindReport, protocol.Report{V: 1, Update: o.Update, Handle: o.Handle, State: state, Offset: offset, Reason: reason})
+}
+
+func (s *scripted) offer() protocol.Offer {
+	s.t.Helper()
+	select {
+	case o := <-s.offers:
+		return o
+	case <-time.After(10 * time.Second):
+		s.t.Fatalf("%s: no offer", s.id)
+		return protocol.Offer{}
+	}
+}
+
+// download receives every chunk of o in order and acks it.
+func (s *scripted) download(o protocol.Offer) { s.downloadFrom(o, 0) }
+
+// downloadFrom receives the chunks of o from offset next on.
+func (s *scripted) downloadFrom(o protocol.Offer, next int64) {
+	s.t.Helper()
+	deadline := time.After(20 * time.Second)
+	for next < o.Firmware.Size {
+		select {
+		case f := <-s.chunks:
+			if f.Handle == o.Handle && int64(f.Offset) == next {
+				next += int64(len(f.Payload))
+			}
+			s.send(protocol.KindAck, protocol.Ack{V: 1, Handle: o.Handle, Offset: next})
+		case <-deadline:
+			s.t.Fatalf("%s: download stalled at %d", s.id, next)
+		}
+	}
+}
+
+func (h *harness) deviceState(update, device string) fleet.Progress {
+	h.t.Helper()
+	require.NoError(h.t, h.store.Flush(context.Background()))
+	rows, _, err := h.store.Progress(context.Background(), update, sqlite.ProgressFilter{Limit: 1000})
+	require.NoError(h.t, err)
+	for _, p := range rows {
+		if p.DeviceID == device {
+			return p
+		}
+	}
+	h.t.Fatalf("no progress row for %s", device)
+	return fleet.Progress{}
+}
+
+func TestEngine_ReplayedAndStaleReportsChangeNothing(t *testing.T) {
+	h := newHarness(t)
+	d := newScripted(t, h, "replay", "1.0.0")
+	h.waitDevices(1)
+	fw, _ := h.addFirmware(20_000, "1.1.0")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 2}, fleet.Selector{})
+
+	first := d.offer()
+	d.report(first, fleet.StateAccepted, 0, "")
+	// Reconnect mid-transfer: a new offer with a new handle.
+	d.hello("1.0.0", &protocol.Held{Update: u.ID, Handle: first.Handle, Offset: 0, State: fleet.StateDownloading})
+	o := d.offer()
+	require.NotEqual(t, first.Handle, o.Handle)
+	d.report(o, fleet.StateAccepted, 0, "")
+	d.download(o)
+	d.report(o, fleet.StateDownloaded, fw.Size, "")
+	d.report(o, fleet.StateVerified, fw.Size, "")
+	eventually(t, 5*time.Second, func() bool { return h.deviceState(u.ID, "replay").State == fleet.StateVerified }, "verified")
+
+	before := h.engine.Stats()
+	// Replays of the old offer, duplicates, out-of-order and another
+	// update's reports.
+	d.report(first, fleet.StateFailed, 0, fleet.ReasonBadDigest)
+	d.report(first, fleet.StateAccepted, 0, "")
+	d.report(o, fleet.StateAccepted, 0, "")
+	d.report(o, fleet.StateDownloaded, fw.Size, "")
+	d.report(o, fleet.StateVerified, fw.Size, "")
+	d.send(protocol.KindAck, protocol.Ack{V: 1, Handle: first.Handle, Offset: 4096})
+	d.send(protocol.KindReport, protocol.Report{V: 1, Update: "u-000000000000", Handle: o.Handle, State: fleet.StateFailed})
+	eventually(t, 5*time.Second, func() bool {
+		st := h.engine.Stats()
+		return st.StaleMessages+st.BadMessages+st.IllegalChanges-before.StaleMessages-before.BadMessages-before.IllegalChanges >= 7
+	}, "replays counted")
+	p := h.deviceState(u.ID, "replay")
+	assert.Equal(t, fleet.StateVerified, p.State, "no state regressed")
+	assert.Equal(t, 1, p.Attempts)
+
+	d.report(o, fleet.StateInstalling, fw.Size, "")
+	d.report(o, fleet.StateRebooting, fw.Size, "")
+	d.hello("1.1.0", &protocol.Held{Update: u.ID, Handle: o.Handle, Offset: fw.Size, State: fleet.StateRebooting})
+	s := h.waitEnd(u.ID, 10*time.Second)
+	assert.Equal(t, fleet.UpdateCompleted, s.State)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: 1}, s.Counts)
+
+	// After the end, replays are stale and change nothing.
+	d.report(o, fleet.StateFailed, 0, fleet.ReasonInstallFailed)
+	d.hello("1.0.0", &protocol.Held{Update: u.ID, Handle: o.Handle, Offset: fw.Size, State: fleet.StateRebooting})
+	require.NoError(t, h.store.Flush(context.Background()))
+	assert.Equal(t, fleet.StateSucceeded, h.deviceState(u.ID, "replay").State)
+	counts, err := h.store.CountProgress(context.Background(), u.ID)
+	require.NoError(t, err)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: 1}, counts)
+}
+
+func TestEngine_ConfirmsBootWhenReportsWereLost(t *testing.T) {
+	h := newHarness(t)
+	d := newScripted(t, h, "lost", "1.0.0")
+	h.waitDevices(1)
+	fw, _ := h.addFirmware(8192, "1.1.0")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096}, fleet.Selector{})
+	o := d.offer()
+	d.report(o, fleet.StateAccepted, 0, "")
+	d.download(o)
+	// downloaded ... rebooting never arrive; the device comes back on the
+	// target version.
+	d.hello("1.1.0", &protocol.Held{Update: u.ID, Handle: o.Handle, Offset: fw.Size, State: fleet.StateRebooting})
+	s := h.waitEnd(u.ID, 10*time.Second)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: 1}, s.Counts)
+	assert.Zero(t, h.engine.Stats().IllegalChanges)
+}
+
+func TestEngine_DeviceAwayPastIdleTimeoutIsQueuedAgainNotStuck(t *testing.T) {
+	h := newHarness(t)
+	require.NoError(t, h.engine.Close())
+	h.openEngineWith(func(e *rollout.Engine) { e.IdleTimeout = 300 * time.Millisecond })
+	d := newScripted(t, h, "away", "1.0.0")
+	h.waitDevices(1)
+	fw, _ := h.addFirmware(16384, "1.1.0")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 1, MaxAttempts: 1}, fleet.Selector{})
+	o := d.offer()
+	d.report(o, fleet.StateAccepted, 0, "")
+	d.c.Disconnect(0)
+	eventually(t, 5*time.Second, func() bool { return h.deviceState(u.ID, "away").State == fleet.StateQueued }, "queued again")
+
+	// Back after a long time: offered again, same attempt, and it finishes.
+	d2 := newScripted(t, h, "away", "1.0.0")
+	o2 := d2.offer()
+	assert.Equal(t, 1, o2.Attempt, "time away does not spend an attempt")
+	d2.report(o2, fleet.StateAccepted, 4096, "")
+	d2.downloadFrom(o2, 4096)
+	d2.hello("1.1.0", &protocol.Held{Update: u.ID, Handle: o2.Handle, Offset: fw.Size, State: fleet.StateRebooting})
+	s := h.waitEnd(u.ID, 10*time.Second)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: 1}, s.Counts)
 }

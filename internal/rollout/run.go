@@ -176,7 +176,9 @@ func (e *Engine) admit(r *run) {
 		}
 		switch {
 		case t.p.State == fleet.StateQueued:
-			t.p.Attempts++
+			if !t.resume {
+				t.p.Attempts++ // a new attempt; a resumed one keeps its number
+			}
 			e.offer(t)
 		case t.resume && t.p.State.Transferring():
 			e.offer(t)
@@ -427,11 +429,14 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 	}
 	r := t.r
 	switch st := t.p.State; {
+	case st != fleet.StateQueued && h.Version == r.fw.Version:
+		// Running the target: a confirmed boot, also when the reports in
+		// between were lost (an orchestrator crash while the device
+		// installed and rebooted). The walk records each step.
+		e.advance(t, fleet.StateSucceeded)
 	case st == fleet.StateInstalling || st == fleet.StateRebooting:
 		holds := h.Transfer != nil && h.Transfer.Update == r.u.ID
 		switch {
-		case h.Version == r.fw.Version:
-			e.advance(t, fleet.StateSucceeded)
 		case st == fleet.StateRebooting:
 			e.fail(t, fleet.ReasonBootFailed)
 		case !holds:
@@ -513,6 +518,14 @@ func (e *Engine) timers(now time.Time) {
 				}
 			}
 			if t.p.State.Transferring() && t.p.State != fleet.StateInstalling && now.Sub(t.progress) > e.IdleTimeout && !t.progress.IsZero() {
+				if !e.ready[t.p.DeviceID] {
+					// Away for longer than the idle timeout: back to the
+					// queue, without spending an attempt; the transfer
+					// resumes from the device's offset when it returns.
+					t.resume = true
+					e.setState(t, fleet.StateQueued, fleet.ReasonTransferTimeout)
+					continue
+				}
 				e.fail(t, fleet.ReasonTransferTimeout)
 			}
 		}

@@ -91,11 +91,16 @@ type Store struct {
 	closeOnce sync.Once
 	closeErr  error
 
+	// eventsCommitted is called by the writer after each commit with the
+	// events it stored (see OnEventsCommitted).
+	eventsCommitted atomic.Pointer[func([]fleet.Event)]
+
 	stats struct {
 		transactions atomic.Int64
 		rows         atomic.Int64
 		lastBatch    atomic.Int64
 		dropped      atomic.Int64
+		commitNanos  atomic.Int64
 	}
 }
 
@@ -116,15 +121,18 @@ type Stats struct {
 	Rows         int64 `json:"rows"`         // write operations committed
 	LastBatch    int   `json:"last_batch"`   // operations in the last committed batch
 	Dropped      int64 `json:"dropped"`      // operations that failed and were dropped (logged)
+	// CommitSeconds is the time spent executing and committing batches.
+	CommitSeconds float64 `json:"commit_seconds"`
 }
 
 // Stats returns the writer's counters.
 func (s *Store) Stats() Stats {
 	return Stats{
-		Transactions: s.stats.transactions.Load(),
-		Rows:         s.stats.rows.Load(),
-		LastBatch:    int(s.stats.lastBatch.Load()),
-		Dropped:      s.stats.dropped.Load(),
+		Transactions:  s.stats.transactions.Load(),
+		Rows:          s.stats.rows.Load(),
+		LastBatch:     int(s.stats.lastBatch.Load()),
+		Dropped:       s.stats.dropped.Load(),
+		CommitSeconds: time.Duration(s.stats.commitNanos.Load()).Seconds(),
 	}
 }
 

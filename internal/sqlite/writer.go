@@ -186,11 +186,14 @@ func (s *Store) run() {
 // one per transaction, so that one bad operation is dropped (and logged)
 // without losing the others.
 func (s *Store) commitBatch(ops []batchOp) {
+	start := time.Now()
+	defer func() { s.stats.commitNanos.Add(int64(time.Since(start))) }()
 	err := s.execTx(ops)
 	if err == nil {
 		s.stats.transactions.Add(1)
 		s.stats.rows.Add(int64(len(ops)))
 		s.stats.lastBatch.Store(int64(len(ops)))
+		s.notifyEvents(ops)
 		return
 	}
 	if len(ops) > 1 {
@@ -208,6 +211,7 @@ func (s *Store) commitBatch(ops []batchOp) {
 		}
 		ok++
 		s.stats.transactions.Add(1)
+		s.notifyEvents([]batchOp{o})
 	}
 	s.stats.rows.Add(ok)
 	s.stats.lastBatch.Store(1)
@@ -386,6 +390,35 @@ func (o *appendEventOp) exec(ctx context.Context, b *batchTx) error {
 		return fmt.Errorf("append event %d: %w", e.Seq, err)
 	}
 	return nil
+}
+
+// OnEventsCommitted sets fn to be called, on the writer goroutine, with the
+// events of every committed transaction, in sequence order. Whoever
+// publishes events from it publishes only what the log holds, so a monitor
+// that catches up from the log after a crash misses nothing and sees nothing
+// twice. fn must return quickly. A nil fn stops the calls.
+func (s *Store) OnEventsCommitted(fn func([]fleet.Event)) {
+	if fn == nil {
+		s.eventsCommitted.Store(nil)
+		return
+	}
+	s.eventsCommitted.Store(&fn)
+}
+
+func (s *Store) notifyEvents(ops []batchOp) {
+	fn := s.eventsCommitted.Load()
+	if fn == nil {
+		return
+	}
+	var evs []fleet.Event
+	for _, o := range ops {
+		if e, ok := o.(*appendEventOp); ok {
+			evs = append(evs, e.e)
+		}
+	}
+	if len(evs) > 0 {
+		(*fn)(evs)
+	}
 }
 
 // AppendEvent queues e for the event log. e.Seq is the caller's, and must
