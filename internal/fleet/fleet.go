@@ -2,8 +2,8 @@
 // policies and per-device progress, the device state machine with its legal
 // transitions, and the sentinel errors every other package returns.
 //
-// It imports nothing but the standard library so that every other package can
-// depend on it.
+// It depends on nothing of flota's (and only on a semver library outside the
+// standard library), so that every other package can depend on it.
 package fleet
 
 import (
@@ -54,97 +54,57 @@ type Firmware struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// Selector chooses the target devices of an update. Empty fields match all.
-type Selector struct {
-	Model   string            `json:"model,omitempty"`
-	Version string            `json:"version,omitempty"` // exact current version
-	Tags    map[string]string `json:"tags,omitempty"`    // every tag must match
-	Devices []string          `json:"devices,omitempty"` // explicit IDs
-}
-
-// Matches reports whether d is selected.
-func (s Selector) Matches(d Device) bool {
-	if s.Model != "" && s.Model != d.Model {
-		return false
-	}
-	if s.Version != "" && s.Version != d.Version {
-		return false
-	}
-	for k, v := range s.Tags {
-		if d.Tags[k] != v {
-			return false
-		}
-	}
-	if len(s.Devices) > 0 {
-		found := false
-		for _, id := range s.Devices {
-			if id == d.ID {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
-}
-
-// Policy is how an update is carried out.
-type Policy struct {
-	MaxInFlight int `json:"max_in_flight"` // devices transferring at once
-	Window      int `json:"window"`        // unacknowledged chunks per device
-	ChunkSize   int `json:"chunk_size"`    // bytes per chunk
-	MaxAttempts int `json:"max_attempts"`  // attempts per device before it fails
-}
-
-// WithDefaults returns p with zero fields set to the defaults.
-func (p Policy) WithDefaults() Policy {
-	if p.MaxInFlight == 0 {
-		p.MaxInFlight = DefaultMaxInFlight
-	}
-	if p.Window == 0 {
-		p.Window = DefaultWindow
-	}
-	if p.ChunkSize == 0 {
-		p.ChunkSize = DefaultChunkSize
-	}
-	if p.MaxAttempts == 0 {
-		p.MaxAttempts = DefaultMaxAttempts
-	}
-	return p
-}
-
-// Validate reports a policy outside the supported ranges.
-func (p Policy) Validate() error {
-	switch {
-	case p.MaxInFlight < 1:
-		return Errorf(ErrInvalidPolicy, "max_in_flight must be at least 1")
-	case p.Window < 1 || p.Window > MaxWindow:
-		return Errorf(ErrInvalidPolicy, "window must be 1..%d", MaxWindow)
-	case p.ChunkSize < MinChunkSize || p.ChunkSize > MaxChunkSize:
-		return Errorf(ErrInvalidPolicy, "chunk_size must be %d..%d", MinChunkSize, MaxChunkSize)
-	case p.MaxAttempts < 1:
-		return Errorf(ErrInvalidPolicy, "max_attempts must be at least 1")
-	}
-	return nil
-}
-
 // UpdateState is the state of a whole update.
 type UpdateState string
 
 // Update states.
 const (
+	UpdateScheduled             UpdateState = "scheduled" // waits for its start_at
 	UpdateRunning               UpdateState = "running"
-	UpdatePaused                UpdateState = "paused"
+	UpdatePaused                UpdateState = "paused" // by an operator, a manual gate or a failed gate
 	UpdateCompleted             UpdateState = "completed"
 	UpdateCompletedWithFailures UpdateState = "completed_with_failures"
+	UpdateAborted               UpdateState = "aborted" // the failure threshold tripped
 	UpdateCancelled             UpdateState = "cancelled"
 )
 
-// Terminal reports whether no device of the update will change any more.
+// Terminal reports whether no device of the update will change any more
+// (unless an operator retries its failed devices).
 func (s UpdateState) Terminal() bool {
-	return s == UpdateCompleted || s == UpdateCompletedWithFailures || s == UpdateCancelled
+	switch s {
+	case UpdateCompleted, UpdateCompletedWithFailures, UpdateAborted, UpdateCancelled:
+		return true
+	}
+	return false
+}
+
+// Active reports whether the update holds its devices: scheduled, running
+// or paused. A device is in at most one active update.
+func (s UpdateState) Active() bool {
+	return s == UpdateScheduled || s == UpdateRunning || s == UpdatePaused
+}
+
+// updateTransitions is the update state machine. Retrying the failed devices
+// of an ended update runs it again.
+var updateTransitions = map[UpdateState][]UpdateState{
+	UpdateScheduled:             {UpdateRunning, UpdateCancelled},
+	UpdateRunning:               {UpdatePaused, UpdateCompleted, UpdateCompletedWithFailures, UpdateAborted, UpdateCancelled},
+	UpdatePaused:                {UpdateRunning, UpdateCompleted, UpdateCompletedWithFailures, UpdateAborted, UpdateCancelled},
+	UpdateCompleted:             nil,
+	UpdateCompletedWithFailures: {UpdateRunning},
+	UpdateAborted:               {UpdateRunning},
+	UpdateCancelled:             nil,
+}
+
+// CanUpdateTransition reports whether an update may go from one state to
+// another.
+func CanUpdateTransition(from, to UpdateState) bool {
+	for _, s := range updateTransitions[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
 }
 
 // Update is one rollout of a firmware to a set of devices.
@@ -186,12 +146,16 @@ type Event struct {
 	Reason   Reason    `json:"reason,omitempty"`
 	Offset   int64     `json:"offset,omitempty"`
 	Attempt  int       `json:"attempt,omitempty"`
+	Phase    int       `json:"phase,omitempty"` // rollout phase, from 1, of update and gate events
 }
 
 // Event types.
 const (
-	EventUpdate = "update"
-	EventDevice = "device"
+	EventUpdate = "update" // the update changed state (State is the update state)
+	EventDevice = "device" // a device changed state
+	EventPhase  = "phase"  // a rollout phase started, or its gate passed, failed or waits (State says which)
+	// EventIllegal records a device state change refused by the state machine.
+	EventIllegal = "illegal_transition"
 )
 
 // ParseTags parses "k=v,k2=v2".

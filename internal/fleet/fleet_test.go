@@ -72,18 +72,25 @@ func TestSelector_Matches(t *testing.T) {
 }
 
 func TestPolicy_WithDefaults(t *testing.T) {
-	assert.Equal(t, Policy{
-		MaxInFlight: DefaultMaxInFlight,
-		Window:      DefaultWindow,
-		ChunkSize:   DefaultChunkSize,
-		MaxAttempts: DefaultMaxAttempts,
-	}, Policy{}.WithDefaults())
+	defaults := Policy{
+		MaxInFlight:      DefaultMaxInFlight,
+		Window:           DefaultWindow,
+		ChunkSize:        DefaultChunkSize,
+		MaxAttempts:      DefaultMaxAttempts,
+		SuccessThreshold: DefaultSuccessThreshold,
+		IdleTimeout:      Duration(DefaultIdleTimeout),
+		ConfirmTimeout:   Duration(DefaultConfirmTimeout),
+		RetryBackoff:     Duration(DefaultRetryBackoff),
+	}
+	assert.Equal(t, defaults, Policy{}.WithDefaults())
 
-	set := Policy{MaxInFlight: 5, Window: 2, ChunkSize: 4096, MaxAttempts: 1}
+	set := defaults
+	set.MaxInFlight, set.Window, set.ChunkSize, set.MaxAttempts = 5, 2, 4096, 1
 	assert.Equal(t, set, set.WithDefaults(), "set fields are kept")
 
-	assert.Equal(t, Policy{MaxInFlight: 5, Window: DefaultWindow, ChunkSize: DefaultChunkSize, MaxAttempts: DefaultMaxAttempts},
-		Policy{MaxInFlight: 5}.WithDefaults())
+	one := defaults
+	one.MaxInFlight = 5
+	assert.Equal(t, one, Policy{MaxInFlight: 5}.WithDefaults())
 	assert.NoError(t, Policy{}.WithDefaults().Validate(), "the defaults are valid")
 }
 

@@ -121,5 +121,14 @@ const (
 	ReasonConfirmTimeout    Reason = "confirm_timeout"    // device never came back on the target
 	ReasonTooManyAttempts   Reason = "too_many_attempts"  // attempts exhausted
 	ReasonOperator          Reason = "operator"           // cancelled by an operator
-	ReasonUnknownUpdate     Reason = "unknown_update"     // (device) cancel of an update it does not hold
+	ReasonAborted           Reason = "aborted"            // the update's failure threshold tripped
+	ReasonRetry             Reason = "retry"              // an operator re-admitted a failed device
+
+	// Reasons of update and phase events.
+	ReasonFailureThreshold Reason = "failure_threshold" // failures reached the update's threshold
+	ReasonGatePassed       Reason = "gate_passed"       // a phase reached its success threshold
+	ReasonGateFailed       Reason = "gate_failed"       // a phase can no longer reach its success threshold
+	ReasonManualGate       Reason = "manual_gate"       // the update waits for an operator at a gate
+	ReasonScheduled        Reason = "scheduled"         // the update's start time came
+	ReasonUnknownUpdate    Reason = "unknown_update"    // (device) cancel of an update it does not hold
 )

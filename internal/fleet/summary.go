@@ -29,7 +29,16 @@ type UpdateSummary struct {
 	Resends    int64               `json:"resends"`     // chunks sent again after a gap or a timeout
 	RateBps    float64             `json:"rate_bps"`    // acknowledged bytes per second, recent
 	ETASeconds float64             `json:"eta_seconds,omitempty"`
-	Time       time.Time           `json:"time"`
+	// Phase is the current rollout phase, from 1; Phases the cumulative
+	// device counts of all phases; Gate what the current phase's gate is
+	// doing: "" (open), "soaking", "waiting_approval" or "failed".
+	Phase  int    `json:"phase,omitempty"`
+	Phases []int  `json:"phases,omitempty"`
+	Gate   string `json:"gate,omitempty"`
+	// Waiting says why no device is being started now, if so:
+	// "scheduled", "paused", "maintenance_window", "rate", "gate".
+	Waiting string    `json:"waiting,omitempty"`
+	Time    time.Time `json:"time"`
 }
 
 // Finished counts the devices in terminal states.

@@ -20,8 +20,6 @@ import (
 const (
 	DefaultAckTimeout     = 2 * time.Second
 	DefaultOfferTimeout   = 10 * time.Second
-	DefaultIdleTimeout    = 2 * time.Minute
-	DefaultConfirmTimeout = 10 * time.Minute
 	DefaultTickInterval   = 100 * time.Millisecond
 	DefaultStatusInterval = 250 * time.Millisecond
 	DefaultCheckpoint     = 2 * time.Second
@@ -40,13 +38,9 @@ type Engine struct {
 	AckTimeout time.Duration
 	// OfferTimeout: an offer unanswered for this long is sent again.
 	OfferTimeout time.Duration
-	// IdleTimeout: a transfer that makes no progress for this long, device
-	// online or not, fails the attempt with transfer_timeout (and is retried
-	// while attempts remain).
-	IdleTimeout time.Duration
-	// ConfirmTimeout: a device that rebooted and has not come back on the
-	// target version within this long fails with confirm_timeout.
-	ConfirmTimeout time.Duration
+	// Now is the engine's clock (time.Now); tests set a fake one. Timers
+	// still tick in real time; every decision reads Now.
+	Now func() time.Time
 	// TickInterval is how often timers are checked.
 	TickInterval time.Duration
 	// StatusInterval bounds how often an update's retained summary is
@@ -70,12 +64,14 @@ type Engine struct {
 	}
 
 	// Loop-owned state.
-	runs   map[string]*run    // active updates by ID
-	active map[string]*target // device ID -> its target in an active update
-	ready  map[string]bool    // devices that said hello on their current connection
-	seq    int64              // last event sequence number
-	frame  []byte             // chunk frame buffer, reused for every chunk
-	rng    *rand.Rand
+	runs       map[string]*run                // active updates by ID
+	active     map[string]*target             // device ID -> its target in an active update
+	ready      map[string]bool                // devices that said hello on their current connection
+	seq        int64                          // last event sequence number
+	ended      map[string]fleet.UpdateSummary // final summaries of recently ended updates
+	endedOrder []string                       // ended's keys, oldest first
+	frame      []byte                         // chunk frame buffer, reused for every chunk
+	rng        *rand.Rand
 }
 
 // inbound is one device message handed from the broker to the loop.
@@ -95,8 +91,7 @@ func New(store *sqlite.Store, tr Transport, logger *slog.Logger) *Engine {
 		Logger:         logger,
 		AckTimeout:     DefaultAckTimeout,
 		OfferTimeout:   DefaultOfferTimeout,
-		IdleTimeout:    DefaultIdleTimeout,
-		ConfirmTimeout: DefaultConfirmTimeout,
+		Now:            time.Now,
 		TickInterval:   DefaultTickInterval,
 		StatusInterval: DefaultStatusInterval,
 		Checkpoint:     DefaultCheckpoint,
@@ -115,6 +110,7 @@ func (e *Engine) Open(ctx context.Context) error {
 	e.runs = map[string]*run{}
 	e.active = map[string]*target{}
 	e.ready = map[string]bool{}
+	e.ended = map[string]fleet.UpdateSummary{}
 	e.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x666c6f7461))
 
 	seq, err := e.Store.MaxEventSeq(ctx)
@@ -226,7 +222,7 @@ func (e *Engine) do(ctx context.Context, fn func()) error {
 func (e *Engine) loop(ctx context.Context) {
 	tick := time.NewTicker(e.TickInterval)
 	defer tick.Stop()
-	lastStatus, lastCheckpoint := time.Now(), time.Now()
+	lastStatus, lastCheckpoint := e.now(), e.now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -247,8 +243,12 @@ func (e *Engine) loop(ctx context.Context) {
 				break
 			}
 			e.finishRuns()
-		case now := <-tick.C:
+		case <-tick.C:
+			now := e.now()
 			e.timers(now)
+			for _, r := range e.runs {
+				e.checkRun(r, now)
+			}
 			e.finishRuns()
 			if now.Sub(lastStatus) >= e.StatusInterval {
 				lastStatus = now
@@ -341,7 +341,7 @@ func (e *Engine) emit(ev fleet.Event) {
 	e.seq++
 	ev.Seq = e.seq
 	if ev.Time.IsZero() {
-		ev.Time = time.Now().UTC()
+		ev.Time = e.now().UTC()
 	}
 	if err := e.Store.AppendEvent(ev); err != nil {
 		e.Logger.Error("append event", "seq", ev.Seq, "err", err)
@@ -361,6 +361,14 @@ func (e *Engine) publishEvents(evs []fleet.Event) {
 			e.Logger.Warn("publish event", "seq", ev.Seq, "err", err)
 		}
 	}
+}
+
+// now reads the engine's clock.
+func (e *Engine) now() time.Time {
+	if e.Now == nil {
+		return time.Now()
+	}
+	return e.Now()
 }
 
 // openBlob opens a firmware image for ReadAt by every session of a run.

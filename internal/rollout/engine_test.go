@@ -620,12 +620,10 @@ func TestEngine_ConfirmsBootWhenReportsWereLost(t *testing.T) {
 
 func TestEngine_DeviceAwayPastIdleTimeoutIsQueuedAgainNotStuck(t *testing.T) {
 	h := newHarness(t)
-	require.NoError(t, h.engine.Close())
-	h.openEngineWith(func(e *rollout.Engine) { e.IdleTimeout = 300 * time.Millisecond })
 	d := newScripted(t, h, "away", "1.0.0")
 	h.waitDevices(1)
 	fw, _ := h.addFirmware(16384, "1.1.0")
-	u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 1, MaxAttempts: 1}, fleet.Selector{})
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 1, MaxAttempts: 1, IdleTimeout: fleet.Duration(300 * time.Millisecond)}, fleet.Selector{})
 	o := d.offer()
 	d.report(o, fleet.StateAccepted, 0, "")
 	d.c.Disconnect(0)

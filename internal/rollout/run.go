@@ -15,7 +15,8 @@ type run struct {
 	fw      fleet.Firmware
 	blob    *os.File // shared by every session: ReadAt, never a copy per device
 	targets map[string]*target
-	readyQ  []*target // devices that said hello and wait for a slot
+	readyQ  []*target // new devices that said hello and wait for a slot
+	againQ  []*target // started devices waiting: resumed transfers first, then retries
 	slots   int       // targets holding an in-flight slot
 	counts  map[fleet.DeviceState]int
 
@@ -29,6 +30,14 @@ type run struct {
 
 	dirty     bool // summary changed since the last status publish
 	maybeDone bool // a target ended: check whether the whole run did
+
+	matcher   *fleet.Matcher // the selector, for devices joining a dynamic update
+	phases    []int          // cumulative device counts of the phases
+	phase     int            // index of the current phase
+	started   int            // targets ever offered in this update
+	gate      string         // the current phase's gate (gateOpen, gateSoak, ...)
+	gateUntil time.Time      // end of the soak
+	nextStart time.Time      // earliest start of the next new device (rate)
 }
 
 // target is one device of a run: its progress and, while it transfers, its
@@ -37,21 +46,25 @@ type target struct {
 	r *run
 	p fleet.Progress
 
-	handle   uint32
-	slot     bool // holds one of the run's in-flight slots
-	queued   bool // sits in readyQ
-	resume   bool // re-offer the current attempt instead of starting a new one
-	offerAt  time.Time
-	progress time.Time // last ack progress, or the offer
-	deadline time.Time // confirm deadline while rebooting
+	handle    uint32
+	started   bool      // offered at least once in this update
+	phase     int       // index of the phase it started in
+	notBefore time.Time // a retry waits for its backoff
+	slot      bool      // holds one of the run's in-flight slots
+	queued    bool      // sits in readyQ
+	resume    bool      // re-offer the current attempt instead of starting a new one
+	offerAt   time.Time
+	progress  time.Time // last ack progress, or the offer
+	deadline  time.Time // confirm deadline while rebooting
 
 	sent, acked int64 // next offset to send; every byte before acked is held
 	recoverAt   int64 // acked offset of the last go-back on a duplicate ack; -1 none
 	saved       int64 // offset last written to the store
 }
 
-func newRun(u fleet.Update, fw fleet.Firmware, blob *os.File) *run {
+func newRun(u fleet.Update, fw fleet.Firmware, blob *os.File, m *fleet.Matcher) *run {
 	return &run{
+		matcher: m,
 		u:       u,
 		fw:      fw,
 		blob:    blob,
@@ -84,10 +97,10 @@ func (e *Engine) setState(t *target, to fleet.DeviceState, reason fleet.Reason) 
 	if _, err := fleet.Transition(from, to); err != nil {
 		e.stats.illegal.Add(1)
 		e.Logger.Warn("illegal device transition", "update", t.r.u.ID, "device", t.p.DeviceID, "from", from, "to", to)
-		e.emit(fleet.Event{Type: "illegal_transition", UpdateID: t.r.u.ID, DeviceID: t.p.DeviceID, From: string(from), State: string(to), Reason: reason})
+		e.emit(fleet.Event{Type: fleet.EventIllegal, UpdateID: t.r.u.ID, DeviceID: t.p.DeviceID, From: string(from), State: string(to), Reason: reason})
 		return false
 	}
-	now := time.Now().UTC()
+	now := e.now().UTC()
 	r := t.r
 	r.counts[from]--
 	r.counts[to]++
@@ -107,9 +120,7 @@ func (e *Engine) setState(t *target, to fleet.DeviceState, reason fleet.Reason) 
 		r.slots--
 	}
 	r.dirty = true
-	if t.acked > t.p.Offset {
-		t.p.Offset = t.acked
-	}
+	t.p.Offset = t.acked // the device's word: a resume may start below the last checkpoint
 	t.saved = t.p.Offset
 	if err := e.Store.SaveProgress(t.p, t.handle); err != nil {
 		e.Logger.Error("save progress", "device", t.p.DeviceID, "err", err)
@@ -147,45 +158,6 @@ func (e *Engine) publishDeviceStatus(t *target) {
 	}
 }
 
-// enqueue puts a target that waits for a slot into the ready queue. Resumed
-// transfers go first: they already hold bytes.
-func (r *run) enqueue(t *target, front bool) {
-	if t.queued || t.slot {
-		return
-	}
-	t.queued = true
-	if front {
-		r.readyQ = append([]*target{t}, r.readyQ...)
-		return
-	}
-	r.readyQ = append(r.readyQ, t)
-}
-
-// admit offers the update to ready devices while slots are free.
-func (e *Engine) admit(r *run) {
-	if r.u.State != fleet.UpdateRunning {
-		return
-	}
-	for r.slots < r.u.Policy.MaxInFlight && len(r.readyQ) > 0 {
-		t := r.readyQ[0]
-		r.readyQ[0] = nil
-		r.readyQ = r.readyQ[1:]
-		t.queued = false
-		if !e.ready[t.p.DeviceID] || t.p.State.Terminal() || t.slot {
-			continue
-		}
-		switch {
-		case t.p.State == fleet.StateQueued:
-			if !t.resume {
-				t.p.Attempts++ // a new attempt; a resumed one keeps its number
-			}
-			e.offer(t)
-		case t.resume && t.p.State.Transferring():
-			e.offer(t)
-		}
-	}
-}
-
 // offer sends (or sends again) the offer of t's current attempt with a new
 // handle; the device answers with the offset it holds.
 func (e *Engine) offer(t *target) {
@@ -196,7 +168,7 @@ func (e *Engine) offer(t *target) {
 	}
 	t.resume = false
 	t.handle = e.newHandle(t.handle)
-	now := time.Now()
+	now := e.now()
 	t.offerAt, t.progress = now, now
 	t.recoverAt = -1
 	if t.p.State != fleet.StateOffered {
@@ -296,7 +268,7 @@ func (e *Engine) onAck(device string, a protocol.Ack) {
 	case a.Offset > t.acked:
 		r.bytesAcked += a.Offset - t.acked
 		t.acked = a.Offset
-		t.progress = time.Now()
+		t.progress = e.now()
 		if t.sent < t.acked {
 			t.sent = t.acked
 		}
@@ -336,7 +308,7 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 		}
 		// The device's offset is authoritative.
 		t.acked, t.sent, t.recoverAt = rep.Offset, rep.Offset, -1
-		t.progress = time.Now()
+		t.progress = e.now()
 		if !e.setState(t, fleet.StateAccepted, "") {
 			return
 		}
@@ -346,15 +318,16 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 		}
 	case fleet.StateRejected, fleet.StateCancelled:
 		e.setState(t, rep.State, rep.Reason)
-		e.admit(r)
 	case fleet.StateFailed:
 		e.fail(t, rep.Reason)
 	default: // downloaded, verified, installing, rebooting: forward progress
 		e.advance(t, rep.State)
 		if rep.State == fleet.StateRebooting || rep.State == fleet.StateInstalling {
-			t.deadline = time.Now().Add(e.ConfirmTimeout)
+			t.deadline = e.now().Add(r.u.Policy.ConfirmTimeout.D())
 		}
-		e.admit(r)
+		if !t.slot {
+			e.admit(r) // the device gave its slot up
+		}
 	}
 }
 
@@ -396,28 +369,30 @@ func (e *Engine) advance(t *target, to fleet.DeviceState) {
 }
 
 // fail ends the current attempt. Transfer problems are retried while
-// attempts remain; a device's own install or boot failure is final.
+// attempts remain, after a backoff; a device's own install or boot failure
+// is final.
 func (e *Engine) fail(t *target, reason fleet.Reason) {
 	r := t.r
 	if !e.setState(t, fleet.StateFailed, reason) {
 		return
 	}
-	retry := false
 	switch reason {
-	case fleet.ReasonBadDigest, fleet.ReasonStorageError, fleet.ReasonTransferTimeout, fleet.ReasonDeviceReset:
-		retry = true
-	}
-	if retry && t.p.Attempts < r.u.Policy.MaxAttempts && r.u.State == fleet.UpdateRunning {
-		t.acked, t.sent = 0, 0
-		e.active[t.p.DeviceID] = t
-		e.setState(t, fleet.StateQueued, reason)
-		r.enqueue(t, false)
+	case fleet.ReasonBadDigest, fleet.ReasonStorageError, fleet.ReasonTransferTimeout,
+		fleet.ReasonDeviceReset, fleet.ReasonConfirmTimeout:
+		if t.p.Attempts < r.u.Policy.MaxAttempts && r.u.State.Active() {
+			t.acked, t.sent = 0, 0
+			t.notBefore = e.now().Add(fleet.Backoff(r.u.Policy.RetryBackoff.D(), t.p.Attempts, e.rng))
+			e.active[t.p.DeviceID] = t
+			r.maybeDone = false
+			e.setState(t, fleet.StateQueued, reason)
+			r.enqueue(t, false)
+		}
 	}
 	e.admit(r)
 }
 
 func (e *Engine) onHello(device string, h protocol.Hello) {
-	now := time.Now().UTC()
+	now := e.now().UTC()
 	d := fleet.Device{ID: device, Model: h.Model, Version: h.Version, Tags: h.Tags, FirstSeen: now, LastSeen: now, Online: true}
 	if err := e.Store.SaveDevice(d); err != nil {
 		e.Logger.Error("save device", "device", device, "err", err)
@@ -425,17 +400,21 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 	e.ready[device] = true
 	t := e.active[device]
 	if t == nil {
-		return
+		t = e.join(d)
+		if t == nil {
+			return
+		}
 	}
 	r := t.r
+	holds := h.Transfer != nil && h.Transfer.Update == r.u.ID
+	confirmed := h.Version == r.fw.Version && (!r.u.Policy.Force || (holds && h.Transfer.State == fleet.StateRebooting))
 	switch st := t.p.State; {
-	case st != fleet.StateQueued && h.Version == r.fw.Version:
+	case st != fleet.StateQueued && confirmed:
 		// Running the target: a confirmed boot, also when the reports in
 		// between were lost (an orchestrator crash while the device
 		// installed and rebooted). The walk records each step.
 		e.advance(t, fleet.StateSucceeded)
 	case st == fleet.StateInstalling || st == fleet.StateRebooting:
-		holds := h.Transfer != nil && h.Transfer.Update == r.u.ID
 		switch {
 		case st == fleet.StateRebooting:
 			e.fail(t, fleet.ReasonBootFailed)
@@ -447,12 +426,12 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 		// Otherwise the device reconnected before rebooting: wait for its
 		// reports.
 	case st == fleet.StateQueued:
-		if h.Version == r.fw.Version {
-			// Already there (updated by other means): nothing to do.
-			e.setState(t, fleet.StateSkipped, fleet.ReasonAlreadyCurrent)
+		if skip := skipReason(d, r.fw, r.u.Policy); skip != "" && !t.started {
+			// Updated (or moved) by other means since the update began.
+			e.setState(t, fleet.StateSkipped, skip)
 			return
 		}
-		r.enqueue(t, false)
+		r.enqueue(t, t.resume)
 		e.admit(r)
 	case st.Transferring():
 		// Reconnected mid-transfer: offer again, the device says what it holds.
@@ -466,9 +445,58 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 	}
 }
 
+// join adds a device that is in no active update to the first dynamic
+// update that selects it and that it needs; nil if none.
+func (e *Engine) join(d fleet.Device) *target {
+	for _, r := range e.runs {
+		if !r.u.Policy.Dynamic || !r.u.State.Active() || r.targets[d.ID] != nil || !r.matcher.Match(d) {
+			continue
+		}
+		if skipReason(d, r.fw, r.u.Policy) != "" {
+			continue
+		}
+		now := e.now().UTC()
+		t := r.add(fleet.Progress{UpdateID: r.u.ID, DeviceID: d.ID, State: fleet.StateQueued, UpdatedAt: now}, 0)
+		e.active[d.ID] = t
+		// The final phase grows with the fleet; earlier gates keep their
+		// sizes.
+		r.phases[len(r.phases)-1]++
+		r.dirty = true
+		if err := e.Store.SaveProgress(t.p, 0); err != nil {
+			e.Logger.Error("save progress", "device", d.ID, "err", err)
+		}
+		e.emit(fleet.Event{Type: fleet.EventDevice, UpdateID: r.u.ID, DeviceID: d.ID, State: string(fleet.StateQueued)})
+		e.Logger.Info("device joined a dynamic update", "update", r.u.ID, "device", d.ID)
+		return t
+	}
+	return nil
+}
+
+// skipReason says why d does not get fw under pol, or "" if it does.
+func skipReason(d fleet.Device, fw fleet.Firmware, pol fleet.Policy) fleet.Reason {
+	if fw.Model != "" && d.Model != fw.Model {
+		return fleet.ReasonIncompatibleModel
+	}
+	if pol.Force {
+		return ""
+	}
+	if d.Version == fw.Version {
+		return fleet.ReasonAlreadyCurrent
+	}
+	if cmp, ok := fleet.CompareVersions(d.Version, fw.Version); ok {
+		switch {
+		case cmp == 0:
+			return fleet.ReasonAlreadyCurrent
+		case cmp > 0 && !pol.AllowDowngrade:
+			return fleet.ReasonVersionNotNewer
+		}
+	}
+	return ""
+}
+
 func (e *Engine) deviceOffline(device string) {
 	delete(e.ready, device)
-	if err := e.Store.SetDeviceOnline(device, false, time.Now().UTC()); err != nil {
+	if err := e.Store.SetDeviceOnline(device, false, e.now().UTC()); err != nil {
 		e.Logger.Error("save device presence", "device", device, "err", err)
 	}
 	t := e.active[device]
@@ -517,7 +545,7 @@ func (e *Engine) timers(now time.Time) {
 					continue
 				}
 			}
-			if t.p.State.Transferring() && t.p.State != fleet.StateInstalling && now.Sub(t.progress) > e.IdleTimeout && !t.progress.IsZero() {
+			if t.p.State.Transferring() && t.p.State != fleet.StateInstalling && now.Sub(t.progress) > r.u.Policy.IdleTimeout.D() && !t.progress.IsZero() {
 				if !e.ready[t.p.DeviceID] {
 					// Away for longer than the idle timeout: back to the
 					// queue, without spending an attempt; the transfer

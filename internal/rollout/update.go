@@ -3,6 +3,8 @@ package rollout
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
@@ -12,19 +14,25 @@ import (
 
 var contextBG = context.Background()
 
-// CreateUpdate selects the target devices and starts a new update. Devices
-// already on the target version, of another model than the firmware's, or in
-// another active update are recorded as skipped with a reason; an update
-// whose selector matches no device is refused with fleet.ErrNoTargets.
+// CreateUpdate selects the target devices and starts (or schedules) a new
+// update. Devices that do not need the firmware are recorded as skipped with
+// a reason: already on the target version (already_current), on a newer one
+// (version_not_newer, unless the policy allows downgrades or forces), of
+// another model (incompatible_model). A device is in at most one active
+// update: when selected devices that need the firmware are already in one,
+// the update is refused with fleet.ErrDeviceBusy. A selector that matches no
+// device is refused with fleet.ErrNoTargets.
 func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Update, error) {
 	pol := req.Policy.WithDefaults()
 	if err := pol.Validate(); err != nil {
 		return fleet.Update{}, err
 	}
-	for _, id := range req.Selector.Devices {
-		if !fleet.ValidDeviceID(id) {
-			return fleet.Update{}, fleet.Errorf(fleet.ErrInvalidInput, "device ID %q", id)
-		}
+	if err := req.Selector.Validate(); err != nil {
+		return fleet.Update{}, err
+	}
+	matcher, err := req.Selector.Compile()
+	if err != nil {
+		return fleet.Update{}, err
 	}
 	if req.FirmwareID == "" {
 		return fleet.Update{}, fleet.Errorf(fleet.ErrInvalidInput, "firmware is required")
@@ -38,36 +46,55 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 		blob.Close()
 		return fleet.Update{}, fmt.Errorf("select devices: %w", err)
 	}
-	if len(devices) == 0 {
+	if len(devices) == 0 && !pol.Dynamic {
 		blob.Close()
 		return fleet.Update{}, fleet.Errorf(fleet.ErrNoTargets, "selector matches no registered device")
 	}
-	now := time.Now().UTC()
+	now := e.now().UTC()
 	u := fleet.Update{ID: fleet.NewID("u"), FirmwareID: fw.ID, Selector: req.Selector, Policy: pol,
 		State: fleet.UpdateRunning, CreatedAt: now, StartedAt: &now}
+	if pol.StartAt != nil && pol.StartAt.After(now) {
+		u.State, u.StartedAt = fleet.UpdateScheduled, nil
+	}
 
 	var createErr error
 	err = e.do(ctx, func() {
-		r := newRun(u, fw, blob)
 		targets := make([]fleet.Progress, 0, len(devices))
+		busy := map[string]int{}
+		queued := 0
 		for _, d := range devices {
 			p := fleet.Progress{UpdateID: u.ID, DeviceID: d.ID, State: fleet.StateQueued, UpdatedAt: now}
-			switch {
-			case d.Version == fw.Version:
-				p.State, p.Reason = fleet.StateSkipped, fleet.ReasonAlreadyCurrent
-			case fw.Model != "" && d.Model != fw.Model:
-				p.State, p.Reason = fleet.StateSkipped, fleet.ReasonIncompatibleModel
-			case e.active[d.ID] != nil:
-				p.State, p.Reason = fleet.StateSkipped, fleet.ReasonBusy
-			}
-			if p.State == fleet.StateSkipped {
-				p.FinishedAt = &now
+			if reason := skipReason(d, fw, pol); reason != "" {
+				p.State, p.Reason, p.FinishedAt = fleet.StateSkipped, reason, &now
+			} else if other := e.active[d.ID]; other != nil {
+				busy[other.r.u.ID]++
+				continue
+			} else {
+				queued++
 			}
 			targets = append(targets, p)
+		}
+		if len(busy) > 0 {
+			n, ids := 0, make([]string, 0, len(busy))
+			for id, c := range busy {
+				n += c
+				ids = append(ids, id)
+			}
+			slices.Sort(ids)
+			createErr = fleet.Errorf(fleet.ErrDeviceBusy, "%d selected device(s) are in active update(s) %s: wait for it to end, cancel it, or narrow the selector",
+				n, strings.Join(ids, ", "))
+			return
+		}
+		phases, err := fleet.ResolvePhases(pol.Phases, queued)
+		if err != nil {
+			createErr = err
+			return
 		}
 		if createErr = e.Store.CreateUpdate(ctx, u, targets); createErr != nil {
 			return
 		}
+		r := newRun(u, fw, blob, matcher)
+		r.phases = phases
 		e.runs[u.ID] = r
 		for _, p := range targets {
 			t := r.add(p, 0)
@@ -78,9 +105,12 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 				}
 			}
 		}
-		e.emit(fleet.Event{Type: fleet.EventUpdate, UpdateID: u.ID, State: string(fleet.UpdateRunning)})
-		r.maybeDone = true
-		e.admit(r)
+		e.emit(fleet.Event{Type: fleet.EventUpdate, UpdateID: u.ID, State: string(u.State)})
+		if len(phases) > 1 {
+			e.emit(fleet.Event{Type: fleet.EventPhase, UpdateID: u.ID, State: "started", Phase: 1})
+		}
+		r.maybeDone = !pol.Dynamic
+		e.checkRun(r, e.now())
 		e.finishRuns()
 	})
 	if err == nil {
@@ -93,6 +123,73 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 	return u, nil
 }
 
+// loadRun rebuilds the run of a stored update: its targets with their
+// progress, its counters, and the phase it reached (devices are assigned to
+// phases in the order they started).
+func (e *Engine) loadRun(ctx context.Context, u fleet.Update) (*run, error) {
+	blob, fw, err := e.openBlob(ctx, u.FirmwareID)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*run, error) {
+		blob.Close()
+		return nil, err
+	}
+	matcher, err := u.Selector.Compile()
+	if err != nil {
+		return fail(err)
+	}
+	rows, err := e.Store.AllProgress(ctx, u.ID)
+	if err != nil {
+		return fail(err)
+	}
+	c, err := e.Store.UpdateCounters(ctx, u.ID)
+	if err != nil {
+		return fail(err)
+	}
+	r := newRun(u, fw, blob, matcher)
+	r.bytesSent, r.bytesAcked, r.resends, r.savedCounters = c.BytesSent, c.BytesAcked, c.Resends, c
+	r.rateBytes = c.BytesAcked
+	need := 0
+	var started []*target
+	for _, row := range rows {
+		t := r.add(row.Progress, row.Handle)
+		if row.State != fleet.StateSkipped {
+			need++
+		}
+		if row.Attempts > 0 {
+			t.started = true
+			started = append(started, t)
+		}
+	}
+	if r.phases, err = fleet.ResolvePhases(u.Policy.Phases, need); err != nil {
+		return fail(err)
+	}
+	slices.SortFunc(started, func(a, b *target) int {
+		return cmpTime(a.p.StartedAt, b.p.StartedAt)
+	})
+	for i, t := range started {
+		for t.phase < len(r.phases)-1 && i >= r.phases[t.phase] {
+			t.phase++
+		}
+		r.phase = max(r.phase, t.phase)
+	}
+	r.started = len(started)
+	return r, nil
+}
+
+func cmpTime(a, b *time.Time) int {
+	switch {
+	case a == nil && b == nil:
+		return 0
+	case a == nil:
+		return 1
+	case b == nil:
+		return -1
+	}
+	return a.Compare(*b)
+}
+
 // restore reloads the active updates after a restart. Transfers that were in
 // flight resume when their device says hello: the device's offset decides.
 func (e *Engine) restore(ctx context.Context) error {
@@ -100,42 +197,28 @@ func (e *Engine) restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("rollout: load active updates: %w", err)
 	}
-	now := time.Now()
+	now := e.now()
 	for _, u := range updates {
-		blob, fw, err := e.openBlob(ctx, u.FirmwareID)
+		r, err := e.loadRun(ctx, u)
 		if err != nil {
 			return fmt.Errorf("rollout: restore update %s: %w", u.ID, err)
 		}
-		rows, err := e.Store.AllProgress(ctx, u.ID)
-		if err != nil {
-			blob.Close()
-			return fmt.Errorf("rollout: restore update %s: %w", u.ID, err)
-		}
-		c, err := e.Store.UpdateCounters(ctx, u.ID)
-		if err != nil {
-			blob.Close()
-			return fmt.Errorf("rollout: restore update %s: %w", u.ID, err)
-		}
-		r := newRun(u, fw, blob)
-		r.bytesSent, r.bytesAcked, r.resends, r.savedCounters = c.BytesSent, c.BytesAcked, c.Resends, c
-		r.rateBytes = c.BytesAcked
-		for _, row := range rows {
-			t := r.add(row.Progress, row.Handle)
-			if row.State.Terminal() {
+		for _, t := range r.targets {
+			if t.p.State.Terminal() {
 				continue
 			}
-			e.active[row.DeviceID] = t
+			e.active[t.p.DeviceID] = t
 			t.progress = now
 			switch {
-			case row.State == fleet.StateInstalling || row.State == fleet.StateRebooting:
-				t.deadline = now.Add(e.ConfirmTimeout)
-			case row.State.Transferring():
+			case t.p.State == fleet.StateInstalling || t.p.State == fleet.StateRebooting:
+				t.deadline = now.Add(u.Policy.ConfirmTimeout.D())
+			case t.p.State.Transferring():
 				t.resume = true
 			}
 		}
 		r.maybeDone = true
 		e.runs[u.ID] = r
-		e.Logger.Info("resumed update", "update", u.ID, "devices", len(rows))
+		e.Logger.Info("resumed update", "update", u.ID, "state", u.State, "devices", len(r.targets), "phase", r.phase+1)
 	}
 	return nil
 }
@@ -147,44 +230,78 @@ func (e *Engine) finishRuns() {
 			continue
 		}
 		r.maybeDone = false
+		e.checkRun(r, e.now()) // thresholds and gates move when devices end
+		if r.u.State == fleet.UpdateScheduled || r.u.Policy.Dynamic && r.u.State.Active() {
+			continue // a dynamic update runs until an operator ends it
+		}
+		done := true
 		for _, t := range r.targets {
 			if !t.p.State.Terminal() {
-				goto next
+				done = false
+				break
 			}
 		}
-		{
-			state := fleet.UpdateCompleted
+		if !done {
+			continue
+		}
+		state := r.u.State
+		if !state.Terminal() {
+			state = fleet.UpdateCompleted
 			if r.counts[fleet.StateFailed] > 0 || r.counts[fleet.StateRejected] > 0 {
 				state = fleet.UpdateCompletedWithFailures
 			}
-			if r.u.State == fleet.UpdateCancelled {
-				state = fleet.UpdateCancelled
-			}
-			e.setUpdateState(r, state)
-			r.checkpoint(e, true)
-			r.publishStatus(e, time.Now(), true)
-			r.closeBlob()
-			delete(e.runs, id)
+			e.setUpdateState(r, state, "")
 		}
-	next:
+		r.checkpoint(e, true)
+		r.publishStatus(e, e.now(), true)
+		e.remember(e.summary(r, e.now()))
+		r.closeBlob()
+		delete(e.runs, id)
 	}
 }
 
-func (e *Engine) setUpdateState(r *run, state fleet.UpdateState) {
-	if r.u.State == state && !state.Terminal() {
+// setUpdateState moves the update through its state machine and records the
+// change as an event.
+func (e *Engine) setUpdateState(r *run, state fleet.UpdateState, reason fleet.Reason) {
+	if r.u.State == state {
 		return
 	}
-	now := time.Now().UTC()
+	if !fleet.CanUpdateTransition(r.u.State, state) {
+		e.Logger.Error("illegal update transition", "update", r.u.ID, "from", r.u.State, "to", state)
+		return
+	}
+	now := e.now().UTC()
+	from := r.u.State
 	r.u.State = state
+	if state == fleet.UpdateRunning && r.u.StartedAt == nil {
+		r.u.StartedAt = &now
+	}
+	r.u.FinishedAt = nil
 	if state.Terminal() {
 		r.u.FinishedAt = &now
 	}
 	if err := e.Store.SetUpdateState(r.u.ID, state, now); err != nil {
 		e.Logger.Error("save update state", "update", r.u.ID, "err", err)
 	}
-	e.emit(fleet.Event{Type: fleet.EventUpdate, UpdateID: r.u.ID, State: string(state)})
+	e.emit(fleet.Event{Type: fleet.EventUpdate, UpdateID: r.u.ID, From: string(from), State: string(state), Reason: reason, Phase: r.phase + 1})
 	r.dirty = true
-	e.Logger.Info("update state", "update", r.u.ID, "state", state)
+	e.Logger.Info("update state", "update", r.u.ID, "state", state, "reason", reason)
+}
+
+// maxEnded bounds the summaries of ended updates kept in memory.
+const maxEnded = 256
+
+// remember keeps the final summary of an ended run, so that it is served
+// at once, before the store's writer has committed the last changes.
+func (e *Engine) remember(s fleet.UpdateSummary) {
+	if _, ok := e.ended[s.ID]; !ok {
+		e.endedOrder = append(e.endedOrder, s.ID)
+	}
+	e.ended[s.ID] = s
+	for len(e.endedOrder) > maxEnded {
+		delete(e.ended, e.endedOrder[0])
+		e.endedOrder = e.endedOrder[1:]
+	}
 }
 
 // Summary returns an update's live summary, or the stored one of an update
@@ -194,7 +311,9 @@ func (e *Engine) Summary(ctx context.Context, updateID string) (fleet.UpdateSumm
 	found := false
 	if err := e.do(ctx, func() {
 		if r := e.runs[updateID]; r != nil {
-			s, found = r.summary(time.Now()), true
+			s, found = e.summary(r, e.now()), true
+		} else {
+			s, found = e.ended[updateID]
 		}
 	}); err != nil {
 		return s, err
@@ -218,7 +337,7 @@ func (e *Engine) Summary(ctx context.Context, updateID string) (fleet.UpdateSumm
 	if err != nil {
 		return s, err
 	}
-	s = fleet.UpdateSummary{Update: u, Firmware: fw, Counts: counts, Time: time.Now().UTC(),
+	s = fleet.UpdateSummary{Update: u, Firmware: fw, Counts: counts, Time: e.now().UTC(),
 		BytesSent: c.BytesSent, BytesAcked: c.BytesAcked, Resends: c.Resends}
 	for _, c := range counts {
 		s.Total += c
@@ -226,7 +345,7 @@ func (e *Engine) Summary(ctx context.Context, updateID string) (fleet.UpdateSumm
 	return s, nil
 }
 
-func (r *run) summary(now time.Time) fleet.UpdateSummary {
+func (e *Engine) summary(r *run, now time.Time) fleet.UpdateSummary {
 	counts := make(map[fleet.DeviceState]int, len(r.counts))
 	for st, c := range r.counts {
 		if c != 0 {
@@ -234,7 +353,11 @@ func (r *run) summary(now time.Time) fleet.UpdateSummary {
 		}
 	}
 	s := fleet.UpdateSummary{Update: r.u, Firmware: r.fw, Total: len(r.targets), Counts: counts, InFlight: r.slots,
-		BytesSent: r.bytesSent, BytesAcked: r.bytesAcked, Resends: r.resends, RateBps: r.rate, Time: now.UTC()}
+		BytesSent: r.bytesSent, BytesAcked: r.bytesAcked, Resends: r.resends, RateBps: r.rate, Time: now.UTC(),
+		Phase: r.phase + 1, Phases: slices.Clone(r.phases), Gate: r.gate, Waiting: e.waiting(r, now)}
+	if len(r.phases) <= 1 {
+		s.Phase, s.Phases = 0, nil
+	}
 	if r.rate > 0 {
 		remaining := int64(0)
 		for _, t := range r.targets {
@@ -262,7 +385,7 @@ func (r *run) publishStatus(e *Engine, now time.Time, force bool) {
 		return
 	}
 	r.dirty = false
-	if err := e.Transport.Publish(protocol.UpdateStatusTopic(r.u.ID), protocol.Encode(r.summary(now)), true, 1); err != nil {
+	if err := e.Transport.Publish(protocol.UpdateStatusTopic(r.u.ID), protocol.Encode(e.summary(r, now)), true, 1); err != nil {
 		e.Logger.Warn("publish update status", "update", r.u.ID, "err", err)
 	}
 }
@@ -302,48 +425,125 @@ func (e *Engine) Pause(ctx context.Context, updateID string) error {
 		if r.u.State != fleet.UpdateRunning {
 			return fleet.Errorf(fleet.ErrIllegalTransition, "update is %s", r.u.State)
 		}
-		e.setUpdateState(r, fleet.UpdatePaused)
+		e.setUpdateState(r, fleet.UpdatePaused, fleet.ReasonOperator)
 		return nil
 	})
 }
 
-// Resume admits devices again.
+// Resume admits devices again. At a gate that waits for approval, or that
+// failed, resuming is the operator's decision to go on: the next phase
+// starts.
 func (e *Engine) Resume(ctx context.Context, updateID string) error {
 	return e.control(ctx, updateID, func(r *run) error {
 		if r.u.State != fleet.UpdatePaused {
 			return fleet.Errorf(fleet.ErrIllegalTransition, "update is %s", r.u.State)
 		}
-		e.setUpdateState(r, fleet.UpdateRunning)
+		atGate := r.gate == gateApproval || r.gate == gateFailed ||
+			(r.gate == gateOpen && r.phase < len(r.phases)-1 && r.started >= r.phases[r.phase] && e.phaseSettled(r))
+		e.setUpdateState(r, fleet.UpdateRunning, fleet.ReasonOperator)
+		if atGate {
+			e.nextPhase(r)
+		}
 		e.admit(r)
 		return nil
 	})
+}
+
+// phaseSettled reports whether every device of the current phase ended: an
+// update restored in paused state at a gate it had stopped at.
+func (e *Engine) phaseSettled(r *run) bool {
+	for _, t := range r.targets {
+		if t.started && t.phase == r.phase && !t.p.State.Terminal() {
+			return false
+		}
+	}
+	return true
 }
 
 // Cancel stops the update: devices not yet installing are cancelled (those
 // transferring get a cancel message); devices already installing finish.
 func (e *Engine) Cancel(ctx context.Context, updateID string) error {
 	return e.control(ctx, updateID, func(r *run) error {
-		if r.u.State == fleet.UpdateCancelled {
-			return fleet.Errorf(fleet.ErrUpdateFinished, "update is cancelled")
+		if !r.u.State.Active() {
+			return fleet.Errorf(fleet.ErrUpdateFinished, "update is %s", r.u.State)
 		}
-		e.setUpdateState(r, fleet.UpdateCancelled)
-		for _, t := range r.targets {
-			st := t.p.State
-			if st.Terminal() || st == fleet.StateInstalling || st == fleet.StateRebooting {
-				continue
-			}
-			if st.Transferring() {
-				msg := protocol.Cancel{V: protocol.Version, Update: r.u.ID, Handle: t.handle, Reason: fleet.ReasonOperator}
-				if err := e.Transport.Publish(protocol.DownTopic(t.p.DeviceID, protocol.KindCancel), protocol.Encode(msg), false, 1); err != nil {
-					e.Logger.Warn("publish cancel", "device", t.p.DeviceID, "err", err)
-				}
-			}
-			e.setState(t, fleet.StateCancelled, fleet.ReasonOperator)
-		}
-		r.readyQ = nil
-		r.maybeDone = true
+		e.stop(r, fleet.UpdateCancelled, fleet.ReasonOperator, fleet.ReasonOperator)
 		return nil
 	})
+}
+
+// sendCancel tells a transferring device to stop and discard its download.
+func (e *Engine) sendCancel(t *target, reason fleet.Reason) {
+	msg := protocol.Cancel{V: protocol.Version, Update: t.r.u.ID, Handle: t.handle, Reason: reason}
+	if err := e.Transport.Publish(protocol.DownTopic(t.p.DeviceID, protocol.KindCancel), protocol.Encode(msg), false, 1); err != nil {
+		e.Logger.Warn("publish cancel", "device", t.p.DeviceID, "err", err)
+	}
+}
+
+// RetryFailed admits an update's failed devices again, with fresh attempts.
+// An update that ended with failures (or was aborted) runs again. Devices
+// now in another active update are left failed. It returns how many devices
+// were re-admitted.
+func (e *Engine) RetryFailed(ctx context.Context, updateID string) (int, error) {
+	// An update that just ended may still have writes queued: the run is
+	// rebuilt from the store.
+	if err := e.Store.Flush(ctx); err != nil {
+		return 0, err
+	}
+	u, err := e.Store.Update(ctx, updateID)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	var ferr error
+	err = e.do(ctx, func() {
+		r := e.runs[updateID]
+		if r == nil {
+			if s, ok := e.ended[updateID]; ok {
+				u.State = s.State
+			}
+			if u.State != fleet.UpdateCompletedWithFailures && u.State != fleet.UpdateAborted {
+				ferr = fleet.Errorf(fleet.ErrUpdateFinished, "update is %s: nothing to retry", u.State)
+				return
+			}
+			if r, ferr = e.loadRun(ctx, u); ferr != nil {
+				return
+			}
+		}
+		for _, t := range r.targets {
+			if t.p.State != fleet.StateFailed || e.active[t.p.DeviceID] != nil {
+				continue
+			}
+			t.p.Attempts, t.notBefore, t.acked, t.sent = 0, time.Time{}, 0, 0
+			t.started = true
+			e.active[t.p.DeviceID] = t
+			e.setState(t, fleet.StateQueued, fleet.ReasonRetry)
+			if e.ready[t.p.DeviceID] {
+				r.enqueue(t, false)
+			}
+			n++
+		}
+		if n == 0 {
+			ferr = fleet.Errorf(fleet.ErrInvalidInput, "update %s has no failed device to retry", updateID)
+			if e.runs[updateID] == nil {
+				r.closeBlob()
+			}
+			return
+		}
+		if e.runs[updateID] == nil {
+			e.runs[updateID] = r
+			delete(e.ended, updateID)
+		}
+		if r.u.State.Terminal() {
+			e.setUpdateState(r, fleet.UpdateRunning, fleet.ReasonRetry)
+		}
+		e.Logger.Info("retrying failed devices", "update", updateID, "devices", n)
+		e.admit(r)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, ferr
 }
 
 // control runs fn on an active update in the loop.
@@ -357,6 +557,7 @@ func (e *Engine) control(ctx context.Context, updateID string, fn func(*run) err
 		}
 		found = true
 		ferr = fn(r)
+		r.dirty = true
 		e.finishRuns()
 	}); err != nil {
 		return err

@@ -81,6 +81,9 @@ var migrations = []string{
 	`ALTER TABLE updates ADD COLUMN bytes_sent INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE updates ADD COLUMN bytes_acked INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE updates ADD COLUMN resends INTEGER NOT NULL DEFAULT 0;`,
+
+	// 6: the rollout phase an event belongs to (0: none).
+	`ALTER TABLE events ADD COLUMN phase INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.

@@ -127,12 +127,16 @@ func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.
 	if err != nil {
 		return nil, err
 	}
+	m, err := sel.Compile()
+	if err != nil {
+		return nil, err
+	}
 	var w where
 	if sel.Model != "" {
 		w.add("model = ?", sel.Model)
 	}
-	if sel.Version != "" {
-		w.add("version = ?", sel.Version)
+	if v, ok := sel.ExactVersion(); ok {
+		w.add("version = ?", v) // a range is checked in Go below
 	}
 	if len(sel.Devices) > 0 {
 		ids, err := json.Marshal(sel.Devices)
@@ -151,7 +155,7 @@ func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.
 	}
 	out := ds[:0]
 	for _, d := range ds {
-		if sel.Matches(d) {
+		if m.Match(d) {
 			out = append(out, d)
 		}
 	}
@@ -222,10 +226,10 @@ func (s *Store) ListUpdates(ctx context.Context) ([]fleet.Update, error) {
 	return s.queryUpdates(ctx, `SELECT `+updateCols+` FROM updates ORDER BY created_at DESC, rowid DESC`)
 }
 
-// ActiveUpdates returns the running and paused updates, oldest first.
+// ActiveUpdates returns the scheduled, running and paused updates, oldest first.
 func (s *Store) ActiveUpdates(ctx context.Context) ([]fleet.Update, error) {
-	return s.queryUpdates(ctx, `SELECT `+updateCols+` FROM updates WHERE state IN (?, ?) ORDER BY created_at, rowid`,
-		string(fleet.UpdateRunning), string(fleet.UpdatePaused))
+	return s.queryUpdates(ctx, `SELECT `+updateCols+` FROM updates WHERE state IN (?, ?, ?) ORDER BY created_at, rowid`,
+		string(fleet.UpdateScheduled), string(fleet.UpdateRunning), string(fleet.UpdatePaused))
 }
 
 func (s *Store) queryUpdates(ctx context.Context, query string, args ...any) ([]fleet.Update, error) {
@@ -360,13 +364,13 @@ func (s *Store) CountProgress(ctx context.Context, updateID string) (map[fleet.D
 
 // --- events ---
 
-const eventCols = `seq, time, type, update_id, device_id, from_state, state, reason, offset, attempt`
+const eventCols = `seq, time, type, update_id, device_id, from_state, state, reason, offset, attempt, phase`
 
 func scanEvent(sc scanner) (fleet.Event, error) {
 	var e fleet.Event
 	var t, reason string
 	if err := sc.Scan(&e.Seq, &t, &e.Type, &e.UpdateID, &e.DeviceID, &e.From, &e.State, &reason,
-		&e.Offset, &e.Attempt); err != nil {
+		&e.Offset, &e.Attempt, &e.Phase); err != nil {
 		return fleet.Event{}, err
 	}
 	e.Reason = fleet.Reason(reason)

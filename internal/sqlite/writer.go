@@ -62,8 +62,8 @@ const (
 			started_at = excluded.started_at, finished_at = excluded.finished_at,
 			updated_at = excluded.updated_at`
 	sqlInsertEvent = `INSERT INTO events (seq, time, type, update_id, device_id, from_state, state, reason,
-			offset, attempt)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+			offset, attempt, phase)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	// Parameters: state, started_at candidate (NULL unless entering running),
 	// finished_at candidate (NULL unless terminal), id.
 	sqlSetUpdateState = `UPDATE updates SET state = ?1,
@@ -385,7 +385,7 @@ func (o *appendEventOp) attrs() []any {
 func (o *appendEventOp) exec(ctx context.Context, b *batchTx) error {
 	e := o.e
 	_, err := b.stmt(ctx, b.stmts.insertEvent).ExecContext(ctx, e.Seq, fmtTime(e.Time), e.Type, e.UpdateID,
-		e.DeviceID, e.From, e.State, string(e.Reason), e.Offset, e.Attempt)
+		e.DeviceID, e.From, e.State, string(e.Reason), e.Offset, e.Attempt, e.Phase)
 	if err != nil {
 		return fmt.Errorf("append event %d: %w", e.Seq, err)
 	}
