@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -49,6 +50,7 @@ type options struct {
 	seed            uint64
 	connectRate     int
 	summaryFile     string
+	stateDir        string
 	exitWhenUpdated string
 	duration        time.Duration
 	username        string
@@ -73,6 +75,9 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.Uint64Var(&o.seed, "seed", 0, "seed of the fault injection (0: random)")
 	fs.IntVar(&o.connectRate, "connect-rate", 500, "connections opened per second at start")
 	fs.StringVar(&o.summaryFile, "summary", "", "write the summary as JSON to this file")
+	fs.StringVar(&o.stateDir, "state-dir", "", "keep each device's state (version, held transfer, install count) in DIR/<id>.json, "+
+		"created if missing; a devicesim restarted with the same DIR resumes its devices where they were. "+
+		"The summary's installs then counts across runs, installs_this_run this process's only")
 	fs.StringVar(&o.exitWhenUpdated, "exit-when-updated", "", "exit once every device runs this version or reported a failure or rejection")
 	fs.DurationVar(&o.duration, "duration", 0, "exit after this long (0: no limit)")
 	fs.StringVar(&o.username, "username", "", "MQTT username")
@@ -157,12 +162,22 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if seed == 0 {
 		seed = rand.Uint64()
 	}
+	if o.stateDir != "" {
+		if err := os.MkdirAll(o.stateDir, 0o755); err != nil {
+			return fmt.Errorf("state directory: %w", err)
+		}
+	}
 	rebootDelay := max(o.rebootDelay, time.Millisecond) // the agent reads zero as its default
 	agents := make([]*agent.Agent, o.devices)
 	for i := range agents {
+		id := deviceID(o.idPrefix, i+1)
+		var stateFile string
+		if o.stateDir != "" {
+			stateFile = filepath.Join(o.stateDir, id+".json")
+		}
 		agents[i] = agent.New(agent.Config{
-			Broker: o.broker, ID: deviceID(o.idPrefix, i+1), Model: o.model, Version: o.version, Tags: o.tags,
-			RebootDelay: rebootDelay, InstallDelay: o.installDelay, Faults: o.faults,
+			Broker: o.broker, ID: id, Model: o.model, Version: o.version, Tags: o.tags,
+			RebootDelay: rebootDelay, InstallDelay: o.installDelay, Faults: o.faults, StateFile: stateFile,
 			Seed: seed + uint64(i) + 1, Logger: log, Username: o.username, Password: o.password,
 		})
 	}
@@ -288,7 +303,8 @@ type summary struct {
 	Connected       int            `json:"connected"`
 	Updated         int            `json:"updated"`
 	Failed          int            `json:"failed"`
-	Installs        int            `json:"installs"`
+	Installs        int            `json:"installs"`          // with --state-dir: across runs
+	InstallsThisRun int            `json:"installs_this_run"` // by this process
 	BytesReceived   int64          `json:"bytes_received"`
 	ChunksDropped   int            `json:"chunks_dropped"`
 	BadFrames       int            `json:"bad_frames"`
@@ -329,6 +345,7 @@ func summarize(o options, agents []*agent.Agent, elapsed time.Duration) summary 
 			sum.Failed++
 		}
 		sum.Installs += s.Installs
+		sum.InstallsThisRun += s.Installs - s.InstallsBefore
 		sum.BytesReceived += s.BytesReceived
 		sum.ChunksDropped += s.ChunksDropped
 		sum.BadFrames += s.BadFrames
@@ -363,7 +380,7 @@ func writeText(w io.Writer, s summary) {
 	fmt.Fprintf(w, "connected       %d\n", s.Connected)
 	fmt.Fprintf(w, "updated         %d\n", s.Updated)
 	fmt.Fprintf(w, "failed          %d\n", s.Failed)
-	fmt.Fprintf(w, "installs        %d\n", s.Installs)
+	fmt.Fprintf(w, "installs        %d (this run %d)\n", s.Installs, s.InstallsThisRun)
 	fmt.Fprintf(w, "bytes_received  %d\n", s.BytesReceived)
 	fmt.Fprintf(w, "chunks_dropped  %d\n", s.ChunksDropped)
 	fmt.Fprintf(w, "bad_frames      %d\n", s.BadFrames)

@@ -77,6 +77,14 @@ type Config struct {
 	// QueueSize bounds the inbound message queue (default DefaultQueueSize).
 	QueueSize int
 
+	// StateFile, when set, is where the agent keeps what it holds across
+	// restarts (persist.go); empty: nothing is persisted. During a download
+	// the file is saved every CheckpointBytes or CheckpointInterval
+	// (defaults DefaultCheckpointBytes, DefaultCheckpointInterval).
+	StateFile          string
+	CheckpointBytes    int64
+	CheckpointInterval time.Duration
+
 	Faults Faults
 	// Seed seeds the fault injection; zero picks a random seed.
 	Seed uint64
@@ -97,6 +105,8 @@ type Stats struct {
 	// or a reboot whose hello was not yet acknowledged).
 	Holding  bool `json:"holding"`
 	Installs int  `json:"installs"`
+	// InstallsBefore is the part of Installs loaded from the state file.
+	InstallsBefore int `json:"installs_before,omitempty"`
 	// BytesReceived counts chunk payload bytes accepted, re-downloads included.
 	BytesReceived int64 `json:"bytes_received"`
 	// ChunksDropped counts chunks ignored by fault injection.
@@ -116,6 +126,14 @@ type Stats struct {
 	// transfer to the hello sent after rebooting into its version.
 	UpdateTime time.Duration `json:"update_time_ns,omitempty"`
 }
+
+// Presence status payloads (docs/PROTOCOL.md): published retained on
+// flota/devices/{id}/up/status after connecting, the offline one before a
+// clean disconnect and as the last will.
+var (
+	statusOnline  = []byte(`{"v":1,"online":true}`)
+	statusOffline = []byte(`{"v":1,"online":false}`)
+)
 
 // errOffline is the publish result while the agent has no client.
 var errOffline = errors.New("agent: not connected")
@@ -172,6 +190,7 @@ type Agent struct {
 	version        string
 	pendingVersion string // version to boot into at the next connect
 	held           *transfer
+	persist        *persister // nil without Config.StateFile
 	done           *completed
 	lastReport     waiter
 	action         action
@@ -266,6 +285,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
+	a.loadState()
 	a.wg.Add(1)
 	go a.run(loopCtx)
 	a.lifeMu.Unlock()
@@ -325,6 +345,7 @@ func tokenDone(t mqtt.Token) <-chan struct{} {
 // run is the agent's goroutine: it owns the client and all protocol state.
 func (a *Agent) run(ctx context.Context) {
 	defer a.wg.Done()
+	defer a.closeState()
 	defer a.stopTimers()
 	defer a.disconnect()
 	a.connect()
@@ -427,6 +448,13 @@ func (a *Agent) disconnect() {
 	}
 	a.gen.Add(1)
 	if a.client != nil {
+		// A clean DISCONNECT discards the last will: say offline first.
+		if a.client.IsConnectionOpen() {
+			tok := a.client.Publish(a.statusTopic(), 1, true, statusOffline)
+			if !tok.WaitTimeout(a.cfg.PublishTimeout) || tok.Error() != nil {
+				a.log.Debug("offline status not acknowledged", "err", tok.Error())
+			}
+		}
 		a.client.Disconnect(quiesce)
 		a.client = nil
 	}
@@ -457,6 +485,9 @@ func (a *Agent) connect() {
 				a.updateStats(func(s *Stats) { s.Connected = false })
 			}
 		})
+	// Presence for brokers without connection hooks: the broker publishes
+	// this when the connection ends without a DISCONNECT.
+	opts.SetBinaryWill(a.statusTopic(), statusOffline, 1, true)
 	if a.cfg.Username != "" {
 		opts.SetUsername(a.cfg.Username)
 	}
@@ -538,9 +569,15 @@ func (a *Agent) onConnected() {
 		return
 	}
 	a.updateStats(func(s *Stats) { s.Connected = true })
+	// Retained, so that an orchestrator connecting later learns it too;
+	// QoS 1 from one client keeps it ahead of the hello.
+	c.Publish(a.statusTopic(), 1, true, statusOnline)
 	a.sayHello(a.heldHello())
 	a.readyOnce.Do(func() { close(a.ready) })
 }
+
+// statusTopic is the device's retained presence topic.
+func (a *Agent) statusTopic() string { return protocol.UpTopic(a.cfg.ID, protocol.KindStatus) }
 
 // clientPublish publishes with the current client.
 func (a *Agent) clientPublish(topic string, qos byte, payload []byte) waiter {

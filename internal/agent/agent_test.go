@@ -54,6 +54,7 @@ type orch struct {
 	hello     chan protocol.Hello
 	report    chan protocol.Report
 	ack       chan protocol.Ack
+	status    chan statusMsg
 }
 
 func startOrch(t *testing.T) *orch { return startOrchAt(t, "127.0.0.1:0") }
@@ -70,6 +71,7 @@ func startOrchAt(t *testing.T, addr string) *orch {
 		hello:  make(chan protocol.Hello, 64),
 		report: make(chan protocol.Report, 256),
 		ack:    make(chan protocol.Ack, 4096),
+		status: make(chan statusMsg, 64),
 	}
 	err := srv.Subscribe(protocol.UpFilter, 1, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
 		_, kind, ok := protocol.ParseUpTopic(pk.TopicName)
@@ -91,6 +93,8 @@ func startOrchAt(t *testing.T, addr string) *orch {
 			m, err := protocol.DecodeAck(pk.Payload)
 			assert.NoError(t, err)
 			full = !trySend(o.ack, m)
+		case protocol.KindStatus:
+			full = !trySend(o.status, statusMsg{string(pk.Payload), pk.FixedHeader.Retain})
 		default:
 			t.Errorf("unexpected kind %q", kind)
 		}

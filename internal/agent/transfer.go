@@ -142,6 +142,7 @@ func (a *Agent) handleChunk(b []byte) {
 	t.hash.Write(f.Payload)
 	t.expected += n
 	a.updateStats(func(s *Stats) { s.BytesReceived += n })
+	a.checkpoint(t)
 	if t.unacked++; t.unacked >= t.ackEvery || t.expected == t.fw.Size {
 		a.ack(t)
 	}
@@ -158,20 +159,23 @@ func (a *Agent) handleChunk(b []byte) {
 // complete checks the received image and starts the install.
 func (a *Agent) complete() {
 	t := a.held
-	t.state = fleet.StateDownloaded
-	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateDownloaded, Offset: t.expected})
 	sum := hex.EncodeToString(t.hash.Sum(nil))
 	t.hash = nil
 	a.updateStats(func(s *Stats) { s.ImageSHA256 = sum })
-	if !strings.EqualFold(sum, t.fw.SHA256) {
-		a.log.Info("image digest mismatch", "update", t.update, "got", sum, "want", t.fw.SHA256)
+	ok := strings.EqualFold(sum, t.fw.SHA256)
+	// Where the steps below end is what the first report saves (persist.go).
+	if ok {
+		t.state = fleet.StateInstalling
+	} else {
 		a.setHeld(nil)
+	}
+	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateDownloaded, Offset: t.expected})
+	if !ok {
+		a.log.Info("image digest mismatch", "update", t.update, "got", sum, "want", t.fw.SHA256)
 		a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateFailed, Reason: fleet.ReasonBadDigest})
 		return
 	}
-	t.state = fleet.StateVerified
 	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateVerified, Offset: t.expected})
-	t.state = fleet.StateInstalling
 	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateInstalling, Offset: t.expected})
 	a.action = actInstall
 }
@@ -234,6 +238,7 @@ func (a *Agent) heldHello() *protocol.Held {
 func (a *Agent) sayHello(held *protocol.Held) {
 	h := protocol.Hello{V: protocol.Version, Model: a.cfg.Model, Version: a.version, Tags: a.cfg.Tags, Transfer: held}
 	tok := a.out(protocol.UpTopic(a.cfg.ID, protocol.KindHello), 1, protocol.Encode(h))
+	a.resumeHeld()
 	if held == nil || held.State != fleet.StateRebooting || a.held == nil || a.held.update != held.Update {
 		return
 	}
@@ -257,6 +262,7 @@ func (a *Agent) settle() {
 	a.done = &completed{update: t.update, handle: t.handle, size: t.fw.Size, version: t.fw.Version}
 	d := time.Since(t.offeredAt)
 	a.updateStats(func(s *Stats) { s.UpdateTime = d })
+	a.saveState(false) // lost in a crash: the reboot hello is said again
 }
 
 // report publishes a state change (QoS 1, not waited for here) and records
@@ -266,6 +272,7 @@ func (a *Agent) report(r protocol.Report) {
 	if r.Version == "" {
 		r.Version = a.version
 	}
+	a.saveState(true) // never report a state the device has not saved
 	a.lastReport = a.out(protocol.UpTopic(a.cfg.ID, protocol.KindReport), 1, protocol.Encode(r))
 	if r.Reason == fleet.ReasonBusy || r.Reason == fleet.ReasonUnknownUpdate {
 		return // about an update the device does not hold

@@ -34,6 +34,7 @@ const (
 	KindHello  = "hello"  // up: device announces itself (and what it holds)
 	KindReport = "report" // up: state change of a transfer
 	KindAck    = "ack"    // up: cumulative acknowledgement
+	KindStatus = "status" // up, retained: {"v":1,"online":bool}; also the device's last will
 	KindOffer  = "offer"  // down: an update for the device
 	KindChunk  = "chunk"  // down: binary chunk frame
 	KindCancel = "cancel" // down: stop the transfer

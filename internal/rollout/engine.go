@@ -273,6 +273,9 @@ func (e *Engine) dispatch(m inbound) {
 		// device sends after subscribing.
 	case kindOffline:
 		e.deviceOffline(m.device)
+	case protocol.KindStatus:
+		// A device's retained online/offline status: presence comes from
+		// the transport (broker hooks, or the transport reading these).
 	case protocol.KindAck:
 		a, err := protocol.DecodeAck(m.payload)
 		if err != nil {

@@ -1,0 +1,143 @@
+package main
+
+// Crash tests with real processes: the orchestrator and devicesim killed
+// with SIGKILL mid-update and restarted on the same state.
+
+import (
+	"encoding/json"
+	"math/rand/v2"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/flotaio/flota/internal/fleet"
+)
+
+func TestE2E_OrchestratorKilledThreeTimesLosesNothing(t *testing.T) {
+	const (
+		devices = 300
+		size    = 1 << 20
+	)
+	s := startServer(t)
+	sm := startSim(t, s, "--devices", strconv.Itoa(devices), "--id-prefix", "crash-", "--model", "sim-a",
+		"--reboot-delay", "300ms")
+	s.waitOnline(devices)
+	fw, digest := s.firmware(size, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "10", "--window", "4"))
+
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	for kill := 1; kill <= 3; kill++ {
+		// A random moment of the update, at least one checkpoint apart.
+		time.Sleep(time.Duration(300+rng.IntN(1200)) * time.Millisecond)
+		st := s.status(id)
+		require.False(t, st.State.Terminal(), "the update ended before kill %d; it must be slower for this test", kill)
+		t.Logf("kill %d at %d/%d succeeded, %d in flight", kill, st.Counts[fleet.StateSucceeded], devices, st.InFlight)
+		s.kill()
+		s.restart()
+	}
+
+	_, code := s.cli("update", "watch", id, "--interval", "250ms")
+	require.Zero(t, code, "the update completes after the restarts")
+	st := s.status(id)
+	assert.Equal(t, fleet.UpdateCompleted, st.State)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: devices}, st.Counts,
+		"the same final states as a run without a crash")
+
+	// Every device installed exactly once, and received the whole image
+	// with no restart from zero: at most 1.5x the bytes of a clean run.
+	sum := sm.stop(t)
+	require.Len(t, sum.DevicesDetail, devices)
+	var received int64
+	for _, d := range sum.DevicesDetail {
+		assert.Equal(t, 1, d.Installs, d.ID)
+		assert.Equal(t, "1.1.0", d.Version, d.ID)
+		assert.Equal(t, digest, d.ImageSHA256, d.ID)
+		received += d.BytesReceived
+	}
+	assert.LessOrEqual(t, received, int64(devices)*size*3/2, "bytes delivered")
+	t.Logf("bytes received: %.3fx the image size times the fleet", float64(received)/float64(devices*size))
+
+	// The log holds one succeeded event per device, and its sequence
+	// numbers grew across the restarts.
+	assert.Equal(t, strconv.Itoa(devices), s.sqlite3("SELECT count(*) FROM events WHERE update_id='"+id+"' AND state='succeeded'"))
+	assert.Equal(t, strconv.Itoa(devices), s.sqlite3("SELECT count(DISTINCT device_id) FROM events WHERE update_id='"+id+"' AND state='succeeded'"))
+	assert.Equal(t, "0", s.sqlite3("SELECT count(*) FROM events a JOIN events b ON b.seq = a.seq + 1 WHERE b.time < a.time"),
+		"sequence order is time order")
+	var evs []fleet.Event
+	require.NoError(t, json.Unmarshal([]byte(s.mustCLI("update", "events", id, "--json")), &evs))
+	require.NotEmpty(t, evs)
+	for i := 1; i < len(evs); i++ {
+		require.Greater(t, evs[i].Seq, evs[i-1].Seq)
+	}
+}
+
+func TestE2E_DevicesimKilledResumesFromItsStateDir(t *testing.T) {
+	const devices = 20
+	s := startServer(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	args := []string{"--devices", strconv.Itoa(devices), "--id-prefix", "persist-", "--model", "sim-a", "--state-dir", stateDir}
+	first := startSim(t, s, args...)
+	s.waitOnline(devices)
+	fw, digest := s.firmware(4<<20, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "5", "--chunk-size", "4096", "--window", "2"))
+
+	// Kill devicesim once a few devices are partway through.
+	poll(t, 30*time.Second, func() bool { return s.status(id).BytesAcked > 2<<20 }, "transfers under way")
+	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
+	<-first.done
+	first.done <- nil
+	before := s.status(id)
+	require.False(t, before.State.Terminal())
+
+	second := startSim(t, s, args...)
+	_, code := s.cli("update", "watch", id, "--interval", "250ms")
+	require.Zero(t, code)
+	st := s.status(id)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: devices}, st.Counts)
+
+	sum := second.stop(t)
+	require.Len(t, sum.DevicesDetail, devices)
+	var received int64
+	for _, d := range sum.DevicesDetail {
+		assert.Equal(t, "1.1.0", d.Version, d.ID)
+		assert.Equal(t, 1, d.Installs, d.ID)
+		assert.Equal(t, digest, d.ImageSHA256, d.ID)
+		received += d.BytesReceived
+	}
+	// The devices that were partway resumed: the second run received less
+	// than the whole fleet's images.
+	assert.Less(t, received, int64(devices)*(4<<20), "resumed devices did not start from zero")
+}
+
+func TestE2E_SIGTERMShutsDownCleanly(t *testing.T) {
+	s := startServer(t)
+	sm := startSim(t, s, "--devices", "10", "--id-prefix", "term-", "--model", "sim-a")
+	s.waitOnline(10)
+	fw, _ := s.firmware(64*1024, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw))
+	_, code := s.cli("update", "watch", id, "--interval", "200ms")
+	require.Zero(t, code)
+
+	s.mu.Lock()
+	cmd := s.cmd
+	s.cmd = nil
+	s.mu.Unlock()
+	start := time.Now()
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	err := cmd.Wait()
+	assert.NoError(t, err, "exit status 0")
+	assert.Less(t, time.Since(start), 5*time.Second)
+	assert.Contains(t, s.logString(), "shutting down")
+
+	// Everything was flushed: the log is complete and the file is sound.
+	assert.Equal(t, "ok", s.sqlite3("PRAGMA integrity_check"))
+	assert.Equal(t, "10", s.sqlite3("SELECT count(*) FROM events WHERE update_id='"+id+"' AND state='succeeded'"))
+	assert.Equal(t, "completed", s.sqlite3("SELECT state FROM updates WHERE id='"+id+"'"))
+	sm.stop(t)
+}
