@@ -1,0 +1,122 @@
+package mqttclient
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestMatch_Wildcards(t *testing.T) {
+	tests := []struct {
+		filter, topic string
+		want          bool
+	}{
+		{"flota/devices/+/up/#", "flota/devices/d1/up/ack", true},
+		{"flota/devices/+/up/#", "flota/devices/d1/up", true},
+		{"flota/devices/+/up/#", "flota/devices/d1/down/ack", false},
+		{"flota/devices/+/up/#", "flota/devices/up/ack", false},
+		{"flota/devices/+/up/status", "flota/devices/d1/up/status", true},
+		{"flota/devices/+/up/status", "flota/devices/d1/up/status/x", false},
+		{"flota/devices/+/up/status", "flota/devices/d1/up", false},
+		{"flota/events/#", "flota/events/updates/u1", true},
+		{"flota/events/#", "flota/eventsx", false},
+		{"#", "flota/a", true},
+		{"#", "$SYS/broker/uptime", false},
+		{"+/broker/uptime", "$SYS/broker/uptime", false},
+		{"$SYS/#", "$SYS/broker/uptime", true},
+		{"a/+", "a/", true},
+		{"a/+", "a", false},
+		{"a/b", "a/b", true},
+		{"a/b", "a/b/c", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.filter+" "+tt.topic, func(t *testing.T) {
+			assert.Equal(t, tt.want, match(tt.filter, tt.topic))
+		})
+	}
+}
+
+func TestCovers_Filters(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"flota/devices/+/up/#", "flota/devices/+/up/status", true},
+		{"flota/devices/+/up/#", "flota/devices/d1/up/#", true},
+		{"flota/devices/+/up/#", "flota/devices/+/up", true},
+		{"flota/devices/+/up/status", "flota/devices/+/up/#", false},
+		{"flota/devices/d1/up/#", "flota/devices/+/up/status", false},
+		{"flota/#", "flota/events/#", true},
+		{"flota/events/#", "flota/status/#", false},
+		{"a/b", "a/b", true},
+		{"a/+", "a/b/c", false},
+		{"a/+/c", "a/#", false},
+		{"#", "a/#", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.a+" "+tt.b, func(t *testing.T) {
+			assert.Equal(t, tt.want, covers(tt.a, tt.b))
+		})
+	}
+}
+
+func TestMinimal_DropsCoveredAndDuplicateFilters(t *testing.T) {
+	got := minimal([]string{
+		"flota/devices/+/up/status",
+		"flota/events/#",
+		"flota/devices/+/up/#",
+		"flota/events/#",
+		"flota/status/#",
+	})
+	require.Equal(t, []string{"flota/events/#", "flota/devices/+/up/#", "flota/status/#"}, got)
+	assert.Equal(t, []string{"flota/devices/+/up/status"}, minimal([]string{"flota/devices/+/up/status"}))
+	assert.Empty(t, minimal(nil))
+}
+
+func TestDecodeStatus(t *testing.T) {
+	tests := []struct {
+		in      string
+		online  bool
+		wantErr bool
+	}{
+		{`{"v":1,"online":true}`, true, false},
+		{`{"v":1,"online":false}`, false, false},
+		{`{"online":true,"v":1,"extra":"ignored"}`, true, false},
+		{`{"v":2,"online":true}`, false, true},
+		{`{"v":1}`, false, true},
+		{`{"online":true}`, false, true},
+		{`{"v":1,"online":"yes"}`, false, true},
+		{`not json`, false, true},
+		{`{"v":1,"online":true,"pad":"` + string(make([]byte, 300)) + `"}`, false, true},
+	}
+	for _, tt := range tests {
+		online, err := decodeStatus([]byte(tt.in))
+		if tt.wantErr {
+			assert.Error(t, err, tt.in)
+			continue
+		}
+		require.NoError(t, err, tt.in)
+		assert.Equal(t, tt.online, online, tt.in)
+	}
+}
+
+func FuzzDecodeStatus(f *testing.F) {
+	f.Add([]byte(`{"v":1,"online":true}`))
+	f.Add([]byte(`{"v":1,"online":false}`))
+	f.Add([]byte(`{"v":1,"online":null}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		online, err := decodeStatus(b)
+		if err != nil {
+			return
+		}
+		// Whatever decodes re-decodes the same from its canonical form.
+		canon := []byte(`{"v":1,"online":false}`)
+		if online {
+			canon = []byte(`{"v":1,"online":true}`)
+		}
+		again, err := decodeStatus(canon)
+		require.NoError(t, err)
+		require.Equal(t, online, again)
+	})
+}
