@@ -206,18 +206,30 @@ func (e *Engine) nextPhase(r *run) {
 	e.admit(r)
 }
 
-// stop ends an update early (cancel or abort): devices not yet installing
-// are cancelled (those transferring are told so); devices installing or
-// rebooting finish, and the run ends when they have.
+// stop ends an update early (cancel or abort): devices still downloading,
+// or not started, are cancelled (those transferring are told so). Devices
+// that hold the whole image go on: a device installs right after its
+// download checks out, so one reported downloaded or verified is most likely
+// installing already, and a cancel must never interrupt an install. The run
+// ends when they have finished.
 func (e *Engine) stop(r *run, state fleet.UpdateState, deviceReason, updateReason fleet.Reason) {
 	e.setUpdateState(r, state, updateReason)
 	for _, t := range r.targets {
-		st := t.p.State
-		if st.Terminal() || st == fleet.StateInstalling || st == fleet.StateRebooting {
+		switch t.p.State {
+		case fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling, fleet.StateRebooting:
 			continue
 		}
-		if st.Transferring() {
+		st := t.p.State
+		if st.Terminal() {
+			continue
+		}
+		if st.Transferring() && t.slot {
+			// The device answers with a cancelled report (or, if it had
+			// started installing after all, with its progress); the
+			// timers give up on it after the offer timeout.
 			e.sendCancel(t, deviceReason)
+			t.cancelling, t.offerAt = deviceReason, e.now()
+			continue
 		}
 		e.setState(t, fleet.StateCancelled, deviceReason)
 	}

@@ -59,7 +59,7 @@ func TestEngine_FailureThresholdAborts(t *testing.T) {
 	assert.Equal(t, 40-n, s.Counts[fleet.StateCancelled]-countCancelledAfterStart(h, u.ID), "never-started devices are cancelled")
 	eventually(t, 20*time.Second, func() bool {
 		s = h.summary(u.ID)
-		return s.Counts[fleet.StateInstalling]+s.Counts[fleet.StateRebooting] == 0
+		return s.Counts[fleet.StateDownloaded]+s.Counts[fleet.StateVerified]+s.Counts[fleet.StateInstalling]+s.Counts[fleet.StateRebooting] == 0
 	}, "devices that were installing finish; nobody is left mid-install")
 	assert.Equal(t, fleet.UpdateAborted, s.State)
 

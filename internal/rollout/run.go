@@ -50,12 +50,15 @@ type target struct {
 	started   bool      // offered at least once in this update
 	phase     int       // index of the phase it started in
 	notBefore time.Time // a retry waits for its backoff
-	slot      bool      // holds one of the run's in-flight slots
-	queued    bool      // sits in readyQ
-	resume    bool      // re-offer the current attempt instead of starting a new one
-	offerAt   time.Time
-	progress  time.Time // last ack progress, or the offer
-	deadline  time.Time // confirm deadline while rebooting
+	// cancelling: a cancel was sent (with this reason); the device's
+	// answer, or the offer timeout, ends it.
+	cancelling fleet.Reason
+	slot       bool // holds one of the run's in-flight slots
+	queued     bool // sits in readyQ
+	resume     bool // re-offer the current attempt instead of starting a new one
+	offerAt    time.Time
+	progress   time.Time // last ack progress, or the offer
+	deadline   time.Time // confirm deadline while rebooting
 
 	sent, acked int64 // next offset to send; every byte before acked is held
 	recoverAt   int64 // acked offset of the last go-back on a duplicate ack; -1 none
@@ -257,7 +260,7 @@ func (e *Engine) onAck(device string, a protocol.Ack) {
 		e.bad(inbound{device: device, kind: protocol.KindAck}, fleet.Errorf(fleet.ErrInvalidInput, "ack offset %d past image size %d", a.Offset, r.fw.Size))
 		return
 	}
-	if t.p.State != fleet.StateAccepted && t.p.State != fleet.StateDownloading {
+	if t.p.State != fleet.StateAccepted && t.p.State != fleet.StateDownloading || t.cancelling != "" {
 		e.stale(device, "ack outside a download", "state", t.p.State)
 		return
 	}
@@ -298,7 +301,7 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 	r := t.r
 	switch rep.State {
 	case fleet.StateAccepted:
-		if t.p.State != fleet.StateOffered {
+		if t.p.State != fleet.StateOffered || t.cancelling != "" {
 			e.stale(device, "duplicate accept", "state", t.p.State)
 			return
 		}
@@ -528,13 +531,17 @@ func (e *Engine) timers(now time.Time) {
 			if t.p.State.Terminal() || t.p.State == fleet.StateQueued {
 				continue
 			}
+			if t.cancelling != "" && t.p.State.Transferring() && t.p.State != fleet.StateInstalling && now.Sub(t.offerAt) > e.OfferTimeout {
+				e.setState(t, fleet.StateCancelled, t.cancelling) // no answer: it is cancelled all the same
+				continue
+			}
 			switch t.p.State {
 			case fleet.StateOffered:
-				if t.slot && now.Sub(t.offerAt) > e.OfferTimeout {
+				if t.slot && now.Sub(t.offerAt) > e.OfferTimeout && t.cancelling == "" {
 					e.offer(t)
 				}
 			case fleet.StateAccepted, fleet.StateDownloading:
-				if t.slot && t.sent > t.acked && now.Sub(t.progress) > e.AckTimeout {
+				if t.slot && t.sent > t.acked && now.Sub(t.progress) > e.AckTimeout && t.cancelling == "" {
 					t.recoverAt = -1
 					t.progress = now
 					e.goBack(t)
