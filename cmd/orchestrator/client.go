@@ -16,6 +16,7 @@ import (
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/httpapi"
 	"github.com/flotaio/flota/internal/rollout"
+	"github.com/flotaio/flota/internal/sqlite"
 )
 
 // DefaultServer is the API the operator commands talk to without --server
@@ -193,6 +194,18 @@ func (c *Client) Resume(ctx context.Context, id string) (fleet.UpdateSummary, er
 // Cancel stops an update.
 func (c *Client) Cancel(ctx context.Context, id string) (fleet.UpdateSummary, error) {
 	return c.control(ctx, id, "cancel")
+}
+
+// RetryFailed queues the failed devices of update id again.
+func (c *Client) RetryFailed(ctx context.Context, id string) (httpapi.RetryResult, error) {
+	var out httpapi.RetryResult
+	return out, c.do(ctx, http.MethodPost, updatePath(id, "/retry-failed"), nil, nil, &out)
+}
+
+// FleetSummary counts the devices online and offline, per model and version.
+func (c *Client) FleetSummary(ctx context.Context) (sqlite.FleetSummary, error) {
+	var out sqlite.FleetSummary
+	return out, c.do(ctx, http.MethodGet, "/api/v1/fleet/summary", nil, nil, &out)
 }
 
 // Stats returns the server's counters, decoded loosely.

@@ -42,36 +42,17 @@ type (
 		Events []fleet.Event `json:"events"`
 		Next   int64         `json:"next"`
 	}
+	// RetryResult is the body of POST /api/v1/updates/{id}/retry-failed.
+	RetryResult struct {
+		Retried int                 `json:"retried"` // failed devices queued again
+		Update  fleet.UpdateSummary `json:"update"`
+	}
 	// Health is the body of GET /api/v1/health.
 	Health struct {
 		Status  string `json:"status"`
 		Version string `json:"version"`
 	}
 )
-
-// Handler returns the API's routes.
-func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/health", s.health)
-	mux.HandleFunc("GET /api/v1/stats", s.stats)
-
-	mux.HandleFunc("POST /api/v1/firmware", s.addFirmware)
-	mux.HandleFunc("GET /api/v1/firmware", s.listFirmware)
-	mux.HandleFunc("GET /api/v1/firmware/{id}", s.getFirmware)
-
-	mux.HandleFunc("GET /api/v1/devices", s.listDevices)
-	mux.HandleFunc("GET /api/v1/devices/{id}", s.getDevice)
-
-	mux.HandleFunc("POST /api/v1/updates", s.createUpdate)
-	mux.HandleFunc("GET /api/v1/updates", s.listUpdates)
-	mux.HandleFunc("GET /api/v1/updates/{id}", s.getUpdate)
-	mux.HandleFunc("GET /api/v1/updates/{id}/devices", s.updateDevices)
-	mux.HandleFunc("GET /api/v1/updates/{id}/events", s.updateEvents)
-	mux.HandleFunc("POST /api/v1/updates/{id}/pause", s.control((*rollout.Engine).Pause))
-	mux.HandleFunc("POST /api/v1/updates/{id}/resume", s.control((*rollout.Engine).Resume))
-	mux.HandleFunc("POST /api/v1/updates/{id}/cancel", s.control((*rollout.Engine).Cancel))
-	return s.logRequests(mux)
-}
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, Health{Status: "ok", Version: s.version()})
@@ -385,4 +366,34 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		next.ServeHTTP(rec, r)
 		log.Debug("http request", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start))
 	})
+}
+
+func (s *Server) fleetSummary(w http.ResponseWriter, r *http.Request) {
+	sum, err := s.Store.FleetSummary(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sum)
+}
+
+// retryFailed queues the update's failed devices again with fresh attempts
+// (an update that ended with failures or was aborted runs again) and
+// answers with how many and the update's summary.
+func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request) {
+	if !s.engineReady(w, r) {
+		return
+	}
+	id := r.PathValue("id")
+	n, err := s.Engine.RetryFailed(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	sum, err := s.Engine.Summary(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, RetryResult{Retried: n, Update: sum})
 }

@@ -1,7 +1,8 @@
-// Package httpapi is flota's REST API for operators and dashboards: JSON
-// under /api/v1 over the store (firmware, devices, updates, progress, events)
-// and the engine (create, pause, resume, cancel, live summaries). The
-// orchestrator CLI is a thin client of it.
+// Package httpapi is flota's HTTP face: the REST API for operators and
+// dashboards (JSON under /api/v1 over the store and the engine, described by
+// an OpenAPI document), a Server-Sent Events stream of the same events and
+// status summaries that go out on MQTT, Prometheus metrics at /metrics, and
+// the embedded dashboard at /. The orchestrator CLI is a thin client of it.
 package httpapi
 
 import (
@@ -14,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/internal/sqlite"
 )
@@ -30,6 +32,13 @@ const (
 	MaxPageSize = 1000
 	// DefaultShutdownTimeout bounds how long Close waits for requests in flight.
 	DefaultShutdownTimeout = 5 * time.Second
+	// DefaultStreamBuffer is the number of messages an event stream client
+	// may fall behind before messages are dropped for it (it then catches
+	// up from the store).
+	DefaultStreamBuffer = 1024
+	// DefaultStreamHeartbeat is the interval of keep-alive comments on an
+	// idle event stream.
+	DefaultStreamHeartbeat = 15 * time.Second
 )
 
 // Server serves the API. Fill the exported fields, then call Open; or mount
@@ -39,15 +48,30 @@ type Server struct {
 	Addr   string
 	Store  *sqlite.Store
 	Engine *rollout.Engine
-	// BrokerStats, if set, returns the broker's counters for GET /api/v1/stats.
+	// BrokerStats, if set, returns the broker's counters for GET /api/v1/stats
+	// and /metrics (by their JSON names: clients, messages_dropped,
+	// auth_refused, acl_denied).
 	BrokerStats func() any
-	Logger      *slog.Logger
+	// Subscribe, if set, subscribes to MQTT topics of the broker the engine
+	// publishes to; the event stream and the dashboard are fed from
+	// flota/events/# and flota/status/updates/#. The handler does not block.
+	Subscribe func(filter string, handler func(topic string, payload []byte)) error
+	Logger    *slog.Logger
 	// Version is reported by GET /api/v1/health.
 	Version string
 	// MaxFirmwareSize bounds an uploaded image; 0 means DefaultMaxFirmwareSize.
 	MaxFirmwareSize int64
 	// ShutdownTimeout bounds Close; 0 means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// StreamBuffer is DefaultStreamBuffer when 0.
+	StreamBuffer int
+	// StreamHeartbeat is DefaultStreamHeartbeat when 0.
+	StreamHeartbeat time.Duration
+
+	initOnce sync.Once
+	initErr  error // the subscription's error, returned by Open
+	hub      *hub
+	metrics  http.Handler
 
 	// mu guards ln, srv and closed.
 	mu     sync.Mutex
@@ -66,6 +90,9 @@ func (s *Server) Open() error {
 	}
 	if s.Store == nil {
 		return errors.New("httpapi: no store")
+	}
+	if err := s.init(); err != nil {
+		return err
 	}
 	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil {
@@ -108,6 +135,8 @@ func (s *Server) Close() error {
 	s.closed = true
 	srv := s.srv
 	s.mu.Unlock()
+	_ = s.init()  // a subscription error was reported by Open
+	s.hub.close() // ends the event streams, which Shutdown would wait for
 	if srv == nil {
 		return nil
 	}
@@ -123,6 +152,26 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	return err
+}
+
+// init builds what the handlers share, once: the event hub, subscribed to
+// the broker when Subscribe is set, and the metrics registry.
+func (s *Server) init() error {
+	s.initOnce.Do(func() {
+		s.hub = newHub(s.logger())
+		s.metrics = s.newMetrics()
+		if s.Subscribe == nil {
+			return
+		}
+		for _, filter := range []string{protocol.EventsFilter, protocol.StatusRoot + "updates/#"} {
+			if err := s.Subscribe(filter, s.hub.publish); err != nil {
+				s.initErr = fmt.Errorf("httpapi: subscribe %s: %w", filter, err)
+				s.logger().Error("event stream unavailable", "err", s.initErr)
+				return
+			}
+		}
+	})
+	return s.initErr
 }
 
 func (s *Server) logger() *slog.Logger {

@@ -1,0 +1,40 @@
+package httpapi
+
+import (
+	"embed"
+	"io/fs"
+	"net/http"
+)
+
+// uiFiles is the dashboard: plain HTML, CSS and JavaScript, no build step.
+//
+//go:embed ui
+var uiFiles embed.FS
+
+// openAPIDoc is the OpenAPI 3 description of /api/v1.
+//
+//go:embed openapi.json
+var openAPIDoc []byte
+
+func (s *Server) openAPI(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(openAPIDoc) // the client went away; nothing to do
+}
+
+// dashboard serves the embedded dashboard; unknown API paths get a JSON
+// error instead.
+func (s *Server) dashboard() http.Handler {
+	sub, err := fs.Sub(uiFiles, "ui")
+	if err != nil {
+		panic(err) // the directory is embedded above
+	}
+	files := http.FileServerFS(sub)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if apiPath(r.URL.Path) {
+			writeJSON(w, http.StatusNotFound, Error{Code: CodeNotFound, Message: "no route " + r.Method + " " + r.URL.Path})
+			return
+		}
+		w.Header().Set("Cache-Control", "no-cache")
+		files.ServeHTTP(w, r)
+	})
+}
