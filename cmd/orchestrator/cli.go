@@ -16,7 +16,9 @@ import (
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/httpapi"
 	"github.com/flotaio/flota/internal/rollout"
+	"github.com/flotaio/flota/mqttclient"
 )
 
 // Exit codes.
@@ -34,6 +36,8 @@ type cli struct {
 	// tty reports whether stdout is a terminal: update watch then redraws
 	// one line instead of printing a line per change.
 	tty bool
+	// jsonLines makes update watch print summaries as JSON lines.
+	jsonLines bool
 }
 
 func newCLI(stdout, stderr io.Writer, getenv func(string) string) *cli {
@@ -81,29 +85,36 @@ var commands = []*spec{
 		example: "orchestrator firmware add build/sensor-2.1.0.bin --version 2.1.0 --model sensor-v2"},
 	{name: "firmware list", args: "[--json]", summary: "list stored firmware",
 		example: "orchestrator firmware list --json"},
-	{name: "update create", args: "--firmware ID [--select model=M,version=V,tag:K=V,device=ID] [--max-in-flight N] [--window W] [--chunk-size B] [--max-attempts N]",
+	{name: "update create", args: "--firmware ID [--select model=M,version=V,tag:K=V,device=ID] [--max-in-flight N] [--window W] [--chunk-size B] [--max-attempts N] [--rate N] [--phases LIST] [--success-threshold F] [--soak D] [--manual-gates] [--failure-threshold T] [--failure-min N] [--idle-timeout D] [--confirm-timeout D] [--retry-backoff D] [--start-at TIME] [--maintenance HH:MM-HH:MM] [--timezone TZ] [--allow-downgrade] [--force] [--dynamic]",
 		summary: "start an update and print its ID",
-		example: "orchestrator update create --firmware fw-1a2b3c4d5e6f --select model=sensor-v2,tag:site=lyon --max-in-flight 100"},
+		example: "orchestrator update create --firmware fw-1a2b3c4d5e6f --select 'model=sensor-v2,version=<1.2.0,tag:site=lyon' --phases 1%,10%,100% --soak 30m --failure-threshold 5% --failure-min 20 --maintenance 22:00-04:00 --timezone Europe/Paris"},
 	{name: "update status", args: "ID [--json]", summary: "show an update's state, counts, bytes, rate and ETA",
 		example: "orchestrator update status upd-1a2b3c4d5e6f"},
-	{name: "update watch", args: "ID [--interval 500ms]",
-		summary: "follow an update until it ends; exit 0 if it completed, 1 otherwise",
+	{name: "update watch", args: "ID [--interval 500ms] [--json]",
+		summary: "follow an update with a progress bar, rate and ETA until it ends; exit 0 if it completed, 1 otherwise",
 		example: "orchestrator update watch upd-1a2b3c4d5e6f --interval 1s"},
 	{name: "update list", args: "[--json]", summary: "list updates",
 		example: "orchestrator update list"},
 	{name: "update devices", args: "ID [--state S] [--json]", summary: "list an update's devices and their progress",
 		example: "orchestrator update devices upd-1a2b3c4d5e6f --state failed"},
-	{name: "update events", args: "ID [--after SEQ] [--json]", summary: "print an update's event log",
-		example: "orchestrator update events upd-1a2b3c4d5e6f --after 120"},
+	{name: "update events", args: "ID [--after SEQ] [--follow] [--interval 500ms] [--json]",
+		summary: "print an update's event log; with --follow, until the update ends (exit 0 if it completed, 1 otherwise)",
+		example: "orchestrator update events upd-1a2b3c4d5e6f --follow --json"},
 	{name: "update pause", args: "ID", summary: "stop admitting devices; transfers in flight finish",
 		example: "orchestrator update pause upd-1a2b3c4d5e6f"},
 	{name: "update resume", args: "ID", summary: "admit devices to a paused update again",
 		example: "orchestrator update resume upd-1a2b3c4d5e6f"},
 	{name: "update cancel", args: "ID", summary: "cancel an update",
 		example: "orchestrator update cancel upd-1a2b3c4d5e6f"},
+	{name: "update retry-failed", args: "ID", summary: "queue the failed devices again with fresh attempts (an ended update runs again)",
+		example: "orchestrator update retry-failed upd-1a2b3c4d5e6f"},
 	{name: "device list", args: "[--online] [--model M] [--version V] [--json]", summary: "list registered devices",
 		example: "orchestrator device list --online --model sensor-v2"},
-	{name: "version", args: "", summary: "print the version", example: "orchestrator version"},
+	{name: "device summary", args: "[--json]", summary: "count devices online and offline, per model and version",
+		example: "orchestrator device summary"},
+	{name: "completion", args: "bash|zsh", summary: "print a shell completion script",
+		example: "source <(orchestrator completion bash)    # or: orchestrator completion zsh > \"${fpath[1]}/_orchestrator\""},
+	{name: "version", args: "[--json]", summary: "print the version", example: "orchestrator version"},
 }
 
 func findSpec(name string) *spec {
@@ -163,6 +174,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.version(rest)
 	case "serve":
 		return c.serve(ctx, rest)
+	case "completion":
+		return c.completion(rest)
 	case "firmware", "update", "device":
 		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
 			if len(rest) > 0 && isHelpFlag(rest[0]) {
@@ -192,8 +205,12 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 			return c.updateEvents(ctx, rest)
 		case "update pause", "update resume", "update cancel":
 			return c.updateControl(ctx, sub, rest)
+		case "update retry-failed":
+			return c.updateRetryFailed(ctx, rest)
 		case "device list":
 			return c.deviceList(ctx, rest)
+		case "device summary":
+			return c.deviceSummary(ctx, rest)
 		}
 		return &usageError{msg: fmt.Sprintf("unknown command %q", sub), list: c.group(cmd)}
 	}
@@ -309,6 +326,13 @@ func required(sp *spec, name, value string) error {
 	return nil
 }
 
+// printJSONLine prints v as one line of JSON.
+func (c *cli) printJSONLine(v any) error {
+	enc := json.NewEncoder(c.stdout)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
 func (c *cli) printJSON(v any) error {
 	enc := json.NewEncoder(c.stdout)
 	enc.SetIndent("", "  ")
@@ -318,8 +342,12 @@ func (c *cli) printJSON(v any) error {
 
 func (c *cli) version(args []string) error {
 	fs, sp := c.newFlags("version")
+	asJSON := fs.Bool("json", false, "print JSON")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
+	}
+	if *asJSON {
+		return c.printJSON(map[string]string{"version": version})
 	}
 	fmt.Fprintf(c.stdout, "orchestrator %s\n", version)
 	return nil
@@ -333,6 +361,13 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.HTTPAddr, "http", m.Config.HTTPAddr, "HTTP API listen address (port 0 picks a free port)")
 	fs.StringVar(&m.Config.LogLevel, "log-level", m.Config.LogLevel, "log level: debug, info, warn or error")
 	fs.IntVar(&m.Config.Window, "window", m.Config.Window, "largest chunk window of any update; sizes the broker's per-client queues (0: default)")
+	fs.StringVar(&m.Config.Broker, "broker", "", "external MQTT broker, tcp://HOST:PORT or ssl://HOST:PORT, instead of the embedded one (--mqtt and --window unused)")
+	fs.StringVar(&m.Config.BrokerUsername, "broker-username", "", "user name at the external broker")
+	fs.StringVar(&m.Config.BrokerPassword, "broker-password", c.getenv("FLOTA_BROKER_PASSWORD"), "password at the external broker (env FLOTA_BROKER_PASSWORD)")
+	fs.StringVar(&m.Config.BrokerCA, "broker-ca", "", "PEM file of the CAs that sign the external broker's certificate (default: system roots)")
+	fs.StringVar(&m.Config.BrokerCert, "broker-cert", "", "PEM client certificate for the external broker")
+	fs.StringVar(&m.Config.BrokerKey, "broker-key", "", "PEM key of --broker-cert")
+	fs.StringVar(&m.Config.BrokerClientID, "broker-client-id", mqttclient.DefaultClientID, "MQTT client ID at the external broker: unique, and no device's ID")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
@@ -342,10 +377,17 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	if m.Config.Window < 0 || m.Config.Window > fleet.MaxWindow {
 		return &usageError{msg: fmt.Sprintf("--window must be 0..%d", fleet.MaxWindow), spec: sp}
 	}
+	if m.Config.Broker == "" && (m.Config.BrokerUsername != "" || m.Config.BrokerCA != "" || m.Config.BrokerCert != "" || m.Config.BrokerKey != "") {
+		return &usageError{msg: "--broker-* flags need --broker", spec: sp}
+	}
 	if err := m.Run(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stderr, "mqtt listening on tcp://%s\n", m.MQTTAddr())
+	if m.Config.Broker != "" {
+		fmt.Fprintf(c.stderr, "mqtt broker %s\n", m.Client.Stats().Broker)
+	} else {
+		fmt.Fprintf(c.stderr, "mqtt listening on tcp://%s\n", m.MQTTAddr())
+	}
 	fmt.Fprintf(c.stderr, "http listening on %s\n", m.HTTPURL())
 	<-ctx.Done()
 	m.Logger.Info("shutting down", "cause", context.Cause(ctx))
@@ -425,14 +467,60 @@ func (c *cli) updateCreate(ctx context.Context, args []string) error {
 	fs.IntVar(&req.Policy.Window, "window", 0, fmt.Sprintf("unacknowledged chunks per device, 1..%d (default %d)", fleet.MaxWindow, fleet.DefaultWindow))
 	fs.Var((*sizeFlag)(&req.Policy.ChunkSize), "chunk-size", fmt.Sprintf("chunk size in `bytes`, %d..%d, suffix k for KiB (default %d)", fleet.MinChunkSize, fleet.MaxChunkSize, fleet.DefaultChunkSize))
 	fs.IntVar(&req.Policy.MaxAttempts, "max-attempts", 0, fmt.Sprintf("attempts per device before it fails (default %d)", fleet.DefaultMaxAttempts))
+	pol := &req.Policy
+	fs.IntVar(&pol.Rate, "rate", 0, "devices started per minute (default: no limit)")
+	phases := fs.String("phases", "", "cumulative phase sizes, `list` of percentages or counts, e.g. 1%,10%,50%,100%")
+	fs.Float64Var(&pol.SuccessThreshold, "success-threshold", 0, "share of a phase's devices that must succeed before the next phase, 0..1 (default 1)")
+	soak := fs.Duration("soak", 0, "wait this long after a phase passes its gate")
+	fs.BoolVar(&pol.ManualGates, "manual-gates", false, "pause at each phase gate until 'update resume'")
+	failTh := fs.String("failure-threshold", "", "abort when failures reach this share (10%) or count (5) of finished devices")
+	fs.IntVar(&pol.FailureMinFinished, "failure-min", 0, "apply --failure-threshold once at least `N` devices finished")
+	idle := fs.Duration("idle-timeout", 0, fmt.Sprintf("fail a transfer's attempt after no progress for this long (default %s)", fleet.DefaultIdleTimeout))
+	confirm := fs.Duration("confirm-timeout", 0, fmt.Sprintf("fail a device that does not come back on the target within this long after installing (default %s)", fleet.DefaultConfirmTimeout))
+	backoff := fs.Duration("retry-backoff", 0, fmt.Sprintf("first retry delay, doubled per attempt, with jitter (default %s)", fleet.DefaultRetryBackoff))
+	startAt := fs.String("start-at", "", "schedule the update: RFC 3339 `time`, e.g. 2026-12-01T02:00:00Z")
+	maint := fs.String("maintenance", "", "start devices only inside this daily `window`, HH:MM-HH:MM (may span midnight)")
+	tz := fs.String("timezone", "", "IANA time zone of --maintenance, e.g. Europe/Berlin (default UTC)")
+	fs.BoolVar(&pol.AllowDowngrade, "allow-downgrade", false, "also update devices running a newer version")
+	fs.BoolVar(&pol.Force, "force", false, "update every selected device, even one on the target version")
+	fs.BoolVar(&pol.Dynamic, "dynamic", false, "devices that appear later and match the selector join; the update runs until cancelled")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
 	if err := required(sp, "firmware", req.FirmwareID); err != nil {
 		return err
 	}
-	if p := req.Policy; p.MaxInFlight < 0 || p.Window < 0 || p.ChunkSize < 0 || p.MaxAttempts < 0 {
+	if p := req.Policy; p.MaxInFlight < 0 || p.Window < 0 || p.ChunkSize < 0 || p.MaxAttempts < 0 || p.Rate < 0 || p.FailureMinFinished < 0 {
 		return &usageError{msg: "policy values must not be negative", spec: sp}
+	}
+	if *phases != "" {
+		pol.Phases = strings.Split(*phases, ",")
+		if _, err := fleet.ResolvePhases(pol.Phases, 100); err != nil {
+			return &usageError{msg: "--phases: " + err.Error(), spec: sp}
+		}
+	}
+	pol.Soak, pol.IdleTimeout, pol.ConfirmTimeout, pol.RetryBackoff = fleet.Duration(*soak), fleet.Duration(*idle), fleet.Duration(*confirm), fleet.Duration(*backoff)
+	th, err := fleet.ParseThreshold(*failTh)
+	if err != nil {
+		return &usageError{msg: "--failure-threshold: " + err.Error(), spec: sp}
+	}
+	pol.FailureThreshold = th
+	if *startAt != "" {
+		t, err := time.Parse(time.RFC3339, *startAt)
+		if err != nil {
+			return &usageError{msg: "--start-at: want an RFC 3339 time such as 2026-12-01T02:00:00Z", spec: sp}
+		}
+		pol.StartAt = &t
+	}
+	if *maint != "" {
+		start, end, ok := strings.Cut(*maint, "-")
+		w := &fleet.MaintenanceWindow{Start: start, End: end, TimeZone: *tz}
+		if err := w.Validate(); !ok || err != nil {
+			return &usageError{msg: "--maintenance: want HH:MM-HH:MM and a valid --timezone", spec: sp}
+		}
+		pol.Maintenance = w
+	} else if *tz != "" {
+		return &usageError{msg: "--timezone goes with --maintenance", spec: sp}
 	}
 	u, err := NewClient(*server).CreateUpdate(ctx, req)
 	if err != nil {
@@ -481,12 +569,17 @@ func (c *cli) updateWatch(ctx context.Context, args []string) error {
 	fs, sp := c.newFlags("update watch")
 	server := c.serverFlag(fs)
 	interval := fs.Duration("interval", 500*time.Millisecond, "polling interval")
+	asJSON := fs.Bool("json", false, "print each changed summary as one line of JSON")
 	pos, err := c.parse(fs, sp, args, "ID")
 	if err != nil {
 		return err
 	}
 	if *interval <= 0 {
 		return &usageError{msg: "--interval must be positive", spec: sp}
+	}
+	if *asJSON {
+		c.tty = false
+		c.jsonLines = true
 	}
 	code, err := c.watch(ctx, NewClient(*server), pos[0], *interval)
 	if err != nil {
@@ -514,6 +607,12 @@ func (c *cli) watch(ctx context.Context, client *Client, id string, interval tim
 		}
 		line := progressLine(sum)
 		switch {
+		case c.jsonLines:
+			if changeKey(sum) != last || sum.State.Terminal() {
+				if err := c.printJSONLine(sum); err != nil {
+					return exitFail, err
+				}
+			}
 		case c.tty:
 			fmt.Fprintf(c.stdout, "\r%s\x1b[K", line)
 		case changeKey(sum) != last:
@@ -524,7 +623,9 @@ func (c *cli) watch(ctx context.Context, client *Client, id string, interval tim
 			if c.tty {
 				fmt.Fprintln(c.stdout)
 			}
-			fmt.Fprintf(c.stdout, "update %s %s: %s\n", sum.ID, sum.State, formatCounts(sum.Counts))
+			if !c.jsonLines {
+				fmt.Fprintf(c.stdout, "update %s %s: %s\n", sum.ID, sum.State, formatCounts(sum.Counts))
+			}
 			if sum.State == fleet.UpdateCompleted {
 				return exitOK, nil
 			}
@@ -629,7 +730,9 @@ func (c *cli) updateEvents(ctx context.Context, args []string) error {
 	fs, sp := c.newFlags("update events")
 	server := c.serverFlag(fs)
 	after := fs.Int64("after", 0, "print events after this sequence number")
-	asJSON := fs.Bool("json", false, "print JSON")
+	follow := fs.Bool("follow", false, "keep printing new events until the update ends")
+	interval := fs.Duration("interval", 500*time.Millisecond, "polling interval of --follow")
+	asJSON := fs.Bool("json", false, "print JSON (with --follow: one event per line)")
 	pos, err := c.parse(fs, sp, args, "ID")
 	if err != nil {
 		return err
@@ -637,10 +740,16 @@ func (c *cli) updateEvents(ctx context.Context, args []string) error {
 	if *after < 0 {
 		return &usageError{msg: "--after must not be negative", spec: sp}
 	}
+	if *interval <= 0 {
+		return &usageError{msg: "--interval must be positive", spec: sp}
+	}
 	client := NewClient(*server)
+	if *follow {
+		return c.followEvents(ctx, client, pos[0], *after, *interval, *asJSON)
+	}
 	var all []fleet.Event
 	for seq := *after; ; {
-		page, err := client.Events(ctx, pos[0], seq, 1000)
+		page, err := client.Events(ctx, pos[0], seq, httpapi.MaxPageSize)
 		if err != nil {
 			return err
 		}
@@ -654,16 +763,72 @@ func (c *cli) updateEvents(ctx context.Context, args []string) error {
 		return c.printJSON(nonNilSlice(all))
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SEQ\tTIME\tTYPE\tDEVICE\tSTATE\tREASON\tOFFSET\tATTEMPT")
+	fmt.Fprintln(tw, eventHeader)
 	for _, e := range all {
-		state := e.State
-		if e.From != "" {
-			state = e.From + " -> " + e.State
-		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\n", e.Seq, e.Time.Local().Format("15:04:05.000"), e.Type,
-			orDash(e.DeviceID), state, orDash(string(e.Reason)), e.Offset, e.Attempt)
+		fmt.Fprintln(tw, eventRow(e))
 	}
 	return tw.Flush()
+}
+
+const eventHeader = "SEQ\tTIME\tTYPE\tDEVICE\tSTATE\tREASON\tOFFSET\tATTEMPT"
+
+// eventRow is an event as tab-separated columns of eventHeader.
+func eventRow(e fleet.Event) string {
+	state := e.State
+	if e.From != "" {
+		state = e.From + " -> " + e.State
+	}
+	return fmt.Sprintf("%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d", e.Seq, e.Time.Local().Format("15:04:05.000"), e.Type,
+		orDash(e.DeviceID), state, orDash(string(e.Reason)), e.Offset, e.Attempt)
+}
+
+// followEvents prints the update's events after seq as they are stored,
+// each once and in order, until the update's own event says it ended and
+// the log has nothing more; it returns an exitError unless it completed.
+func (c *cli) followEvents(ctx context.Context, client *Client, id string, seq int64, interval time.Duration, asJSON bool) error {
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	var end fleet.UpdateState
+	if !asJSON {
+		fmt.Fprintln(c.stdout, strings.ReplaceAll(eventHeader, "\t", "  "))
+	}
+	for {
+		page, err := client.Events(ctx, id, seq, httpapi.MaxPageSize)
+		if err != nil {
+			return err
+		}
+		for _, e := range page.Events {
+			if e.Seq <= seq {
+				continue
+			}
+			seq = e.Seq
+			if asJSON {
+				err = c.printJSONLine(e)
+			} else {
+				_, err = fmt.Fprintln(c.stdout, strings.ReplaceAll(eventRow(e), "\t", "  "))
+			}
+			if err != nil {
+				return err
+			}
+			if st := fleet.UpdateState(e.State); e.Type == fleet.EventUpdate && st.Terminal() {
+				end = st
+			}
+		}
+		if len(page.Events) == httpapi.MaxPageSize {
+			continue // more are stored: no need to wait
+		}
+		if end != "" {
+			if end == fleet.UpdateCompleted {
+				return nil
+			}
+			return &exitError{code: exitFail}
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-ticker.C:
+		}
+	}
 }
 
 func (c *cli) updateControl(ctx context.Context, name string, args []string) error {
@@ -683,6 +848,44 @@ func (c *cli) updateControl(ctx context.Context, name string, args []string) err
 	}
 	fmt.Fprintf(c.stdout, "update %s %s\n", sum.ID, sum.State)
 	return nil
+}
+
+func (c *cli) updateRetryFailed(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("update retry-failed")
+	server := c.serverFlag(fs)
+	pos, err := c.parse(fs, sp, args, "ID")
+	if err != nil {
+		return err
+	}
+	res, err := NewClient(*server).RetryFailed(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "update %s %s: %d failed devices queued again\n", res.Update.ID, res.Update.State, res.Retried)
+	return nil
+}
+
+func (c *cli) deviceSummary(ctx context.Context, args []string) error {
+	fs, sp := c.newFlags("device summary")
+	server := c.serverFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := c.parse(fs, sp, args); err != nil {
+		return err
+	}
+	sum, err := NewClient(*server).FleetSummary(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return c.printJSON(sum)
+	}
+	fmt.Fprintf(c.stdout, "%d devices: %d online, %d offline\n\n", sum.Total, sum.Online, sum.Offline)
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MODEL\tVERSION\tDEVICES\tONLINE")
+	for _, v := range sum.Versions {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", orDash(v.Model), orDash(v.Version), v.Devices, v.Online)
+	}
+	return tw.Flush()
 }
 
 func (c *cli) deviceList(ctx context.Context, args []string) error {

@@ -73,8 +73,8 @@ type server struct {
 	data     string
 	mqttAddr string // host:port
 	url      string
+	mu       sync.Mutex // guards log (written by the stderr reader) and cmd
 	cmd      *exec.Cmd
-	mu       sync.Mutex // guards log, written by the stderr reader
 	log      bytes.Buffer
 }
 
@@ -82,48 +82,75 @@ func startServer(t *testing.T) *server {
 	t.Helper()
 	orch, _ := binaries(t)
 	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data")}
-	s.cmd = exec.Command(orch, "serve", "--data", s.data, "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0")
-	stderr, err := s.cmd.StderrPipe()
-	require.NoError(t, err)
-	require.NoError(t, s.cmd.Start())
 	t.Cleanup(func() {
-		_ = s.cmd.Process.Kill()
-		_ = s.cmd.Wait()
+		s.kill()
 		if t.Failed() {
 			t.Logf("orchestrator log:\n%s", s.logString())
 		}
 	})
+	s.start("127.0.0.1:0", "127.0.0.1:0")
+	return s
+}
+
+// start runs `orchestrator serve` on the server's data directory and waits
+// until it reports where it listens.
+func (s *server) start(mqttAddr, httpAddr string) {
+	t := s.t
+	t.Helper()
+	cmd := exec.Command(s.bin, "serve", "--data", s.data, "--mqtt", mqttAddr, "--http", httpAddr)
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
 	found := make(chan struct{})
-	mu := &s.mu
+	var mqttSeen, urlSeen string
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64*1024), 1024*1024)
 		signalled := false
 		for sc.Scan() {
 			line := sc.Text()
-			mu.Lock()
+			s.mu.Lock()
 			s.log.WriteString(line + "\n")
+			s.mu.Unlock()
 			if a, ok := strings.CutPrefix(line, "mqtt listening on tcp://"); ok {
-				s.mqttAddr = a
+				mqttSeen = a
 			}
 			if a, ok := strings.CutPrefix(line, "http listening on "); ok {
-				s.url = a
+				urlSeen = a
 			}
-			if !signalled && s.mqttAddr != "" && s.url != "" {
+			if !signalled && mqttSeen != "" && urlSeen != "" {
 				signalled = true
 				close(found)
 			}
-			mu.Unlock()
 		}
 	}()
 	select {
 	case <-found:
 	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
 		t.Fatalf("orchestrator did not report its addresses:\n%s", s.logString())
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	return s
+	s.mu.Lock()
+	s.cmd, s.mqttAddr, s.url = cmd, mqttSeen, urlSeen
+	s.mu.Unlock()
+}
+
+// restart starts the server again on the same data directory and addresses.
+func (s *server) restart() {
+	s.t.Helper()
+	s.start(s.mqttAddr, strings.TrimPrefix(s.url, "http://"))
+}
+
+// kill SIGKILLs the server process, if it runs.
+func (s *server) kill() {
+	s.mu.Lock()
+	cmd := s.cmd
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
 }
 
 // cli runs an operator command against the server and returns its stdout

@@ -13,6 +13,7 @@ import (
 	"github.com/flotaio/flota/internal/httpapi"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/internal/sqlite"
+	"github.com/flotaio/flota/mqttclient"
 )
 
 // Defaults of the serve command.
@@ -32,6 +33,17 @@ type Config struct {
 	// broker's per-client queues. 0 means the broker's default.
 	Window   int
 	LogLevel string // debug, info, warn or error
+
+	// Broker, when set, is an external MQTT broker (tcp://host:port or
+	// ssl://host:port) that serve connects to as a client instead of
+	// starting the embedded broker; MQTTAddr and Window are then unused.
+	Broker         string
+	BrokerUsername string
+	BrokerPassword string
+	BrokerCA       string // PEM CA bundle for ssl:// (default: system roots)
+	BrokerCert     string // PEM client certificate for ssl://
+	BrokerKey      string // PEM key of BrokerCert
+	BrokerClientID string // default mqttclient.DefaultClientID
 }
 
 // Main is the orchestrator with its production wiring, so that tests run
@@ -39,7 +51,8 @@ type Config struct {
 type Main struct {
 	Config Config
 	Store  *sqlite.Store
-	Broker *broker.Broker
+	Broker *broker.Broker     // the embedded broker, nil with Config.Broker
+	Client *mqttclient.Client // the external broker's client, nil without Config.Broker
 	Engine *rollout.Engine
 	HTTP   *httpapi.Server
 	// Logger receives every component's logs; nil means a text handler on
@@ -97,30 +110,41 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	m.closers = append(m.closers, m.Store.Close)
 
-	m.Broker = broker.New(broker.Options{
-		Addr:   m.Config.MQTTAddr,
-		Window: m.Config.Window,
-		Logger: m.Logger.With("component", "broker"),
-	})
-	m.Engine = rollout.New(m.Store, m.Broker, m.Logger.With("component", "engine"))
-	engine := m.Engine
-	m.Broker.OnPresence(func(id string, online bool) { engine.DevicePresence(id, online) })
-	if err := m.Broker.Open(); err != nil {
-		return fmt.Errorf("open broker: %w", err)
+	var brokerStats func() any
+	if m.Config.Broker != "" {
+		if err := m.openClient(); err != nil {
+			return err
+		}
+		c := m.Client
+		brokerStats = func() any { return c.Stats() }
+	} else {
+		m.Broker = broker.New(broker.Options{
+			Addr:   m.Config.MQTTAddr,
+			Window: m.Config.Window,
+			Logger: m.Logger.With("component", "broker"),
+		})
+		m.Engine = rollout.New(m.Store, m.Broker, m.Logger.With("component", "engine"))
+		engine := m.Engine
+		m.Broker.OnPresence(func(id string, online bool) { engine.DevicePresence(id, online) })
+		if err := m.Broker.Open(); err != nil {
+			return fmt.Errorf("open broker: %w", err)
+		}
+		m.closers = append(m.closers, m.Broker.Close)
+		b := m.Broker
+		brokerStats = func() any { return b.Stats() }
 	}
-	m.closers = append(m.closers, m.Broker.Close)
 
 	if err := m.Engine.Open(ctx); err != nil {
 		return fmt.Errorf("open engine: %w", err)
 	}
 	m.closers = append(m.closers, m.Engine.Close)
 
-	b := m.Broker
 	m.HTTP = &httpapi.Server{
 		Addr:        m.Config.HTTPAddr,
 		Store:       m.Store,
 		Engine:      m.Engine,
-		BrokerStats: func() any { return b.Stats() },
+		BrokerStats: brokerStats,
+		Subscribe:   m.Engine.Transport.Subscribe,
 		Logger:      m.Logger.With("component", "http"),
 		Version:     version,
 	}
@@ -150,7 +174,31 @@ func (m *Main) Close() error {
 	return first
 }
 
-// MQTTAddr returns the broker's bound address, or "" before Run.
+// openClient connects to the external broker and creates the engine on it.
+// Presence comes from the devices' retained status messages (docs/PROTOCOL.md).
+func (m *Main) openClient() error {
+	m.Client = mqttclient.New(mqttclient.Options{
+		URL:      m.Config.Broker,
+		ClientID: m.Config.BrokerClientID,
+		Username: m.Config.BrokerUsername,
+		Password: m.Config.BrokerPassword,
+		CAFile:   m.Config.BrokerCA,
+		CertFile: m.Config.BrokerCert,
+		KeyFile:  m.Config.BrokerKey,
+		Logger:   m.Logger.With("component", "mqttclient"),
+	})
+	m.Engine = rollout.New(m.Store, m.Client, m.Logger.With("component", "engine"))
+	engine := m.Engine
+	m.Client.OnPresence(func(id string, online bool) { engine.DevicePresence(id, online) })
+	if err := m.Client.Open(); err != nil {
+		return fmt.Errorf("open broker client: %w", err)
+	}
+	m.closers = append(m.closers, m.Client.Close)
+	return nil
+}
+
+// MQTTAddr returns the embedded broker's bound address, or "" before Run
+// and with an external broker.
 func (m *Main) MQTTAddr() string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
