@@ -64,6 +64,7 @@ echo "   firmware $FW"
 UPD=$("$BIN/orchestrator" update create --firmware "$FW" --select model=sim-a)
 echo "== update $UPD started; watch its events live from another terminal with:"
 echo "   mosquitto_sub -h 127.0.0.1 -p $MQTT_PORT -t 'flota/events/#' -v"
+echo "   or open the dashboard at $FLOTA_SERVER/ (set DEVICES=2000 SIZE=8388608 for a longer rollout)"
 echo
 
 status=0

@@ -65,7 +65,9 @@ func TestE2E_OrchestratorKilledThreeTimesLosesNothing(t *testing.T) {
 
 	// The log holds one succeeded event per device, and its sequence
 	// numbers grew across the restarts.
-	assert.Equal(t, strconv.Itoa(devices), s.sqlite3("SELECT count(*) FROM events WHERE update_id='"+id+"' AND state='succeeded'"))
+	poll(t, 5*time.Second, func() bool {
+		return s.sqlite3("SELECT count(*) FROM events WHERE update_id='"+id+"' AND state='succeeded'") == strconv.Itoa(devices)
+	}, "one succeeded event per device in the log")
 	assert.Equal(t, strconv.Itoa(devices), s.sqlite3("SELECT count(DISTINCT device_id) FROM events WHERE update_id='"+id+"' AND state='succeeded'"))
 	assert.Equal(t, "0", s.sqlite3("SELECT count(*) FROM events a JOIN events b ON b.seq = a.seq + 1 WHERE b.time < a.time"),
 		"sequence order is time order")

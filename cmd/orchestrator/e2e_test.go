@@ -359,7 +359,9 @@ func TestE2E_FleetOf100DevicesSucceeds(t *testing.T) {
 	poll(t, 10*time.Second, func() bool {
 		return s.sqlite3("SELECT state, count(*) FROM progress WHERE update_id='"+id+"' GROUP BY state") == "succeeded|100"
 	}, "store records 100 succeeded devices")
-	assert.Equal(t, "completed", s.sqlite3("SELECT state FROM updates WHERE id='"+id+"'"))
+	poll(t, 5*time.Second, func() bool {
+		return s.sqlite3("SELECT state FROM updates WHERE id='"+id+"'") == "completed"
+	}, "store records the update completed")
 
 	// Every device received exactly the image and installed it once.
 	sum := sm.stop(t)

@@ -35,7 +35,9 @@ func TestE2E_HalfTheInstallsFailingAbortsTheUpdate(t *testing.T) {
 	n, err := strconv.Atoi(s.sqlite3("SELECT count(*) FROM progress WHERE update_id='" + id + "' AND attempts > 0"))
 	require.NoError(t, err)
 	assert.Less(t, n, 40, "far fewer devices attempted than the 100 targeted")
-	assert.Equal(t, "failure_threshold", s.sqlite3("SELECT reason FROM events WHERE update_id='"+id+"' AND type='update' AND state='aborted'"))
+	poll(t, 5*time.Second, func() bool {
+		return s.sqlite3("SELECT reason FROM events WHERE update_id='"+id+"' AND type='update' AND state='aborted'") == "failure_threshold"
+	}, "the abort's reason is in the event log")
 	sum := sm.stop(t)
 	assert.Equal(t, st.Counts[fleet.StateSucceeded], sum.Updated)
 }
@@ -94,4 +96,46 @@ func TestE2E_DynamicUpdatePicksUpADeviceStartedLater(t *testing.T) {
 		_, code := s.cli(append([]string{"update", "create", "--firmware", fw}, bad...)...)
 		assert.Equal(t, 2, code, "%v", bad)
 	}
+}
+
+func TestE2E_FailingCanaryPhaseStopsAtItsGate(t *testing.T) {
+	s := startServer(t)
+	// Devices start in ID order: the "a-" devices, whose installs fail, are
+	// the canary phase.
+	startSim(t, s, "--devices", "2", "--id-prefix", "a-", "--model", "sim-a", "--fail-install", "1")
+	rest := startSim(t, s, "--devices", "18", "--id-prefix", "b-", "--model", "sim-a")
+	s.waitOnline(20)
+	fw, _ := s.firmware(16*1024, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--phases", "10%,100%", "--max-attempts", "1"))
+	poll(t, 20*time.Second, func() bool { return s.status(id).State == fleet.UpdatePaused }, "the rollout stops at the gate")
+	st := s.status(id)
+	assert.Equal(t, "failed", st.Gate)
+	assert.Equal(t, 18, st.Counts[fleet.StateQueued], "nothing past the canary started")
+	poll(t, 5*time.Second, func() bool {
+		return s.sqlite3("SELECT reason FROM events WHERE update_id='"+id+"' AND type='phase' AND state='failed'") == "gate_failed"
+	}, "the failed gate is in the event log")
+
+	// The operator cancels; nobody past the canary was touched.
+	s.mustCLI("update", "cancel", id)
+	poll(t, 20*time.Second, func() bool { return s.status(id).State == fleet.UpdateCancelled }, "cancelled")
+	assert.Zero(t, rest.stop(t).Installs)
+}
+
+func TestE2E_PauseHoldsAdmissionAndResumeContinues(t *testing.T) {
+	s := startServer(t)
+	startSim(t, s, "--devices", "8", "--id-prefix", "pr-", "--model", "sim-a", "--install-delay", "300ms")
+	s.waitOnline(8)
+	fw, _ := s.firmware(64*1024, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "1"))
+	s.mustCLI("update", "pause", id)
+	poll(t, 20*time.Second, func() bool { return s.status(id).InFlight == 0 }, "the transfer in flight finishes")
+	st := s.status(id)
+	assert.Equal(t, fleet.UpdatePaused, st.State)
+	started, err := strconv.Atoi(s.sqlite3("SELECT count(*) FROM progress WHERE update_id='" + id + "' AND attempts > 0"))
+	require.NoError(t, err)
+	assert.LessOrEqual(t, started, 1, "no device admitted while paused")
+	s.mustCLI("update", "resume", id)
+	_, code := s.cli("update", "watch", id, "--interval", "200ms")
+	require.Zero(t, code)
+	assert.Equal(t, 8, s.status(id).Counts[fleet.StateSucceeded])
 }

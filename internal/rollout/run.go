@@ -15,6 +15,7 @@ type run struct {
 	fw      fleet.Firmware
 	blob    *os.File // shared by every session: ReadAt, never a copy per device
 	targets map[string]*target
+	live    map[*target]struct{} // targets past queued and not ended: what the timers watch
 	readyQ  []*target // new devices that said hello and wait for a slot
 	againQ  []*target // started devices waiting: resumed transfers first, then retries
 	slots   int       // targets holding an in-flight slot
@@ -72,6 +73,7 @@ func newRun(u fleet.Update, fw fleet.Firmware, blob *os.File, m *fleet.Matcher) 
 		fw:      fw,
 		blob:    blob,
 		targets: map[string]*target{},
+		live:    map[*target]struct{}{},
 		counts:  map[fleet.DeviceState]int{},
 		rateAt:  time.Now(),
 		dirty:   true,
@@ -90,6 +92,7 @@ func (r *run) add(p fleet.Progress, handle uint32) *target {
 	t := &target{r: r, p: p, handle: handle, recoverAt: -1, acked: p.Offset, sent: p.Offset, saved: p.Offset}
 	r.targets[p.DeviceID] = t
 	r.counts[p.State]++
+	r.track(t)
 	return t
 }
 
@@ -109,6 +112,7 @@ func (e *Engine) setState(t *target, to fleet.DeviceState, reason fleet.Reason) 
 	r.counts[to]++
 	t.p.State = to
 	t.p.Reason = reason
+	r.track(t)
 	t.p.UpdatedAt = now
 	if to == fleet.StateOffered && from == fleet.StateQueued {
 		t.p.StartedAt = &now
@@ -138,6 +142,16 @@ func (e *Engine) setState(t *target, to fleet.DeviceState, reason fleet.Reason) 
 		r.maybeDone = true
 	}
 	return true
+}
+
+// track keeps r.live in step with t's state, so that the timers visit
+// only the devices that can time out, not a whole fleet each tick.
+func (r *run) track(t *target) {
+	if t.p.State.Terminal() || t.p.State == fleet.StateQueued {
+		delete(r.live, t)
+		return
+	}
+	r.live[t] = struct{}{}
 }
 
 // deviceStatus is the retained per-device status message.
@@ -527,7 +541,7 @@ func (e *Engine) knownFinished(id string) bool {
 // timers resends, re-offers and fails what waited too long.
 func (e *Engine) timers(now time.Time) {
 	for _, r := range e.runs {
-		for _, t := range r.targets {
+		for t := range r.live {
 			if t.p.State.Terminal() || t.p.State == fleet.StateQueued {
 				continue
 			}
