@@ -16,9 +16,9 @@ type run struct {
 	blob    *os.File // shared by every session: ReadAt, never a copy per device
 	targets map[string]*target
 	live    map[*target]struct{} // targets past queued and not ended: what the timers watch
-	readyQ  []*target // new devices that said hello and wait for a slot
-	againQ  []*target // started devices waiting: resumed transfers first, then retries
-	slots   int       // targets holding an in-flight slot
+	readyQ  []*target            // new devices that said hello and wait for a slot
+	againQ  []*target            // started devices waiting: resumed transfers first, then retries
+	slots   int                  // targets holding an in-flight slot
 	counts  map[fleet.DeviceState]int
 
 	bytesSent, bytesAcked, resends int64
