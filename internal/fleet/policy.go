@@ -169,8 +169,8 @@ func ResolvePhases(phases []string, total int) ([]int, error) {
 		out = append(out, n)
 		prev = n
 	}
-	if prev < total {
-		out = append(out, total)
+	if prev < total || len(out) == 0 {
+		out = append(out, total) // never empty, even for no targets (yet)
 	}
 	return out, nil
 }

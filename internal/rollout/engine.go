@@ -58,6 +58,7 @@ type Engine struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 	closed atomic.Bool
+	opened atomic.Bool // inbox and cmds exist: presence and commands may flow
 
 	stats struct {
 		chunks, bytes, resends, acks, bad, stale, drops, illegal atomic.Int64
@@ -121,6 +122,7 @@ func (e *Engine) Open(ctx context.Context) error {
 	if err := e.restore(ctx); err != nil {
 		return err
 	}
+	e.opened.Store(true)
 	e.Store.OnEventsCommitted(e.publishEvents)
 	if err := e.Transport.Subscribe(protocol.UpFilter, e.handle); err != nil {
 		return fmt.Errorf("rollout: subscribe %s: %w", protocol.UpFilter, err)
@@ -179,7 +181,7 @@ func (e *Engine) handle(topic string, payload []byte) {
 // DevicePresence tells the engine a device connected or disconnected. It is
 // safe to call from any goroutine and never blocks for long.
 func (e *Engine) DevicePresence(deviceID string, online bool) {
-	if e.closed.Load() || e.cmds == nil {
+	if e.closed.Load() || !e.opened.Load() {
 		return
 	}
 	kind := kindOffline
@@ -202,7 +204,7 @@ const (
 
 // do runs fn on the loop and waits for it.
 func (e *Engine) do(ctx context.Context, fn func()) error {
-	if e.closed.Load() || e.cmds == nil {
+	if e.closed.Load() || !e.opened.Load() {
 		return fleet.ErrClosed
 	}
 	done := make(chan struct{})
@@ -211,12 +213,10 @@ func (e *Engine) do(ctx context.Context, fn func()) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	// The loop took fn and runs it to the end: wait for it whatever ctx
+	// does, or a caller could undo (close, discard) what fn handed over.
+	<-done
+	return nil
 }
 
 func (e *Engine) loop(ctx context.Context) {

@@ -214,6 +214,7 @@ func (e *Engine) nextPhase(r *run) {
 // ends when they have finished.
 func (e *Engine) stop(r *run, state fleet.UpdateState, deviceReason, updateReason fleet.Reason) {
 	e.setUpdateState(r, state, updateReason)
+	r.stopReason = deviceReason
 	for _, t := range r.targets {
 		switch t.p.State {
 		case fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling, fleet.StateRebooting:

@@ -360,3 +360,53 @@ func TestEngine_RateSpacesDeviceStarts(t *testing.T) {
 		assert.GreaterOrEqual(t, offers[i].Sub(offers[i-1]), 390*time.Millisecond)
 	}
 }
+
+func TestEngine_DynamicUpdateWithNoDeviceYetTakesTheFirstThatComes(t *testing.T) {
+	h := newHarness(t)
+	fw, _ := h.addFirmware(8192, "1.1.0")
+	u := h.create(fw, fleet.Policy{Dynamic: true, Phases: []string{"10%", "100%"}}, fleet.Selector{Model: "m1"})
+	assert.Zero(t, h.summary(u.ID).Total)
+	h.startAgents(1, "first", agent.Config{})
+	eventually(t, 20*time.Second, func() bool { return h.summary(u.ID).Counts[fleet.StateSucceeded] == 1 }, "the first device joins and succeeds")
+}
+
+func TestEngine_ConnectedDeviceThatStopsAckingTimesOut(t *testing.T) {
+	h := newHarness(t)
+	d := newScripted(t, h, "mute", "1.0.0")
+	h.waitDevices(1)
+	fw, _ := h.addFirmware(64*1024, "1.1.0")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096, MaxAttempts: 1, IdleTimeout: fleet.Duration(1500 * time.Millisecond)}, fleet.Selector{})
+	o := d.offer()
+	d.report(o, fleet.StateAccepted, 0, "") // and never acks: the engine resends, which is not progress
+	s := h.waitEnd(u.ID, 20*time.Second)
+	assert.Equal(t, fleet.UpdateCompletedWithFailures, s.State)
+	p := progress(h, u.ID)
+	require.Len(t, p, 1)
+	assert.Equal(t, fleet.ReasonTransferTimeout, p[0].Reason)
+	assert.Zero(t, s.InFlight, "the slot is given back")
+}
+
+func TestEngine_StoppedUpdateIsFollowedToItsEndAfterARestart(t *testing.T) {
+	h := newHarness(t)
+	d := newScripted(t, h, "late", "1.0.0")
+	h.waitDevices(1)
+	fw, _ := h.addFirmware(4096, "1.1.0")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096}, fleet.Selector{})
+	o := d.offer()
+	d.report(o, fleet.StateAccepted, 0, "")
+	d.download(o)
+	d.report(o, fleet.StateDownloaded, fw.Size, "")
+	d.report(o, fleet.StateVerified, fw.Size, "")
+	d.report(o, fleet.StateInstalling, fw.Size, "")
+	eventually(t, 5*time.Second, func() bool { return h.summary(u.ID).Counts[fleet.StateInstalling] == 1 }, "installing")
+	require.NoError(t, h.engine.Cancel(context.Background(), u.ID))
+
+	// Restart while the device still installs; it comes back on the target.
+	require.NoError(t, h.engine.Close())
+	h.openEngine()
+	d.hello("1.1.0", &protocol.Held{Update: u.ID, Handle: o.Handle, Offset: fw.Size, State: fleet.StateRebooting})
+	eventually(t, 10*time.Second, func() bool {
+		return progress(h, u.ID)[0].State == fleet.StateSucceeded
+	}, "the install of a cancelled update is followed to its confirmed boot")
+	assert.Equal(t, fleet.UpdateCancelled, h.summary(u.ID).State)
+}

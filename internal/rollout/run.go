@@ -32,13 +32,14 @@ type run struct {
 	dirty     bool // summary changed since the last status publish
 	maybeDone bool // a target ended: check whether the whole run did
 
-	matcher   *fleet.Matcher // the selector, for devices joining a dynamic update
-	phases    []int          // cumulative device counts of the phases
-	phase     int            // index of the current phase
-	started   int            // targets ever offered in this update
-	gate      string         // the current phase's gate (gateOpen, gateSoak, ...)
-	gateUntil time.Time      // end of the soak
-	nextStart time.Time      // earliest start of the next new device (rate)
+	matcher    *fleet.Matcher // the selector, for devices joining a dynamic update
+	phases     []int          // cumulative device counts of the phases
+	phase      int            // index of the current phase
+	started    int            // targets ever offered in this update
+	gate       string         // the current phase's gate (gateOpen, gateSoak, ...)
+	stopReason fleet.Reason   // why a cancelled or aborted update stopped its devices
+	gateUntil  time.Time      // end of the soak
+	nextStart  time.Time      // earliest start of the next new device (rate)
 }
 
 // target is one device of a run: its progress and, while it transfers, its
@@ -59,6 +60,7 @@ type target struct {
 	resume     bool // re-offer the current attempt instead of starting a new one
 	offerAt    time.Time
 	progress   time.Time // last ack progress, or the offer
+	resentAt   time.Time // last resend on the ack timeout
 	deadline   time.Time // confirm deadline while rebooting
 
 	sent, acked int64 // next offset to send; every byte before acked is held
@@ -390,9 +392,11 @@ func (e *Engine) advance(t *target, to fleet.DeviceState) {
 // is final.
 func (e *Engine) fail(t *target, reason fleet.Reason) {
 	r := t.r
+	wasTransferring := t.p.State.Transferring() && t.p.State != fleet.StateInstalling
 	if !e.setState(t, fleet.StateFailed, reason) {
 		return
 	}
+	t.resume = false // a retry is a new attempt, after its backoff
 	switch reason {
 	case fleet.ReasonBadDigest, fleet.ReasonStorageError, fleet.ReasonTransferTimeout,
 		fleet.ReasonDeviceReset, fleet.ReasonConfirmTimeout:
@@ -400,10 +404,16 @@ func (e *Engine) fail(t *target, reason fleet.Reason) {
 			t.acked, t.sent = 0, 0
 			t.notBefore = e.now().Add(fleet.Backoff(r.u.Policy.RetryBackoff.D(), t.p.Attempts, e.rng))
 			e.active[t.p.DeviceID] = t
-			r.maybeDone = false
 			e.setState(t, fleet.StateQueued, reason)
 			r.enqueue(t, false)
+			e.admit(r)
+			return
 		}
+	}
+	if wasTransferring {
+		// Given up for good: the device must not keep a transfer it
+		// would answer later offers with "busy" for.
+		e.sendCancel(t, reason)
 	}
 	e.admit(r)
 }
@@ -416,6 +426,17 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 	}
 	e.ready[device] = true
 	t := e.active[device]
+	if held := h.Transfer; held != nil && (t == nil || t.r.u.ID != held.Update) {
+		switch held.State {
+		case fleet.StateAccepted, fleet.StateDownloading, fleet.StateDownloaded, fleet.StateVerified:
+			// A transfer of an update the device is no longer in (it
+			// ended, or this device left it): have the device drop it.
+			msg := protocol.Cancel{V: protocol.Version, Update: held.Update, Handle: held.Handle, Reason: fleet.ReasonOperator}
+			if err := e.Transport.Publish(protocol.DownTopic(device, protocol.KindCancel), protocol.Encode(msg), false, 1); err != nil {
+				e.Logger.Warn("publish cancel", "device", device, "err", err)
+			}
+		}
+	}
 	if t == nil {
 		t = e.join(d)
 		if t == nil {
@@ -442,6 +463,13 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 		}
 		// Otherwise the device reconnected before rebooting: wait for its
 		// reports.
+	case st == fleet.StateQueued && confirmed:
+		// Queued here but already running the target: after a crash that
+		// lost its offer and reports (or an update by other means), the
+		// goal is reached. Record the path so the log stays legal.
+		if e.setState(t, fleet.StateOffered, "") {
+			e.advance(t, fleet.StateSucceeded)
+		}
 	case st == fleet.StateQueued:
 		if skip := skipReason(d, r.fw, r.u.Policy); skip != "" && !t.started {
 			// Updated (or moved) by other means since the update began.
@@ -450,6 +478,15 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 		}
 		r.enqueue(t, t.resume)
 		e.admit(r)
+	case st.Transferring() && (t.cancelling != "" || !r.u.State.Active()):
+		// The update was stopped while this device transferred: tell it
+		// again, and end its part.
+		reason := t.cancelling
+		if reason == "" {
+			reason = r.stopReason
+		}
+		e.sendCancel(t, reason)
+		e.setState(t, fleet.StateCancelled, reason)
 	case st.Transferring():
 		// Reconnected mid-transfer: offer again, the device says what it holds.
 		if t.slot {
@@ -552,12 +589,18 @@ func (e *Engine) timers(now time.Time) {
 			switch t.p.State {
 			case fleet.StateOffered:
 				if t.slot && now.Sub(t.offerAt) > e.OfferTimeout && t.cancelling == "" {
+					progress := t.progress // a re-offer is not progress
 					e.offer(t)
+					t.progress = progress
 				}
 			case fleet.StateAccepted, fleet.StateDownloading:
-				if t.slot && t.sent > t.acked && now.Sub(t.progress) > e.AckTimeout && t.cancelling == "" {
+				last := t.progress
+				if t.resentAt.After(last) {
+					last = t.resentAt
+				}
+				if t.slot && t.sent > t.acked && now.Sub(last) > e.AckTimeout && t.cancelling == "" {
 					t.recoverAt = -1
-					t.progress = now
+					t.resentAt = now // a resend is not progress: the idle timeout still runs
 					e.goBack(t)
 				}
 			case fleet.StateInstalling, fleet.StateRebooting:
@@ -567,15 +610,21 @@ func (e *Engine) timers(now time.Time) {
 				}
 			}
 			if t.p.State.Transferring() && t.p.State != fleet.StateInstalling && now.Sub(t.progress) > r.u.Policy.IdleTimeout.D() && !t.progress.IsZero() {
-				if !e.ready[t.p.DeviceID] {
+				switch {
+				case !r.u.State.Active():
+					// Stopped update, device silent: its part ends.
+					e.setState(t, fleet.StateCancelled, r.stopReason)
+				case !e.ready[t.p.DeviceID]:
 					// Away for longer than the idle timeout: back to the
 					// queue, without spending an attempt; the transfer
 					// resumes from the device's offset when it returns.
 					t.resume = true
 					e.setState(t, fleet.StateQueued, fleet.ReasonTransferTimeout)
-					continue
+				case t.slot:
+					e.fail(t, fleet.ReasonTransferTimeout)
 				}
-				e.fail(t, fleet.ReasonTransferTimeout)
+				// A device that is here but waits for a slot (or for a
+				// paused update) is not idle.
 			}
 		}
 	}

@@ -197,6 +197,11 @@ func (e *Engine) restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("rollout: load active updates: %w", err)
 	}
+	stopping, err := e.Store.StoppingUpdates(ctx)
+	if err != nil {
+		return fmt.Errorf("rollout: load stopping updates: %w", err)
+	}
+	updates = append(updates, stopping...)
 	now := e.now()
 	for _, u := range updates {
 		r, err := e.loadRun(ctx, u)
@@ -214,6 +219,12 @@ func (e *Engine) restore(ctx context.Context) error {
 				t.deadline = now.Add(u.Policy.ConfirmTimeout.D())
 			case t.p.State.Transferring():
 				t.resume = true
+			}
+		}
+		if !u.State.Active() {
+			r.stopReason = fleet.ReasonOperator
+			if u.State == fleet.UpdateAborted {
+				r.stopReason = fleet.ReasonAborted
 			}
 		}
 		r.maybeDone = true

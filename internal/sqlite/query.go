@@ -226,6 +226,18 @@ func (s *Store) ListUpdates(ctx context.Context) ([]fleet.Update, error) {
 	return s.queryUpdates(ctx, `SELECT `+updateCols+` FROM updates ORDER BY created_at DESC, rowid DESC`)
 }
 
+// StoppingUpdates returns the cancelled and aborted updates that still have
+// devices in a non-final state (installing when the update stopped, say),
+// oldest first: the engine follows them to their end after a restart.
+func (s *Store) StoppingUpdates(ctx context.Context) ([]fleet.Update, error) {
+	return s.queryUpdates(ctx, `SELECT `+updateCols+` FROM updates u WHERE state IN (?, ?)
+		AND EXISTS (SELECT 1 FROM progress p WHERE p.update_id = u.id AND p.state NOT IN (?, ?, ?, ?, ?))
+		ORDER BY created_at, rowid`,
+		string(fleet.UpdateCancelled), string(fleet.UpdateAborted),
+		string(fleet.StateSucceeded), string(fleet.StateFailed), string(fleet.StateRejected),
+		string(fleet.StateCancelled), string(fleet.StateSkipped))
+}
+
 // ActiveUpdates returns the scheduled, running and paused updates, oldest first.
 func (s *Store) ActiveUpdates(ctx context.Context) ([]fleet.Update, error) {
 	return s.queryUpdates(ctx, `SELECT `+updateCols+` FROM updates WHERE state IN (?, ?, ?) ORDER BY created_at, rowid`,
