@@ -2,11 +2,15 @@
 // the raw MQTT ceiling of the same machine, in one run: first flota (an
 // orchestrator and a devicesim fleet, each in its own process), then the same
 // bytes published straight through the same embedded broker to the same
-// number of subscribers (in a second process), with the same concurrency. It
-// prints one table and, with --json, writes the results to a file.
+// number of subscribers (in a second process), with the same concurrency, and
+// then a stop-and-wait peer (each device requests chunk n+1 once chunk n
+// arrived). It prints one table and, with --json, writes the results to a
+// file. With --sweep it measures flota and raw at several max-in-flight
+// values and draws an SVG plot.
 //
-// The hidden subcommand raw-subscribers is the subscriber side of the raw
-// baseline; flotabench starts it itself.
+// The hidden subcommand raw-subscribers (with --mode raw or stop-and-wait) is
+// the device side of the raw and stop-and-wait runs; flotabench starts it
+// itself.
 package main
 
 import (

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,12 +27,17 @@ const (
 	maxSize    = 512 << 20 // the HTTP API's default firmware limit
 )
 
-// What --run selects.
+// What --run selects; runSaw is also the name of the stop-and-wait row.
 const (
-	runBoth  = "both"
+	runAll   = "all"
+	runBoth  = "both" // flota and raw
 	runFlota = "flota"
 	runRaw   = "raw"
+	runSaw   = "saw"
 )
+
+// DefaultPlot is where --sweep draws its plot.
+const DefaultPlot = "docs/throughput.svg"
 
 // usageError is a bad command line: exit status 2.
 type usageError struct{ msg string }
@@ -55,12 +61,52 @@ type options struct {
 	ConnectRate int           `json:"connect_rate"`
 	Timeout     time.Duration `json:"-"`
 	LogLevel    string        `json:"orchestrator_log_level"`
+	// Sweep lists the max-in-flight values of a sweep (empty: no sweep);
+	// Plot is the SVG file it draws.
+	Sweep []int  `json:"sweep,omitempty"`
+	Plot  string `json:"-"`
 }
 
 // chunks is the number of chunk frames per device.
 func (o options) chunks() int { return (o.Size + o.ChunkSize - 1) / o.ChunkSize }
 
-func (o options) runs(name string) bool { return o.Run == runBoth || o.Run == name }
+// runs reports whether --run selects the named measurement.
+func (o options) runs(name string) bool {
+	switch o.Run {
+	case runAll:
+		return true
+	case runBoth:
+		return name == runFlota || name == runRaw
+	}
+	return o.Run == name
+}
+
+// intList is a flag.Value: a comma-separated list of positive integers.
+type intList []int
+
+func (l *intList) String() string {
+	if l == nil {
+		return ""
+	}
+	parts := make([]string, len(*l))
+	for i, v := range *l {
+		parts[i] = strconv.Itoa(v)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (l *intList) Set(s string) error {
+	var out []int
+	for _, part := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(part))
+		if err != nil {
+			return fmt.Errorf("%q is not a number", part)
+		}
+		out = append(out, v)
+	}
+	*l = out
+	return nil
+}
 
 func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("flotabench", flag.ContinueOnError)
@@ -72,7 +118,9 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.ChunkSize, "chunk-size", fleet.DefaultChunkSize, "chunk payload size in bytes")
 	fs.StringVar(&o.BinDir, "bin-dir", DefaultBinDir, "directory holding the orchestrator and devicesim binaries")
 	fs.StringVar(&o.JSONFile, "json", "", "also write the results as JSON to this file")
-	fs.StringVar(&o.Run, "run", runBoth, "what to measure: both, flota or raw")
+	fs.StringVar(&o.Run, "run", runAll, "what to measure: all (flota, raw and stop-and-wait), both (flota and raw), flota, raw or saw")
+	fs.Var((*intList)(&o.Sweep), "sweep", "comma-separated max-in-flight values: measure flota and raw at each and plot MiB/s (e.g. 16,64,256,1000,2000)")
+	fs.StringVar(&o.Plot, "plot", DefaultPlot, "SVG file the sweep draws")
 	fs.IntVar(&o.ConnectRate, "connect-rate", DefaultConnectRate, "connections opened per second by devicesim")
 	fs.DurationVar(&o.Timeout, "timeout", DefaultTimeout, "longest time each measured transfer may take")
 	fs.StringVar(&o.LogLevel, "log-level", DefaultLogLevel, "the orchestrator's log level: debug, info, warn or error")
@@ -84,8 +132,12 @@ func usage(w io.Writer) {
 	fs := newFlagSet(&o)
 	fmt.Fprint(w, "usage: flotabench [flags]\n\n"+
 		"Updates a devicesim fleet through the orchestrator, then publishes the same\n"+
-		"bytes through the same embedded broker without flota, and compares the two.\n\n"+
-		"example:\n  flotabench --devices 500 --size 65536 --json bench.json\n\nflags:\n")
+		"bytes through the same embedded broker without flota (raw), and to a\n"+
+		"stop-and-wait peer that requests one chunk at a time (saw), and compares them.\n"+
+		"With --sweep it measures flota and raw at several max-in-flight values and\n"+
+		"plots MiB/s against them.\n\n"+
+		"examples:\n  flotabench --devices 500 --size 65536 --json bench.json\n"+
+		"  flotabench --sweep 16,64,256,1000,2000 --devices 2000 --size 262144\n\nflags:\n")
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 }
@@ -115,8 +167,8 @@ func parseOptions(args []string) (options, error) {
 		return o, usagef("--window must be 1..%d, got %d", fleet.MaxWindow, o.Window)
 	case o.ChunkSize < fleet.MinChunkSize || o.ChunkSize > fleet.MaxChunkSize:
 		return o, usagef("--chunk-size must be %d..%d bytes, got %d", fleet.MinChunkSize, fleet.MaxChunkSize, o.ChunkSize)
-	case o.Run != runBoth && o.Run != runFlota && o.Run != runRaw:
-		return o, usagef("--run must be both, flota or raw, got %q", o.Run)
+	case o.Run != runAll && o.Run != runBoth && o.Run != runFlota && o.Run != runRaw && o.Run != runSaw:
+		return o, usagef("--run must be all, both, flota, raw or saw, got %q", o.Run)
 	case o.ConnectRate < 1:
 		return o, usagef("--connect-rate must be at least 1, got %d", o.ConnectRate)
 	case o.Timeout <= 0:
@@ -127,7 +179,10 @@ func parseOptions(args []string) (options, error) {
 	default:
 		return o, usagef("--log-level must be debug, info, warn or error, got %q", o.LogLevel)
 	}
-	if o.runs(runFlota) {
+	if err := o.checkSweep(); err != nil {
+		return o, err
+	}
+	if o.runs(runFlota) || len(o.Sweep) > 0 {
 		for _, name := range []string{"orchestrator", "devicesim"} {
 			p := filepath.Join(o.BinDir, name)
 			if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
@@ -136,4 +191,32 @@ func parseOptions(args []string) (options, error) {
 		}
 	}
 	return o, nil
+}
+
+// maxSweepPoints bounds --sweep: every point is a full flota and raw run.
+const maxSweepPoints = 12
+
+// checkSweep validates --sweep and --plot.
+func (o options) checkSweep() error {
+	if len(o.Sweep) == 0 {
+		return nil
+	}
+	if len(o.Sweep) > maxSweepPoints {
+		return usagef("--sweep takes at most %d values, got %d", maxSweepPoints, len(o.Sweep))
+	}
+	for i, v := range o.Sweep {
+		if v < 1 {
+			return usagef("--sweep values must be at least 1, got %d", v)
+		}
+		if i > 0 && v <= o.Sweep[i-1] {
+			return usagef("--sweep values must increase, got %d after %d", v, o.Sweep[i-1])
+		}
+	}
+	if o.Run != runAll && o.Run != runBoth {
+		return usagef("--sweep measures flota and raw: --run %s does not apply", o.Run)
+	}
+	if o.Plot == "" {
+		return usagef("--plot must name a file")
+	}
+	return nil
 }

@@ -29,8 +29,11 @@ func TestParseOptions_Defaults(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, options{
 		Devices: 2000, Size: 262144, MaxInFlight: 256, Window: 8, ChunkSize: 16384, BinDir: bin,
-		Run: runBoth, ConnectRate: DefaultConnectRate, Timeout: DefaultTimeout, LogLevel: "warn",
+		Run: runAll, ConnectRate: DefaultConnectRate, Timeout: DefaultTimeout, LogLevel: "warn", Plot: DefaultPlot,
 	}, o)
+	for _, name := range []string{runFlota, runRaw, runSaw} {
+		assert.True(t, o.runs(name), name)
+	}
 	assert.Equal(t, 16, o.chunks())
 }
 
@@ -65,7 +68,15 @@ func TestParseOptions_Invalid(t *testing.T) {
 		{"window too big", []string{"--window", "65"}, "--window must be 1..64"},
 		{"chunk too small", []string{"--chunk-size", "1023"}, "--chunk-size must be 1024..65536"},
 		{"chunk too big", []string{"--chunk-size", "65537"}, "--chunk-size must be 1024..65536"},
-		{"bad run", []string{"--run", "all"}, `--run must be both, flota or raw, got "all"`},
+		{"bad run", []string{"--run", "every"}, `--run must be all, both, flota, raw or saw, got "every"`},
+		{"sweep not a number", []string{"--sweep", "16,x"}, `"x" is not a number`},
+		{"sweep empty item", []string{"--sweep", "16,,64"}, "is not a number"},
+		{"sweep zero", []string{"--sweep", "0,16"}, "--sweep values must be at least 1, got 0"},
+		{"sweep not increasing", []string{"--sweep", "64,16"}, "--sweep values must increase, got 16 after 64"},
+		{"sweep repeated", []string{"--sweep", "16,16"}, "--sweep values must increase"},
+		{"sweep too long", []string{"--sweep", "1,2,3,4,5,6,7,8,9,10,11,12,13"}, "--sweep takes at most 12 values, got 13"},
+		{"sweep with one run", []string{"--sweep", "16,64", "--run", "saw"}, "--run saw does not apply"},
+		{"sweep without plot", []string{"--sweep", "16,64", "--plot", ""}, "--plot must name a file"},
 		{"zero connect rate", []string{"--connect-rate", "0"}, "--connect-rate must be at least 1"},
 		{"zero timeout", []string{"--timeout", "0s"}, "--timeout must be positive"},
 		{"bad log level", []string{"--log-level", "loud"}, "--log-level must be"},
@@ -84,6 +95,45 @@ func TestParseOptions_Invalid(t *testing.T) {
 		require.ErrorAs(t, err, &ue)
 		assert.Contains(t, ue.Error(), "no orchestrator binary there (run 'make build')")
 	})
+}
+
+func TestParseOptions_RunSelects(t *testing.T) {
+	tests := []struct {
+		run             string
+		flota, raw, saw bool
+	}{
+		{runAll, true, true, true},
+		{runBoth, true, true, false},
+		{runFlota, true, false, false},
+		{runRaw, false, true, false},
+		{runSaw, false, false, true},
+	}
+	bin := fakeBinDir(t)
+	for _, tt := range tests {
+		o, err := parseOptions([]string{"--bin-dir", bin, "--run", tt.run})
+		require.NoError(t, err, tt.run)
+		assert.Equal(t, tt.flota, o.runs(runFlota), tt.run)
+		assert.Equal(t, tt.raw, o.runs(runRaw), tt.run)
+		assert.Equal(t, tt.saw, o.runs(runSaw), tt.run)
+	}
+	_, err := parseOptions([]string{"--bin-dir", "/nonexistent", "--run", "saw"})
+	assert.NoError(t, err, "stop-and-wait alone needs no binaries")
+}
+
+func TestParseOptions_Sweep(t *testing.T) {
+	bin := fakeBinDir(t)
+	o, err := parseOptions([]string{"--bin-dir", bin, "--sweep", "16, 64,256,1000,2000", "--plot", "out.svg"})
+	require.NoError(t, err)
+	assert.Equal(t, []int{16, 64, 256, 1000, 2000}, o.Sweep)
+	assert.Equal(t, "out.svg", o.Plot)
+
+	_, err = parseOptions([]string{"--bin-dir", t.TempDir(), "--sweep", "16", "--run", "both"})
+	var ue *usageError
+	require.ErrorAs(t, err, &ue, "a sweep runs flota: it needs the binaries")
+	assert.Contains(t, ue.Error(), "no orchestrator binary")
+
+	l := intList{1, 22}
+	assert.Equal(t, "1,22", l.String())
 }
 
 func TestParseOptions_Help(t *testing.T) {
@@ -109,7 +159,11 @@ func TestRun_UsageExitCode(t *testing.T) {
 func TestParseSubOptions_Validates(t *testing.T) {
 	o, err := parseSubOptions([]string{"--broker", "tcp://127.0.0.1:1883", "--devices", "3", "--size", "10"})
 	require.NoError(t, err)
-	assert.Equal(t, subOptions{broker: "tcp://127.0.0.1:1883", devices: 3, size: 10}, o)
+	assert.Equal(t, subOptions{mode: subModeRaw, broker: "tcp://127.0.0.1:1883", devices: 3, size: 10}, o)
+
+	o, err = parseSubOptions([]string{"--mode", "stop-and-wait", "--broker", "tcp://127.0.0.1:1883", "--devices", "3", "--size", "10"})
+	require.NoError(t, err)
+	assert.Equal(t, subModeSaw, o.mode)
 
 	for _, args := range [][]string{
 		{"--devices", "3", "--size", "10"},
@@ -117,6 +171,7 @@ func TestParseSubOptions_Validates(t *testing.T) {
 		{"--broker", "tcp://127.0.0.1:1883", "--devices", "0", "--size", "10"},
 		{"--broker", "tcp://127.0.0.1:1883", "--devices", "3", "--size", "0"},
 		{"--broker", "tcp://127.0.0.1:1883", "--devices", "3", "--size", "10", "extra"},
+		{"--mode", "push", "--broker", "tcp://127.0.0.1:1883", "--devices", "3", "--size", "10"},
 	} {
 		_, err := parseSubOptions(args)
 		var ue *usageError

@@ -75,7 +75,7 @@ func runRawBench(ctx context.Context, o options, image []byte, tmp string, stder
 		return res, err
 	}
 
-	subs, err := startSubscribers(ctx, o, "tcp://"+b.Addr(), tmp)
+	subs, err := startSubscribers(ctx, o, subModeRaw, "tcp://"+b.Addr(), tmp)
 	if err != nil {
 		return res, err
 	}
@@ -192,14 +192,15 @@ type subscribers struct {
 	log   *os.File
 }
 
-// startSubscribers starts the raw-subscribers process and waits until every
-// subscriber is connected and subscribed.
-func startSubscribers(ctx context.Context, o options, brokerURL, tmp string) (*subscribers, error) {
+// startSubscribers starts the raw-subscribers process in a mode (subModeRaw
+// or subModeSaw) and waits until every subscriber is connected and
+// subscribed.
+func startSubscribers(ctx context.Context, o options, mode, brokerURL, tmp string) (*subscribers, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own binary: %w", err)
 	}
-	log, err := os.Create(filepath.Join(tmp, "raw-subscribers.log"))
+	log, err := os.Create(filepath.Join(tmp, "subscribers-"+mode+".log"))
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +211,7 @@ func startSubscribers(ctx context.Context, o options, brokerURL, tmp string) (*s
 	}
 	out := newLineWatcher(log, readyLine, statsLine)
 	proc, err := startChild(subscribersCmd, exe, []string{subscribersCmd,
-		"--broker", brokerURL, "--devices", strconv.Itoa(o.Devices), "--size", strconv.Itoa(o.Size),
+		"--mode", mode, "--broker", brokerURL, "--devices", strconv.Itoa(o.Devices), "--size", strconv.Itoa(o.Size),
 	}, pr, out, log, log.Name())
 	pr.Close() // the child holds its own copy
 	if err != nil {

@@ -10,9 +10,9 @@ import (
 
 const mib = 1 << 20
 
-// result is one measured run: flota or raw.
+// result is one measured run: flota, raw or saw (stop-and-wait).
 type result struct {
-	Name          string  `json:"name"` // "flota" or "raw"
+	Name          string  `json:"name"` // "flota", "raw" or "saw"
 	Devices       int     `json:"devices"`
 	Completed     int     `json:"completed"` // devices that got the whole image
 	Seconds       float64 `json:"seconds"`
@@ -54,23 +54,30 @@ type report struct {
 	Options options  `json:"options"`
 	Chunks  int      `json:"chunks_per_device"`
 	Results []result `json:"results"`
-	// Ratio is flota's MiB/s over raw's, when both ran.
-	Ratio float64 `json:"flota_raw_ratio,omitempty"`
+	// Ratio is flota's MiB/s over raw's, when both ran; SawRatio over the
+	// stop-and-wait peer's.
+	Ratio    float64 `json:"flota_raw_ratio,omitempty"`
+	SawRatio float64 `json:"flota_saw_ratio,omitempty"`
 }
 
 func newReport(o options, results []result) report {
 	rep := report{Options: o, Chunks: o.chunks(), Results: results}
-	var flota, raw *result
+	var flota, raw, saw *result
 	for i := range results {
 		switch results[i].Name {
 		case runFlota:
 			flota = &results[i]
 		case runRaw:
 			raw = &results[i]
+		case runSaw:
+			saw = &results[i]
 		}
 	}
 	if flota != nil && raw != nil && raw.MiBPerSec > 0 {
 		rep.Ratio = flota.MiBPerSec / raw.MiBPerSec
+	}
+	if flota != nil && saw != nil && saw.MiBPerSec > 0 {
+		rep.SawRatio = flota.MiBPerSec / saw.MiBPerSec
 	}
 	return rep
 }
@@ -92,8 +99,14 @@ func writeTable(w io.Writer, rep report) {
 			float64(r.PeakRSS)/mib, r.BrokerCPU, r.DevicesCPU, tx, r.Resends, r.BrokerDropped)
 	}
 	_ = tw.Flush() // writes to w; its error is w's
+	if rep.Ratio > 0 || rep.SawRatio > 0 {
+		fmt.Fprintln(w)
+	}
 	if rep.Ratio > 0 {
-		fmt.Fprintf(w, "\nflota/raw MiB/s: %.2f\n", rep.Ratio)
+		fmt.Fprintf(w, "flota/raw MiB/s: %.2f\n", rep.Ratio)
+	}
+	if rep.SawRatio > 0 {
+		fmt.Fprintf(w, "flota/saw MiB/s: %.2f\n", rep.SawRatio)
 	}
 	fmt.Fprintln(w)
 	for _, r := range rep.Results {

@@ -20,7 +20,10 @@ func sampleResults() []result {
 	raw := result{Name: runRaw, Devices: 2000, Completed: 2000, Seconds: 2.5, P50Ms: 250, P99Ms: 800,
 		PeakRSS: 300 * mib, BrokerCPU: 2, DevicesCPU: 3.5, BrokerDropped: 1, Note: "raw note"}
 	raw.rates(262144)
-	return []result{flota, raw}
+	saw := result{Name: runSaw, Devices: 2000, Completed: 2000, Seconds: 20, P50Ms: 2500, P99Ms: 3000,
+		PeakRSS: 100 * mib, BrokerCPU: 6, DevicesCPU: 5, Note: "saw note"}
+	saw.rates(262144)
+	return []result{flota, raw, saw}
 }
 
 func TestResult_Rates(t *testing.T) {
@@ -46,19 +49,23 @@ func TestWriteTable_Format(t *testing.T) {
     run  devices  seconds  devices/s  MiB/s  p50 ms  p99 ms  peak RSS MiB  CPU s broker  CPU s devices  sqlite tx  resends  dropped
   flota     2000     5.00        400  100.0    1000    2001         256.0           4.9            6.3         80        3        0
     raw     2000     2.50        800  200.0     250     800         300.0           2.0            3.5          -        0        1
+    saw     2000    20.00        100   25.0    2500    3000         100.0           6.0            5.0          -        0        0
 
 flota/raw MiB/s: 0.50
+flota/saw MiB/s: 4.00
 
 flota: flota note
 raw: raw note
+saw: saw note
 `
 	assert.Equal(t, want, b.String())
 }
 
 func TestWriteTable_OneRunHasNoRatio(t *testing.T) {
 	o := options{Devices: 2000, Size: 262144, MaxInFlight: 256, Window: 8, ChunkSize: 16384}
-	rep := newReport(o, sampleResults()[1:])
+	rep := newReport(o, sampleResults()[1:2])
 	assert.Zero(t, rep.Ratio)
+	assert.Zero(t, rep.SawRatio)
 	var b bytes.Buffer
 	writeTable(&b, rep)
 	assert.NotContains(t, b.String(), "flota/raw")
@@ -81,12 +88,15 @@ func TestWriteJSON_RoundTrips(t *testing.T) {
 			MiBPerSec float64 `json:"mib_per_second"`
 			SQLiteTx  int64   `json:"sqlite_transactions"`
 		} `json:"results"`
-		Ratio float64 `json:"flota_raw_ratio"`
+		Ratio    float64 `json:"flota_raw_ratio"`
+		SawRatio float64 `json:"flota_saw_ratio"`
 	}
 	require.NoError(t, json.Unmarshal(b, &got))
 	assert.Equal(t, 2000, got.Options.Devices)
 	assert.Equal(t, 16, got.Chunks)
-	require.Len(t, got.Results, 2)
+	require.Len(t, got.Results, 3)
+	assert.Equal(t, "saw", got.Results[2].Name)
+	assert.InDelta(t, 4, got.SawRatio, 1e-9)
 	assert.Equal(t, "flota", got.Results[0].Name)
 	assert.Equal(t, int64(80), got.Results[0].SQLiteTx)
 	assert.InDelta(t, 0.5, got.Ratio, 1e-9)

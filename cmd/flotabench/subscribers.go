@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,12 +27,19 @@ const (
 	readyLine      = "ready "
 	statsLine      = "stats "
 
+	// The modes of raw-subscribers: raw takes every chunk pushed to it;
+	// stop-and-wait waits for a start message, then requests chunk 0, and
+	// chunk n+1 once chunk n arrived.
+	subModeRaw = "raw"
+	subModeSaw = "stop-and-wait"
+
 	connectParallelism = 64
 	subTimeout         = 30 * time.Second
 )
 
 // subOptions are the raw-subscribers flags.
 type subOptions struct {
+	mode    string
 	broker  string
 	devices int
 	size    int
@@ -41,6 +49,7 @@ func parseSubOptions(args []string) (subOptions, error) {
 	var o subOptions
 	fs := flag.NewFlagSet(subscribersCmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.mode, "mode", subModeRaw, "raw (chunks are pushed) or stop-and-wait (one chunk requested at a time)")
 	fs.StringVar(&o.broker, "broker", "", "MQTT broker URL, tcp://HOST:PORT")
 	fs.IntVar(&o.devices, "devices", 0, "number of subscribers")
 	fs.IntVar(&o.size, "size", 0, "payload bytes each subscriber waits for")
@@ -52,6 +61,9 @@ func parseSubOptions(args []string) (subOptions, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, usagef("%s: unexpected arguments: %s", subscribersCmd, strings.Join(fs.Args(), " "))
+	}
+	if o.mode != subModeRaw && o.mode != subModeSaw {
+		return o, usagef("%s: --mode must be %s or %s, got %q", subscribersCmd, subModeRaw, subModeSaw, o.mode)
 	}
 	if u, err := url.Parse(o.broker); err != nil || u.Scheme == "" || u.Host == "" {
 		return o, usagef("%s: --broker %q: want a URL such as tcp://127.0.0.1:1883", subscribersCmd, o.broker)
@@ -67,11 +79,13 @@ func parseSubOptions(args []string) (subOptions, error) {
 
 // subCounters are the subscribers' totals, printed on the stats line.
 type subCounters struct {
-	Done      int64 `json:"done"`
-	Bytes     int64 `json:"payload_bytes"`
-	Frames    int64 `json:"frames"`
-	BadFrames int64 `json:"bad_frames"`
-	Lost      int64 `json:"connections_lost"`
+	Done       int64 `json:"done"`
+	Bytes      int64 `json:"payload_bytes"`
+	Frames     int64 `json:"frames"`
+	BadFrames  int64 `json:"bad_frames"`
+	Lost       int64 `json:"connections_lost"`
+	Requests   int64 `json:"requests,omitempty"`     // stop-and-wait: chunk requests sent
+	OutOfOrder int64 `json:"out_of_order,omitempty"` // stop-and-wait: chunks at an offset not asked for
 }
 
 // rawSub is one subscriber: a paho client waiting for size payload bytes.
@@ -99,13 +113,13 @@ func runSubscribers(ctx context.Context, args []string, stdout, stderr io.Writer
 	}()
 
 	var c struct {
-		done, bytes, frames, bad, lost atomic.Int64
+		done, bytes, frames, bad, lost, reqs, ooo atomic.Int64
 	}
 	subs := make([]*rawSub, o.devices)
 	for i := range subs {
 		subs[i] = &rawSub{id: rawDeviceID(i + 1)}
 	}
-	handler := func(s *rawSub) mqtt.MessageHandler {
+	rawHandler := func(s *rawSub) mqtt.MessageHandler {
 		doneTopic := protocol.UpTopic(s.id, rawDoneKind)
 		return func(cl mqtt.Client, m mqtt.Message) {
 			f, err := protocol.DecodeFrame(m.Payload())
@@ -122,6 +136,49 @@ func runSubscribers(ctx context.Context, args []string, stdout, stderr io.Writer
 				cl.Publish(doneTopic, 1, false, []byte("{}")) // not waited for: a handler must not block
 			}
 		}
+	}
+
+	// sawHandler requests the next chunk only once the previous one arrived.
+	sawHandler := func(s *rawSub) mqtt.MessageHandler {
+		doneTopic := protocol.UpTopic(s.id, rawDoneKind)
+		reqTopic := protocol.UpTopic(s.id, sawReqKind)
+		startTopic := protocol.DownTopic(s.id, sawStartKind)
+		request := func(cl mqtt.Client, chunk int64) {
+			c.reqs.Add(1)
+			cl.Publish(reqTopic, 1, false, strconv.AppendInt(nil, chunk, 10)) // not waited for: a handler must not block
+		}
+		return func(cl mqtt.Client, m mqtt.Message) {
+			if m.Topic() == startTopic {
+				request(cl, 0)
+				return
+			}
+			f, err := protocol.DecodeFrame(m.Payload())
+			if err != nil {
+				c.bad.Add(1)
+				return
+			}
+			c.frames.Add(1)
+			c.bytes.Add(int64(len(f.Payload)))
+			if int64(f.Offset) != s.got || s.done {
+				c.ooo.Add(1)
+				return
+			}
+			s.got += int64(len(f.Payload))
+			switch {
+			case s.got >= int64(o.size):
+				s.done = true
+				c.done.Add(1)
+				cl.Publish(doneTopic, 1, false, []byte("{}"))
+			case len(f.Payload) == 0:
+				c.bad.Add(1)
+			default:
+				request(cl, s.got/int64(len(f.Payload)))
+			}
+		}
+	}
+	handler := rawHandler
+	if o.mode == subModeSaw {
+		handler = sawHandler
 	}
 
 	connect := func(s *rawSub) error {
@@ -163,7 +220,7 @@ func runSubscribers(ctx context.Context, args []string, stdout, stderr io.Writer
 
 	<-ctx.Done()
 	out, err := json.Marshal(subCounters{Done: c.done.Load(), Bytes: c.bytes.Load(), Frames: c.frames.Load(),
-		BadFrames: c.bad.Load(), Lost: c.lost.Load()})
+		BadFrames: c.bad.Load(), Lost: c.lost.Load(), Requests: c.reqs.Load(), OutOfOrder: c.ooo.Load()})
 	if err != nil {
 		return err
 	}
