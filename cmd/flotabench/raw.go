@@ -145,25 +145,10 @@ func runRawBench(ctx context.Context, o options, image []byte, tmp string, stder
 	}
 	elapsed := last.Sub(start)
 	res.BrokerCPU, res.DevicesCPU = cpu.stop()
-	mem, memErr := readMem(0)
-	res.PeakRSS = rss.stop()
+	res.measureSelf(rss)
 	sampling = false
-	if memErr == nil {
-		res.HWM = mem.HWM
-		res.PeakRSS = max(res.PeakRSS, mem.RSS)
-	}
 	st := subs.stats(ctx)
-
-	slices.Sort(times)
-	res.Name = runRaw
-	res.Devices = n
-	res.Completed = len(times)
-	res.Seconds = elapsed.Seconds()
-	res.rates(o.Size)
-	res.P50Ms = ms(percentile(times, 0.50))
-	res.P99Ms = ms(percentile(times, 0.99))
-	res.RSSProcess = "flotabench"
-	res.BrokerDropped = b.Stats().MessagesDropped
+	res.fill(runRaw, n, times, elapsed, o.Size, b.Stats().MessagesDropped)
 	res.Note = fmt.Sprintf("first chunk published -> last done; device time = its first chunk published -> its done received; "+
 		"QoS 1, no per-chunk acks, no store; RSS of this process (broker and publisher); subscribers: %s", st)
 	if d := dupes.Load() + strays.Load(); d > 0 {
@@ -259,4 +244,29 @@ func firstLine(err error) string {
 		}
 	}
 	return msg
+}
+
+// measureSelf ends RSS sampling of this process (which holds the broker in
+// the raw and stop-and-wait runs) and adds its high-water mark.
+func (res *result) measureSelf(rss *rssSampler) {
+	mem, memErr := readMem(0)
+	res.PeakRSS = rss.stop()
+	if memErr == nil {
+		res.HWM = mem.HWM
+		res.PeakRSS = max(res.PeakRSS, mem.RSS)
+	}
+}
+
+// fill records an in-process run's figures from its per-device times.
+func (res *result) fill(name string, n int, times []time.Duration, elapsed time.Duration, size int, dropped int64) {
+	slices.Sort(times)
+	res.Name = name
+	res.Devices = n
+	res.Completed = len(times)
+	res.Seconds = elapsed.Seconds()
+	res.rates(size)
+	res.P50Ms = ms(percentile(times, 0.50))
+	res.P99Ms = ms(percentile(times, 0.99))
+	res.RSSProcess = "flotabench"
+	res.BrokerDropped = dropped
 }

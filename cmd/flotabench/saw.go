@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"runtime/debug"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -160,25 +159,10 @@ func runSawBench(ctx context.Context, o options, image []byte, tmp string, stder
 	}
 	elapsed := last.Sub(start)
 	res.BrokerCPU, res.DevicesCPU = cpu.stop()
-	mem, memErr := readMem(0)
-	res.PeakRSS = rss.stop()
+	res.measureSelf(rss)
 	sampling = false
-	if memErr == nil {
-		res.HWM = mem.HWM
-		res.PeakRSS = max(res.PeakRSS, mem.RSS)
-	}
 	st := subs.stats(ctx)
-
-	slices.Sort(times)
-	res.Name = runSaw
-	res.Devices = n
-	res.Completed = len(times)
-	res.Seconds = elapsed.Seconds()
-	res.rates(o.Size)
-	res.P50Ms = ms(percentile(times, 0.50))
-	res.P99Ms = ms(percentile(times, 0.99))
-	res.RSSProcess = "flotabench"
-	res.BrokerDropped = b.Stats().MessagesDropped
+	res.fill(runSaw, n, times, elapsed, o.Size, b.Stats().MessagesDropped)
 	res.Note = fmt.Sprintf("first start published -> last done; device time = its start published -> its done received; "+
 		"one QoS 1 request and one QoS 1 chunk per chunk, answered by an inline subscriber; %d requests; RSS of this process (broker and publisher); devices: %s",
 		requests.Load(), st)
