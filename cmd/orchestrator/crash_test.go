@@ -6,6 +6,7 @@ package main
 import (
 	"encoding/json"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -95,8 +96,10 @@ func TestE2E_DevicesimKilledResumesFromItsStateDir(t *testing.T) {
 	fw, digest := s.firmware(4<<20, "1.1.0")
 	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "5", "--chunk-size", "4096", "--window", "2"))
 
-	// Kill devicesim once a few devices are partway through.
-	poll(t, 30*time.Second, func() bool { return s.status(id).BytesAcked > 2<<20 }, "transfers under way")
+	// Kill devicesim once some device has checkpointed a partial transfer
+	// (agents save every 1 MiB or 1 s), so the second run has something to
+	// resume from.
+	poll(t, 30*time.Second, func() bool { return checkpointedPartway(t, stateDir) }, "a transfer checkpointed partway")
 	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
 	<-first.done
 	first.done <- nil
@@ -163,4 +166,27 @@ func (s *server) cmdTerm() error {
 		return err
 	}
 	return cmd.Wait()
+}
+
+// checkpointedPartway reports whether a device state file in dir holds a
+// transfer with some bytes received.
+func checkpointedPartway(t *testing.T, dir string) bool {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	require.NoError(t, err)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // being replaced
+		}
+		var st struct {
+			Held *struct {
+				Offset int64 `json:"offset"`
+			} `json:"held"`
+		}
+		if json.Unmarshal(b, &st) == nil && st.Held != nil && st.Held.Offset > 0 {
+			return true
+		}
+	}
+	return false
 }
