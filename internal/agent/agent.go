@@ -13,6 +13,7 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -93,6 +94,12 @@ type Config struct {
 
 	Username string
 	Password string
+
+	// PublicKey is the firmware signing key the device was provisioned
+	// with. When set, the agent installs only offers whose signature
+	// verifies with it, and no lower version unless the signature allows a
+	// downgrade (verify.go). Nil: nothing is verified but the SHA-256.
+	PublicKey ed25519.PublicKey
 }
 
 // Stats are an agent's counters. Copy-safe.
