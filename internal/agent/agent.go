@@ -1,5 +1,6 @@
 // Package agent is the device side of flota's protocol v1: a reference agent
-// that connects to an MQTT broker with paho, announces itself, accepts offers,
+// that connects to an MQTT broker with paho, announces itself, accepts offers
+// whose ed25519 signature verifies (when it has a public key, verify.go),
 // receives the chunked image with cumulative acks, verifies its SHA-256,
 // simulates the install and the reboot into the new version, and resumes a
 // transfer byte-exactly after a disconnect. cmd/devicesim runs thousands of

@@ -234,3 +234,24 @@ func TestParseKeyPEM_OpenSSLKeys(t *testing.T) {
 	require.NoError(t, err)
 	assert.NoError(t, VerifyFirmware(pub, fw))
 }
+
+// FuzzVerifyFirmware feeds offers' firmware fields, as a device receives
+// them, to the verifier: it must never panic, and must accept only the
+// golden signature over the golden fields.
+func FuzzVerifyFirmware(f *testing.F) {
+	fw := goldenSignedFirmware
+	f.Add(fw.Name, fw.Version, fw.Model, fw.Size, fw.SHA256, false, fw.Signature)
+	f.Add("", "", "", int64(0), "", true, "")
+	f.Add("n", "1", "m", int64(-1), strings.Repeat("0", 64), false, strings.Repeat("A", 88))
+	pub := goldenKey.Public().(ed25519.PublicKey)
+	f.Fuzz(func(t *testing.T, name, version, model string, size int64, sum string, down bool, sig string) {
+		in := FirmwareInfo{Name: name, Version: version, Model: model, Size: size, SHA256: sum, AllowDowngrade: down, Signature: sig}
+		if err := VerifyFirmware(pub, in); err == nil {
+			msg, err := SignedBytes(in)
+			require.NoError(t, err)
+			want, err := SignedBytes(goldenSignedFirmware)
+			require.NoError(t, err)
+			assert.Equal(t, want, msg, "only the signed fields verify")
+		}
+	})
+}
