@@ -468,10 +468,10 @@ func (c *cli) firmwareList(ctx context.Context, args []string) error {
 		return c.printJSON(nonNilSlice(fws))
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tVERSION\tMODEL\tSIZE\tSHA256\tCREATED")
+	fmt.Fprintln(tw, "ID\tNAME\tVERSION\tMODEL\tSIZE\tSHA256\tSIGNED\tCREATED")
 	for _, fw := range fws {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", fw.ID, fw.Name, fw.Version, orDash(fw.Model),
-			humanBytes(fw.Size), shortHash(fw.SHA256), fw.CreatedAt.Local().Format(time.DateTime))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", fw.ID, fw.Name, fw.Version, orDash(fw.Model),
+			humanBytes(fw.Size), shortHash(fw.SHA256), signedColumn(fw), fw.CreatedAt.Local().Format(time.DateTime))
 	}
 	return tw.Flush()
 }

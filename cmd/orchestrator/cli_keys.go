@@ -102,3 +102,15 @@ func signFile(f *os.File, keyPath string, meta *fleet.Firmware) error {
 	meta.Signature, err = protocol.SignFirmware(key, protocol.FirmwareInfoOf(*meta))
 	return err
 }
+
+// signedColumn is the SIGNED column of firmware list: whether the image
+// carries a signature, and whether it allows a downgrade.
+func signedColumn(fw fleet.Firmware) string {
+	switch {
+	case fw.Signature == "":
+		return "-"
+	case fw.AllowDowngrade:
+		return "yes, downgrade"
+	}
+	return "yes"
+}
