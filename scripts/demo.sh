@@ -43,9 +43,12 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+echo "== generating a firmware signing key pair (the devices get the public key)"
+"$BIN/orchestrator" keys generate --out "$WORK/keys" | sed 's/^/   /'
+
 echo "== starting devicesim: $DEVICES devices of model sim-a on 1.0.0"
 "$BIN/devicesim" --broker "tcp://127.0.0.1:$MQTT_PORT" --devices "$DEVICES" --model sim-a --version 1.0.0 \
-  --tags site=demo --reboot-delay 500ms --summary "$WORK/summary.json" --exit-when-updated 1.1.0 \
+  --public-key "$WORK/keys/firmware.pub" --tags site=demo --reboot-delay 500ms --summary "$WORK/summary.json" --exit-when-updated 1.1.0 \
   >"$WORK/devicesim.out" 2>"$WORK/devicesim.log" &
 sim=$!
 pids+=($sim)
@@ -56,9 +59,10 @@ for _ in $(seq 300); do
 done
 echo "   $n devices registered and online"
 
-echo "== adding firmware 1.1.0 ($SIZE bytes)"
+echo "== adding firmware 1.1.0 ($SIZE bytes), signed"
 head -c "$SIZE" /dev/urandom >"$WORK/app-1.1.0.bin"
-FW=$("$BIN/orchestrator" firmware add "$WORK/app-1.1.0.bin" --version 1.1.0 --name demo-app --model sim-a)
+FW=$("$BIN/orchestrator" firmware add "$WORK/app-1.1.0.bin" --version 1.1.0 --name demo-app --model sim-a \
+  --sign-key "$WORK/keys/firmware.key")
 echo "   firmware $FW"
 
 UPD=$("$BIN/orchestrator" update create --firmware "$FW" --select model=sim-a)

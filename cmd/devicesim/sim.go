@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/flotaio/flota/internal/agent"
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/protocol"
 )
 
 // closeParallelism bounds how many agents disconnect at once at exit.
@@ -56,6 +58,8 @@ type options struct {
 	username        string
 	password        string
 	logLevel        slog.Level
+	publicKeyFile   string
+	publicKey       ed25519.PublicKey
 }
 
 func newFlagSet(o *options, tags *string) *flag.FlagSet {
@@ -83,6 +87,8 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.StringVar(&o.username, "username", "", "MQTT username")
 	fs.StringVar(&o.password, "password", "", "MQTT password")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelWarn, "log level: debug, info, warn, error")
+	fs.StringVar(&o.publicKeyFile, "public-key", "", "PEM ed25519 public key the devices verify firmware signatures with "+
+		"(orchestrator keys generate); without it they install unsigned images and downgrades")
 	return fs
 }
 
@@ -144,6 +150,11 @@ func parseFlags(args []string) (options, error) {
 	if o.tags, err = fleet.ParseTags(tags); err != nil {
 		return o, usagef("--tags: %v", err)
 	}
+	if o.publicKeyFile != "" {
+		if o.publicKey, err = protocol.ReadPublicKeyFile(o.publicKeyFile); err != nil {
+			return o, usagef("--public-key: %v", err)
+		}
+	}
 	return o, nil
 }
 
@@ -179,6 +190,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			Broker: o.broker, ID: id, Model: o.model, Version: o.version, Tags: o.tags,
 			RebootDelay: rebootDelay, InstallDelay: o.installDelay, Faults: o.faults, StateFile: stateFile,
 			Seed: seed + uint64(i) + 1, Logger: log, Username: o.username, Password: o.password,
+			PublicKey: o.publicKey,
 		})
 	}
 

@@ -8,9 +8,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -73,15 +70,16 @@ type server struct {
 	data     string
 	mqttAddr string // host:port
 	url      string
+	args     []string   // extra serve flags
 	mu       sync.Mutex // guards log (written by the stderr reader) and cmd
 	cmd      *exec.Cmd
 	log      bytes.Buffer
 }
 
-func startServer(t *testing.T) *server {
+func startServer(t *testing.T, args ...string) *server {
 	t.Helper()
 	orch, _ := binaries(t)
-	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data")}
+	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data"), args: args}
 	t.Cleanup(func() {
 		s.kill()
 		if t.Failed() {
@@ -97,7 +95,7 @@ func startServer(t *testing.T) *server {
 func (s *server) start(mqttAddr, httpAddr string) {
 	t := s.t
 	t.Helper()
-	cmd := exec.Command(s.bin, "serve", "--data", s.data, "--mqtt", mqttAddr, "--http", httpAddr)
+	cmd := exec.Command(s.bin, append([]string{"serve", "--data", s.data, "--mqtt", mqttAddr, "--http", httpAddr}, s.args...)...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -277,14 +275,10 @@ func poll(t *testing.T, within time.Duration, cond func() bool, what string) {
 // firmware writes a random image and adds it through the CLI.
 func (s *server) firmware(size int, version string) (id, digest string) {
 	s.t.Helper()
-	img := make([]byte, size)
-	_, _ = rand.Read(img)
-	path := filepath.Join(s.t.TempDir(), "fw.bin")
-	require.NoError(s.t, os.WriteFile(path, img, 0o644))
+	path, digest := image(s.t, size)
 	id = strings.TrimSpace(s.mustCLI("firmware", "add", path, "--version", version, "--name", "app", "--model", "sim-a"))
 	require.True(s.t, strings.HasPrefix(id, "fw-"), "firmware ID %q", id)
-	sum := sha256.Sum256(img)
-	return id, hex.EncodeToString(sum[:])
+	return id, digest
 }
 
 func (s *server) status(id string) fleet.UpdateSummary {

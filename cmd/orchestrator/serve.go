@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/flotaio/flota/broker"
 	"github.com/flotaio/flota/internal/httpapi"
+	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/internal/sqlite"
 	"github.com/flotaio/flota/mqttclient"
@@ -44,6 +46,11 @@ type Config struct {
 	BrokerCert     string // PEM client certificate for ssl://
 	BrokerKey      string // PEM key of BrokerCert
 	BrokerClientID string // default mqttclient.DefaultClientID
+
+	// FirmwarePublicKey is a PEM ed25519 public key file; when set, firmware
+	// uploads that are unsigned or whose signature does not verify with it
+	// are refused.
+	FirmwarePublicKey string
 }
 
 // Main is the orchestrator with its production wiring, so that tests run
@@ -103,6 +110,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	}
 
+	var fwKey ed25519.PublicKey
+	if m.Config.FirmwarePublicKey != "" {
+		if fwKey, err = protocol.ReadPublicKeyFile(m.Config.FirmwarePublicKey); err != nil {
+			return fmt.Errorf("firmware public key: %w", err)
+		}
+	}
+
 	m.Store = sqlite.New(m.Config.DataDir)
 	m.Store.Logger = m.Logger.With("component", "store")
 	if err := m.Store.Open(); err != nil {
@@ -147,6 +161,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Subscribe:   m.Engine.Transport.Subscribe,
 		Logger:      m.Logger.With("component", "http"),
 		Version:     version,
+
+		FirmwarePublicKey: fwKey,
 	}
 	if err := m.HTTP.Open(); err != nil {
 		return fmt.Errorf("open http: %w", err)

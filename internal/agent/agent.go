@@ -1,5 +1,6 @@
 // Package agent is the device side of flota's protocol v1: a reference agent
-// that connects to an MQTT broker with paho, announces itself, accepts offers,
+// that connects to an MQTT broker with paho, announces itself, accepts offers
+// whose ed25519 signature verifies (when it has a public key, verify.go),
 // receives the chunked image with cumulative acks, verifies its SHA-256,
 // simulates the install and the reboot into the new version, and resumes a
 // transfer byte-exactly after a disconnect. cmd/devicesim runs thousands of
@@ -13,6 +14,7 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -93,6 +95,12 @@ type Config struct {
 
 	Username string
 	Password string
+
+	// PublicKey is the firmware signing key the device was provisioned
+	// with. When set, the agent installs only offers whose signature
+	// verifies with it, and no lower version unless the signature allows a
+	// downgrade (verify.go). Nil: nothing is verified but the SHA-256.
+	PublicKey ed25519.PublicKey
 }
 
 // Stats are an agent's counters. Copy-safe.

@@ -76,6 +76,10 @@ func (a *Agent) handleOffer(b []byte) {
 		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonBusy})
 		return
 	}
+	if st, reason := a.refusal(o.Firmware); reason != "" {
+		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: st, Reason: reason})
+		return
+	}
 	if o.Firmware.Model != "" && o.Firmware.Model != a.cfg.Model {
 		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonIncompatibleModel})
 		return

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/protocol"
 )
 
 // Error is the body of every error response. Code is stable: clients branch
@@ -41,6 +42,8 @@ var sentinels = []struct {
 	{fleet.ErrDeviceBusy, http.StatusConflict, "device_busy"},
 	{fleet.ErrIllegalTransition, http.StatusConflict, "illegal_transition"},
 	{fleet.ErrClosed, http.StatusServiceUnavailable, CodeUnavailable},
+	{protocol.ErrBadSignature, http.StatusBadRequest, "bad_signature"},
+	{protocol.ErrNoSignature, http.StatusBadRequest, "unsigned_firmware"},
 }
 
 // errorStatus returns the status and body for err. Unknown errors become a

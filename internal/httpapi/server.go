@@ -7,6 +7,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -59,6 +60,10 @@ type Server struct {
 	Logger    *slog.Logger
 	// Version is reported by GET /api/v1/health.
 	Version string
+	// FirmwarePublicKey, when set, makes uploads whose signature does not
+	// verify with it (or that are unsigned) fail with bad_signature or
+	// unsigned_firmware. Devices verify in any case.
+	FirmwarePublicKey ed25519.PublicKey
 	// MaxFirmwareSize bounds an uploaded image; 0 means DefaultMaxFirmwareSize.
 	MaxFirmwareSize int64
 	// ShutdownTimeout bounds Close; 0 means DefaultShutdownTimeout.

@@ -84,6 +84,15 @@ var migrations = []string{
 
 	// 6: the rollout phase an event belongs to (0: none).
 	`ALTER TABLE events ADD COLUMN phase INTEGER NOT NULL DEFAULT 0;`,
+
+	// 7 and 8: numbers held for other schema changes; empty here.
+	`SELECT 1;`,
+	`SELECT 1;`,
+
+	// 9: the firmware's signature (standard base64, '' = unsigned) and its
+	// signed downgrade permission.
+	`ALTER TABLE firmware ADD COLUMN signature TEXT NOT NULL DEFAULT '';
+	ALTER TABLE firmware ADD COLUMN allow_downgrade INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.
