@@ -53,6 +53,10 @@ type Faults struct {
 	// Disconnect: once per transfer, disconnect at a random offset, then
 	// reconnect after ReconnectDelay and resume.
 	Disconnect float64
+	// RebootMidDownload: once per transfer, lose power at a random offset
+	// and boot again after RebootDelay with what the state file kept
+	// (power.go).
+	RebootMidDownload float64
 }
 
 // Config configures an Agent. Zero durations take the Default constants.
@@ -86,6 +90,11 @@ type Config struct {
 	CheckpointInterval time.Duration
 
 	Faults Faults
+	// Bandwidth limits each direction of the device's link to this many
+	// bytes per second (0: unlimited); Latency is added to every message
+	// the device receives and sends (link.go).
+	Bandwidth int64
+	Latency   time.Duration
 	// Seed seeds the fault injection; zero picks a random seed.
 	Seed uint64
 
@@ -125,6 +134,11 @@ type Stats struct {
 	// UpdateTime is the time from the offer that started the last completed
 	// transfer to the hello sent after rebooting into its version.
 	UpdateTime time.Duration `json:"update_time_ns,omitempty"`
+	// EndTime is the time from the offer of the last transfer to its end:
+	// the hello after the reboot (UpdateTime), or a failure or cancel.
+	EndTime time.Duration `json:"end_time_ns,omitempty"`
+	// PowerCuts counts injected power cuts (Faults.RebootMidDownload).
+	PowerCuts int `json:"power_cuts,omitempty"`
 }
 
 // Presence status payloads (docs/PROTOCOL.md): published retained on
@@ -165,6 +179,7 @@ const (
 	actInstall
 	actFaultDisconnect
 	actReboot
+	actPowerCut
 )
 
 // Agent is one simulated device.
@@ -198,6 +213,9 @@ type Agent struct {
 	reconnTimer    *time.Timer
 	helloTimer     *time.Timer
 	retries        int
+	link           *link      // nil without Bandwidth and Latency (link.go)
+	power          powerState // fault injection of power cuts (power.go)
+	lastOffer      offerMark  // the update of the newest transfer and when it was offered
 
 	lifeMu  sync.Mutex // guards cancel and closed
 	cancel  context.CancelFunc
@@ -261,6 +279,9 @@ func New(cfg Config) *Agent {
 		stats:      Stats{ID: cfg.ID, Version: cfg.Version},
 	}
 	a.out = a.clientPublish
+	if a.link = newLink(cfg); a.link != nil {
+		a.out = a.linkPublish
+	}
 	return a
 }
 
@@ -350,6 +371,7 @@ func (a *Agent) run(ctx context.Context) {
 	defer a.disconnect()
 	a.connect()
 	for {
+		linkDown, linkUp := a.linkTimers()
 		select {
 		case <-ctx.Done():
 			return
@@ -357,7 +379,11 @@ func (a *Agent) run(ctx context.Context) {
 			if !a.online || m.gen != a.gen.Load() {
 				continue // received before a disconnect: the device was off
 			}
-			a.handleDown(m.kind, m.payload)
+			a.receive(m)
+		case <-linkDown:
+			a.deliverDown()
+		case <-linkUp:
+			a.sendUp()
 		case g := <-a.connected:
 			if a.online && g == a.gen.Load() {
 				a.onConnected()
@@ -386,6 +412,7 @@ func (a *Agent) stopTimers() {
 			t.Stop()
 		}
 	}
+	a.resetLink()
 }
 
 // perform carries out the actions message handling asked for.
@@ -406,6 +433,8 @@ func (a *Agent) perform() {
 		case actReboot:
 			a.log.Info("rebooting", "into", a.pendingVersion)
 			a.goOffline(a.cfg.RebootDelay)
+		case actPowerCut:
+			a.powerCut()
 		}
 	}
 }
@@ -447,6 +476,7 @@ func (a *Agent) disconnect() {
 		a.helloTimer = nil
 	}
 	a.gen.Add(1)
+	a.resetLink()
 	if a.client != nil {
 		// A clean DISCONNECT discards the last will: say offline first.
 		if a.client.IsConnectionOpen() {

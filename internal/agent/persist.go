@@ -224,7 +224,7 @@ func heldFromFile(h *heldRecord) (*transfer, error) {
 		return nil, fmt.Errorf("held transfer out of range: update %q offset %d size %d", h.Update, h.Offset, fw.Size)
 	}
 	t := &transfer{update: h.Update, handle: h.Handle, fw: fw, expected: h.Offset, state: h.State,
-		ackEvery: 1, faultAt: -1, offeredAt: h.OfferedAt}
+		ackEvery: 1, faultAt: -1, cutAt: -1, offeredAt: h.OfferedAt}
 	switch h.State {
 	case fleet.StateDownloading, fleet.StateDownloaded:
 		if h.State == fleet.StateDownloaded && h.Offset != fw.Size {
