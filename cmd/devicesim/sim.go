@@ -58,6 +58,7 @@ type options struct {
 	logLevel        slog.Level
 	bandwidth       int64         // bytes/s per device and direction; 0: unlimited
 	latency         time.Duration // one way
+	memProfile      string
 }
 
 func newFlagSet(o *options, tags *string) *flag.FlagSet {
@@ -86,6 +87,7 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.StringVar(&o.password, "password", "", "MQTT password")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelWarn, "log level: debug, info, warn, error")
 	fs.Var((*rateFlag)(&o.bandwidth), "bandwidth", "each device's link rate per direction in bytes/s: 20000, 20KB (=20000), 20KiB (=20480), 1MB; 0: unlimited")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile of the fleet to this file before it disconnects")
 	fs.DurationVar(&o.latency, "latency", 0, "one-way delay added to every message a device receives and sends (a round trip gains twice this)")
 	fs.Float64Var(&o.faults.RebootMidDownload, "reboot-mid-download", 0, "probability (0..1) that a device loses power once mid-transfer and boots again "+
 		"after --reboot-delay, resuming from its last checkpoint with --state-dir, else from scratch")
@@ -204,6 +206,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	sum := summarize(o, agents, time.Since(started))
 	sum.Profile = profileOf(o, seed)
 	sum.Process = ps.final(len(agents))
+	if o.memProfile != "" {
+		if err := writeHeapProfile(o.memProfile); err != nil {
+			log.Warn("heap profile not written", "err", err)
+		}
+	}
 	stopStarting()
 	wg.Wait()
 	closeAll(agents, log)

@@ -185,10 +185,10 @@ const (
 // Agent is one simulated device.
 type Agent struct {
 	cfg        Config
-	log        *slog.Logger
+	log        atomic.Pointer[slog.Logger] // narrowed to the device on first use: logger()
 	downPrefix string
 
-	in        chan *inbound
+	in        *inbox
 	connected chan uint64   // generations whose client connected
 	gen       atomic.Uint64 // generation of the current client
 	ready     chan struct{} // closed after the first hello
@@ -269,9 +269,8 @@ func New(cfg Config) *Agent {
 	}
 	a := &Agent{
 		cfg:        cfg,
-		log:        cfg.Logger.With("device", cfg.ID),
 		downPrefix: protocol.DevicesRoot + cfg.ID + "/down/",
-		in:         make(chan *inbound, cfg.QueueSize),
+		in:         newInbox(cfg.QueueSize),
 		connected:  make(chan uint64, 4),
 		ready:      make(chan struct{}),
 		rng:        rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
@@ -375,11 +374,14 @@ func (a *Agent) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case m := <-a.in:
-			if !a.online || m.gen != a.gen.Load() {
-				continue // received before a disconnect: the device was off
+		case <-a.in.ready:
+			for _, m := range a.in.take() {
+				if !a.online || m.gen != a.gen.Load() {
+					continue // received before a disconnect: the device was off
+				}
+				a.receive(m)
+				a.perform()
 			}
-			a.receive(m)
 		case <-linkDown:
 			a.deliverDown()
 		case <-linkUp:
@@ -428,10 +430,10 @@ func (a *Agent) perform() {
 				a.finishInstall()
 			}
 		case actFaultDisconnect:
-			a.log.Info("injected disconnect", "offset", a.heldOffset())
+			a.logger().Info("injected disconnect", "offset", a.heldOffset())
 			a.goOffline(a.cfg.ReconnectDelay)
 		case actReboot:
-			a.log.Info("rebooting", "into", a.pendingVersion)
+			a.logger().Info("rebooting", "into", a.pendingVersion)
 			a.goOffline(a.cfg.RebootDelay)
 		case actPowerCut:
 			a.powerCut()
@@ -461,7 +463,7 @@ func (a *Agent) waitReport() {
 		return
 	}
 	if !a.lastReport.WaitTimeout(a.cfg.PublishTimeout) {
-		a.log.Warn("report not acknowledged before disconnect")
+		a.logger().Warn("report not acknowledged before disconnect")
 	}
 	a.lastReport = nil
 }
@@ -482,7 +484,7 @@ func (a *Agent) disconnect() {
 		if a.client.IsConnectionOpen() {
 			tok := a.client.Publish(a.statusTopic(), 1, true, statusOffline)
 			if !tok.WaitTimeout(a.cfg.PublishTimeout) || tok.Error() != nil {
-				a.log.Debug("offline status not acknowledged", "err", tok.Error())
+				a.logger().Debug("offline status not acknowledged", "err", tok.Error())
 			}
 		}
 		a.client.Disconnect(quiesce)
@@ -511,7 +513,7 @@ func (a *Agent) connect() {
 		SetOnConnectHandler(func(mqtt.Client) { a.notifyConnected(gen) }).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			if a.gen.Load() == gen {
-				a.log.Info("connection lost", "err", err)
+				a.logger().Info("connection lost", "err", err)
 				a.updateStats(func(s *Stats) { s.Connected = false })
 			}
 		})
@@ -548,7 +550,7 @@ func (a *Agent) onConnectResult() {
 		a.retries++
 		// Jitter spreads a fleet's reconnection storm.
 		d := a.cfg.RetryInterval/2 + time.Duration(a.rng.Int64N(int64(a.cfg.RetryInterval)))
-		a.log.Debug("connect failed", "err", err, "retry_in", d, "attempt", a.retries)
+		a.logger().Debug("connect failed", "err", err, "retry_in", d, "attempt", a.retries)
 		if a.client != nil {
 			a.client.Disconnect(0)
 			a.client = nil
@@ -580,9 +582,7 @@ func (a *Agent) handler(gen uint64) mqtt.MessageHandler {
 		if !ok || strings.Contains(kind, "/") {
 			return
 		}
-		select {
-		case a.in <- &inbound{gen: gen, kind: kind, payload: m.Payload()}:
-		default:
+		if !a.in.put(&inbound{gen: gen, kind: kind, payload: m.Payload()}) {
 			a.updateStats(func(s *Stats) { s.QueueDropped++ })
 		}
 	}
@@ -594,7 +594,7 @@ func (a *Agent) onConnected() {
 	c := a.client
 	tok := c.Subscribe(protocol.DownFilter(a.cfg.ID), 1, a.handler(a.gen.Load()))
 	if !tok.WaitTimeout(a.cfg.PublishTimeout) || tok.Error() != nil {
-		a.log.Warn("subscribe failed", "err", tok.Error())
+		a.logger().Warn("subscribe failed", "err", tok.Error())
 		a.helloTimer = time.NewTimer(a.cfg.RetryInterval)
 		return
 	}

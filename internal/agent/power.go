@@ -40,7 +40,7 @@ func (a *Agent) rollPowerCut(t *transfer) int64 {
 // powerCut loses the device's RAM state, closes the connection and
 // schedules the boot after RebootDelay.
 func (a *Agent) powerCut() {
-	a.log.Info("power cut", "offset", a.heldOffset())
+	a.logger().Info("power cut", "offset", a.heldOffset())
 	if t := a.held; t != nil {
 		a.power.cutUpdate, a.power.cutOfferedAt = t.update, t.offeredAt
 	}

@@ -53,7 +53,7 @@ func (a *Agent) handleDown(kind string, payload []byte) {
 }
 
 func (a *Agent) bad(kind string, err error) {
-	a.log.Debug("bad down message", "kind", kind, "err", err)
+	a.logger().Debug("bad down message", "kind", kind, "err", err)
 	a.updateStats(func(s *Stats) { s.BadFrames++ })
 }
 
@@ -179,7 +179,7 @@ func (a *Agent) complete() {
 	}
 	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateDownloaded, Offset: t.expected})
 	if !ok {
-		a.log.Info("image digest mismatch", "update", t.update, "got", sum, "want", t.fw.SHA256)
+		a.logger().Info("image digest mismatch", "update", t.update, "got", sum, "want", t.fw.SHA256)
 		a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateFailed, Reason: fleet.ReasonBadDigest})
 		return
 	}
@@ -251,7 +251,12 @@ func (a *Agent) sayHello(held *protocol.Held) {
 		return
 	}
 	if !tok.WaitTimeout(a.cfg.PublishTimeout) || tok.Error() != nil {
-		a.log.Warn("hello after reboot not acknowledged; it is sent again on the next connect", "err", tok.Error())
+		// Said again after RetryInterval (or on the next connect): a
+		// device that stayed connected must not hold the transfer forever.
+		a.logger().Warn("hello after reboot not acknowledged; saying it again", "err", tok.Error())
+		if a.helloTimer == nil {
+			a.helloTimer = time.NewTimer(a.cfg.RetryInterval)
+		}
 		return
 	}
 	a.settle()
