@@ -8,7 +8,8 @@
 # Prints both "process" objects and the update's summary figures.
 #
 # Knobs: DEVICES (10000), SIZE (262144), MAX_IN_FLIGHT (500), IDLE (20s),
-# CONNECT_RATE (1000), BIN (bin), SIM_FLAGS (extra devicesim flags).
+# CONNECT_RATE (1000), BIN (bin), SIM_FLAGS (extra devicesim flags), SIM_ENV
+# (devicesim's extra environment, e.g. GOMEMLIMIT=600MiB), PHASES ("idle update").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,8 @@ MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-500}
 IDLE=${IDLE:-20s}
 CONNECT_RATE=${CONNECT_RATE:-1000}
 SIM_FLAGS=${SIM_FLAGS:-}
+SIM_ENV=${SIM_ENV:-}
+PHASES=${PHASES:-idle update}
 ulimit -n "$(ulimit -Hn)"
 
 . scripts/lib.sh
@@ -39,19 +42,22 @@ sim() { # sim NAME FLAGS...
   local name=$1
   shift
   # shellcheck disable=SC2086
-  "$BIN/devicesim" --broker "tcp://127.0.0.1:$MQTT_PORT" --devices "$DEVICES" --model sim-a --version 1.0.0 \
+  env $SIM_ENV "$BIN/devicesim" --broker "tcp://127.0.0.1:$MQTT_PORT" --devices "$DEVICES" --model sim-a --version 1.0.0 \
     --connect-rate "$CONNECT_RATE" --reboot-delay 1ms --summary "$WORK/$name.json" $SIM_FLAGS "$@" \
     >"$WORK/$name.out" 2>"$WORK/$name.log"
 }
 process() { # the "process" object of a summary
-  python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); s.pop("devices_detail"); print(json.dumps(s["process"], indent=1))' "$1"
+  python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["process"], indent=1))' "$1"
 }
 
+if [[ " $PHASES " == *" idle "* ]]; then
 echo "== idle: $DEVICES devices connected for $IDLE after the ramp"
 ramp=$(python3 -c "print($DEVICES / $CONNECT_RATE + 5)")
 sim idle --duration "$(python3 -c "import re; print(str($ramp + float(re.sub('s$','','$IDLE'))) + 's')")"
 grep -E '^(connected|memory)' "$WORK/idle.out"
 process "$WORK/idle.json"
+fi
+[[ " $PHASES " == *" update "* ]] || exit 0
 
 echo "== update: $DEVICES devices x $SIZE bytes, $MAX_IN_FLIGHT in flight"
 sim update --exit-when-updated 1.1.0 &

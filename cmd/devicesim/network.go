@@ -5,6 +5,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // rateUnits are the suffixes --bandwidth accepts, longest first: decimal
@@ -39,6 +40,15 @@ func parseRate(s string) (int64, error) {
 		return 0, fmt.Errorf("%q: must be 0 (unlimited) or a positive rate", s)
 	}
 	return int64(v), nil
+}
+
+// keepAlive maps --keepalive (0: none) to agent.Config.KeepAlive (zero:
+// the default, negative: none).
+func keepAlive(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // rateFlag is a --bandwidth value in bytes per second.

@@ -42,6 +42,10 @@ func TestParseFlags_NetworkProfile(t *testing.T) {
 	assert.Equal(t, int64(20000), o.bandwidth)
 	assert.Equal(t, 300*time.Millisecond, o.latency)
 	assert.Equal(t, 0.25, o.faults.RebootMidDownload)
+	assert.Equal(t, agent.DefaultKeepAlive, keepAlive(o.keepAlive))
+	o, err = parseFlags([]string{"--keepalive", "0"})
+	require.NoError(t, err)
+	assert.Negative(t, keepAlive(o.keepAlive), "0 turns the keepalive off")
 
 	bad := map[string][]string{
 		"bandwidth suffix":     {"--bandwidth", "20XB"},
@@ -51,6 +55,8 @@ func TestParseFlags_NetworkProfile(t *testing.T) {
 		"reboot probability":   {"--reboot-mid-download", "2"},
 		"reboot negative":      {"--reboot-mid-download", "-0.5"},
 		"reboot not a number ": {"--reboot-mid-download", "often"},
+		"keepalive negative":   {"--keepalive", "-1s"},
+		"keepalive too short":  {"--keepalive", "500ms"},
 	}
 	for name, args := range bad {
 		t.Run(name, func(t *testing.T) {
@@ -76,7 +82,7 @@ func TestRun_RebootMidDownload(t *testing.T) {
 			file := filepath.Join(t.TempDir(), "summary.json")
 			args := []string{
 				"--broker", broker, "--devices", "3", "--id-prefix", "r-", "--reboot-delay", "20ms",
-				"--reboot-mid-download", "1", "--latency", "2ms", "--bandwidth", "1MB", "--seed", "11",
+				"--reboot-mid-download", "1", "--latency", "2ms", "--bandwidth", "1MB", "--seed", "11", "--keepalive", "0",
 				"--exit-when-updated", "2.0.0", "--summary", file,
 			}
 			if persistent {

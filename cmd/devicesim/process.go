@@ -19,9 +19,12 @@ const processSampleInterval = time.Second
 // summary's "process" object. RSS figures come from /proc/self/status (zero
 // where it does not exist); peaks are sampled every second and at the end.
 type processStats struct {
-	RSSBytes           int64 `json:"rss_bytes"`      // VmRSS at the end
-	PeakRSSBytes       int64 `json:"peak_rss_bytes"` // VmHWM at the end
-	HeapInuseBytes     int64 `json:"heap_inuse_bytes"`
+	RSSBytes       int64 `json:"rss_bytes"`      // VmRSS at the end
+	PeakRSSBytes   int64 `json:"peak_rss_bytes"` // VmHWM at the end
+	HeapInuseBytes int64 `json:"heap_inuse_bytes"`
+	// LiveHeapBytes is the heap in use right after a collection, at exit:
+	// what the fleet holds, without garbage.
+	LiveHeapBytes      int64 `json:"live_heap_bytes"`
 	PeakHeapInuseBytes int64 `json:"peak_heap_inuse_bytes"`
 	StackInuseBytes    int64 `json:"stack_inuse_bytes"`
 	Goroutines         int   `json:"goroutines"`
@@ -63,6 +66,10 @@ func (p *processSampler) sample() {
 func (p *processSampler) final(n int) processStats {
 	p.sample()
 	s := p.stats
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	s.LiveHeapBytes = int64(ms.HeapAlloc)
 	if n > 0 {
 		s.RSSPerDeviceBytes = s.RSSBytes / int64(n)
 	}

@@ -59,6 +59,7 @@ type options struct {
 	bandwidth       int64         // bytes/s per device and direction; 0: unlimited
 	latency         time.Duration // one way
 	memProfile      string
+	keepAlive       time.Duration
 }
 
 func newFlagSet(o *options, tags *string) *flag.FlagSet {
@@ -87,6 +88,7 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.StringVar(&o.password, "password", "", "MQTT password")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelWarn, "log level: debug, info, warn, error")
 	fs.Var((*rateFlag)(&o.bandwidth), "bandwidth", "each device's link rate per direction in bytes/s: 20000, 20KB (=20000), 20KiB (=20480), 1MB; 0: unlimited")
+	fs.DurationVar(&o.keepAlive, "keepalive", agent.DefaultKeepAlive, "MQTT keepalive of each device; 0: none (saves a goroutine and a timer per device)")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile of the fleet to this file before it disconnects")
 	fs.DurationVar(&o.latency, "latency", 0, "one-way delay added to every message a device receives and sends (a round trip gains twice this)")
 	fs.Float64Var(&o.faults.RebootMidDownload, "reboot-mid-download", 0, "probability (0..1) that a device loses power once mid-transfer and boots again "+
@@ -147,8 +149,11 @@ func parseFlags(args []string) (options, error) {
 	if o.connectRate < 1 {
 		return o, usagef("--connect-rate must be at least 1, got %d", o.connectRate)
 	}
-	if o.rebootDelay < 0 || o.installDelay < 0 || o.duration < 0 || o.latency < 0 {
-		return o, usagef("--reboot-delay, --install-delay, --duration and --latency must not be negative")
+	if o.rebootDelay < 0 || o.installDelay < 0 || o.duration < 0 || o.latency < 0 || o.keepAlive < 0 {
+		return o, usagef("--reboot-delay, --install-delay, --duration, --latency and --keepalive must not be negative")
+	}
+	if o.keepAlive > 0 && o.keepAlive < time.Second {
+		return o, usagef("--keepalive must be 0 or at least 1s, got %s", o.keepAlive)
 	}
 	if o.tags, err = fleet.ParseTags(tags); err != nil {
 		return o, usagef("--tags: %v", err)
@@ -188,7 +193,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			Broker: o.broker, ID: id, Model: o.model, Version: o.version, Tags: o.tags,
 			RebootDelay: rebootDelay, InstallDelay: o.installDelay, Faults: o.faults, StateFile: stateFile,
 			Seed: seed + uint64(i) + 1, Logger: log, Username: o.username, Password: o.password,
-			Bandwidth: o.bandwidth, Latency: o.latency,
+			Bandwidth: o.bandwidth, Latency: o.latency, KeepAlive: keepAlive(o.keepAlive),
 		})
 	}
 

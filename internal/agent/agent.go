@@ -36,6 +36,7 @@ const (
 	DefaultConnectTimeout = 30 * time.Second
 	DefaultDialTimeout    = 10 * time.Second
 	DefaultPublishTimeout = 5 * time.Second
+	DefaultKeepAlive      = 30 * time.Second
 	// DefaultQueueSize holds two full windows of the largest window a policy
 	// allows, plus room for control messages.
 	DefaultQueueSize = 2*fleet.MaxWindow + 16
@@ -95,6 +96,9 @@ type Config struct {
 	// the device receives and sends (link.go).
 	Bandwidth int64
 	Latency   time.Duration
+	// KeepAlive is the MQTT keepalive (default DefaultKeepAlive); negative:
+	// none, which saves paho's keepalive goroutine and ticker per device.
+	KeepAlive time.Duration
 	// Seed seeds the fault injection; zero picks a random seed.
 	Seed uint64
 
@@ -246,6 +250,9 @@ func New(cfg Config) *Agent {
 	}
 	if cfg.PublishTimeout <= 0 {
 		cfg.PublishTimeout = DefaultPublishTimeout
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = DefaultKeepAlive
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
@@ -509,7 +516,7 @@ func (a *Agent) connect() {
 		SetMaxReconnectInterval(5 * time.Second).
 		SetConnectTimeout(a.cfg.DialTimeout).
 		SetWriteTimeout(10 * time.Second).
-		SetKeepAlive(30 * time.Second).
+		SetKeepAlive(max(a.cfg.KeepAlive, 0)).
 		SetOnConnectHandler(func(mqtt.Client) { a.notifyConnected(gen) }).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			if a.gen.Load() == gen {
