@@ -180,3 +180,22 @@ func TestAgent_FailureRecordsEndTime(t *testing.T) {
 	assert.Equal(t, fleet.ReasonInstallFailed, s.LastReason)
 	assert.Positive(t, s.EndTime)
 }
+
+// TestAgent_DisconnectFaultOnDelayedLink: an injected disconnect waits for
+// the last report still on the uplink, and the transfer resumes from the
+// offset the device held.
+func TestAgent_DisconnectFaultOnDelayedLink(t *testing.T) {
+	o := startOrch(t)
+	img := newImage(16 * testChunk)
+	a := startAgent(t, o, func(c *Config) {
+		c.Faults.Disconnect = 1
+		c.Latency = 5 * time.Millisecond
+		c.Bandwidth = 1 << 20
+	})
+	resumed := driveWithReoffers(t, o, img)
+	require.Len(t, resumed, 1, "one disconnect per transfer")
+	assert.Positive(t, resumed[0], "the device kept its bytes")
+	eventually(t, func() bool { return a.Stats().UpdateTime > 0 }, "update settled")
+	assert.Equal(t, 1, a.Stats().Installs)
+	assert.Zero(t, a.Stats().PowerCuts)
+}
