@@ -24,9 +24,9 @@ func (a *Agent) refusal(fw protocol.FirmwareInfo) (fleet.DeviceState, fleet.Reas
 	}
 	if err := protocol.VerifyFirmware(a.cfg.PublicKey, fw); err != nil {
 		if !errors.Is(err, protocol.ErrNoSignature) {
-			a.log.Warn("offer refused: signature does not verify", "version", fw.Version, "sha256", fw.SHA256, "err", err)
+			a.logger().Warn("offer refused: signature does not verify", "version", fw.Version, "sha256", fw.SHA256, "err", err)
 		} else {
-			a.log.Warn("offer refused: unsigned firmware", "version", fw.Version)
+			a.logger().Warn("offer refused: unsigned firmware", "version", fw.Version)
 		}
 		return fleet.StateFailed, fleet.ReasonBadSignature
 	}
@@ -34,7 +34,7 @@ func (a *Agent) refusal(fw protocol.FirmwareInfo) (fleet.DeviceState, fleet.Reas
 		return "", ""
 	}
 	if cmp, ok := fleet.CompareVersions(fw.Version, a.version); !ok || cmp < 0 {
-		a.log.Warn("offer refused: downgrade not allowed by the signature", "running", a.version, "offered", fw.Version)
+		a.logger().Warn("offer refused: downgrade not allowed by the signature", "running", a.version, "offered", fw.Version)
 		return fleet.StateRejected, fleet.ReasonDowngradeRefused
 	}
 	return "", ""
