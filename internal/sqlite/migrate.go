@@ -84,6 +84,9 @@ var migrations = []string{
 
 	// 6: the rollout phase an event belongs to (0: none).
 	`ALTER TABLE events ADD COLUMN phase INTEGER NOT NULL DEFAULT 0;`,
+
+	// 7: MQTT accounts (credentials.go).
+	migrationCredentials,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.
