@@ -117,6 +117,12 @@ var commands = []*spec{
 	{name: "version", args: "[--json]", summary: "print the version", example: "orchestrator version"},
 }
 
+func init() {
+	// The account commands follow device summary in the overview.
+	i := slices.IndexFunc(commands, func(s *spec) bool { return s.name == "device summary" })
+	commands = slices.Insert(commands, i+1, accountCommands...)
+}
+
 func findSpec(name string) *spec {
 	for _, s := range commands {
 		if s.name == name {
@@ -176,7 +182,7 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.serve(ctx, rest)
 	case "completion":
 		return c.completion(rest)
-	case "firmware", "update", "device":
+	case "firmware", "update", "device", "monitor":
 		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
 			if len(rest) > 0 && isHelpFlag(rest[0]) {
 				c.group(cmd)(c.stdout)
@@ -211,6 +217,9 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 			return c.deviceList(ctx, rest)
 		case "device summary":
 			return c.deviceSummary(ctx, rest)
+		}
+		if ok, err := c.accountCommand(ctx, sub, rest); ok {
+			return err
 		}
 		return &usageError{msg: fmt.Sprintf("unknown command %q", sub), list: c.group(cmd)}
 	}

@@ -76,6 +76,7 @@ type server struct {
 	mu       sync.Mutex // guards log (written by the stderr reader) and cmd
 	cmd      *exec.Cmd
 	log      bytes.Buffer
+	creds    map[string]string // ID prefix -> credentials file provisioned for it
 }
 
 func startServer(t *testing.T) *server {
@@ -232,7 +233,8 @@ func startSim(t *testing.T, s *server, args ...string) *sim {
 	t.Helper()
 	_, bin := binaries(t)
 	sm := &sim{summary: filepath.Join(t.TempDir(), "summary.json"), out: &bytes.Buffer{}, done: make(chan error, 1)}
-	all := append([]string{"--broker", "tcp://" + s.mqttAddr, "--summary", sm.summary, "--reboot-delay", "100ms"}, args...)
+	all := append([]string{"--broker", "tcp://" + s.mqttAddr, "--summary", sm.summary, "--reboot-delay", "100ms",
+		"--credentials", s.provision(args)}, args...)
 	sm.cmd = exec.Command(bin, all...)
 	sm.cmd.Stdout, sm.cmd.Stderr = sm.out, sm.out
 	require.NoError(t, sm.cmd.Start())
@@ -243,6 +245,32 @@ func startSim(t *testing.T, s *server, args ...string) *sim {
 		sm.done <- nil
 	})
 	return sm
+}
+
+// provision creates, once per ID prefix, the accounts of the devices that
+// devicesim args name (--id-prefix, --devices) with orchestrator device
+// provision, and returns the credentials file.
+func (s *server) provision(args []string) string {
+	s.t.Helper()
+	prefix, devices := "sim-", "10"
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "--id-prefix":
+			prefix = args[i+1]
+		case "--devices":
+			devices = args[i+1]
+		}
+	}
+	if f, ok := s.creds[prefix]; ok {
+		return f
+	}
+	f := filepath.Join(s.t.TempDir(), "creds.csv")
+	s.mustCLI("device", "provision", "--prefix", prefix, "--count", devices, "--out", f)
+	if s.creds == nil {
+		s.creds = make(map[string]string)
+	}
+	s.creds[prefix] = f
+	return f
 }
 
 // stop interrupts devicesim (it prints and writes its summary) and reads the
@@ -453,6 +481,9 @@ func TestE2E_GarbageFromMosquittoPubIsCountedAndHarmless(t *testing.T) {
 
 	host, port, _ := strings.Cut(s.mqttAddr, ":")
 	pub := requireTool(t, "mosquitto_pub")
+	// A device with valid credentials that sends garbage: the worst a
+	// compromised device can do on its own topics.
+	secret := strings.TrimSpace(s.mustCLI("device", "add", "junk"))
 	for i, msg := range []struct{ topic, payload string }{
 		{"flota/devices/junk/up/report", "\x01\x02 not json at all"},
 		{"flota/devices/junk/up/hello", `{"v":1,"version":7}`},
@@ -460,7 +491,7 @@ func TestE2E_GarbageFromMosquittoPubIsCountedAndHarmless(t *testing.T) {
 		{"flota/devices/junk/up/report", `{"v":1,"update":"u-000000000000","handle":1,"state":"accepted"}`},
 		{"flota/devices/junk/up/report", `{"v":1,"update":"` + id + `","handle":1,"state":"teleported"}`},
 	} {
-		out, err := exec.Command(pub, "-h", host, "-p", port, "-i", "junk", "-q", "1", "-t", msg.topic, "-m", msg.payload).CombinedOutput()
+		out, err := exec.Command(pub, "-h", host, "-p", port, "-i", "junk", "-u", "junk", "-P", secret, "-q", "1", "-t", msg.topic, "-m", msg.payload).CombinedOutput()
 		require.NoError(t, err, "message %d: %s", i, out)
 	}
 	var stats struct {

@@ -13,6 +13,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -91,8 +92,16 @@ type Config struct {
 
 	Logger *slog.Logger
 
+	// Username and Password are the MQTT credentials; with a Password and
+	// no Username, the username is ID (docs/PROTOCOL.md, "Connecting").
 	Username string
 	Password string
+	// EnrollToken, when set, makes the agent send the enrollment form of the
+	// password (protocol.EnrollPassword), so that an unknown device
+	// registers itself with Password as its secret.
+	EnrollToken string
+	// TLSConfig is used for ssl:// broker URLs.
+	TLSConfig *tls.Config
 }
 
 // Stats are an agent's counters. Copy-safe.
@@ -488,12 +497,7 @@ func (a *Agent) connect() {
 	// Presence for brokers without connection hooks: the broker publishes
 	// this when the connection ends without a DISCONNECT.
 	opts.SetBinaryWill(a.statusTopic(), statusOffline, 1, true)
-	if a.cfg.Username != "" {
-		opts.SetUsername(a.cfg.Username)
-	}
-	if a.cfg.Password != "" {
-		opts.SetPassword(a.cfg.Password)
-	}
+	a.setCredentials(opts)
 	a.client = mqtt.NewClient(opts)
 	a.online = true
 	a.connTok = a.client.Connect()

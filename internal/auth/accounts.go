@@ -6,16 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"strings"
 	"sync"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/sqlite"
 )
-
-// EnrollPrefix starts the MQTT password of a device that enrolls with the
-// fleet token: "enroll:<fleet token>:<device secret>" (docs/PROTOCOL.md).
-const EnrollPrefix = "enroll:"
 
 // Reasons a connection is refused. They are logged by the broker; the client
 // only sees CONNACK "not authorised".
@@ -94,7 +90,7 @@ func (a *Accounts) Authenticate(ctx context.Context, c Connect) (fleet.Role, err
 		return "", ErrUsernameMismatch
 	}
 	id := c.ClientID
-	secret, token, enrolling := parsePassword(string(c.Password))
+	secret, token, enrolling := protocol.ParsePassword(string(c.Password))
 	if !c.CertVerified {
 		if role, ok := a.c.lookup(id, secret); ok {
 			return role, nil
@@ -131,20 +127,6 @@ func (a *Accounts) Authenticate(ctx context.Context, c Connect) (fleet.Role, err
 		a.c.put(id, secret, cred.Role, gen)
 	}
 	return cred.Role, nil
-}
-
-// parsePassword splits an enrollment password; any other password is the
-// secret itself. Secrets are base64url, so they hold no ':'.
-func parsePassword(pw string) (secret, token string, enrolling bool) {
-	rest, ok := strings.CutPrefix(pw, EnrollPrefix)
-	if !ok {
-		return pw, "", false
-	}
-	i := strings.LastIndexByte(rest, ':')
-	if i < 0 {
-		return pw, "", false
-	}
-	return rest[i+1:], rest[:i], true
 }
 
 // enroll registers an unknown device that presented the fleet token.
@@ -189,6 +171,9 @@ type Issued struct {
 // none. Secrets are hashed on every core.
 func (a *Accounts) Add(ctx context.Context, role fleet.Role, ids []string) ([]Issued, error) {
 	a.init()
+	if len(ids) == 0 || len(ids) > MaxProvision {
+		return nil, fleet.Errorf(fleet.ErrInvalidInput, "want 1 to %d accounts, got %d", MaxProvision, len(ids))
+	}
 	out := make([]Issued, len(ids))
 	creds := make([]fleet.Credential, len(ids))
 	for i, id := range ids {
@@ -222,10 +207,21 @@ func (a *Accounts) Approve(ctx context.Context, id string) error {
 	return err
 }
 
-// Revoke refuses account id from now on and ends its connection at once.
-func (a *Accounts) Revoke(ctx context.Context, id string) error {
+// MaxProvision is the most accounts one call to Add creates.
+const MaxProvision = 99999
+
+// Revoke refuses account id, which must have role, from now on and ends its
+// connection at once.
+func (a *Accounts) Revoke(ctx context.Context, role fleet.Role, id string) error {
 	a.init()
-	_, err := a.Store.SetCredentialStatus(ctx, id, fleet.CredentialRevoked)
+	cred, err := a.Store.Credential(ctx, id)
+	if err != nil {
+		return err
+	}
+	if cred.Role != role {
+		return fleet.Errorf(fleet.ErrCredentialNotFound, "%s is not a %s", id, role)
+	}
+	_, err = a.Store.SetCredentialStatus(ctx, id, fleet.CredentialRevoked)
 	a.c.forget(id) // after the store: a verification in flight cannot re-cache it
 	if err != nil {
 		return err

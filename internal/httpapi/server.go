@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/internal/sqlite"
@@ -57,6 +58,9 @@ type Server struct {
 	// flota/events/# and flota/status/updates/#. The handler does not block.
 	Subscribe func(filter string, handler func(topic string, payload []byte)) error
 	Logger    *slog.Logger
+	// Accounts manages the embedded broker's MQTT accounts (accounts.go);
+	// nil answers 503 on those routes.
+	Accounts *auth.Accounts
 	// Version is reported by GET /api/v1/health.
 	Version string
 	// MaxFirmwareSize bounds an uploaded image; 0 means DefaultMaxFirmwareSize.
