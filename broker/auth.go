@@ -121,6 +121,11 @@ func (b *Broker) Disconnect(clientID string) bool {
 		return false
 	}
 	b.log.Info("disconnecting client", "client", clientID, "remote", cl.Net.Remote)
-	_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized) // returns the code it closed with
+	if cl.Properties.ProtocolVersion >= 5 {
+		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized) // returns the code it closed with
+		return true
+	}
+	// MQTT 3.1.1 has no DISCONNECT from the server: close the connection.
+	cl.Stop(packets.ErrNotAuthorized)
 	return true
 }
