@@ -162,6 +162,8 @@ func TestMQTTAuth_DeviceReadsOnlyItsOwnTopics(t *testing.T) {
 	for _, c := range cases {
 		out := subscribeDenied(t, m, c.filter, c.topic, creds...)
 		assert.NotContains(t, out, "leak", "device read %s through %s", c.topic, c.filter)
+		// mochi keeps its $SYS topics retained: a granted $SYS/# gets them at once.
+		assert.NotContains(t, out, "$SYS/", "device read $SYS through %s", c.filter)
 	}
 	assert.GreaterOrEqual(t, m.Broker.Stats().ACLDenied, int64(len(cases)))
 
@@ -310,9 +312,9 @@ func TestMQTTAuth_EnrolledDeviceWaitsForApproval(t *testing.T) {
 	require.Zero(t, res.code, res.stderr)
 	out, ok = pub(pw)
 	require.True(t, ok, "approved device refused: %s", out)
+	routedOnce(t, r, topic)
 	out, ok = pub(secret)
 	require.True(t, ok, "the plain secret works too: %s", out)
-	assert.Equal(t, 2, r.count(topic))
 	_, ok = pub(protocol.EnrollPassword(token, "another-secret-0123456789abc"))
 	assert.False(t, ok, "the token does not replace the device's secret")
 }
@@ -324,14 +326,14 @@ func TestMQTTAuth_AutoApproveAndAnonymousModes(t *testing.T) {
 	pw := protocol.EnrollPassword("fleet-token-0123456789abcdef", "device-chosen-secret-0123456789")
 	out, ok := mosq(t, m, "mosquitto_pub", "-i", "auto-1", "-u", "auto-1", "-P", pw, "-q", "1", "-t", protocol.UpTopic("auto-1", "probe"), "-m", "x")
 	require.True(t, ok, out)
-	assert.Equal(t, 1, r.count(protocol.UpTopic("auto-1", "probe")))
+	routedOnce(t, r, protocol.UpTopic("auto-1", "probe"))
 
 	anon, r2 := secureMain(t, func(c *Config) { c.AllowAnonymous = true })
 	out, ok = mosq(t, anon, "mosquitto_pub", "-i", "dev-x", "-q", "1", "-t", protocol.UpTopic("dev-x", "probe"), "-m", "x")
 	require.True(t, ok, out)
 	_, ok = mosq(t, anon, "mosquitto_pub", "-i", "dev-x", "-q", "1", "-t", protocol.UpTopic("dev-y", "probe"), "-m", "x")
 	assert.False(t, ok, "the client-ID ACL still applies without authentication")
-	assert.Equal(t, 1, r2.count(protocol.UpTopic("dev-x", "probe")))
+	routedOnce(t, r2, protocol.UpTopic("dev-x", "probe"))
 	assert.Zero(t, r2.count(protocol.UpTopic("dev-y", "probe")))
 }
 
@@ -349,11 +351,14 @@ func TestMQTTAuth_RateLimitDropsAFloodAndKeepsTheClient(t *testing.T) {
 	elapsed := time.Since(start)
 	require.NoError(t, err, "the offender keeps its connection: %s", out)
 
+	// Every message is either routed or counted as dropped.
+	require.Eventually(t, func() bool {
+		return int64(r.count(topic))+m.Broker.Stats().RateLimited == sent
+	}, waitFor, 10*time.Millisecond, "routed %d, dropped %d", r.count(topic), m.Broker.Stats().RateLimited)
 	got := r.count(topic)
 	limit := 50 + int(elapsed.Seconds()*50) + 1
 	assert.LessOrEqual(t, got, limit, "%d of %d routed in %s", got, sent, elapsed)
 	assert.Positive(t, got)
-	assert.EqualValues(t, sent-got, m.Broker.Stats().RateLimited)
 }
 
 func TestMQTTAuth_OversizedPacketDisconnects(t *testing.T) {
