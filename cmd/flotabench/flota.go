@@ -100,8 +100,12 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	}
 	defer simOut.Close()
 	summaryFile := filepath.Join(dir, "summary.json")
+	credsFile := filepath.Join(dir, "creds.csv")
+	if err := provision(ctx, api, o.Devices, credsFile); err != nil {
+		return res, err
+	}
 	sim, err := startChild("devicesim", filepath.Join(o.BinDir, "devicesim"), []string{
-		"--broker", mqttURL, "--devices", strconv.Itoa(o.Devices), "--model", simModel, "--version", simFromVersion,
+		"--broker", mqttURL, "--credentials", credsFile, "--devices", strconv.Itoa(o.Devices), "--model", simModel, "--version", simFromVersion,
 		"--reboot-delay", simRebootDelay.String(), "--connect-rate", strconv.Itoa(o.ConnectRate),
 		"--summary", summaryFile, "--exit-when-updated", simToVersion,
 	}, nil, simOut, simOut, simOut.Name())
