@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,6 +11,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -152,4 +154,26 @@ func TestMQTTTLS_MutualTLSNeedsTheClientIDInTheCommonName(t *testing.T) {
 func routedOnce(t *testing.T, r *routed, topic string) {
 	t.Helper()
 	require.Eventually(t, func() bool { return r.count(topic) == 1 }, waitFor, 10*time.Millisecond)
+}
+
+func TestMQTTTLS_DevicesimConnectsWithPerDeviceCertificates(t *testing.T) {
+	ca := newTestCA(t, "flota-test-ca")
+	cert, key := ca.issue("broker", true)
+	m, _ := secureMain(t, func(c *Config) {
+		c.MQTTTLSAddr, c.TLSCert, c.TLSKey, c.TLSClientCA = "127.0.0.1:0", cert, key, ca.file
+	})
+	_, err := m.Accounts.Add(context.Background(), fleet.RoleDevice, []string{"tls-00001", "tls-00002"})
+	require.NoError(t, err)
+	ca.issue("tls-00001", false)
+	ca.issue("tls-00002", false)
+
+	_, bin := binaries(t)
+	cmd := exec.Command(bin, "--broker", "ssl://"+m.MQTTTLSAddr(), "--devices", "2", "--id-prefix", "tls-",
+		"--ca-file", ca.file, "--cert", filepath.Join(ca.dir, "{id}.crt"), "--key", filepath.Join(ca.dir, "{id}.key"))
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	require.Eventually(t, func() bool { return m.Broker.Online("tls-00001") && m.Broker.Online("tls-00002") },
+		waitFor, 20*time.Millisecond, "devicesim: %s", out)
 }

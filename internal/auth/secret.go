@@ -29,8 +29,8 @@ const (
 // Argon2id parameters of new hashes. Secrets are random and at least 128
 // bits, so the hash does not need to slow down a dictionary attack: it only
 // has to keep a stolen database from giving the secrets away. One pass over
-// 512 KiB costs about 1 ms of one core (docs/BENCHMARKS.md), which keeps
-// 10,000 first connections to about 5 s of CPU on 2 cores. The parameters are
+// 512 KiB costs 1 to 2 ms of one core (docs/BENCHMARKS.md), so 10,000 first
+// connections cost 6 to 10 s on 2 cores; reconnections hit the cache. The parameters are
 // part of each encoded hash, so changing them here affects new hashes only.
 const (
 	argonTime    = 1
