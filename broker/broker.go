@@ -1,7 +1,7 @@
 // Package broker is flota's embedded MQTT broker: mochi-mqtt with a TCP
-// listener, a hook that authenticates client IDs and confines every client to
-// its own topics, presence tracking per connection, and the inline
-// publish/subscribe that the engine uses as its transport.
+// listener (and optionally a TLS one), a hook that authenticates clients and
+// confines every client to its own topics, presence tracking per connection,
+// and the inline publish/subscribe that the engine uses as its transport.
 //
 // # Topic ACL
 //
@@ -28,9 +28,21 @@
 // (mochi's behaviour; an MQTT 5 client gets PUBACK 0x87 instead). A will
 // message is a publish too: a connection whose will topic it may not write is
 // refused at connect. The inline client (the orchestrator itself) bypasses the
-// ACL. Any valid ID may read the events and status trees, so a read-only
-// monitor is just a client that never writes; Options.Authenticator is where
-// passwords will be checked.
+// ACL.
+//
+// # Authentication and roles
+//
+// Options.Authenticate is asked at every CONNECT (after the client ID check,
+// before mochi takes over an existing session with that ID) and returns the
+// connection's role, kept with the connection: a device gets the rules above;
+// a monitor may read the events and status trees only and write nothing. On a
+// TLS listener that verifies client certificates, the certificate's common
+// name must be the client ID and the connection is marked CertVerified. A nil
+// Authenticate makes every valid client ID a device (tests, benchmarks).
+//
+// Disconnect closes a client's connection at once (a revoked account). Each
+// connection's publishes pass a token bucket (Options.RateLimit); over it,
+// messages are acknowledged and dropped.
 package broker
 
 import (
