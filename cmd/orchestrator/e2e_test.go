@@ -338,8 +338,11 @@ func TestE2E_FleetOf100DevicesSucceeds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// stdbuf: mosquitto_sub's debug lines are block-buffered on a pipe.
+	// A read-only monitor account, as an operator would create one.
+	monSecret := strings.TrimSpace(s.mustCLI("monitor", "add", "monitor-e2e"))
 	monitor := exec.CommandContext(ctx, requireTool(t, "stdbuf"), "-oL", requireTool(t, "mosquitto_sub"),
-		"-h", host, "-p", port, "-i", "monitor-e2e", "-t", "flota/events/#", "-v", "-q", "1", "-d")
+		"-h", host, "-p", port, "-i", "monitor-e2e", "-u", "monitor-e2e", "-P", monSecret,
+		"-t", "flota/events/#", "-v", "-q", "1", "-d")
 	var events bytes.Buffer
 	var evMu sync.Mutex // guards events
 	subscribed := make(chan struct{})
