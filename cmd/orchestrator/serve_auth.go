@@ -83,7 +83,7 @@ func (c *Config) tlsConfig() (*tls.Config, error) {
 }
 
 // anonymousWarning is logged at every start with --allow-anonymous.
-const anonymousWarning = "MQTT AUTHENTICATION IS OFF (--allow-anonymous): anyone who reaches the broker can connect as any device that is not online and report progress for it; development only"
+const anonymousWarning = "MQTT AUTHENTICATION IS OFF (--allow-anonymous): anyone who reaches the broker can connect as any device without an account and report progress for it; development only"
 
 // brokerOptions builds the embedded broker's options and m.Accounts, which
 // authenticates its connections.

@@ -81,10 +81,18 @@ func (a *Accounts) verify(ctx context.Context, secret, hash string) (bool, error
 func (a *Accounts) Authenticate(ctx context.Context, c Connect) (fleet.Role, error) {
 	a.init()
 	if c.Username == "" && len(c.Password) == 0 && !c.CertVerified {
-		if a.AllowAnonymous {
-			return fleet.RoleDevice, nil
+		if !a.AllowAnonymous {
+			return "", ErrNoCredentials
 		}
-		return "", ErrNoCredentials
+		// Even in development mode, an ID that has an account needs its
+		// credentials: no anonymous client takes over a real device.
+		if _, err := a.Store.Credential(ctx, c.ClientID); !errors.Is(err, fleet.ErrCredentialNotFound) {
+			if err != nil {
+				return "", err
+			}
+			return "", ErrNoCredentials
+		}
+		return fleet.RoleDevice, nil
 	}
 	if c.Username != "" && c.Username != c.ClientID {
 		return "", ErrUsernameMismatch

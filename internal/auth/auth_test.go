@@ -117,6 +117,11 @@ func TestAccounts_AnonymousModeStillChecksGivenCredentials(t *testing.T) {
 	assert.Equal(t, fleet.RoleDevice, role)
 	_, err = a.Authenticate(ctx, connect("dev-1", "not-the-secret-0123456789"))
 	assert.ErrorIs(t, err, ErrUnknownAccount)
+
+	_, err = a.Add(ctx, fleet.RoleDevice, []string{"dev-2"})
+	require.NoError(t, err)
+	_, err = a.Authenticate(ctx, Connect{ClientID: "dev-2"})
+	assert.ErrorIs(t, err, ErrNoCredentials, "an account's ID is never anonymous")
 }
 
 func TestAccounts_EnrollmentPendingUntilApproved(t *testing.T) {

@@ -122,6 +122,10 @@ func (s *Server) issue(w http.ResponseWriter, r *http.Request, role fleet.Role, 
 				return
 			}
 		}
+		if err := s.Store.Wait(r.Context()); err != nil { // selectable once the answer arrives
+			s.writeError(w, r, err)
+			return
+		}
 	}
 	s.logger().Info("mqtt accounts added", "role", role, "count", len(issued), "first", ids[0])
 	writeJSON(w, http.StatusCreated, CredentialList{Credentials: issued})
