@@ -77,7 +77,7 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--log-level LEVEL] [--window N]",
+	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--allow-anonymous]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
 	{name: "firmware add", args: "FILE --version V [--name N] [--model M]",
@@ -377,8 +377,12 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.BrokerCert, "broker-cert", "", "PEM client certificate for the external broker")
 	fs.StringVar(&m.Config.BrokerKey, "broker-key", "", "PEM key of --broker-cert")
 	fs.StringVar(&m.Config.BrokerClientID, "broker-client-id", mqttclient.DefaultClientID, "MQTT client ID at the external broker: unique, and no device's ID")
+	securityFlags(fs, &m.Config)
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
+	}
+	if err := m.Config.checkSecurity(); err != nil {
+		return &usageError{msg: err.Error(), spec: sp}
 	}
 	if _, err := parseLogLevel(m.Config.LogLevel); err != nil {
 		return &usageError{msg: err.Error(), spec: sp}
@@ -396,6 +400,9 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stderr, "mqtt broker %s\n", m.Client.Stats().Broker)
 	} else {
 		fmt.Fprintf(c.stderr, "mqtt listening on tcp://%s\n", m.MQTTAddr())
+		if a := m.MQTTTLSAddr(); a != "" {
+			fmt.Fprintf(c.stderr, "mqtt listening on ssl://%s\n", a)
+		}
 	}
 	fmt.Fprintf(c.stderr, "http listening on %s\n", m.HTTPURL())
 	<-ctx.Done()

@@ -28,6 +28,9 @@ func securityFlags(fs *flag.FlagSet, c *Config) {
 
 // check validates the combination of security flags.
 func (c *Config) checkSecurity() error {
+	if c.Broker != "" && (c.AllowAnonymous || c.EnrollTokenFile != "" || c.MQTTTLSAddr != "" || c.RateLimit != 0) {
+		return errors.New("--allow-anonymous, --enroll-token-file, --mqtt-tls and --mqtt-rate-limit configure the embedded broker, not --broker")
+	}
 	if c.AutoApprove && c.EnrollTokenFile == "" {
 		return errors.New("--auto-approve needs --enroll-token-file")
 	}
