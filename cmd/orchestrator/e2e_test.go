@@ -77,12 +77,16 @@ type server struct {
 	cmd      *exec.Cmd
 	log      bytes.Buffer
 	creds    map[string]string // ID prefix -> credentials file provisioned for it
+	// serveArgs are added to every serve command line; tlsAddr is the TLS
+	// listener's address when they ask for one.
+	serveArgs []string
+	tlsAddr   string
 }
 
-func startServer(t *testing.T) *server {
+func startServer(t *testing.T, serveArgs ...string) *server {
 	t.Helper()
 	orch, _ := binaries(t)
-	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data")}
+	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data"), serveArgs: serveArgs}
 	t.Cleanup(func() {
 		s.kill()
 		if t.Failed() {
@@ -98,7 +102,7 @@ func startServer(t *testing.T) *server {
 func (s *server) start(mqttAddr, httpAddr string) {
 	t := s.t
 	t.Helper()
-	cmd := exec.Command(s.bin, "serve", "--data", s.data, "--mqtt", mqttAddr, "--http", httpAddr)
+	cmd := exec.Command(s.bin, append([]string{"serve", "--data", s.data, "--mqtt", mqttAddr, "--http", httpAddr}, s.serveArgs...)...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -115,6 +119,11 @@ func (s *server) start(mqttAddr, httpAddr string) {
 			s.mu.Unlock()
 			if a, ok := strings.CutPrefix(line, "mqtt listening on tcp://"); ok {
 				mqttSeen = a
+			}
+			if a, ok := strings.CutPrefix(line, "mqtt listening on ssl://"); ok {
+				s.mu.Lock()
+				s.tlsAddr = a
+				s.mu.Unlock()
 			}
 			if a, ok := strings.CutPrefix(line, "http listening on "); ok {
 				urlSeen = a

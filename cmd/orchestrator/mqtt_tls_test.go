@@ -177,3 +177,25 @@ func TestMQTTTLS_DevicesimConnectsWithPerDeviceCertificates(t *testing.T) {
 	require.Eventually(t, func() bool { return m.Broker.Online("tls-00001") && m.Broker.Online("tls-00002") },
 		waitFor, 20*time.Millisecond, "devicesim: %s", out)
 }
+
+func TestE2E_ServeWithMutualTLSFlags(t *testing.T) {
+	ca := newTestCA(t, "flota-test-ca")
+	cert, key := ca.issue("broker", true)
+	s := startServer(t, "--mqtt-tls", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, "--tls-client-ca", ca.file)
+	s.mu.Lock()
+	tlsAddr := s.tlsAddr
+	s.mu.Unlock()
+	require.NotEmpty(t, tlsAddr, "serve printed its TLS address")
+	s.mustCLI("device", "add", "dev-a")
+	devA, devAKey := ca.issue("dev-a", false)
+	host, port, _ := strings.Cut(tlsAddr, ":")
+	pub := func() (string, bool) {
+		return runTool(t, requireTool(t, "mosquitto_pub"), "-h", host, "-p", port, "--cafile", ca.file,
+			"--cert", devA, "--key", devAKey, "-i", "dev-a", "-q", "1", "-t", protocol.UpTopic("dev-a", "probe"), "-m", "x")
+	}
+	out, ok := pub()
+	require.True(t, ok, "mTLS publish refused: %s", out)
+	s.mustCLI("device", "revoke", "dev-a")
+	_, ok = pub()
+	assert.False(t, ok, "revoked device connected")
+}

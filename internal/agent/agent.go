@@ -58,7 +58,7 @@ type Faults struct {
 
 // Config configures an Agent. Zero durations take the Default constants.
 type Config struct {
-	Broker  string // tcp://host:port
+	Broker  string // tcp://host:port, or ssl://host:port with TLSConfig
 	ID      string // device ID, also the MQTT client ID
 	Model   string
 	Version string // version running at start
