@@ -438,3 +438,30 @@ func TestAccountCLI_ErrorsAreClearAndLoseNothing(t *testing.T) {
 	assert.Contains(t, res.stdout, "ops")
 	assert.NotContains(t, res.stdout, "dev-1")
 }
+
+func TestE2E_DevicesimEnrollsAndWaitsForApproval(t *testing.T) {
+	token := "fleet-token-0123456789abcdef"
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte(token), 0o600))
+	m, _ := secureMain(t, func(c *Config) { c.EnrollTokenFile = tokenFile })
+
+	_, bin := binaries(t)
+	cmd := exec.Command(bin, "--broker", "tcp://"+m.MQTTAddr(), "--devices", "2", "--id-prefix", "enr-", "--enroll-token", token)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+
+	pending := func() bool {
+		list, err := m.Store.ListCredentials(context.Background(), fleet.RoleDevice, fleet.CredentialPending)
+		return err == nil && len(list) == 2
+	}
+	require.Eventually(t, pending, waitFor, 20*time.Millisecond, "devicesim: %s", out)
+	assert.False(t, m.Broker.Online("enr-00001"), "a pending device is refused")
+
+	res := runCLI(t, m.HTTPURL(), "device", "approve", "enr-00001")
+	require.Zero(t, res.code, res.stderr)
+	require.Eventually(t, func() bool { return m.Broker.Online("enr-00001") }, 30*time.Second, 50*time.Millisecond,
+		"the approved device connects on its next retry")
+	assert.False(t, m.Broker.Online("enr-00002"), "the other is still pending")
+}
