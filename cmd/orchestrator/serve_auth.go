@@ -26,7 +26,7 @@ func securityFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.RateBurst, "mqtt-rate-burst", 0, "burst of --mqtt-rate-limit (0: default 10000)")
 }
 
-// check validates the combination of security flags.
+// checkSecurity validates the combination of security flags.
 func (c *Config) checkSecurity() error {
 	if c.Broker != "" && (c.AllowAnonymous || c.EnrollTokenFile != "" || c.MQTTTLSAddr != "" || c.RateLimit != 0) {
 		return errors.New("--allow-anonymous, --enroll-token-file, --mqtt-tls and --mqtt-rate-limit configure the embedded broker, not --broker")
