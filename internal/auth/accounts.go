@@ -131,6 +131,17 @@ func (a *Accounts) Authenticate(ctx context.Context, c Connect) (fleet.Role, err
 	default:
 		return "", ErrRevoked
 	}
+	if a.c.generation() != gen {
+		// An account was revoked or approved while this one was being
+		// verified: read its status again rather than trust the old row.
+		now, err := a.Store.Credential(ctx, id)
+		if err != nil {
+			return "", err
+		}
+		if now.Status != fleet.CredentialActive {
+			return "", ErrRevoked
+		}
+	}
 	if !c.CertVerified {
 		a.c.put(id, secret, cred.Role, gen)
 	}
