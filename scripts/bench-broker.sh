@@ -41,7 +41,7 @@ if [ "$mode" = mosquitto ]; then
   pids+=($!)
   orch_pid=$!
 else
-  "$BIN/orchestrator" serve --data "$work/data" --http "127.0.0.1:$HTTP" --mqtt "127.0.0.1:$MQ" --log-level error 2>"$work/orchestrator.log" &
+  "$BIN/orchestrator" serve --data "$work/data" --http "127.0.0.1:$HTTP" --mqtt "127.0.0.1:$MQ" --allow-anonymous --log-level error 2>"$work/orchestrator.log" &
   pids+=($!)
   orch_pid=$!
   broker_pid=$orch_pid

@@ -28,9 +28,14 @@ done
 echo "== generating a firmware signing key pair (the devices get the public key)"
 "$BIN/orchestrator" keys generate --out "$WORK/keys" | sed 's/^/   /'
 
-echo "== starting devicesim: $DEVICES devices of model sim-a on 1.0.0"
-"$BIN/devicesim" --broker "tcp://127.0.0.1:$MQTT_PORT" --devices "$DEVICES" --model sim-a --version 1.0.0 \
-  --public-key "$WORK/keys/firmware.pub" --tags site=demo --reboot-delay 500ms --summary "$WORK/summary.json" --exit-when-updated 1.1.0 \
+echo "== provisioning MQTT accounts: $DEVICES devices (secrets in a 0600 CSV file) and a read-only monitor"
+"$BIN/orchestrator" device provision --prefix sim- --count "$DEVICES" --out "$WORK/creds.csv"
+MONITOR_SECRET=$("$BIN/orchestrator" monitor add demo-monitor 2>/dev/null)
+
+echo "== starting devicesim: $DEVICES devices of model sim-a on 1.0.0, each with its own secret"
+"$BIN/devicesim" --broker "tcp://127.0.0.1:$MQTT_PORT" --devices "$DEVICES" --id-prefix sim- --credentials "$WORK/creds.csv" \
+  --model sim-a --version 1.0.0 --public-key "$WORK/keys/firmware.pub" \
+  --tags site=demo --reboot-delay 500ms --summary "$WORK/summary.json" --exit-when-updated 1.1.0 \
   >"$WORK/devicesim.out" 2>"$WORK/devicesim.log" &
 sim=$!
 pids+=($sim)
@@ -49,7 +54,7 @@ echo "   firmware $FW"
 
 UPD=$("$BIN/orchestrator" update create --firmware "$FW" --select model=sim-a)
 echo "== update $UPD started; watch its events live from another terminal with:"
-echo "   mosquitto_sub -h 127.0.0.1 -p $MQTT_PORT -t 'flota/events/#' -v"
+echo "   mosquitto_sub -h 127.0.0.1 -p $MQTT_PORT -i demo-monitor -u demo-monitor -P $MONITOR_SECRET -t 'flota/events/#' -v"
 echo "   or open the dashboard at $FLOTA_SERVER/ (set DEVICES=2000 SIZE=8388608 for a longer rollout)"
 echo
 

@@ -57,6 +57,11 @@ type options struct {
 	duration        time.Duration
 	username        string
 	password        string
+	credentials     string
+	enrollToken     string
+	caFile          string
+	certFile        string
+	keyFile         string
 	logLevel        slog.Level
 	publicKeyFile   string
 	publicKey       ed25519.PublicKey
@@ -90,6 +95,12 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.DurationVar(&o.duration, "duration", 0, "exit after this long (0: no limit)")
 	fs.StringVar(&o.username, "username", "", "MQTT username")
 	fs.StringVar(&o.password, "password", "", "MQTT password")
+	fs.StringVar(&o.credentials, "credentials", "", "CSV file id,secret (orchestrator device provision --out): each device's MQTT password; "+
+		"the devices keep the IDs of --id-prefix and --devices, and each must have a row")
+	fs.StringVar(&o.enrollToken, "enroll-token", "", "fleet enrollment token: devices enroll themselves (pending until approved unless the server auto-approves)")
+	fs.StringVar(&o.caFile, "ca-file", "", "PEM CA of the broker's certificate, for ssl:// (default: system roots)")
+	fs.StringVar(&o.certFile, "cert", "", "PEM client certificate for mutual TLS; {id} in the path is replaced by each device's ID")
+	fs.StringVar(&o.keyFile, "key", "", "PEM key of --cert; {id} is replaced as in --cert")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelWarn, "log level: debug, info, warn, error")
 	fs.StringVar(&o.publicKeyFile, "public-key", "", "PEM ed25519 public key the devices verify firmware signatures with "+
 		"(orchestrator keys generate); without it they install unsigned images and downgrades")
@@ -192,6 +203,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			return fmt.Errorf("state directory: %w", err)
 		}
 	}
+	sec, err := loadSecurity(o)
+	if err != nil {
+		return err
+	}
 	rebootDelay := max(o.rebootDelay, time.Millisecond) // the agent reads zero as its default
 	agents := make([]*agent.Agent, o.devices)
 	for i := range agents {
@@ -200,13 +215,17 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		if o.stateDir != "" {
 			stateFile = filepath.Join(o.stateDir, id+".json")
 		}
-		agents[i] = agent.New(agent.Config{
+		cfg := agent.Config{
 			Broker: o.broker, ID: id, Model: o.model, Version: o.version, Tags: o.tags,
 			RebootDelay: rebootDelay, InstallDelay: o.installDelay, Faults: o.faults, StateFile: stateFile,
 			Seed: seed + uint64(i) + 1, Logger: log, Username: o.username, Password: o.password,
 			PublicKey: o.publicKey,
 			Bandwidth: o.bandwidth, Latency: o.latency, KeepAlive: keepAlive(o.keepAlive),
-		})
+		}
+		if err := sec.apply(&cfg); err != nil {
+			return err
+		}
+		agents[i] = agent.New(cfg)
 	}
 
 	started := time.Now()

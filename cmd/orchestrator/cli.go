@@ -77,7 +77,7 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--log-level LEVEL] [--window N]",
+	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--allow-anonymous]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
 	{name: "keys generate", args: "[--out DIR]",
@@ -118,6 +118,12 @@ var commands = []*spec{
 	{name: "completion", args: "bash|zsh", summary: "print a shell completion script",
 		example: "source <(orchestrator completion bash)    # or: orchestrator completion zsh > \"${fpath[1]}/_orchestrator\""},
 	{name: "version", args: "[--json]", summary: "print the version", example: "orchestrator version"},
+}
+
+func init() {
+	// The account commands follow device summary in the overview.
+	i := slices.IndexFunc(commands, func(s *spec) bool { return s.name == "device summary" })
+	commands = slices.Insert(commands, i+1, accountCommands...)
 }
 
 func findSpec(name string) *spec {
@@ -179,7 +185,7 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.serve(ctx, rest)
 	case "completion":
 		return c.completion(rest)
-	case "firmware", "update", "device", "keys":
+	case "firmware", "update", "device", "keys", "monitor":
 		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
 			if len(rest) > 0 && isHelpFlag(rest[0]) {
 				c.group(cmd)(c.stdout)
@@ -216,6 +222,9 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 			return c.deviceList(ctx, rest)
 		case "device summary":
 			return c.deviceSummary(ctx, rest)
+		}
+		if ok, err := c.accountCommand(ctx, sub, rest); ok {
+			return err
 		}
 		return &usageError{msg: fmt.Sprintf("unknown command %q", sub), list: c.group(cmd)}
 	}
@@ -374,8 +383,12 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.BrokerKey, "broker-key", "", "PEM key of --broker-cert")
 	fs.StringVar(&m.Config.BrokerClientID, "broker-client-id", mqttclient.DefaultClientID, "MQTT client ID at the external broker: unique, and no device's ID")
 	fs.StringVar(&m.Config.FirmwarePublicKey, "firmware-public-key", "", "PEM ed25519 public key: refuse firmware uploads not signed with its private key")
+	securityFlags(fs, &m.Config)
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
+	}
+	if err := m.Config.checkSecurity(); err != nil {
+		return &usageError{msg: err.Error(), spec: sp}
 	}
 	if _, err := parseLogLevel(m.Config.LogLevel); err != nil {
 		return &usageError{msg: err.Error(), spec: sp}
@@ -393,6 +406,9 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stderr, "mqtt broker %s\n", m.Client.Stats().Broker)
 	} else {
 		fmt.Fprintf(c.stderr, "mqtt listening on tcp://%s\n", m.MQTTAddr())
+		if a := m.MQTTTLSAddr(); a != "" {
+			fmt.Fprintf(c.stderr, "mqtt listening on ssl://%s\n", a)
+		}
 	}
 	fmt.Fprintf(c.stderr, "http listening on %s\n", m.HTTPURL())
 	<-ctx.Done()

@@ -15,6 +15,7 @@ package agent
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -64,7 +65,7 @@ type Faults struct {
 
 // Config configures an Agent. Zero durations take the Default constants.
 type Config struct {
-	Broker  string // tcp://host:port
+	Broker  string // tcp://host:port, or ssl://host:port with TLSConfig
 	ID      string // device ID, also the MQTT client ID
 	Model   string
 	Version string // version running at start
@@ -106,6 +107,8 @@ type Config struct {
 
 	Logger *slog.Logger
 
+	// Username and Password are the MQTT credentials; with a Password and
+	// no Username, the username is ID (docs/PROTOCOL.md, "Connecting").
 	Username string
 	Password string
 
@@ -114,6 +117,12 @@ type Config struct {
 	// verifies with it, and no lower version unless the signature allows a
 	// downgrade (verify.go). Nil: nothing is verified but the SHA-256.
 	PublicKey ed25519.PublicKey
+	// EnrollToken, when set, makes the agent send the enrollment form of the
+	// password (protocol.EnrollPassword), so that an unknown device
+	// registers itself with Password as its secret.
+	EnrollToken string
+	// TLSConfig is used for ssl:// broker URLs.
+	TLSConfig *tls.Config
 }
 
 // Stats are an agent's counters. Copy-safe.
@@ -535,12 +544,7 @@ func (a *Agent) connect() {
 	// Presence for brokers without connection hooks: the broker publishes
 	// this when the connection ends without a DISCONNECT.
 	opts.SetBinaryWill(a.statusTopic(), statusOffline, 1, true)
-	if a.cfg.Username != "" {
-		opts.SetUsername(a.cfg.Username)
-	}
-	if a.cfg.Password != "" {
-		opts.SetPassword(a.cfg.Password)
-	}
+	a.setCredentials(opts)
 	a.client = mqtt.NewClient(opts)
 	a.online = true
 	a.connTok = a.client.Connect()

@@ -41,6 +41,8 @@ var sentinels = []struct {
 	{fleet.ErrUpdateFinished, http.StatusConflict, "update_finished"},
 	{fleet.ErrDeviceBusy, http.StatusConflict, "device_busy"},
 	{fleet.ErrIllegalTransition, http.StatusConflict, "illegal_transition"},
+	{fleet.ErrCredentialNotFound, http.StatusNotFound, "credential_not_found"},
+	{fleet.ErrCredentialExists, http.StatusConflict, "credential_exists"},
 	{fleet.ErrClosed, http.StatusServiceUnavailable, CodeUnavailable},
 	{protocol.ErrBadSignature, http.StatusBadRequest, "bad_signature"},
 	{protocol.ErrNoSignature, http.StatusBadRequest, "unsigned_firmware"},

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/internal/sqlite"
@@ -58,6 +59,9 @@ type Server struct {
 	// flota/events/# and flota/status/updates/#. The handler does not block.
 	Subscribe func(filter string, handler func(topic string, payload []byte)) error
 	Logger    *slog.Logger
+	// Accounts manages the embedded broker's MQTT accounts (accounts.go);
+	// nil answers 503 on those routes.
+	Accounts *auth.Accounts
 	// Version is reported by GET /api/v1/health.
 	Version string
 	// FirmwarePublicKey, when set, makes uploads whose signature does not

@@ -85,8 +85,10 @@ var migrations = []string{
 	// 6: the rollout phase an event belongs to (0: none).
 	`ALTER TABLE events ADD COLUMN phase INTEGER NOT NULL DEFAULT 0;`,
 
-	// 7 and 8: numbers held for other schema changes; empty here.
-	`SELECT 1;`,
+	// 7: MQTT accounts (credentials.go).
+	migrationCredentials,
+
+	// 8: number held for another schema change; empty here.
 	`SELECT 1;`,
 
 	// 9: the firmware's signature (standard base64, '' = unsigned) and its
