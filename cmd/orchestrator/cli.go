@@ -77,7 +77,7 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--log-level LEVEL] [--window N]",
+	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--log-level LEVEL] [--window N] [--memory-limit SIZE] [--debug-addr HOST:PORT]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
 	{name: "firmware add", args: "FILE --version V [--name N] [--model M]",
@@ -368,8 +368,14 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.BrokerCert, "broker-cert", "", "PEM client certificate for the external broker")
 	fs.StringVar(&m.Config.BrokerKey, "broker-key", "", "PEM key of --broker-cert")
 	fs.StringVar(&m.Config.BrokerClientID, "broker-client-id", mqttclient.DefaultClientID, "MQTT client ID at the external broker: unique, and no device's ID")
+	memLimit := fs.String("memory-limit", "", "soft memory limit of the Go runtime, e.g. 400MiB, or off (default: $GOMEMLIMIT, else 320MiB)")
+	fs.StringVar(&m.Config.DebugAddr, "debug-addr", "", "serve Go runtime profiles (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
+	}
+	limit, err := parseMemoryLimit(*memLimit)
+	if err != nil {
+		return &usageError{msg: err.Error(), spec: sp}
 	}
 	if _, err := parseLogLevel(m.Config.LogLevel); err != nil {
 		return &usageError{msg: err.Error(), spec: sp}
@@ -380,15 +386,20 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	if m.Config.Broker == "" && (m.Config.BrokerUsername != "" || m.Config.BrokerCA != "" || m.Config.BrokerCert != "" || m.Config.BrokerKey != "") {
 		return &usageError{msg: "--broker-* flags need --broker", spec: sp}
 	}
+	limit = setGCDefaults(c.getenv, limit)
 	if err := m.Run(ctx); err != nil {
 		return err
 	}
+	m.Logger.Info("go runtime", "memory_limit", limit)
 	if m.Config.Broker != "" {
 		fmt.Fprintf(c.stderr, "mqtt broker %s\n", m.Client.Stats().Broker)
 	} else {
 		fmt.Fprintf(c.stderr, "mqtt listening on tcp://%s\n", m.MQTTAddr())
 	}
 	fmt.Fprintf(c.stderr, "http listening on %s\n", m.HTTPURL())
+	if m.Debug != nil {
+		fmt.Fprintf(c.stderr, "debug profiles on %s\n", m.Debug.URL())
+	}
 	<-ctx.Done()
 	m.Logger.Info("shutting down", "cause", context.Cause(ctx))
 	if err := m.Close(); err != nil {

@@ -33,6 +33,9 @@ type Config struct {
 	// broker's per-client queues. 0 means the broker's default.
 	Window   int
 	LogLevel string // debug, info, warn or error
+	// DebugAddr, when set, is a listener of its own for Go's runtime
+	// profiles (/debug/pprof/), e.g. 127.0.0.1:6060.
+	DebugAddr string
 
 	// Broker, when set, is an external MQTT broker (tcp://host:port or
 	// ssl://host:port) that serve connects to as a client instead of
@@ -55,6 +58,7 @@ type Main struct {
 	Client *mqttclient.Client // the external broker's client, nil without Config.Broker
 	Engine *rollout.Engine
 	HTTP   *httpapi.Server
+	Debug  *debugServer // nil without Config.DebugAddr
 	// Logger receives every component's logs; nil means a text handler on
 	// stderr at Config.LogLevel.
 	Logger *slog.Logger
@@ -152,6 +156,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("open http: %w", err)
 	}
 	m.closers = append(m.closers, m.HTTP.Close)
+
+	if m.Config.DebugAddr != "" {
+		if m.Debug, err = openDebugServer(m.Config.DebugAddr, m.Logger.With("component", "debug")); err != nil {
+			return err
+		}
+		m.closers = append(m.closers, m.Debug.Close)
+	}
 	return nil
 }
 
