@@ -10,29 +10,11 @@ BIN=${BIN:-bin}
 DEVICES=${DEVICES:-200}
 SIZE=${SIZE:-1048576}
 
-free_port() {
-  local p
-  for p in $(seq "$1" $(($1 + 200))); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return
-    fi
-  done
-  echo "no free port near $1" >&2
-  exit 1
-}
-
+. scripts/lib.sh
 MQTT_PORT=$(free_port 1883)
 HTTP_PORT=$(free_port 8080)
 export FLOTA_SERVER="http://127.0.0.1:$HTTP_PORT"
-WORK=$(mktemp -d -t flota-demo.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+use_workdir flota-demo
 
 echo "== starting the orchestrator (embedded MQTT broker on 127.0.0.1:$MQTT_PORT, API on $FLOTA_SERVER)"
 "$BIN/orchestrator" serve --data "$WORK/data" --mqtt "127.0.0.1:$MQTT_PORT" --http "127.0.0.1:$HTTP_PORT" \
