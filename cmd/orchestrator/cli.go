@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -368,7 +369,7 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.BrokerCert, "broker-cert", "", "PEM client certificate for the external broker")
 	fs.StringVar(&m.Config.BrokerKey, "broker-key", "", "PEM key of --broker-cert")
 	fs.StringVar(&m.Config.BrokerClientID, "broker-client-id", mqttclient.DefaultClientID, "MQTT client ID at the external broker: unique, and no device's ID")
-	memLimit := fs.String("memory-limit", "", "soft memory limit of the Go runtime, e.g. 400MiB, or off (default: $GOMEMLIMIT, else 320MiB)")
+	memLimit := fs.String("memory-limit", "", "soft memory limit of the Go runtime, e.g. 400MiB, or off; raised while live data needs more (default: $GOMEMLIMIT as is, else 384MiB)")
 	fs.StringVar(&m.Config.DebugAddr, "debug-addr", "", "serve Go runtime profiles (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
@@ -387,6 +388,10 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 		return &usageError{msg: "--broker-* flags need --broker", spec: sp}
 	}
 	limit = setGCDefaults(c.getenv, limit)
+	if limit != math.MaxInt64 && (*memLimit != "" || c.getenv("GOMEMLIMIT") == "") {
+		gov := startMemoryGovernor(limit)
+		defer gov.Close()
+	}
 	if err := m.Run(ctx); err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -65,4 +66,23 @@ func TestDebugServer_ServesProfilesOnItsOwnListener(t *testing.T) {
 	require.NoError(t, d.Close())
 	_, err = http.Get(d.URL())
 	assert.Error(t, err, "closed")
+}
+
+func TestGovernedLimit_NeverBelowLiveDataWithHeadroom(t *testing.T) {
+	const mib = 1 << 20
+	assert.EqualValues(t, 384*mib, governedLimit(384*mib, 100*mib, 50*mib), "small live heap: the configured limit")
+	// 10,000 connections: 200 MiB of stacks and 150 MiB live need 425 MiB.
+	assert.EqualValues(t, 425*mib, governedLimit(384*mib, 150*mib, 200*mib))
+}
+
+func TestMemoryGovernor_AppliesALimitAtLeastTheConfiguredOne(t *testing.T) {
+	old := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(old) })
+	debug.SetMemoryLimit(math.MaxInt64)
+
+	g := startMemoryGovernor(64 << 20)
+	require.Eventually(t, func() bool { return debug.SetMemoryLimit(-1) != math.MaxInt64 }, 10*time.Second, 10*time.Millisecond)
+	require.NoError(t, g.Close())
+	assert.GreaterOrEqual(t, debug.SetMemoryLimit(-1), int64(64<<20))
+	assert.Equal(t, g.next(), max(g.next(), 64<<20))
 }
