@@ -29,6 +29,9 @@ type run struct {
 	rateAt    time.Time
 	rate      float64
 
+	remaining   int64     // bytes the unfinished devices still need, as of remainingAt
+	remainingAt time.Time // zero: never counted
+
 	dirty     bool // summary changed since the last status publish
 	maybeDone bool // a target ended: check whether the whole run did
 
