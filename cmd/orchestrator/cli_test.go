@@ -148,6 +148,7 @@ func TestCLI_UsageErrorsExit2(t *testing.T) {
 		{"extra positional", []string{"update", "status", "a", "b"}, `unexpected argument "b"`},
 		{"bad state", []string{"update", "devices", "u", "--state", "asleep"}, `unknown device state`},
 		{"bad log level", []string{"serve", "--log-level", "loud"}, `log level "loud"`},
+		{"bad memory limit", []string{"serve", "--memory-limit", "lots"}, `--memory-limit "lots"`},
 		{"bad interval", []string{"update", "watch", "u", "--interval", "0s"}, "--interval must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
