@@ -5,9 +5,11 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 STATICCHECK_VERSION ?= v0.8.2
 
-# Benchmark size; override with: make bench DEVICES=500 SIZE=65536
-DEVICES ?= 2000
-SIZE    ?= 262144
+# Benchmark size; override with: make bench DEVICES=10000 SIZE=262144 IN_FLIGHT=500 LATENCY=20ms
+DEVICES   ?= 2000
+SIZE      ?= 262144
+IN_FLIGHT ?= 256
+LATENCY   ?= 0s
 
 .PHONY: all build test check bench demo clean
 
@@ -30,7 +32,7 @@ demo: build
 
 bench: build
 	$(GO) build -o $(BIN)/flotabench ./cmd/flotabench
-	$(BIN)/flotabench --devices $(DEVICES) --size $(SIZE)
+	$(BIN)/flotabench --devices $(DEVICES) --size $(SIZE) --max-in-flight $(IN_FLIGHT) --latency $(LATENCY)
 
 clean:
 	rm -rf $(BIN)

@@ -75,6 +75,9 @@ const (
 
 	listenerID    = "tcp"
 	tlsListenerID = "tls"
+
+	// ClientReadBuffer is each connection's read buffer (see New).
+	ClientReadBuffer = 512
 )
 
 // Options configure a Broker. Zero values take the defaults above.
@@ -205,10 +208,14 @@ func New(opts Options) *Broker {
 		conns: make(map[string]*mqtt.Client),
 	}
 	b.srv = mqtt.New(&mqtt.Options{
-		Capabilities:           caps,
-		InlineClient:           true,
-		SysTopicResendInterval: 10,
-		Logger:                 slog.New(minLevel{h: log.Handler(), min: slog.LevelWarn}).With("component", "mqtt"),
+		Capabilities: caps,
+		// Devices send small messages (acks, reports, a hello); a larger
+		// packet is read past the buffer straight into its payload. 512
+		// bytes instead of mochi's 2 KiB saves 15 MB at 10,000 devices.
+		ClientNetReadBufferSize: ClientReadBuffer,
+		InlineClient:            true,
+		SysTopicResendInterval:  10,
+		Logger:                  slog.New(minLevel{h: log.Handler(), min: slog.LevelWarn}).With("component", "mqtt"),
 	})
 	return b
 }

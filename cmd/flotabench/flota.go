@@ -66,11 +66,15 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 		return res, err
 	}
 	defer orchLog.Close()
-	watch := newLineWatcher(orchLog, "mqtt listening on ", "http listening on ")
-	orch, err := startChild("orchestrator", filepath.Join(o.BinDir, "orchestrator"), []string{"serve",
+	watch := newLineWatcher(orchLog, "mqtt listening on ", "http listening on ", "debug profiles on ")
+	serveArgs := []string{"serve",
 		"--data", filepath.Join(dir, "data"), "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0",
 		"--window", strconv.Itoa(o.Window), "--log-level", o.LogLevel,
-	}, nil, orchLog, watch, orchLog.Name())
+	}
+	if o.ProfileDir != "" {
+		serveArgs = append(serveArgs, "--debug-addr", "127.0.0.1:0")
+	}
+	orch, err := startChild("orchestrator", filepath.Join(o.BinDir, "orchestrator"), serveArgs, nil, orchLog, watch, orchLog.Name())
 	if err != nil {
 		return res, err
 	}
@@ -94,6 +98,17 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 		return res, err
 	}
 	api := &apiClient{base: strings.TrimRight(apiURL, "/"), hc: &http.Client{Timeout: 30 * time.Second}}
+	var prof *profiler
+	if o.ProfileDir != "" {
+		debugURL, err := waitLine(startCtx, watch, orch, "debug profiles on ")
+		if err != nil {
+			return res, err
+		}
+		if err := os.MkdirAll(o.ProfileDir, 0o755); err != nil {
+			return res, err
+		}
+		prof = &profiler{base: debugURL, dir: o.ProfileDir}
+	}
 
 	simOut, err := os.Create(filepath.Join(dir, "devicesim.log"))
 	if err != nil {
@@ -105,11 +120,15 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	if err := provision(ctx, api, o.Devices, credsFile); err != nil {
 		return res, err
 	}
-	sim, err := startChild("devicesim", filepath.Join(o.BinDir, "devicesim"), []string{
+	simArgs := []string{
 		"--broker", mqttURL, "--credentials", credsFile, "--devices", strconv.Itoa(o.Devices), "--model", simModel, "--version", simFromVersion,
 		"--reboot-delay", simRebootDelay.String(), "--connect-rate", strconv.Itoa(o.ConnectRate),
 		"--summary", summaryFile, "--exit-when-updated", simToVersion,
-	}, nil, simOut, simOut, simOut.Name())
+	}
+	if o.Latency > 0 {
+		simArgs = append(simArgs, "--latency", o.Latency.String())
+	}
+	sim, err := startChild("devicesim", filepath.Join(o.BinDir, "devicesim"), simArgs, nil, simOut, simOut, simOut.Name())
 	if err != nil {
 		return res, err
 	}
@@ -143,9 +162,19 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	if err := api.do(ctx, "POST", "/api/v1/updates", "application/json", req, &upd); err != nil {
 		return res, fmt.Errorf("create update: %w", err)
 	}
+	if prof != nil {
+		prof.start(ctx)
+	}
 	sum, err := waitTerminal(ctx, api, upd.ID, o.Timeout)
 	end := time.Now()
 	res.BrokerCPU, res.DevicesCPU = cpu.stop()
+	if prof != nil {
+		if perr := prof.wait(); perr != nil {
+			fmt.Fprintf(stderr, "flota: %v\n", perr)
+		} else {
+			fmt.Fprintf(stderr, "flota: profiles in %s (go tool pprof -top %s)\n", o.ProfileDir, filepath.Join(o.BinDir, "orchestrator"))
+		}
+	}
 	if err != nil {
 		return res, err
 	}

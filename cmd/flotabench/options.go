@@ -25,6 +25,7 @@ const (
 
 	maxDevices = 99999     // devicesim numbers devices with 5 digits
 	maxSize    = 512 << 20 // the HTTP API's default firmware limit
+	maxLatency = 10 * time.Second
 )
 
 // What --run selects; runSaw is also the name of the stop-and-wait row.
@@ -65,6 +66,13 @@ type options struct {
 	// Plot is the SVG file it draws.
 	Sweep []int  `json:"sweep,omitempty"`
 	Plot  string `json:"-"`
+	// ProfileDir, when set, receives the orchestrator's CPU and heap
+	// profiles taken during the flota update.
+	ProfileDir string `json:"-"`
+	// Latency is the one-way delay every peer adds to each message it
+	// receives and sends (devicesim --latency for flota; the raw and
+	// stop-and-wait subscribers apply it themselves).
+	Latency time.Duration `json:"latency,omitempty"`
 }
 
 // chunks is the number of chunk frames per device.
@@ -124,6 +132,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.ConnectRate, "connect-rate", DefaultConnectRate, "connections opened per second by devicesim")
 	fs.DurationVar(&o.Timeout, "timeout", DefaultTimeout, "longest time each measured transfer may take")
 	fs.StringVar(&o.LogLevel, "log-level", DefaultLogLevel, "the orchestrator's log level: debug, info, warn or error")
+	fs.StringVar(&o.ProfileDir, "profile", "", "write the orchestrator's CPU profile ("+fmt.Sprint(profileSeconds)+" s from the update's start) and then its heap profile to this directory")
+	fs.DurationVar(&o.Latency, "latency", 0, "one-way delay every device adds to each message it receives and sends (round trip +2x)")
 	return fs
 }
 
@@ -173,6 +183,8 @@ func parseOptions(args []string) (options, error) {
 		return o, usagef("--connect-rate must be at least 1, got %d", o.ConnectRate)
 	case o.Timeout <= 0:
 		return o, usagef("--timeout must be positive, got %v", o.Timeout)
+	case o.Latency < 0 || o.Latency > maxLatency:
+		return o, usagef("--latency must be 0..%v, got %v", maxLatency, o.Latency)
 	}
 	switch o.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -39,8 +39,9 @@ func TestParseOptions_Defaults(t *testing.T) {
 
 func TestParseOptions_Valid(t *testing.T) {
 	o, err := parseOptions([]string{"--run", "raw", "--bin-dir", "/nonexistent", "--devices", "500", "--size", "65537",
-		"--max-in-flight", "10", "--window", "64", "--chunk-size", "1024", "--json", "out.json", "--timeout", "10s"})
+		"--max-in-flight", "10", "--window", "64", "--chunk-size", "1024", "--json", "out.json", "--timeout", "10s", "--latency", "20ms"})
 	require.NoError(t, err, "raw alone needs no binaries")
+	assert.Equal(t, 20*time.Millisecond, o.Latency)
 	assert.Equal(t, 500, o.Devices)
 	assert.Equal(t, 65, o.chunks(), "a partial last chunk counts")
 	assert.Equal(t, "out.json", o.JSONFile)
@@ -79,6 +80,7 @@ func TestParseOptions_Invalid(t *testing.T) {
 		{"sweep without plot", []string{"--sweep", "16,64", "--plot", ""}, "--plot must name a file"},
 		{"zero connect rate", []string{"--connect-rate", "0"}, "--connect-rate must be at least 1"},
 		{"zero timeout", []string{"--timeout", "0s"}, "--timeout must be positive"},
+		{"negative latency", []string{"--latency", "-1ms"}, "--latency must be 0..10s"},
 		{"bad log level", []string{"--log-level", "loud"}, "--log-level must be"},
 	}
 	for _, tt := range tests {
@@ -161,15 +163,17 @@ func TestParseSubOptions_Validates(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, subOptions{mode: subModeRaw, broker: "tcp://127.0.0.1:1883", devices: 3, size: 10}, o)
 
-	o, err = parseSubOptions([]string{"--mode", "stop-and-wait", "--broker", "tcp://127.0.0.1:1883", "--devices", "3", "--size", "10"})
+	o, err = parseSubOptions([]string{"--mode", "stop-and-wait", "--broker", "tcp://127.0.0.1:1883", "--devices", "3", "--size", "10", "--latency", "5ms"})
 	require.NoError(t, err)
 	assert.Equal(t, subModeSaw, o.mode)
+	assert.Equal(t, 5*time.Millisecond, o.latency)
 
 	for _, args := range [][]string{
 		{"--devices", "3", "--size", "10"},
 		{"--broker", "127.0.0.1:1883", "--devices", "3", "--size", "10"},
 		{"--broker", "tcp://127.0.0.1:1883", "--devices", "0", "--size", "10"},
 		{"--broker", "tcp://127.0.0.1:1883", "--devices", "3", "--size", "0"},
+		{"--broker", "tcp://127.0.0.1:1883", "--devices", "3", "--size", "10", "--latency", "11s"},
 		{"--broker", "tcp://127.0.0.1:1883", "--devices", "3", "--size", "10", "extra"},
 		{"--mode", "push", "--broker", "tcp://127.0.0.1:1883", "--devices", "3", "--size", "10"},
 	} {

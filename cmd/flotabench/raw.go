@@ -197,6 +197,7 @@ func startSubscribers(ctx context.Context, o options, mode, brokerURL, tmp strin
 	out := newLineWatcher(log, readyLine, statsLine)
 	proc, err := startChild(subscribersCmd, exe, []string{subscribersCmd,
 		"--mode", mode, "--broker", brokerURL, "--devices", strconv.Itoa(o.Devices), "--size", strconv.Itoa(o.Size),
+		"--latency", o.Latency.String(),
 	}, pr, out, log, log.Name())
 	pr.Close() // the child holds its own copy
 	if err != nil {

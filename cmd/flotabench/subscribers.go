@@ -43,6 +43,7 @@ type subOptions struct {
 	broker  string
 	devices int
 	size    int
+	latency time.Duration // one-way delay on every message received and sent
 }
 
 func parseSubOptions(args []string) (subOptions, error) {
@@ -53,6 +54,7 @@ func parseSubOptions(args []string) (subOptions, error) {
 	fs.StringVar(&o.broker, "broker", "", "MQTT broker URL, tcp://HOST:PORT")
 	fs.IntVar(&o.devices, "devices", 0, "number of subscribers")
 	fs.IntVar(&o.size, "size", 0, "payload bytes each subscriber waits for")
+	fs.DurationVar(&o.latency, "latency", 0, "one-way delay added to every message received and sent")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return o, err
@@ -74,6 +76,9 @@ func parseSubOptions(args []string) (subOptions, error) {
 	if o.size < 1 || o.size > maxSize {
 		return o, usagef("%s: --size must be 1..%d, got %d", subscribersCmd, maxSize, o.size)
 	}
+	if o.latency < 0 || o.latency > maxLatency {
+		return o, usagef("%s: --latency must be 0..%v, got %v", subscribersCmd, maxLatency, o.latency)
+	}
 	return o, nil
 }
 
@@ -92,8 +97,10 @@ type subCounters struct {
 type rawSub struct {
 	id     string
 	client mqtt.Client
-	got    int64 // payload bytes received; touched by paho's router goroutine only
-	done   bool  // "done" sent; likewise
+	// got and done are touched by paho's router goroutine only, or, with
+	// --latency, by the delayer's goroutine only.
+	got  int64 // payload bytes received
+	done bool  // "done" sent
 }
 
 // runSubscribers is the raw-subscribers subcommand: it connects the
@@ -115,6 +122,13 @@ func runSubscribers(ctx context.Context, args []string, stdout, stderr io.Writer
 	var c struct {
 		done, bytes, frames, bad, lost, reqs, ooo atomic.Int64
 	}
+	// With --latency every message is processed, and every message sent,
+	// that much later: a request/response round trip gains twice the delay.
+	link := newDelayer(ctx, o.latency)
+	defer link.wait()
+	send := func(cl mqtt.Client, topic string, payload []byte) {
+		link.after(func() { cl.Publish(topic, 1, false, payload) }) // not waited for: a handler must not block
+	}
 	subs := make([]*rawSub, o.devices)
 	for i := range subs {
 		subs[i] = &rawSub{id: rawDeviceID(i + 1)}
@@ -127,14 +141,17 @@ func runSubscribers(ctx context.Context, args []string, stdout, stderr io.Writer
 				c.bad.Add(1)
 				return
 			}
-			c.frames.Add(1)
-			c.bytes.Add(int64(len(f.Payload)))
-			s.got += int64(len(f.Payload))
-			if s.got >= int64(o.size) && !s.done {
-				s.done = true
-				c.done.Add(1)
-				cl.Publish(doneTopic, 1, false, []byte("{}")) // not waited for: a handler must not block
-			}
+			n := int64(len(f.Payload))
+			link.after(func() {
+				c.frames.Add(1)
+				c.bytes.Add(n)
+				s.got += n
+				if s.got >= int64(o.size) && !s.done {
+					s.done = true
+					c.done.Add(1)
+					send(cl, doneTopic, []byte("{}"))
+				}
+			})
 		}
 	}
 
@@ -145,11 +162,11 @@ func runSubscribers(ctx context.Context, args []string, stdout, stderr io.Writer
 		startTopic := protocol.DownTopic(s.id, sawStartKind)
 		request := func(cl mqtt.Client, chunk int64) {
 			c.reqs.Add(1)
-			cl.Publish(reqTopic, 1, false, strconv.AppendInt(nil, chunk, 10)) // not waited for: a handler must not block
+			send(cl, reqTopic, strconv.AppendInt(nil, chunk, 10))
 		}
 		return func(cl mqtt.Client, m mqtt.Message) {
 			if m.Topic() == startTopic {
-				request(cl, 0)
+				link.after(func() { request(cl, 0) })
 				return
 			}
 			f, err := protocol.DecodeFrame(m.Payload())
@@ -157,23 +174,26 @@ func runSubscribers(ctx context.Context, args []string, stdout, stderr io.Writer
 				c.bad.Add(1)
 				return
 			}
-			c.frames.Add(1)
-			c.bytes.Add(int64(len(f.Payload)))
-			if int64(f.Offset) != s.got || s.done {
-				c.ooo.Add(1)
-				return
-			}
-			s.got += int64(len(f.Payload))
-			switch {
-			case s.got >= int64(o.size):
-				s.done = true
-				c.done.Add(1)
-				cl.Publish(doneTopic, 1, false, []byte("{}"))
-			case len(f.Payload) == 0:
-				c.bad.Add(1)
-			default:
-				request(cl, s.got/int64(len(f.Payload)))
-			}
+			n, offset := int64(len(f.Payload)), int64(f.Offset)
+			link.after(func() {
+				c.frames.Add(1)
+				c.bytes.Add(n)
+				if offset != s.got || s.done {
+					c.ooo.Add(1)
+					return
+				}
+				s.got += n
+				switch {
+				case s.got >= int64(o.size):
+					s.done = true
+					c.done.Add(1)
+					send(cl, doneTopic, []byte("{}"))
+				case n == 0:
+					c.bad.Add(1)
+				default:
+					request(cl, s.got/n)
+				}
+			})
 		}
 	}
 	handler := rawHandler

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -77,7 +78,7 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--allow-anonymous]",
+	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
 	{name: "keys generate", args: "[--out DIR]",
@@ -384,10 +385,16 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.BrokerClientID, "broker-client-id", mqttclient.DefaultClientID, "MQTT client ID at the external broker: unique, and no device's ID")
 	fs.StringVar(&m.Config.FirmwarePublicKey, "firmware-public-key", "", "PEM ed25519 public key: refuse firmware uploads not signed with its private key")
 	securityFlags(fs, &m.Config)
+	memLimit := fs.String("memory-limit", "", "soft memory limit of the Go runtime, e.g. 400MiB, or off; raised while live data needs more (default: $GOMEMLIMIT as is, else 384MiB)")
+	fs.StringVar(&m.Config.DebugAddr, "debug-addr", "", "serve Go runtime profiles (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
 	if err := m.Config.checkSecurity(); err != nil {
+		return &usageError{msg: err.Error(), spec: sp}
+	}
+	limit, err := parseMemoryLimit(*memLimit)
+	if err != nil {
 		return &usageError{msg: err.Error(), spec: sp}
 	}
 	if _, err := parseLogLevel(m.Config.LogLevel); err != nil {
@@ -399,9 +406,15 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	if m.Config.Broker == "" && (m.Config.BrokerUsername != "" || m.Config.BrokerCA != "" || m.Config.BrokerCert != "" || m.Config.BrokerKey != "") {
 		return &usageError{msg: "--broker-* flags need --broker", spec: sp}
 	}
+	limit = setGCDefaults(c.getenv, limit)
+	if limit != math.MaxInt64 && (*memLimit != "" || c.getenv("GOMEMLIMIT") == "") {
+		gov := startMemoryGovernor(limit)
+		defer gov.Close()
+	}
 	if err := m.Run(ctx); err != nil {
 		return err
 	}
+	m.Logger.Info("go runtime", "memory_limit", limit)
 	if m.Config.Broker != "" {
 		fmt.Fprintf(c.stderr, "mqtt broker %s\n", m.Client.Stats().Broker)
 	} else {
@@ -411,6 +424,9 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 		}
 	}
 	fmt.Fprintf(c.stderr, "http listening on %s\n", m.HTTPURL())
+	if m.Debug != nil {
+		fmt.Fprintf(c.stderr, "debug profiles on %s\n", m.Debug.URL())
+	}
 	<-ctx.Done()
 	m.Logger.Info("shutting down", "cause", context.Cause(ctx))
 	if err := m.Close(); err != nil {

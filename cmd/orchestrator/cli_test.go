@@ -152,6 +152,7 @@ func TestCLI_UsageErrorsExit2(t *testing.T) {
 		{"tls without key", []string{"serve", "--mqtt-tls", "127.0.0.1:0", "--tls-cert", "c.pem"}, "go together"},
 		{"client CA without tls", []string{"serve", "--tls-client-ca", "ca.pem"}, "--tls-client-ca needs --mqtt-tls"},
 		{"anonymous with external broker", []string{"serve", "--broker", "tcp://h:1883", "--allow-anonymous"}, "embedded broker"},
+		{"bad memory limit", []string{"serve", "--memory-limit", "lots"}, `--memory-limit "lots"`},
 		{"bad interval", []string{"update", "watch", "u", "--interval", "0s"}, "--interval must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

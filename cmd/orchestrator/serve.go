@@ -36,6 +36,9 @@ type Config struct {
 	// broker's per-client queues. 0 means the broker's default.
 	Window   int
 	LogLevel string // debug, info, warn or error
+	// DebugAddr, when set, is a listener of its own for Go's runtime
+	// profiles (/debug/pprof/), e.g. 127.0.0.1:6060.
+	DebugAddr string
 
 	// Broker, when set, is an external MQTT broker (tcp://host:port or
 	// ssl://host:port) that serve connects to as a client instead of
@@ -87,6 +90,7 @@ type Main struct {
 	// Accounts authenticates MQTT connections to the embedded broker; nil
 	// with Config.Broker.
 	Accounts *auth.Accounts
+	Debug    *debugServer // nil without Config.DebugAddr
 	// Logger receives every component's logs; nil means a text handler on
 	// stderr at Config.LogLevel.
 	Logger *slog.Logger
@@ -196,6 +200,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("open http: %w", err)
 	}
 	m.closers = append(m.closers, m.HTTP.Close)
+
+	if m.Config.DebugAddr != "" {
+		if m.Debug, err = openDebugServer(m.Config.DebugAddr, m.Logger.With("component", "debug")); err != nil {
+			return err
+		}
+		m.closers = append(m.closers, m.Debug.Close)
+	}
 	return nil
 }
 

@@ -33,8 +33,9 @@ type Engine struct {
 	Transport Transport
 	Logger    *slog.Logger
 
-	// AckTimeout: no ack progress for this long makes the engine resend
-	// from the acknowledged offset.
+	// AckTimeout is the least time without ack progress after which the
+	// engine resends from the acknowledged offset; the timeout in use adapts
+	// to the measured ack round trip, with backoff (rto.go).
 	AckTimeout time.Duration
 	// OfferTimeout: an offer unanswered for this long is sent again.
 	OfferTimeout time.Duration
@@ -72,6 +73,7 @@ type Engine struct {
 	ended      map[string]fleet.UpdateSummary // final summaries of recently ended updates
 	endedOrder []string                       // ended's keys, oldest first
 	frame      []byte                         // chunk frame buffer, reused for every chunk
+	fleetRTT   rttEstimator                   // ack round trip over all devices, for devices without samples yet
 	rng        *rand.Rand
 }
 

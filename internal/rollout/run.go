@@ -29,6 +29,9 @@ type run struct {
 	rateAt    time.Time
 	rate      float64
 
+	remaining   int64     // bytes the unfinished devices still need, as of remainingAt
+	remainingAt time.Time // zero: never counted
+
 	dirty     bool // summary changed since the last status publish
 	maybeDone bool // a target ended: check whether the whole run did
 
@@ -66,6 +69,8 @@ type target struct {
 	sent, acked int64 // next offset to send; every byte before acked is held
 	recoverAt   int64 // acked offset of the last go-back on a duplicate ack; -1 none
 	saved       int64 // offset last written to the store
+
+	rtt rttClock // ack round trip and resend backoff (rto.go)
 }
 
 func newRun(u fleet.Update, fw fleet.Firmware, blob *os.File, m *fleet.Matcher) *run {
@@ -190,6 +195,7 @@ func (e *Engine) offer(t *target) {
 	now := e.now()
 	t.offerAt, t.progress = now, now
 	t.recoverAt = -1
+	t.rtt.reset()
 	if t.p.State != fleet.StateOffered {
 		if !e.setState(t, fleet.StateOffered, "") {
 			return
@@ -214,6 +220,7 @@ func (e *Engine) pump(t *target) {
 	chunk := int64(r.u.Policy.ChunkSize)
 	limit := t.acked + chunk*int64(r.u.Policy.Window)
 	topic := ""
+	var now time.Time
 	for t.sent < size && t.sent < limit {
 		n := min(chunk, size-t.sent)
 		buf := e.frameBuf(protocol.HeaderSize + int(n))
@@ -236,6 +243,12 @@ func (e *Engine) pump(t *target) {
 			return
 		}
 		t.sent += n
+		if t.rtt.mark == 0 && t.sent > t.rtt.high {
+			if now.IsZero() {
+				now = e.now()
+			}
+		}
+		t.rtt.sent(now, t.sent)
 		r.bytesSent += n
 		e.stats.chunks.Add(1)
 		e.stats.bytes.Add(n)
@@ -260,6 +273,7 @@ func (e *Engine) goBack(t *target) {
 		e.stats.resends.Add(n)
 	}
 	t.sent = t.acked
+	t.rtt.resent(false)
 	e.pump(t)
 }
 
@@ -287,6 +301,9 @@ func (e *Engine) onAck(device string, a protocol.Ack) {
 		r.bytesAcked += a.Offset - t.acked
 		t.acked = a.Offset
 		t.progress = e.now()
+		if d, ok := t.rtt.acked(t.progress, a.Offset); ok {
+			e.fleetRTT.add(d)
+		}
 		if t.sent < t.acked {
 			t.sent = t.acked
 		}
@@ -327,6 +344,7 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 		// The device's offset is authoritative.
 		t.acked, t.sent, t.recoverAt = rep.Offset, rep.Offset, -1
 		t.progress = e.now()
+		t.rtt.reset()
 		if !e.setState(t, fleet.StateAccepted, "") {
 			return
 		}
@@ -597,9 +615,10 @@ func (e *Engine) timers(now time.Time) {
 				if t.resentAt.After(last) {
 					last = t.resentAt
 				}
-				if t.slot && t.sent > t.acked && now.Sub(last) > e.AckTimeout && t.cancelling == "" {
+				if t.slot && t.sent > t.acked && now.Sub(last) > e.resendTimeout(t) && t.cancelling == "" {
 					t.recoverAt = -1
 					t.resentAt = now // a resend is not progress: the idle timeout still runs
+					t.rtt.resent(true)
 					e.goBack(t)
 				}
 			case fleet.StateInstalling, fleet.StateRebooting:

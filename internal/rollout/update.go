@@ -370,15 +370,26 @@ func (e *Engine) summary(r *run, now time.Time) fleet.UpdateSummary {
 		s.Phase, s.Phases = 0, nil
 	}
 	if r.rate > 0 {
-		remaining := int64(0)
-		for _, t := range r.targets {
-			if !t.p.State.Terminal() {
-				remaining += r.fw.Size - t.acked
-			}
-		}
-		s.ETASeconds = float64(remaining) / r.rate
+		s.ETASeconds = float64(r.remainingBytes(now, e.StatusInterval)) / r.rate
 	}
 	return s
+}
+
+// remainingBytes is what the unfinished devices still need, counted at most
+// once per interval: it walks every target, and the summary is asked for on
+// every status publish and API read (an estimate, like the rate it divides).
+func (r *run) remainingBytes(now time.Time, interval time.Duration) int64 {
+	if !r.remainingAt.IsZero() && now.Sub(r.remainingAt) < interval && now.After(r.remainingAt) {
+		return r.remaining
+	}
+	remaining := int64(0)
+	for _, t := range r.targets {
+		if !t.p.State.Terminal() {
+			remaining += r.fw.Size - t.acked
+		}
+	}
+	r.remaining, r.remainingAt = remaining, now
+	return remaining
 }
 
 // publishStatus publishes the retained summary when it changed.
