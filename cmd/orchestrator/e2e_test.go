@@ -73,6 +73,7 @@ type server struct {
 	data     string
 	mqttAddr string // host:port
 	url      string
+	token    string     // the admin token printed on the first start
 	mu       sync.Mutex // guards log (written by the stderr reader) and cmd
 	cmd      *exec.Cmd
 	log      bytes.Buffer
@@ -118,6 +119,12 @@ func (s *server) start(mqttAddr, httpAddr string) {
 			if a, ok := strings.CutPrefix(line, "http listening on "); ok {
 				urlSeen = a
 			}
+			if strings.HasPrefix(line, "api admin token ") {
+				_, tok, _ := strings.Cut(line, "): ")
+				s.mu.Lock()
+				s.token = tok
+				s.mu.Unlock()
+			}
 			if !signalled && mqttSeen != "" && urlSeen != "" {
 				signalled = true
 				close(found)
@@ -132,7 +139,9 @@ func (s *server) start(mqttAddr, httpAddr string) {
 	}
 	s.mu.Lock()
 	s.cmd, s.mqttAddr, s.url = cmd, mqttSeen, urlSeen
+	token := s.token
 	s.mu.Unlock()
+	require.NotEmpty(t, token, "the first start prints an admin token; later ones do not, and it is kept")
 }
 
 // restart starts the server again on the same data directory and addresses.
@@ -158,6 +167,7 @@ func (s *server) kill() {
 func (s *server) cli(args ...string) (string, int) {
 	s.t.Helper()
 	cmd := exec.Command(s.bin, append(args, "--server", s.url)...)
+	cmd.Env = append(os.Environ(), "FLOTA_TOKEN="+s.token)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -182,7 +192,10 @@ func (s *server) mustCLI(args ...string) string {
 
 func (s *server) getJSON(path string, v any) {
 	s.t.Helper()
-	resp, err := http.Get(s.url + path)
+	req, err := http.NewRequest("GET", s.url+path, nil)
+	require.NoError(s.t, err)
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(s.t, err)
 	defer resp.Body.Close()
 	require.Equal(s.t, http.StatusOK, resp.StatusCode)

@@ -42,6 +42,7 @@ func TestOpenAPI_DescribesEveryRouteAndNothingElse(t *testing.T) {
 		path := strings.ReplaceAll(r.pattern, "{id}", "x")
 		req, err := http.NewRequest(r.method, base+path, nil)
 		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+testAdminToken)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		resp, err := http.DefaultClient.Do(req.WithContext(ctx))
 		require.NoError(t, err)
@@ -157,6 +158,9 @@ func openStream(t *testing.T, url string, header http.Header) <-chan sseMsg {
 	require.NoError(t, err)
 	for k, v := range header {
 		req.Header[k] = v
+	}
+	if req.Header.Get("Authorization") == "" && req.URL.Query().Get(AccessTokenParam) == "" {
+		req.Header.Set("Authorization", "Bearer "+testReadToken)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)

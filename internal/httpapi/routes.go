@@ -48,7 +48,8 @@ func (s *Server) routes() []route {
 }
 
 // Handler returns every route: the JSON API under /api/v1, the Prometheus
-// metrics at /metrics and the dashboard at /.
+// metrics at /metrics and the dashboard at /. Every route but the public
+// ones needs a token of Tokens (auth.go).
 func (s *Server) Handler() http.Handler {
 	_ = s.init() // logged; the event stream then serves the store only
 	mux := http.NewServeMux()
@@ -59,7 +60,7 @@ func (s *Server) Handler() http.Handler {
 	// The dashboard answers every other GET; it sends unknown API paths a
 	// JSON error.
 	mux.Handle("GET /", s.dashboard())
-	return s.logRequests(mux)
+	return s.logRequests(s.authenticate(mux))
 }
 
 // apiPath reports whether a request path belongs to the JSON API.

@@ -26,6 +26,9 @@ const (
 	DefaultMaxFirmwareSize = 512 << 20
 	// MaxRequestBody bounds every JSON request body.
 	MaxRequestBody = 1 << 20
+	// MaxFirmwareName bounds a firmware's name; its version and model are
+	// bounded like a device's (protocol.MaxIdentLen), which must match them.
+	MaxFirmwareName = 128
 	// DefaultPageSize is the number of rows a list returns without ?limit=.
 	DefaultPageSize = 100
 	// MaxPageSize is the largest ?limit= honoured; larger values are clamped.
@@ -57,6 +60,10 @@ type Server struct {
 	// flota/events/# and flota/status/updates/#. The handler does not block.
 	Subscribe func(filter string, handler func(topic string, payload []byte)) error
 	Logger    *slog.Logger
+	// Tokens are the API tokens that requests authenticate with (auth.go).
+	// Without them only the public paths answer: health, the OpenAPI
+	// document and the dashboard's files.
+	Tokens *Tokens
 	// Version is reported by GET /api/v1/health.
 	Version string
 	// MaxFirmwareSize bounds an uploaded image; 0 means DefaultMaxFirmwareSize.

@@ -34,7 +34,14 @@ func (s *Server) dashboard() http.Handler {
 			writeJSON(w, http.StatusNotFound, Error{Code: CodeNotFound, Message: "no route " + r.Method + " " + r.URL.Path})
 			return
 		}
-		w.Header().Set("Cache-Control", "no-cache")
+		h := w.Header()
+		h.Set("Cache-Control", "no-cache")
+		// The dashboard holds an API token: no foreign script, no framing
+		// (its buttons pause fleets), no Referer carrying its URLs.
+		h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
 		files.ServeHTTP(w, r)
 	})
 }
