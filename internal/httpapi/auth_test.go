@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -238,4 +239,40 @@ func assertNoFirmwareFiles(t *testing.T, s *Server) {
 		names = append(names, e.Name())
 	}
 	assert.Empty(t, names)
+}
+
+func TestOpenAPI_DescribesAuthentication(t *testing.T) {
+	var doc struct {
+		Security   []map[string][]string `json:"security"`
+		Components struct {
+			SecuritySchemes map[string]struct {
+				Type, Scheme, In, Name string
+			} `json:"securitySchemes"`
+		} `json:"components"`
+		Paths map[string]map[string]struct {
+			Security  *[]map[string][]string `json:"security"`
+			Responses map[string]any         `json:"responses"`
+		} `json:"paths"`
+	}
+	require.NoError(t, json.Unmarshal(openAPIDoc, &doc))
+	assert.Equal(t, []map[string][]string{{"bearer": {}}}, doc.Security, "every operation needs a token unless it says otherwise")
+	assert.Equal(t, "bearer", doc.Components.SecuritySchemes["bearer"].Scheme)
+	assert.Equal(t, AccessTokenParam, doc.Components.SecuritySchemes["accessToken"].Name)
+	for path, ops := range doc.Paths {
+		for method, op := range ops {
+			public := op.Security != nil && len(*op.Security) == 0
+			assert.Equal(t, publicPaths[path], public, "%s %s: public in the document iff public in the server", method, path)
+			if public {
+				continue
+			}
+			assert.Contains(t, op.Responses, "401", "%s %s", method, path)
+			if method != "get" {
+				assert.Contains(t, op.Responses, "403", "%s %s", method, path)
+			}
+			if path == streamPath {
+				require.NotNil(t, op.Security)
+				assert.Contains(t, *op.Security, map[string][]string{"accessToken": {}})
+			}
+		}
+	}
 }

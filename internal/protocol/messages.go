@@ -158,6 +158,10 @@ func DecodeReport(b []byte) (Report, error) {
 	if m.Offset < 0 {
 		return Report{}, invalid(KindReport, ErrBadValue, "offset %d", m.Offset)
 	}
+	// Both are stored with the device's progress and its events.
+	if len(m.Reason) > MaxIdentLen || len(m.Version) > MaxIdentLen {
+		return Report{}, invalid(KindReport, ErrBadValue, "reason or version over %d bytes", MaxIdentLen)
+	}
 	return m, nil
 }
 
