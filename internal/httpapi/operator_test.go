@@ -77,6 +77,15 @@ func TestServer_UnknownAPIPathIsJSONAndRootIsDashboard(t *testing.T) {
 	base := newTestAPI(t, &Server{})
 	callError(t, "GET", base+"/api/v1/nope", nil, http.StatusNotFound, CodeNotFound)
 
+	// Names an fs.FS refuses are no file, not a server error (found by
+	// FuzzServer_Handler).
+	for _, path := range []string{"/%DD", "/a/%ff%fe.js", "/nope.js"} {
+		resp, err := http.Get(base + path)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusNotFound, resp.StatusCode, path)
+	}
+
 	for path, want := range map[string]string{"/": "<title>flota</title>", "/app.js": "EventSource", "/app.css": ".progress"} {
 		resp, err := http.Get(base + path)
 		require.NoError(t, err)

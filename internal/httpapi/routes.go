@@ -17,6 +17,9 @@ type route struct {
 // APIPrefix is the root of the versioned JSON API.
 const APIPrefix = "/api/v1"
 
+// dashboardPattern serves the dashboard: every GET no other route takes.
+const dashboardPattern = "GET /"
+
 // routes lists every route of the JSON API. The OpenAPI document must
 // describe exactly these (a test checks both ways).
 func (s *Server) routes() []route {
@@ -59,8 +62,8 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /metrics", s.metricsHandler())
 	// The dashboard answers every other GET; it sends unknown API paths a
 	// JSON error.
-	mux.Handle("GET /", s.dashboard())
-	return s.logRequests(s.authenticate(mux))
+	mux.Handle(dashboardPattern, s.dashboard())
+	return s.logRequests(s.authenticate(apiErrors(mux)))
 }
 
 // apiPath reports whether a request path belongs to the JSON API.

@@ -404,8 +404,12 @@ func TestServer_Stats(t *testing.T) {
 
 func TestServer_MethodNotAllowed(t *testing.T) {
 	base := newTestAPI(t, &Server{})
-	st, _ := authStatus(t, base, testAdminToken, "POST", "/api/v1/health", nil)
-	assert.Equal(t, http.StatusMethodNotAllowed, st)
+	e := callError(t, "POST", base+"/api/v1/health", nil, http.StatusMethodNotAllowed, CodeMethodNotAllowed)
+	assert.Contains(t, e.Message, "POST")
+	// A path of no route, with a method no route has: JSON too (found by
+	// FuzzServer_Handler).
+	callError(t, "PATCH", base+"/api/v1", nil, http.StatusNotFound, CodeNotFound)
+	callError(t, "POST", base+"/api/v1/nope", nil, http.StatusNotFound, CodeNotFound)
 }
 
 func TestErrorStatus_MapsSentinels(t *testing.T) {

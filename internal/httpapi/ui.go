@@ -4,6 +4,8 @@ import (
 	"embed"
 	"io/fs"
 	"net/http"
+	"path"
+	"strings"
 )
 
 // uiFiles is the dashboard: plain HTML, CSS and JavaScript, no build step.
@@ -32,6 +34,12 @@ func (s *Server) dashboard() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if apiPath(r.URL.Path) {
 			writeJSON(w, http.StatusNotFound, Error{Code: CodeNotFound, Message: "no route " + r.Method + " " + r.URL.Path})
+			return
+		}
+		// The file server answers 500 for a name fs.FS refuses (invalid
+		// UTF-8, such as GET /%DD): no such file is a 404.
+		if name := strings.TrimPrefix(path.Clean(r.URL.Path), "/"); name != "" && !fs.ValidPath(name) {
+			http.NotFound(w, r)
 			return
 		}
 		h := w.Header()
