@@ -74,6 +74,7 @@ type server struct {
 	mqttAddr string // host:port
 	url      string
 	token    string     // the admin token printed on the first start
+	printed  int        // how many starts printed a token
 	mu       sync.Mutex // guards log (written by the stderr reader) and cmd
 	cmd      *exec.Cmd
 	log      bytes.Buffer
@@ -123,6 +124,7 @@ func (s *server) start(mqttAddr, httpAddr string) {
 				_, tok, _ := strings.Cut(line, "): ")
 				s.mu.Lock()
 				s.token = tok
+				s.printed++
 				s.mu.Unlock()
 			}
 			if !signalled && mqttSeen != "" && urlSeen != "" {
@@ -139,9 +141,10 @@ func (s *server) start(mqttAddr, httpAddr string) {
 	}
 	s.mu.Lock()
 	s.cmd, s.mqttAddr, s.url = cmd, mqttSeen, urlSeen
-	token := s.token
+	token, printed := s.token, s.printed
 	s.mu.Unlock()
-	require.NotEmpty(t, token, "the first start prints an admin token; later ones do not, and it is kept")
+	require.NotEmpty(t, token, "the first start prints an admin token")
+	require.Equal(t, 1, printed, "only the first start prints it")
 }
 
 // restart starts the server again on the same data directory and addresses.
