@@ -101,6 +101,9 @@ func (s *Server) Open() error {
 	if err := s.init(); err != nil {
 		return err
 	}
+	if s.Tokens.Len() == 0 {
+		s.logger().Warn("no API tokens: only health, the OpenAPI document and the dashboard's files answer")
+	}
 	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil {
 		return fmt.Errorf("httpapi: listen %s: %w", s.Addr, err)
