@@ -199,3 +199,28 @@ func TestParseSize64(t *testing.T) {
 		assert.Error(t, err, in)
 	}
 }
+
+func TestMain_MaxFirmwareSize(t *testing.T) {
+	m := newTestMain(t)
+	m.Config.MaxFirmwareSize = 1024
+	require.NoError(t, m.Run(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, m.Close()) })
+	c := adminClient(m)
+	_, err := c.AddFirmware(context.Background(), fleet.Firmware{Version: "1"}, bytes.NewReader(make([]byte, 1025)), 1025)
+	var apiErr *APIError
+	require.ErrorAs(t, err, &apiErr)
+	assert.Equal(t, 413, apiErr.Status)
+	assert.Equal(t, "too_large", apiErr.Code)
+	entries, err := os.ReadDir(filepath.Join(m.Config.DataDir, "firmware"))
+	require.NoError(t, err)
+	assert.Empty(t, entries, "nothing left behind")
+	fw, err := c.AddFirmware(context.Background(), fleet.Firmware{Version: "1"}, bytes.NewReader(make([]byte, 1024)), 1024)
+	require.NoError(t, err)
+	assert.Equal(t, int64(1024), fw.Size)
+}
+
+func TestCLI_ServeMaxFirmwareSizeFlag(t *testing.T) {
+	r := runCLI(t, "", "serve", "--max-firmware-size", "lots")
+	assert.Equal(t, exitUsage, r.code)
+	assert.Contains(t, r.stderr, "max-firmware-size")
+}
