@@ -332,7 +332,10 @@ func (s *Server) decodeStrict(w http.ResponseWriter, r *http.Request, v any) err
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(v); err != nil {
 		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) && typeErr.Field != "" {
+		if errors.As(err, &typeErr) {
+			if typeErr.Field == "" {
+				return fleet.Errorf(fleet.ErrInvalidInput, "request body: want a JSON object, got JSON %s", typeErr.Value)
+			}
 			return fleet.Errorf(fleet.ErrInvalidInput, "request body: field %q: want %s, got JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
 		}
 		return fleet.Errorf(fleet.ErrInvalidInput, "request body: %v", err)
