@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/httpapi"
 	"github.com/flotaio/flota/internal/rollout"
 )
 
@@ -65,9 +66,15 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 		return res, err
 	}
 	defer orchLog.Close()
+	token := httpapi.NewToken()
+	tokenFile := filepath.Join(dir, "api-tokens")
+	if err := os.WriteFile(tokenFile, []byte("flotabench admin "+httpapi.HashToken(token)+"\n"), 0o600); err != nil {
+		return res, err
+	}
 	watch := newLineWatcher(orchLog, "mqtt listening on ", "http listening on ")
 	orch, err := startChild("orchestrator", filepath.Join(o.BinDir, "orchestrator"), []string{"serve",
 		"--data", filepath.Join(dir, "data"), "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0",
+		"--api-token-file", tokenFile,
 		"--window", strconv.Itoa(o.Window), "--log-level", o.LogLevel,
 	}, nil, orchLog, watch, orchLog.Name())
 	if err != nil {
@@ -92,7 +99,7 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	if err != nil {
 		return res, err
 	}
-	api := &apiClient{base: strings.TrimRight(apiURL, "/"), hc: &http.Client{Timeout: 30 * time.Second}}
+	api := &apiClient{base: strings.TrimRight(apiURL, "/"), token: token, hc: &http.Client{Timeout: 30 * time.Second}}
 
 	simOut, err := os.Create(filepath.Join(dir, "devicesim.log"))
 	if err != nil {
@@ -254,8 +261,9 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // apiClient calls the orchestrator's HTTP API.
 type apiClient struct {
-	base string
-	hc   *http.Client
+	base  string
+	token string // an admin token
+	hc    *http.Client
 }
 
 // do sends body (if not nil) and decodes a 2xx JSON response into out.
@@ -271,6 +279,7 @@ func (c *apiClient) do(ctx context.Context, method, path, contentType string, bo
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return err
