@@ -29,7 +29,7 @@ func (c *cli) client(server string) *Client {
 // file (its hash, not the token) to stderr.
 func (c *cli) tokenNew(args []string) error {
 	fs, sp := c.newFlags("token new")
-	name := fs.String("name", "", "name of the token's holder, shown in errors and logs (required)")
+	name := fs.String("name", "", "name of the token's holder, named when the token is refused a change (required)")
 	scope := fs.String("scope", "read", "read (GET, the event stream, /metrics) or admin (everything)")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
