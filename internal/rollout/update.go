@@ -3,6 +3,7 @@ package rollout
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -376,9 +377,24 @@ func (e *Engine) summary(r *run, now time.Time) fleet.UpdateSummary {
 				remaining += r.fw.Size - t.acked
 			}
 		}
-		s.ETASeconds = float64(remaining) / r.rate
+		s.ETASeconds = eta(remaining, r.rate)
 	}
 	return s
+}
+
+// maxETA bounds an estimate; a longer one is no estimate (0).
+const maxETA = 365 * 24 * time.Hour
+
+// eta returns the seconds that remaining bytes take at rate bytes/s, or 0
+// when that is beyond maxETA. The smoothed rate of a stalled update halves
+// every second down to subnormal numbers, where the quotient overflows to
+// +Inf, which JSON cannot encode: every summary would fail.
+func eta(remaining int64, rate float64) float64 {
+	secs := float64(remaining) / rate
+	if rate <= 0 || math.IsNaN(secs) || secs > maxETA.Seconds() {
+		return 0
+	}
+	return secs
 }
 
 // publishStatus publishes the retained summary when it changed.
