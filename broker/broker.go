@@ -1,7 +1,7 @@
 // Package broker is flota's embedded MQTT broker: mochi-mqtt with a TCP
-// listener, a hook that authenticates client IDs and confines every client to
-// its own topics, presence tracking per connection, and the inline
-// publish/subscribe that the engine uses as its transport.
+// listener (and optionally a TLS one), a hook that authenticates clients and
+// confines every client to its own topics, presence tracking per connection,
+// and the inline publish/subscribe that the engine uses as its transport.
 //
 // # Topic ACL
 //
@@ -28,13 +28,26 @@
 // (mochi's behaviour; an MQTT 5 client gets PUBACK 0x87 instead). A will
 // message is a publish too: a connection whose will topic it may not write is
 // refused at connect. The inline client (the orchestrator itself) bypasses the
-// ACL. Any valid ID may read the events and status trees, so a read-only
-// monitor is just a client that never writes; Options.Authenticator is where
-// passwords will be checked.
+// ACL.
+//
+// # Authentication and roles
+//
+// Options.Authenticate is asked at every CONNECT (after the client ID check,
+// before mochi takes over an existing session with that ID) and returns the
+// connection's role, kept with the connection: a device gets the rules above;
+// a monitor may read the events and status trees only and write nothing. On a
+// TLS listener that verifies client certificates, the certificate's common
+// name must be the client ID and the connection is marked CertVerified. A nil
+// Authenticate makes every valid client ID a device (tests, benchmarks).
+//
+// Disconnect closes a client's connection at once (a revoked account). Each
+// connection's publishes pass a token bucket (Options.RateLimit); over it,
+// messages are acknowledged and dropped.
 package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,6 +58,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/fleet"
 )
 
@@ -59,7 +73,8 @@ const (
 	// connect, so an old session is worth little and must not pile up.
 	DefaultSessionExpiry = 60 * 60 // seconds
 
-	listenerID = "tcp"
+	listenerID    = "tcp"
+	tlsListenerID = "tls"
 )
 
 // Options configure a Broker. Zero values take the defaults above.
@@ -74,9 +89,23 @@ type Options struct {
 	// Logger receives the broker's logs; mochi's own logs go to it at warn
 	// level and above only. Nil discards.
 	Logger *slog.Logger
-	// Authenticator, when set, is asked about every connection whose client
-	// ID is valid. Nil accepts any valid client ID.
-	Authenticator func(clientID, username string, password []byte) bool
+	// Authenticate, when set, is asked about every connection whose client
+	// ID is valid, and returns the role the ACL then applies. Nil accepts any
+	// valid client ID as a device.
+	Authenticate func(ctx context.Context, c auth.Connect) (fleet.Role, error)
+	// RateLimit is the sustained number of messages per second one client
+	// may publish, RateBurst the size of its burst; over it, messages are
+	// acknowledged and dropped (Stats.RateLimited). Zero values take
+	// DefaultRateLimit and DefaultRateBurst; a negative RateLimit disables
+	// the limit.
+	RateLimit float64
+	RateBurst int
+	// TLSAddr, when set with TLSConfig, adds a TLS listener. A TLSConfig
+	// that verifies client certificates (ClientCAs and
+	// RequireAndVerifyClientCert) makes it mutual TLS: the certificate's
+	// common name must be the client ID, and stands for the secret.
+	TLSAddr   string
+	TLSConfig *tls.Config
 }
 
 // Stats are the broker's counters since it opened.
@@ -85,6 +114,7 @@ type Stats struct {
 	MessagesDropped int64 `json:"messages_dropped"` // deliveries dropped on a full client queue or inflight store
 	AuthRefused     int64 `json:"auth_refused"`     // connections refused
 	ACLDenied       int64 `json:"acl_denied"`       // publishes, subscriptions and deliveries denied by the ACL
+	RateLimited     int64 `json:"rate_limited"`     // publishes dropped by the per-client rate limit
 }
 
 // Broker is the embedded MQTT broker. It implements the engine's transport
@@ -99,6 +129,9 @@ type Broker struct {
 	authRefused atomic.Int64
 	aclDenied   atomic.Int64
 	queueDrops  atomic.Int64 // deliveries dropped on a full outbound queue (OnPublishDropped)
+	rateLimited atomic.Int64
+
+	clients states // per-connection role and rate limit
 
 	onPresence func(clientID string, online bool) // set before Open, read-only after
 
@@ -107,10 +140,11 @@ type Broker struct {
 	// It is taken before mu, never after.
 	notifyMu sync.Mutex
 
-	mu    sync.Mutex              // guards the fields below
-	conns map[string]*mqtt.Client // client ID -> its current connection
-	addr  string                  // bound listener address, set by Open
-	state int                     // stateNew, stateOpen or stateClosed
+	mu      sync.Mutex              // guards the fields below
+	conns   map[string]*mqtt.Client // client ID -> its current connection
+	addr    string                  // bound listener address, set by Open
+	tlsAddr string                  // bound TLS listener address, set by Open
+	state   int                     // stateNew, stateOpen or stateClosed
 
 	closeOnce sync.Once
 }
@@ -128,6 +162,12 @@ func New(opts Options) *Broker {
 	}
 	if opts.Window <= 0 {
 		opts.Window = fleet.DefaultWindow
+	}
+	if opts.RateLimit == 0 {
+		opts.RateLimit = DefaultRateLimit
+	}
+	if opts.RateBurst <= 0 {
+		opts.RateBurst = DefaultRateBurst
 	}
 	if opts.MaxPacketSize == 0 {
 		opts.MaxPacketSize = DefaultMaxPacketSize
@@ -202,7 +242,11 @@ func (b *Broker) Open() error {
 	}
 
 	tcp := listeners.NewTCP(listeners.Config{ID: listenerID, Address: b.opts.Addr})
-	if err := b.start(tcp); err != nil {
+	var tlsLn *listeners.TCP
+	if b.opts.TLSAddr != "" && b.opts.TLSConfig != nil {
+		tlsLn = listeners.NewTCP(listeners.Config{ID: tlsListenerID, Address: b.opts.TLSAddr, TLSConfig: b.opts.TLSConfig})
+	}
+	if err := b.start(tcp, tlsLn); err != nil {
 		// A failed Open leaves a broker that cannot be opened again: mochi
 		// has no way to remove a hook or listener once added.
 		b.state = stateClosed
@@ -210,17 +254,26 @@ func (b *Broker) Open() error {
 		return err
 	}
 	b.addr = tcp.Address()
+	if tlsLn != nil {
+		b.tlsAddr = tlsLn.Address()
+		b.log.Info("mqtt tls listening", "addr", b.tlsAddr, "mutual", b.opts.TLSConfig.ClientAuth == tls.RequireAndVerifyClientCert)
+	}
 	b.state = stateOpen
 	b.log.Info("mqtt broker listening", "addr", b.addr, "client_queue", b.srv.Options.Capabilities.MaximumClientWritesPending)
 	return nil
 }
 
-func (b *Broker) start(tcp *listeners.TCP) error {
+func (b *Broker) start(tcp, tlsLn *listeners.TCP) error {
 	if err := b.srv.AddHook(&hook{b: b}, nil); err != nil {
 		return fmt.Errorf("add broker hook: %w", err)
 	}
 	if err := b.srv.AddListener(tcp); err != nil {
 		return fmt.Errorf("listen on %s: %w", b.opts.Addr, err)
+	}
+	if tlsLn != nil {
+		if err := b.srv.AddListener(tlsLn); err != nil {
+			return fmt.Errorf("listen on %s: %w", b.opts.TLSAddr, err)
+		}
 	}
 	if err := b.srv.Serve(); err != nil {
 		return fmt.Errorf("serve mqtt: %w", err)
@@ -237,6 +290,13 @@ func (b *Broker) Addr() string {
 		return b.addr
 	}
 	return b.opts.Addr
+}
+
+// TLSAddr returns the bound address of the TLS listener, or "" without one.
+func (b *Broker) TLSAddr() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.tlsAddr
 }
 
 // Close disconnects every client, stops the listener and waits for the
@@ -324,6 +384,7 @@ func (b *Broker) Stats() Stats {
 			atomic.LoadInt64(&info.InflightDropped),
 		AuthRefused: b.authRefused.Load(),
 		ACLDenied:   b.aclDenied.Load(),
+		RateLimited: b.rateLimited.Load(),
 	}
 }
 

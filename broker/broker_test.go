@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
 )
@@ -144,8 +145,11 @@ func TestBroker_InvalidClientIDRefused(t *testing.T) {
 }
 
 func TestBroker_AuthenticatorConsulted(t *testing.T) {
-	b, _ := openBroker(t, Options{Authenticator: func(id, user string, pass []byte) bool {
-		return user == "dev" && string(pass) == "secret-"+id
+	b, _ := openBroker(t, Options{Authenticate: func(_ context.Context, c auth.Connect) (fleet.Role, error) {
+		if c.Username == "dev" && string(c.Password) == "secret-"+c.ClientID {
+			return fleet.RoleDevice, nil
+		}
+		return "", auth.ErrBadSecret
 	}}, nil)
 
 	_, err := tryDial(t, clientOptions(b, "dev-1").SetUsername("dev").SetPassword("secret-dev-1"))

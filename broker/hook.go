@@ -33,7 +33,7 @@ func (h *hook) ID() string { return "flota" }
 func (h *hook) Provides(event byte) bool {
 	switch event {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped:
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped, mqtt.OnPublish:
 		return true
 	}
 	return false
@@ -64,37 +64,54 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return code
 }
 
-// OnConnectAuthenticate accepts a valid client ID that the Authenticator, if
-// any, accepts.
+// OnConnectAuthenticate accepts a valid client ID with credentials that
+// Options.Authenticate accepts, and records the connection's role.
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	ok := fleet.ValidDeviceID(cl.ID)
-	if ok && h.b.opts.Authenticator != nil {
-		ok = h.b.opts.Authenticator(cl.ID, string(pk.Connect.Username), pk.Connect.Password)
-	}
-	if !ok {
+	role, err := h.b.authenticate(cl, pk)
+	if err != nil {
 		h.b.authRefused.Add(1)
-		h.b.log.Debug("authentication refused", "client", cl.ID, "remote", cl.Net.Remote)
+		h.b.log.Info("authentication refused", "client", cl.ID, "remote", cl.Net.Remote, "reason", err)
+		return false
 	}
-	return ok
+	h.b.clients.set(cl, &clientState{role: role})
+	return true
 }
 
-// OnACLCheck applies the topic ACL to a publish (write), a subscription filter
-// or a delivery (read).
+// OnACLCheck applies the topic ACL of the client's role to a publish
+// (write), a subscription filter or a delivery (read): a map read and string
+// comparisons.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if cl.Net.Inline {
 		return true
 	}
 	var ok bool
-	if write {
-		ok = canWrite(cl.ID, topic)
-	} else {
-		ok = canRead(cl.ID, topic)
+	if st := h.b.clients.get(cl); st != nil {
+		switch {
+		case st.role == fleet.RoleMonitor:
+			ok = !write && monitorCanRead(topic)
+		case write:
+			ok = canWrite(cl.ID, topic)
+		default:
+			ok = canRead(cl.ID, topic)
+		}
 	}
 	if !ok {
 		h.b.aclDenied.Add(1)
 		h.b.log.Debug("acl denied", "client", cl.ID, "topic", topic, "write", write)
 	}
 	return ok
+}
+
+// OnPublish applies the per-client rate limit to a publish the ACL allowed:
+// over the limit, the message is acknowledged and dropped.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	if st := h.b.clients.get(cl); st != nil && !h.b.allowPublish(cl, st) {
+		return pk, packets.CodeSuccessIgnore
+	}
+	return pk, nil
 }
 
 // OnSessionEstablished reports the client online.
@@ -104,6 +121,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 
 // OnDisconnect reports the client offline unless its connection was taken over.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	h.b.clients.drop(cl)
 	h.b.sessionDown(cl, err)
 }
 
@@ -134,7 +152,7 @@ func canWrite(id, topic string) bool {
 // trees are literal and the comparison stops at a level boundary, a filter
 // passes only if everything it matches passes.
 func canRead(id, topic string) bool {
-	if inTree(topic, eventsTree) || inTree(topic, statusTree) {
+	if monitorCanRead(topic) {
 		return true
 	}
 	rest, ok := strings.CutPrefix(topic, devicesPrefix)
@@ -143,6 +161,12 @@ func canRead(id, topic string) bool {
 	}
 	rest, ok = strings.CutPrefix(rest, id)
 	return ok && inTree(rest, downLevel)
+}
+
+// monitorCanRead reports whether a monitor may receive topic, or subscribe
+// to it as a filter: the events and status trees only.
+func monitorCanRead(topic string) bool {
+	return inTree(topic, eventsTree) || inTree(topic, statusTree)
 }
 
 // inTree reports whether topic is tree or lies below it.

@@ -119,6 +119,7 @@ func TestHook_ACLCheckDoesNotAllocate(t *testing.T) {
 	b := New(Options{})
 	h := &hook{b: b}
 	cl := b.srv.NewClient(nil, "tcp", "dev-1", false)
+	b.clients.set(cl, &clientState{role: fleet.RoleDevice})
 	down := "flota/devices/dev-1/down/chunk"
 	up := "flota/devices/dev-1/up/ack"
 	allocs := testing.AllocsPerRun(1000, func() {
@@ -129,10 +130,29 @@ func TestHook_ACLCheckDoesNotAllocate(t *testing.T) {
 	assert.Zero(t, allocs)
 }
 
+func TestHook_ACLMonitorReadsEventsAndStatusOnly(t *testing.T) {
+	b := New(Options{})
+	h := &hook{b: b}
+	cl := b.srv.NewClient(nil, "tcp", "ops", false)
+	b.clients.set(cl, &clientState{role: fleet.RoleMonitor})
+	for _, topic := range []string{"flota/events/#", "flota/status/updates/u1", "flota/events"} {
+		assert.True(t, h.OnACLCheck(cl, topic, false), topic)
+		assert.False(t, h.OnACLCheck(cl, topic, true), "write %s", topic)
+	}
+	for _, topic := range []string{"flota/devices/ops/down/#", "flota/devices/ops/up/hello", "flota/#", "#", "$SYS/#"} {
+		assert.False(t, h.OnACLCheck(cl, topic, false), topic)
+		assert.False(t, h.OnACLCheck(cl, topic, true), "write %s", topic)
+	}
+	// A connection whose role was never resolved (not authenticated) gets nothing.
+	anon := b.srv.NewClient(nil, "tcp", "dev-2", false)
+	assert.False(t, h.OnACLCheck(anon, "flota/events/x", false))
+}
+
 func BenchmarkHook_ACLCheck(b *testing.B) {
 	br := New(Options{})
 	h := &hook{b: br}
 	cl := br.srv.NewClient(nil, "tcp", "dev-1", false)
+	br.clients.set(cl, &clientState{role: fleet.RoleDevice})
 	topic := "flota/devices/dev-1/down/chunk"
 	for range b.N {
 		if !h.OnACLCheck(cl, topic, false) {

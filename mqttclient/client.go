@@ -311,25 +311,36 @@ func (c *Client) clientOptions() (*mqtt.ClientOptions, error) {
 
 // tlsConfig loads the CA bundle and the client certificate, if any.
 func (c *Client) tlsConfig() (*tls.Config, error) {
+	cfg, err := LoadTLSConfig(c.opts.CAFile, c.opts.CertFile, c.opts.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("mqttclient: %w", err)
+	}
+	return cfg, nil
+}
+
+// LoadTLSConfig returns the TLS configuration of an MQTT client: the CAs of
+// caFile (PEM; empty: the system roots) and the client certificate of
+// certFile and keyFile (PEM; both or neither).
+func LoadTLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if c.opts.CAFile != "" {
-		pem, err := os.ReadFile(c.opts.CAFile)
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
 		if err != nil {
-			return nil, fmt.Errorf("mqttclient: read CA file: %w", err)
+			return nil, fmt.Errorf("read CA file: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("mqttclient: CA file %s holds no PEM certificate", c.opts.CAFile)
+			return nil, fmt.Errorf("CA file %s holds no PEM certificate", caFile)
 		}
 		cfg.RootCAs = pool
 	}
-	if (c.opts.CertFile == "") != (c.opts.KeyFile == "") {
-		return nil, errors.New("mqttclient: a client certificate needs both a certificate and a key file")
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("a client certificate needs both a certificate and a key file")
 	}
-	if c.opts.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.opts.CertFile, c.opts.KeyFile)
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 		if err != nil {
-			return nil, fmt.Errorf("mqttclient: load client certificate: %w", err)
+			return nil, fmt.Errorf("load client certificate: %w", err)
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}

@@ -45,7 +45,7 @@ if [ "$mode" = mosquitto ]; then
   pids+=($!)
   orch_pid=$!
 else
-  "$BIN/orchestrator" serve --data "$work/data" --http "127.0.0.1:$HTTP" --mqtt "127.0.0.1:$MQ" --log-level error \
+  "$BIN/orchestrator" serve --data "$work/data" --http "127.0.0.1:$HTTP" --mqtt "127.0.0.1:$MQ" --allow-anonymous --log-level error \
     --api-token-file "$work/api-tokens" 2>"$work/orchestrator.log" &
   pids+=($!)
   orch_pid=$!

@@ -10,29 +10,11 @@ BIN=${BIN:-bin}
 DEVICES=${DEVICES:-200}
 SIZE=${SIZE:-1048576}
 
-free_port() {
-  local p
-  for p in $(seq "$1" $(($1 + 200))); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      echo "$p"
-      return
-    fi
-  done
-  echo "no free port near $1" >&2
-  exit 1
-}
-
+. scripts/lib.sh
 MQTT_PORT=$(free_port 1883)
 HTTP_PORT=$(free_port 8080)
 export FLOTA_SERVER="http://127.0.0.1:$HTTP_PORT"
-WORK=$(mktemp -d -t flota-demo.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+use_workdir flota-demo
 
 echo "== starting the orchestrator (embedded MQTT broker on 127.0.0.1:$MQTT_PORT, API on $FLOTA_SERVER)"
 "$BIN/orchestrator" serve --data "$WORK/data" --mqtt "127.0.0.1:$MQTT_PORT" --http "127.0.0.1:$HTTP_PORT" \
@@ -50,8 +32,16 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-echo "== starting devicesim: $DEVICES devices of model sim-a on 1.0.0"
-"$BIN/devicesim" --broker "tcp://127.0.0.1:$MQTT_PORT" --devices "$DEVICES" --model sim-a --version 1.0.0 \
+echo "== generating a firmware signing key pair (the devices get the public key)"
+"$BIN/orchestrator" keys generate --out "$WORK/keys" | sed 's/^/   /'
+
+echo "== provisioning MQTT accounts: $DEVICES devices (secrets in a 0600 CSV file) and a read-only monitor"
+"$BIN/orchestrator" device provision --prefix sim- --count "$DEVICES" --out "$WORK/creds.csv"
+MONITOR_SECRET=$("$BIN/orchestrator" monitor add demo-monitor 2>/dev/null)
+
+echo "== starting devicesim: $DEVICES devices of model sim-a on 1.0.0, each with its own secret"
+"$BIN/devicesim" --broker "tcp://127.0.0.1:$MQTT_PORT" --devices "$DEVICES" --id-prefix sim- --credentials "$WORK/creds.csv" \
+  --model sim-a --version 1.0.0 --public-key "$WORK/keys/firmware.pub" \
   --tags site=demo --reboot-delay 500ms --summary "$WORK/summary.json" --exit-when-updated 1.1.0 \
   >"$WORK/devicesim.out" 2>"$WORK/devicesim.log" &
 sim=$!
@@ -63,14 +53,15 @@ for _ in $(seq 300); do
 done
 echo "   $n devices registered and online"
 
-echo "== adding firmware 1.1.0 ($SIZE bytes)"
+echo "== adding firmware 1.1.0 ($SIZE bytes), signed"
 head -c "$SIZE" /dev/urandom >"$WORK/app-1.1.0.bin"
-FW=$("$BIN/orchestrator" firmware add "$WORK/app-1.1.0.bin" --version 1.1.0 --name demo-app --model sim-a)
+FW=$("$BIN/orchestrator" firmware add "$WORK/app-1.1.0.bin" --version 1.1.0 --name demo-app --model sim-a \
+  --sign-key "$WORK/keys/firmware.key")
 echo "   firmware $FW"
 
 UPD=$("$BIN/orchestrator" update create --firmware "$FW" --select model=sim-a)
 echo "== update $UPD started; watch its events live from another terminal with:"
-echo "   mosquitto_sub -h 127.0.0.1 -p $MQTT_PORT -t 'flota/events/#' -v"
+echo "   mosquitto_sub -h 127.0.0.1 -p $MQTT_PORT -i demo-monitor -u demo-monitor -P $MONITOR_SECRET -t 'flota/events/#' -v"
 echo "   or open the dashboard at $FLOTA_SERVER/ and sign in with the admin token"
 echo "   $FLOTA_TOKEN (set DEVICES=2000 SIZE=8388608 for a longer rollout)"
 echo

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/flotaio/flota/internal/agent"
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/protocol"
 )
 
 // closeParallelism bounds how many agents disconnect at once at exit.
@@ -55,7 +57,18 @@ type options struct {
 	duration        time.Duration
 	username        string
 	password        string
+	credentials     string
+	enrollToken     string
+	caFile          string
+	certFile        string
+	keyFile         string
 	logLevel        slog.Level
+	publicKeyFile   string
+	publicKey       ed25519.PublicKey
+	bandwidth       int64         // bytes/s per device and direction; 0: unlimited
+	latency         time.Duration // one way
+	memProfile      string
+	keepAlive       time.Duration
 }
 
 func newFlagSet(o *options, tags *string) *flag.FlagSet {
@@ -82,7 +95,21 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.DurationVar(&o.duration, "duration", 0, "exit after this long (0: no limit)")
 	fs.StringVar(&o.username, "username", "", "MQTT username")
 	fs.StringVar(&o.password, "password", "", "MQTT password")
+	fs.StringVar(&o.credentials, "credentials", "", "CSV file id,secret (orchestrator device provision --out): each device's MQTT password; "+
+		"the devices keep the IDs of --id-prefix and --devices, and each must have a row")
+	fs.StringVar(&o.enrollToken, "enroll-token", "", "fleet enrollment token: devices enroll themselves (pending until approved unless the server auto-approves)")
+	fs.StringVar(&o.caFile, "ca-file", "", "PEM CA of the broker's certificate, for ssl:// (default: system roots)")
+	fs.StringVar(&o.certFile, "cert", "", "PEM client certificate for mutual TLS; {id} in the path is replaced by each device's ID")
+	fs.StringVar(&o.keyFile, "key", "", "PEM key of --cert; {id} is replaced as in --cert")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelWarn, "log level: debug, info, warn, error")
+	fs.StringVar(&o.publicKeyFile, "public-key", "", "PEM ed25519 public key the devices verify firmware signatures with "+
+		"(orchestrator keys generate); without it they install unsigned images and downgrades")
+	fs.Var((*rateFlag)(&o.bandwidth), "bandwidth", "each device's link rate per direction in bytes/s: 20000, 20KB (=20000), 20KiB (=20480), 1MB; 0: unlimited")
+	fs.DurationVar(&o.keepAlive, "keepalive", agent.DefaultKeepAlive, "MQTT keepalive of each device; 0: none (saves a goroutine and a timer per device)")
+	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile of the fleet to this file before it disconnects")
+	fs.DurationVar(&o.latency, "latency", 0, "one-way delay added to every message a device receives and sends (a round trip gains twice this)")
+	fs.Float64Var(&o.faults.RebootMidDownload, "reboot-mid-download", 0, "probability (0..1) that a device loses power once mid-transfer and boots again "+
+		"after --reboot-delay, resuming from its last checkpoint with --state-dir, else from scratch")
 	return fs
 }
 
@@ -130,7 +157,8 @@ func parseFlags(args []string) (options, error) {
 	for _, p := range []struct {
 		name string
 		v    float64
-	}{{"drop-chunks", o.faults.DropChunks}, {"fail-install", o.faults.FailInstall}, {"disconnect", o.faults.Disconnect}} {
+	}{{"drop-chunks", o.faults.DropChunks}, {"fail-install", o.faults.FailInstall}, {"disconnect", o.faults.Disconnect},
+		{"reboot-mid-download", o.faults.RebootMidDownload}} {
 		if !(p.v >= 0 && p.v <= 1) {
 			return o, usagef("--%s must be a probability in 0..1, got %v", p.name, p.v)
 		}
@@ -138,11 +166,19 @@ func parseFlags(args []string) (options, error) {
 	if o.connectRate < 1 {
 		return o, usagef("--connect-rate must be at least 1, got %d", o.connectRate)
 	}
-	if o.rebootDelay < 0 || o.installDelay < 0 || o.duration < 0 {
-		return o, usagef("--reboot-delay, --install-delay and --duration must not be negative")
+	if o.rebootDelay < 0 || o.installDelay < 0 || o.duration < 0 || o.latency < 0 || o.keepAlive < 0 {
+		return o, usagef("--reboot-delay, --install-delay, --duration, --latency and --keepalive must not be negative")
+	}
+	if o.keepAlive > 0 && o.keepAlive < time.Second {
+		return o, usagef("--keepalive must be 0 or at least 1s, got %s", o.keepAlive)
 	}
 	if o.tags, err = fleet.ParseTags(tags); err != nil {
 		return o, usagef("--tags: %v", err)
+	}
+	if o.publicKeyFile != "" {
+		if o.publicKey, err = protocol.ReadPublicKeyFile(o.publicKeyFile); err != nil {
+			return o, usagef("--public-key: %v", err)
+		}
 	}
 	return o, nil
 }
@@ -167,6 +203,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			return fmt.Errorf("state directory: %w", err)
 		}
 	}
+	sec, err := loadSecurity(o)
+	if err != nil {
+		return err
+	}
 	rebootDelay := max(o.rebootDelay, time.Millisecond) // the agent reads zero as its default
 	agents := make([]*agent.Agent, o.devices)
 	for i := range agents {
@@ -175,11 +215,17 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		if o.stateDir != "" {
 			stateFile = filepath.Join(o.stateDir, id+".json")
 		}
-		agents[i] = agent.New(agent.Config{
+		cfg := agent.Config{
 			Broker: o.broker, ID: id, Model: o.model, Version: o.version, Tags: o.tags,
 			RebootDelay: rebootDelay, InstallDelay: o.installDelay, Faults: o.faults, StateFile: stateFile,
 			Seed: seed + uint64(i) + 1, Logger: log, Username: o.username, Password: o.password,
-		})
+			PublicKey: o.publicKey,
+			Bandwidth: o.bandwidth, Latency: o.latency, KeepAlive: keepAlive(o.keepAlive),
+		}
+		if err := sec.apply(&cfg); err != nil {
+			return err
+		}
+		agents[i] = agent.New(cfg)
 	}
 
 	started := time.Now()
@@ -191,8 +237,16 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		startAll(startCtx, agents, o.connectRate, log, &wg)
 	}()
 
-	waitForEnd(ctx, o, agents, log)
+	var ps processSampler
+	waitForEnd(ctx, o, agents, log, &ps)
 	sum := summarize(o, agents, time.Since(started))
+	sum.Profile = profileOf(o, seed)
+	sum.Process = ps.final(len(agents))
+	if o.memProfile != "" {
+		if err := writeHeapProfile(o.memProfile); err != nil {
+			log.Warn("heap profile not written", "err", err)
+		}
+	}
 	stopStarting()
 	wg.Wait()
 	closeAll(agents, log)
@@ -241,7 +295,7 @@ func startAll(ctx context.Context, agents []*agent.Agent, rate int, log *slog.Lo
 
 // waitForEnd returns when ctx ends, --duration passes or, with
 // --exit-when-updated, every device is done.
-func waitForEnd(ctx context.Context, o options, agents []*agent.Agent, log *slog.Logger) {
+func waitForEnd(ctx context.Context, o options, agents []*agent.Agent, log *slog.Logger, ps *processSampler) {
 	var deadline <-chan time.Time
 	if o.duration > 0 {
 		t := time.NewTimer(o.duration)
@@ -259,6 +313,7 @@ func waitForEnd(ctx context.Context, o options, agents []*agent.Agent, log *slog
 			return
 		case <-poll.C:
 		}
+		ps.maybeSample()
 		if o.exitWhenUpdated == "" && time.Since(lastLog) < 5*time.Second {
 			continue
 		}
@@ -299,20 +354,26 @@ func finished(s agent.Stats, target string) bool {
 
 // summary is what devicesim prints at exit.
 type summary struct {
-	Devices         int            `json:"devices"`
-	Connected       int            `json:"connected"`
-	Updated         int            `json:"updated"`
-	Failed          int            `json:"failed"`
-	Installs        int            `json:"installs"`          // with --state-dir: across runs
-	InstallsThisRun int            `json:"installs_this_run"` // by this process
-	BytesReceived   int64          `json:"bytes_received"`
-	ChunksDropped   int            `json:"chunks_dropped"`
-	BadFrames       int            `json:"bad_frames"`
-	QueueDropped    int            `json:"queue_dropped"`
-	UpdateTimeP50Ms float64        `json:"update_time_p50_ms"`
-	UpdateTimeP99Ms float64        `json:"update_time_p99_ms"`
-	ElapsedSeconds  float64        `json:"elapsed_seconds"`
-	DevicesDetail   []deviceDetail `json:"devices_detail"`
+	Devices         int      `json:"devices"`
+	Connected       int      `json:"connected"`
+	Updated         int      `json:"updated"`
+	Failed          int      `json:"failed"`
+	Installs        int      `json:"installs"`          // with --state-dir: across runs
+	InstallsThisRun int      `json:"installs_this_run"` // by this process
+	BytesReceived   int64    `json:"bytes_received"`
+	ChunksDropped   int      `json:"chunks_dropped"`
+	BadFrames       int      `json:"bad_frames"`
+	QueueDropped    int      `json:"queue_dropped"`
+	UpdateTimeP50Ms float64  `json:"update_time_p50_ms"`
+	UpdateTimeP99Ms float64  `json:"update_time_p99_ms"`
+	ElapsedSeconds  float64  `json:"elapsed_seconds"`
+	PowerCuts       int      `json:"power_cuts"`
+	Outcomes        outcomes `json:"outcomes"`
+	// DeviceTime: from the offer to the confirmed boot, failure or cancel.
+	DeviceTime    timeStats      `json:"device_time"`
+	Profile       profile        `json:"profile"`
+	Process       processStats   `json:"process"`
+	DevicesDetail []deviceDetail `json:"devices_detail"`
 }
 
 // deviceDetail is one device in the summary.
@@ -333,8 +394,11 @@ type deviceDetail struct {
 func summarize(o options, agents []*agent.Agent, elapsed time.Duration) summary {
 	sum := summary{Devices: len(agents), ElapsedSeconds: elapsed.Seconds(), DevicesDetail: make([]deviceDetail, 0, len(agents))}
 	var times []time.Duration
+	all := make([]agent.Stats, 0, len(agents))
 	for _, a := range agents {
 		s := a.Stats()
+		all = append(all, s)
+		sum.PowerCuts += s.PowerCuts
 		if s.Connected {
 			sum.Connected++
 		}
@@ -361,8 +425,11 @@ func summarize(o options, agents []*agent.Agent, elapsed time.Duration) summary 
 	slices.Sort(times)
 	sum.UpdateTimeP50Ms = ms(percentile(times, 0.50))
 	sum.UpdateTimeP99Ms = ms(percentile(times, 0.99))
+	sum.Outcomes, sum.DeviceTime = outcomeStats(o, all)
 	return sum
 }
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
@@ -386,6 +453,12 @@ func writeText(w io.Writer, s summary) {
 	fmt.Fprintf(w, "bad_frames      %d\n", s.BadFrames)
 	fmt.Fprintf(w, "queue_dropped   %d\n", s.QueueDropped)
 	fmt.Fprintf(w, "update_time     p50 %.0f ms, p99 %.0f ms\n", s.UpdateTimeP50Ms, s.UpdateTimeP99Ms)
+	fmt.Fprintf(w, "power_cuts      %d\n", s.PowerCuts)
+	fmt.Fprintf(w, "device_time     p50 %.0f ms, p90 %.0f ms, p99 %.0f ms, max %.0f ms (%d devices)\n",
+		s.DeviceTime.P50Ms, s.DeviceTime.P90Ms, s.DeviceTime.P99Ms, s.DeviceTime.MaxMs, s.DeviceTime.Count)
+	fmt.Fprintf(w, "memory          RSS %.1f MiB (%.1f KiB/device), peak %.1f MiB, heap %.1f MiB, %d goroutines\n",
+		mib(s.Process.RSSBytes), float64(s.Process.RSSPerDeviceBytes)/1024, mib(s.Process.PeakRSSBytes),
+		mib(s.Process.HeapInuseBytes), s.Process.Goroutines)
 	fmt.Fprintf(w, "elapsed         %.1f s\n", s.ElapsedSeconds)
 }
 

@@ -48,6 +48,7 @@ type apiStats struct {
 	Engine rollout.Stats `json:"engine"`
 	Broker struct {
 		MessagesDropped int64 `json:"messages_dropped"`
+		RateLimited     int64 `json:"rate_limited"`
 	} `json:"broker"`
 	Store struct {
 		Transactions int64 `json:"transactions"`
@@ -107,8 +108,12 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	}
 	defer simOut.Close()
 	summaryFile := filepath.Join(dir, "summary.json")
+	credsFile := filepath.Join(dir, "creds.csv")
+	if err := provision(ctx, api, o.Devices, credsFile); err != nil {
+		return res, err
+	}
 	sim, err := startChild("devicesim", filepath.Join(o.BinDir, "devicesim"), []string{
-		"--broker", mqttURL, "--devices", strconv.Itoa(o.Devices), "--model", simModel, "--version", simFromVersion,
+		"--broker", mqttURL, "--credentials", credsFile, "--devices", strconv.Itoa(o.Devices), "--model", simModel, "--version", simFromVersion,
 		"--reboot-delay", simRebootDelay.String(), "--connect-rate", strconv.Itoa(o.ConnectRate),
 		"--summary", summaryFile, "--exit-when-updated", simToVersion,
 	}, nil, simOut, simOut, simOut.Name())
@@ -185,6 +190,9 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 			upd.ID, sum.State, sum.Counts, ss.Updated, o.Devices, ss.Failed, ss.BadFrames, ss.QueueDropped, after.Broker.MessagesDropped)
 	}
 
+	if after.Broker.RateLimited > 0 {
+		fmt.Fprintf(stderr, "flota: the broker's per-client rate limit dropped %d device messages\n", after.Broker.RateLimited)
+	}
 	res.Name = runFlota
 	res.Devices = o.Devices
 	res.Completed = ss.Updated

@@ -79,12 +79,15 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N]",
+	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--allow-anonymous]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
-	{name: "firmware add", args: "FILE --version V [--name N] [--model M]",
-		summary: "upload a firmware image and print its ID",
-		example: "orchestrator firmware add build/sensor-2.1.0.bin --version 2.1.0 --model sensor-v2"},
+	{name: "keys generate", args: "[--out DIR]",
+		summary: "create an ed25519 firmware signing key pair (firmware.key, firmware.pub)",
+		example: "orchestrator keys generate --out /media/offline-usb/flota-keys"},
+	{name: "firmware add", args: "FILE --version V [--name N] [--model M] [--sign-key F] [--allow-downgrade]",
+		summary: "upload a firmware image (signed with --sign-key) and print its ID",
+		example: "orchestrator firmware add build/sensor-2.1.0.bin --version 2.1.0 --model sensor-v2 --sign-key firmware.key"},
 	{name: "firmware list", args: "[--json]", summary: "list stored firmware",
 		example: "orchestrator firmware list --json"},
 	{name: "update create", args: "--firmware ID [--select model=M,version=V,tag:K=V,device=ID] [--max-in-flight N] [--window W] [--chunk-size B] [--max-attempts N] [--rate N] [--phases LIST] [--success-threshold F] [--soak D] [--manual-gates] [--failure-threshold T] [--failure-min N] [--idle-timeout D] [--confirm-timeout D] [--retry-backoff D] [--start-at TIME] [--maintenance HH:MM-HH:MM] [--timezone TZ] [--allow-downgrade] [--force] [--dynamic]",
@@ -120,6 +123,12 @@ var commands = []*spec{
 	{name: "completion", args: "bash|zsh", summary: "print a shell completion script",
 		example: "source <(orchestrator completion bash)    # or: orchestrator completion zsh > \"${fpath[1]}/_orchestrator\""},
 	{name: "version", args: "[--json]", summary: "print the version", example: "orchestrator version"},
+}
+
+func init() {
+	// The account commands follow device summary in the overview.
+	i := slices.IndexFunc(commands, func(s *spec) bool { return s.name == "device summary" })
+	commands = slices.Insert(commands, i+1, accountCommands...)
 }
 
 func findSpec(name string) *spec {
@@ -181,7 +190,7 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.serve(ctx, rest)
 	case "completion":
 		return c.completion(rest)
-	case "firmware", "update", "device", "token":
+	case "firmware", "update", "device", "keys", "monitor", "token":
 		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
 			if len(rest) > 0 && isHelpFlag(rest[0]) {
 				c.group(cmd)(c.stdout)
@@ -196,6 +205,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 			return c.firmwareAdd(ctx, rest)
 		case "firmware list":
 			return c.firmwareList(ctx, rest)
+		case "keys generate":
+			return c.keysGenerate(rest)
 		case "update create":
 			return c.updateCreate(ctx, rest)
 		case "update status":
@@ -218,6 +229,9 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 			return c.deviceSummary(ctx, rest)
 		case "token new":
 			return c.tokenNew(rest)
+		}
+		if ok, err := c.accountCommand(ctx, sub, rest); ok {
+			return err
 		}
 		return &usageError{msg: fmt.Sprintf("unknown command %q", sub), list: c.group(cmd)}
 	}
@@ -380,8 +394,13 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.BrokerCert, "broker-cert", "", "PEM client certificate for the external broker")
 	fs.StringVar(&m.Config.BrokerKey, "broker-key", "", "PEM key of --broker-cert")
 	fs.StringVar(&m.Config.BrokerClientID, "broker-client-id", mqttclient.DefaultClientID, "MQTT client ID at the external broker: unique, and no device's ID")
+	fs.StringVar(&m.Config.FirmwarePublicKey, "firmware-public-key", "", "PEM ed25519 public key: refuse firmware uploads not signed with its private key")
+	securityFlags(fs, &m.Config)
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
+	}
+	if err := m.Config.checkSecurity(); err != nil {
+		return &usageError{msg: err.Error(), spec: sp}
 	}
 	if _, err := parseLogLevel(m.Config.LogLevel); err != nil {
 		return &usageError{msg: err.Error(), spec: sp}
@@ -404,6 +423,9 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stderr, "mqtt broker %s\n", m.Client.Stats().Broker)
 	} else {
 		fmt.Fprintf(c.stderr, "mqtt listening on tcp://%s\n", m.MQTTAddr())
+		if a := m.MQTTTLSAddr(); a != "" {
+			fmt.Fprintf(c.stderr, "mqtt listening on ssl://%s\n", a)
+		}
 	}
 	fmt.Fprintf(c.stderr, "http listening on %s\n", m.HTTPURL())
 	<-ctx.Done()
@@ -420,6 +442,8 @@ func (c *cli) firmwareAdd(ctx context.Context, args []string) error {
 	ver := fs.String("version", "", "firmware version (required)")
 	name := fs.String("name", "", "firmware name (default: the file name)")
 	model := fs.String("model", "", "device model the image is for (default: any)")
+	signKey := fs.String("sign-key", "", "PEM ed25519 private key (orchestrator keys generate) to sign the image with")
+	allowDowngrade := fs.Bool("allow-downgrade", false, "sign a permission for devices to install this image over a newer version (needs --sign-key)")
 	pos, err := c.parse(fs, sp, args, "FILE")
 	if err != nil {
 		return err
@@ -442,9 +466,21 @@ func (c *cli) firmwareAdd(ctx context.Context, args []string) error {
 	if *name == "" {
 		*name = filepath.Base(pos[0])
 	}
-	fw, err := c.client(*server).AddFirmware(ctx, fleet.Firmware{Name: *name, Version: *ver, Model: *model}, f, st.Size())
+	meta := fleet.Firmware{Name: *name, Version: *ver, Model: *model, Size: st.Size(), AllowDowngrade: *allowDowngrade}
+	if *allowDowngrade && *signKey == "" {
+		return &usageError{msg: "--allow-downgrade is signed: it needs --sign-key", spec: sp}
+	}
+	if *signKey != "" {
+		if err := signFile(f, *signKey, &meta); err != nil {
+			return err
+		}
+	}
+	fw, err := c.client(*server).AddFirmware(ctx, meta, f, meta.Size)
 	if err != nil {
 		return err
+	}
+	if *signKey != "" && fw.SHA256 != meta.SHA256 {
+		return fmt.Errorf("the server stored SHA-256 %s, but %s was signed as %s: the file changed during the upload", fw.SHA256, pos[0], meta.SHA256)
 	}
 	fmt.Fprintln(c.stdout, fw.ID)
 	return nil
@@ -465,10 +501,10 @@ func (c *cli) firmwareList(ctx context.Context, args []string) error {
 		return c.printJSON(nonNilSlice(fws))
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tVERSION\tMODEL\tSIZE\tSHA256\tCREATED")
+	fmt.Fprintln(tw, "ID\tNAME\tVERSION\tMODEL\tSIZE\tSHA256\tSIGNED\tCREATED")
 	for _, fw := range fws {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", fw.ID, fw.Name, fw.Version, orDash(fw.Model),
-			humanBytes(fw.Size), shortHash(fw.SHA256), fw.CreatedAt.Local().Format(time.DateTime))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", fw.ID, fw.Name, fw.Version, orDash(fw.Model),
+			humanBytes(fw.Size), shortHash(fw.SHA256), signedColumn(fw), fw.CreatedAt.Local().Format(time.DateTime))
 	}
 	return tw.Flush()
 }

@@ -152,6 +152,10 @@ func TestCLI_UsageErrorsExit2(t *testing.T) {
 		{"extra positional", []string{"update", "status", "a", "b"}, `unexpected argument "b"`},
 		{"bad state", []string{"update", "devices", "u", "--state", "asleep"}, `unknown device state`},
 		{"bad log level", []string{"serve", "--log-level", "loud"}, `log level "loud"`},
+		{"auto-approve without token", []string{"serve", "--auto-approve"}, "--auto-approve needs --enroll-token-file"},
+		{"tls without key", []string{"serve", "--mqtt-tls", "127.0.0.1:0", "--tls-cert", "c.pem"}, "go together"},
+		{"client CA without tls", []string{"serve", "--tls-client-ca", "ca.pem"}, "--tls-client-ca needs --mqtt-tls"},
+		{"anonymous with external broker", []string{"serve", "--broker", "tcp://h:1883", "--allow-anonymous"}, "embedded broker"},
 		{"bad interval", []string{"update", "watch", "u", "--interval", "0s"}, "--interval must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -66,6 +66,12 @@ func (c *Client) AddFirmware(ctx context.Context, meta fleet.Firmware, r io.Read
 	if meta.Model != "" {
 		q.Set("model", meta.Model)
 	}
+	if meta.Signature != "" {
+		q.Set("signature", meta.Signature)
+	}
+	if meta.AllowDowngrade {
+		q.Set("allow_downgrade", "true")
+	}
 	req, err := c.newRequest(ctx, http.MethodPost, "/api/v1/firmware?"+q.Encode(), r)
 	if err != nil {
 		return fleet.Firmware{}, err

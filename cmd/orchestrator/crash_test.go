@@ -6,6 +6,7 @@ package main
 import (
 	"encoding/json"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -95,8 +96,9 @@ func TestE2E_DevicesimKilledResumesFromItsStateDir(t *testing.T) {
 	fw, digest := s.firmware(4<<20, "1.1.0")
 	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "5", "--chunk-size", "4096", "--window", "2"))
 
-	// Kill devicesim once a few devices are partway through.
-	poll(t, 30*time.Second, func() bool { return s.status(id).BytesAcked > 2<<20 }, "transfers under way")
+	// Kill devicesim once a device saved a checkpoint partway through (a
+	// byte count alone can be reached before any checkpoint).
+	poll(t, 30*time.Second, func() bool { return checkpointedMidTransfer(t, stateDir) }, "a checkpoint mid-transfer")
 	require.NoError(t, first.cmd.Process.Signal(syscall.SIGKILL))
 	<-first.done
 	first.done <- nil
@@ -163,4 +165,28 @@ func (s *server) cmdTerm() error {
 		return err
 	}
 	return cmd.Wait()
+}
+
+// checkpointedMidTransfer reports whether a device state file in dir holds
+// a download partway through.
+func checkpointedMidTransfer(t *testing.T, dir string) bool {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	require.NoError(t, err)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // being replaced
+		}
+		var st struct {
+			Held *struct {
+				Offset int64             `json:"offset"`
+				State  fleet.DeviceState `json:"state"`
+			} `json:"held"`
+		}
+		if json.Unmarshal(b, &st) == nil && st.Held != nil && st.Held.State == fleet.StateDownloading && st.Held.Offset > 0 {
+			return true
+		}
+	}
+	return false
 }

@@ -35,6 +35,7 @@ import (
 func fleetMain(t *testing.T, groups ...agentGroup) (*Main, *Client) {
 	t.Helper()
 	m := newTestMain(t)
+	m.Config.AllowAnonymous = true // the agents here test the dashboard, not authentication
 	require.NoError(t, m.Run(context.Background()))
 	t.Cleanup(func() { assert.NoError(t, m.Close()) })
 	total := 0

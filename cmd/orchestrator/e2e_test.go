@@ -8,9 +8,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -78,12 +75,17 @@ type server struct {
 	mu       sync.Mutex // guards log (written by the stderr reader) and cmd
 	cmd      *exec.Cmd
 	log      bytes.Buffer
+	creds    map[string]string // ID prefix -> credentials file provisioned for it
+	// serveArgs are added to every serve command line; tlsAddr is the TLS
+	// listener's address when they ask for one.
+	serveArgs []string
+	tlsAddr   string
 }
 
-func startServer(t *testing.T) *server {
+func startServer(t *testing.T, serveArgs ...string) *server {
 	t.Helper()
 	orch, _ := binaries(t)
-	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data")}
+	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data"), serveArgs: serveArgs}
 	t.Cleanup(func() {
 		s.kill()
 		if t.Failed() {
@@ -99,7 +101,7 @@ func startServer(t *testing.T) *server {
 func (s *server) start(mqttAddr, httpAddr string) {
 	t := s.t
 	t.Helper()
-	cmd := exec.Command(s.bin, "serve", "--data", s.data, "--mqtt", mqttAddr, "--http", httpAddr)
+	cmd := exec.Command(s.bin, append([]string{"serve", "--data", s.data, "--mqtt", mqttAddr, "--http", httpAddr}, s.serveArgs...)...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -116,6 +118,11 @@ func (s *server) start(mqttAddr, httpAddr string) {
 			s.mu.Unlock()
 			if a, ok := strings.CutPrefix(line, "mqtt listening on tcp://"); ok {
 				mqttSeen = a
+			}
+			if a, ok := strings.CutPrefix(line, "mqtt listening on ssl://"); ok {
+				s.mu.Lock()
+				s.tlsAddr = a
+				s.mu.Unlock()
 			}
 			if a, ok := strings.CutPrefix(line, "http listening on "); ok {
 				urlSeen = a
@@ -248,7 +255,8 @@ func startSim(t *testing.T, s *server, args ...string) *sim {
 	t.Helper()
 	_, bin := binaries(t)
 	sm := &sim{summary: filepath.Join(t.TempDir(), "summary.json"), out: &bytes.Buffer{}, done: make(chan error, 1)}
-	all := append([]string{"--broker", "tcp://" + s.mqttAddr, "--summary", sm.summary, "--reboot-delay", "100ms"}, args...)
+	all := append([]string{"--broker", "tcp://" + s.mqttAddr, "--summary", sm.summary, "--reboot-delay", "100ms",
+		"--credentials", s.provision(args)}, args...)
 	sm.cmd = exec.Command(bin, all...)
 	sm.cmd.Stdout, sm.cmd.Stderr = sm.out, sm.out
 	require.NoError(t, sm.cmd.Start())
@@ -259,6 +267,32 @@ func startSim(t *testing.T, s *server, args ...string) *sim {
 		sm.done <- nil
 	})
 	return sm
+}
+
+// provision creates, once per ID prefix, the accounts of the devices that
+// devicesim args name (--id-prefix, --devices) with orchestrator device
+// provision, and returns the credentials file.
+func (s *server) provision(args []string) string {
+	s.t.Helper()
+	prefix, devices := "sim-", "10"
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
+		case "--id-prefix":
+			prefix = args[i+1]
+		case "--devices":
+			devices = args[i+1]
+		}
+	}
+	if f, ok := s.creds[prefix]; ok {
+		return f
+	}
+	f := filepath.Join(s.t.TempDir(), "creds.csv")
+	s.mustCLI("device", "provision", "--prefix", prefix, "--count", devices, "--out", f)
+	if s.creds == nil {
+		s.creds = make(map[string]string)
+	}
+	s.creds[prefix] = f
+	return f
 }
 
 // stop interrupts devicesim (it prints and writes its summary) and reads the
@@ -293,14 +327,10 @@ func poll(t *testing.T, within time.Duration, cond func() bool, what string) {
 // firmware writes a random image and adds it through the CLI.
 func (s *server) firmware(size int, version string) (id, digest string) {
 	s.t.Helper()
-	img := make([]byte, size)
-	_, _ = rand.Read(img)
-	path := filepath.Join(s.t.TempDir(), "fw.bin")
-	require.NoError(s.t, os.WriteFile(path, img, 0o644))
+	path, digest := image(s.t, size)
 	id = strings.TrimSpace(s.mustCLI("firmware", "add", path, "--version", version, "--name", "app", "--model", "sim-a"))
 	require.True(s.t, strings.HasPrefix(id, "fw-"), "firmware ID %q", id)
-	sum := sha256.Sum256(img)
-	return id, hex.EncodeToString(sum[:])
+	return id, digest
 }
 
 func (s *server) status(id string) fleet.UpdateSummary {
@@ -326,8 +356,11 @@ func TestE2E_FleetOf100DevicesSucceeds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// stdbuf: mosquitto_sub's debug lines are block-buffered on a pipe.
+	// A read-only monitor account, as an operator would create one.
+	monSecret := strings.TrimSpace(s.mustCLI("monitor", "add", "monitor-e2e"))
 	monitor := exec.CommandContext(ctx, requireTool(t, "stdbuf"), "-oL", requireTool(t, "mosquitto_sub"),
-		"-h", host, "-p", port, "-i", "monitor-e2e", "-t", "flota/events/#", "-v", "-q", "1", "-d")
+		"-h", host, "-p", port, "-i", "monitor-e2e", "-u", "monitor-e2e", "-P", monSecret,
+		"-t", "flota/events/#", "-v", "-q", "1", "-d")
 	var events bytes.Buffer
 	var evMu sync.Mutex // guards events
 	subscribed := make(chan struct{})
@@ -469,6 +502,9 @@ func TestE2E_GarbageFromMosquittoPubIsCountedAndHarmless(t *testing.T) {
 
 	host, port, _ := strings.Cut(s.mqttAddr, ":")
 	pub := requireTool(t, "mosquitto_pub")
+	// A device with valid credentials that sends garbage: the worst a
+	// compromised device can do on its own topics.
+	secret := strings.TrimSpace(s.mustCLI("device", "add", "junk"))
 	for i, msg := range []struct{ topic, payload string }{
 		{"flota/devices/junk/up/report", "\x01\x02 not json at all"},
 		{"flota/devices/junk/up/hello", `{"v":1,"version":7}`},
@@ -476,7 +512,7 @@ func TestE2E_GarbageFromMosquittoPubIsCountedAndHarmless(t *testing.T) {
 		{"flota/devices/junk/up/report", `{"v":1,"update":"u-000000000000","handle":1,"state":"accepted"}`},
 		{"flota/devices/junk/up/report", `{"v":1,"update":"` + id + `","handle":1,"state":"teleported"}`},
 	} {
-		out, err := exec.Command(pub, "-h", host, "-p", port, "-i", "junk", "-q", "1", "-t", msg.topic, "-m", msg.payload).CombinedOutput()
+		out, err := exec.Command(pub, "-h", host, "-p", port, "-i", "junk", "-u", "junk", "-P", secret, "-q", "1", "-t", msg.topic, "-m", msg.payload).CombinedOutput()
 		require.NoError(t, err, "message %d: %s", i, out)
 	}
 	var stats struct {

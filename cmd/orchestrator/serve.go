@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,7 +11,9 @@ import (
 	"sync"
 
 	"github.com/flotaio/flota/broker"
+	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/httpapi"
+	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/internal/sqlite"
 	"github.com/flotaio/flota/mqttclient"
@@ -52,6 +55,31 @@ type Config struct {
 	// MaxFirmwareSize bounds an uploaded image; 0 means
 	// httpapi.DefaultMaxFirmwareSize.
 	MaxFirmwareSize int64
+	// FirmwarePublicKey is a PEM ed25519 public key file; when set, firmware
+	// uploads that are unsigned or whose signature does not verify with it
+	// are refused.
+	FirmwarePublicKey string
+	// Who may connect to the embedded broker (serve_auth.go, docs/SECURITY.md).
+
+	// AllowAnonymous lets MQTT clients connect without credentials, as the
+	// device named by their client ID (development mode; logged loudly).
+	AllowAnonymous bool
+	// EnrollTokenFile holds the fleet enrollment token; with it, unknown
+	// devices that present the token register as pending.
+	EnrollTokenFile string
+	// AutoApprove makes enrolled devices active at once.
+	AutoApprove bool
+	// MQTTTLSAddr, with TLSCert and TLSKey, adds a TLS listener.
+	MQTTTLSAddr string
+	TLSCert     string
+	TLSKey      string
+	// TLSClientCA makes the TLS listener mutual: clients must present a
+	// certificate signed by it whose common name is their client ID.
+	TLSClientCA string
+	// RateLimit is the messages per second one MQTT client may publish (0:
+	// the broker's default, negative: no limit); RateBurst its burst.
+	RateLimit float64
+	RateBurst int
 }
 
 // Main is the orchestrator with its production wiring, so that tests run
@@ -63,6 +91,9 @@ type Main struct {
 	Client *mqttclient.Client // the external broker's client, nil without Config.Broker
 	Engine *rollout.Engine
 	HTTP   *httpapi.Server
+	// Accounts authenticates MQTT connections to the embedded broker; nil
+	// with Config.Broker.
+	Accounts *auth.Accounts
 	// Logger receives every component's logs; nil means a text handler on
 	// stderr at Config.LogLevel.
 	Logger *slog.Logger
@@ -114,6 +145,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	}
 
+	var fwKey ed25519.PublicKey
+	if m.Config.FirmwarePublicKey != "" {
+		if fwKey, err = protocol.ReadPublicKeyFile(m.Config.FirmwarePublicKey); err != nil {
+			return fmt.Errorf("firmware public key: %w", err)
+		}
+	}
+
 	m.Store = sqlite.New(m.Config.DataDir)
 	m.Store.Logger = m.Logger.With("component", "store")
 	if err := m.Store.Open(); err != nil {
@@ -133,11 +171,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		c := m.Client
 		brokerStats = func() any { return c.Stats() }
 	} else {
-		m.Broker = broker.New(broker.Options{
-			Addr:   m.Config.MQTTAddr,
-			Window: m.Config.Window,
-			Logger: m.Logger.With("component", "broker"),
-		})
+		opts, err := m.brokerOptions()
+		if err != nil {
+			return err
+		}
+		m.Broker = broker.New(opts)
+		brk := m.Broker
+		m.Accounts.Disconnect = func(id string) { brk.Disconnect(id) }
 		m.Engine = rollout.New(m.Store, m.Broker, m.Logger.With("component", "engine"))
 		engine := m.Engine
 		m.Broker.OnPresence(func(id string, online bool) { engine.DevicePresence(id, online) })
@@ -160,11 +200,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Engine:      m.Engine,
 		BrokerStats: brokerStats,
 		Subscribe:   m.Engine.Transport.Subscribe,
+		Accounts:    m.Accounts,
 		Logger:      m.Logger.With("component", "http"),
 		Version:     version,
 		Tokens:      tokens,
 
-		MaxFirmwareSize: m.Config.MaxFirmwareSize,
+		MaxFirmwareSize:   m.Config.MaxFirmwareSize,
+		FirmwarePublicKey: fwKey,
 	}
 	if err := m.HTTP.Open(); err != nil {
 		return fmt.Errorf("open http: %w", err)
@@ -213,6 +255,16 @@ func (m *Main) openClient() error {
 	}
 	m.closers = append(m.closers, m.Client.Close)
 	return nil
+}
+
+// MQTTTLSAddr returns the embedded broker's bound TLS address, or "".
+func (m *Main) MQTTTLSAddr() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.Broker == nil {
+		return ""
+	}
+	return m.Broker.TLSAddr()
 }
 
 // MQTTAddr returns the embedded broker's bound address, or "" before Run

@@ -1,5 +1,6 @@
 // Package agent is the device side of flota's protocol v1: a reference agent
-// that connects to an MQTT broker with paho, announces itself, accepts offers,
+// that connects to an MQTT broker with paho, announces itself, accepts offers
+// whose ed25519 signature verifies (when it has a public key, verify.go),
 // receives the chunked image with cumulative acks, verifies its SHA-256,
 // simulates the install and the reboot into the new version, and resumes a
 // transfer byte-exactly after a disconnect. cmd/devicesim runs thousands of
@@ -13,6 +14,8 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,6 +39,7 @@ const (
 	DefaultConnectTimeout = 30 * time.Second
 	DefaultDialTimeout    = 10 * time.Second
 	DefaultPublishTimeout = 5 * time.Second
+	DefaultKeepAlive      = 30 * time.Second
 	// DefaultQueueSize holds two full windows of the largest window a policy
 	// allows, plus room for control messages.
 	DefaultQueueSize = 2*fleet.MaxWindow + 16
@@ -53,11 +57,15 @@ type Faults struct {
 	// Disconnect: once per transfer, disconnect at a random offset, then
 	// reconnect after ReconnectDelay and resume.
 	Disconnect float64
+	// RebootMidDownload: once per transfer, lose power at a random offset
+	// and boot again after RebootDelay with what the state file kept
+	// (power.go).
+	RebootMidDownload float64
 }
 
 // Config configures an Agent. Zero durations take the Default constants.
 type Config struct {
-	Broker  string // tcp://host:port
+	Broker  string // tcp://host:port, or ssl://host:port with TLSConfig
 	ID      string // device ID, also the MQTT client ID
 	Model   string
 	Version string // version running at start
@@ -86,13 +94,35 @@ type Config struct {
 	CheckpointInterval time.Duration
 
 	Faults Faults
+	// Bandwidth limits each direction of the device's link to this many
+	// bytes per second (0: unlimited); Latency is added to every message
+	// the device receives and sends (link.go).
+	Bandwidth int64
+	Latency   time.Duration
+	// KeepAlive is the MQTT keepalive (default DefaultKeepAlive); negative:
+	// none, which saves paho's keepalive goroutine and ticker per device.
+	KeepAlive time.Duration
 	// Seed seeds the fault injection; zero picks a random seed.
 	Seed uint64
 
 	Logger *slog.Logger
 
+	// Username and Password are the MQTT credentials; with a Password and
+	// no Username, the username is ID (docs/PROTOCOL.md, "Connecting").
 	Username string
 	Password string
+
+	// PublicKey is the firmware signing key the device was provisioned
+	// with. When set, the agent installs only offers whose signature
+	// verifies with it, and no lower version unless the signature allows a
+	// downgrade (verify.go). Nil: nothing is verified but the SHA-256.
+	PublicKey ed25519.PublicKey
+	// EnrollToken, when set, makes the agent send the enrollment form of the
+	// password (protocol.EnrollPassword), so that an unknown device
+	// registers itself with Password as its secret.
+	EnrollToken string
+	// TLSConfig is used for ssl:// broker URLs.
+	TLSConfig *tls.Config
 }
 
 // Stats are an agent's counters. Copy-safe.
@@ -125,6 +155,11 @@ type Stats struct {
 	// UpdateTime is the time from the offer that started the last completed
 	// transfer to the hello sent after rebooting into its version.
 	UpdateTime time.Duration `json:"update_time_ns,omitempty"`
+	// EndTime is the time from the offer of the last transfer to its end:
+	// the hello after the reboot (UpdateTime), or a failure or cancel.
+	EndTime time.Duration `json:"end_time_ns,omitempty"`
+	// PowerCuts counts injected power cuts (Faults.RebootMidDownload).
+	PowerCuts int `json:"power_cuts,omitempty"`
 }
 
 // Presence status payloads (docs/PROTOCOL.md): published retained on
@@ -165,15 +200,16 @@ const (
 	actInstall
 	actFaultDisconnect
 	actReboot
+	actPowerCut
 )
 
 // Agent is one simulated device.
 type Agent struct {
 	cfg        Config
-	log        *slog.Logger
+	log        atomic.Pointer[slog.Logger] // narrowed to the device on first use: logger()
 	downPrefix string
 
-	in        chan *inbound
+	in        *inbox
 	connected chan uint64   // generations whose client connected
 	gen       atomic.Uint64 // generation of the current client
 	ready     chan struct{} // closed after the first hello
@@ -198,6 +234,9 @@ type Agent struct {
 	reconnTimer    *time.Timer
 	helloTimer     *time.Timer
 	retries        int
+	link           *link      // nil without Bandwidth and Latency (link.go)
+	power          powerState // fault injection of power cuts (power.go)
+	lastOffer      offerMark  // the update of the newest transfer and when it was offered
 
 	lifeMu  sync.Mutex // guards cancel and closed
 	cancel  context.CancelFunc
@@ -229,6 +268,9 @@ func New(cfg Config) *Agent {
 	if cfg.PublishTimeout <= 0 {
 		cfg.PublishTimeout = DefaultPublishTimeout
 	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = DefaultKeepAlive
+	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
 	}
@@ -251,9 +293,8 @@ func New(cfg Config) *Agent {
 	}
 	a := &Agent{
 		cfg:        cfg,
-		log:        cfg.Logger.With("device", cfg.ID),
 		downPrefix: protocol.DevicesRoot + cfg.ID + "/down/",
-		in:         make(chan *inbound, cfg.QueueSize),
+		in:         newInbox(cfg.QueueSize),
 		connected:  make(chan uint64, 4),
 		ready:      make(chan struct{}),
 		rng:        rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
@@ -261,6 +302,9 @@ func New(cfg Config) *Agent {
 		stats:      Stats{ID: cfg.ID, Version: cfg.Version},
 	}
 	a.out = a.clientPublish
+	if a.link = newLink(cfg); a.link != nil {
+		a.out = a.linkPublish
+	}
 	return a
 }
 
@@ -350,14 +394,22 @@ func (a *Agent) run(ctx context.Context) {
 	defer a.disconnect()
 	a.connect()
 	for {
+		linkDown, linkUp := a.linkTimers()
 		select {
 		case <-ctx.Done():
 			return
-		case m := <-a.in:
-			if !a.online || m.gen != a.gen.Load() {
-				continue // received before a disconnect: the device was off
+		case <-a.in.ready:
+			for _, m := range a.in.take() {
+				if !a.online || m.gen != a.gen.Load() {
+					continue // received before a disconnect: the device was off
+				}
+				a.receive(m)
+				a.perform()
 			}
-			a.handleDown(m.kind, m.payload)
+		case <-linkDown:
+			a.deliverDown()
+		case <-linkUp:
+			a.sendUp()
 		case g := <-a.connected:
 			if a.online && g == a.gen.Load() {
 				a.onConnected()
@@ -386,6 +438,7 @@ func (a *Agent) stopTimers() {
 			t.Stop()
 		}
 	}
+	a.resetLink()
 }
 
 // perform carries out the actions message handling asked for.
@@ -401,11 +454,13 @@ func (a *Agent) perform() {
 				a.finishInstall()
 			}
 		case actFaultDisconnect:
-			a.log.Info("injected disconnect", "offset", a.heldOffset())
+			a.logger().Info("injected disconnect", "offset", a.heldOffset())
 			a.goOffline(a.cfg.ReconnectDelay)
 		case actReboot:
-			a.log.Info("rebooting", "into", a.pendingVersion)
+			a.logger().Info("rebooting", "into", a.pendingVersion)
 			a.goOffline(a.cfg.RebootDelay)
+		case actPowerCut:
+			a.powerCut()
 		}
 	}
 }
@@ -432,7 +487,7 @@ func (a *Agent) waitReport() {
 		return
 	}
 	if !a.lastReport.WaitTimeout(a.cfg.PublishTimeout) {
-		a.log.Warn("report not acknowledged before disconnect")
+		a.logger().Warn("report not acknowledged before disconnect")
 	}
 	a.lastReport = nil
 }
@@ -447,12 +502,13 @@ func (a *Agent) disconnect() {
 		a.helloTimer = nil
 	}
 	a.gen.Add(1)
+	a.resetLink()
 	if a.client != nil {
 		// A clean DISCONNECT discards the last will: say offline first.
 		if a.client.IsConnectionOpen() {
 			tok := a.client.Publish(a.statusTopic(), 1, true, statusOffline)
 			if !tok.WaitTimeout(a.cfg.PublishTimeout) || tok.Error() != nil {
-				a.log.Debug("offline status not acknowledged", "err", tok.Error())
+				a.logger().Debug("offline status not acknowledged", "err", tok.Error())
 			}
 		}
 		a.client.Disconnect(quiesce)
@@ -477,23 +533,18 @@ func (a *Agent) connect() {
 		SetMaxReconnectInterval(5 * time.Second).
 		SetConnectTimeout(a.cfg.DialTimeout).
 		SetWriteTimeout(10 * time.Second).
-		SetKeepAlive(30 * time.Second).
+		SetKeepAlive(max(a.cfg.KeepAlive, 0)).
 		SetOnConnectHandler(func(mqtt.Client) { a.notifyConnected(gen) }).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			if a.gen.Load() == gen {
-				a.log.Info("connection lost", "err", err)
+				a.logger().Info("connection lost", "err", err)
 				a.updateStats(func(s *Stats) { s.Connected = false })
 			}
 		})
 	// Presence for brokers without connection hooks: the broker publishes
 	// this when the connection ends without a DISCONNECT.
 	opts.SetBinaryWill(a.statusTopic(), statusOffline, 1, true)
-	if a.cfg.Username != "" {
-		opts.SetUsername(a.cfg.Username)
-	}
-	if a.cfg.Password != "" {
-		opts.SetPassword(a.cfg.Password)
-	}
+	a.setCredentials(opts)
 	a.client = mqtt.NewClient(opts)
 	a.online = true
 	a.connTok = a.client.Connect()
@@ -518,7 +569,7 @@ func (a *Agent) onConnectResult() {
 		a.retries++
 		// Jitter spreads a fleet's reconnection storm.
 		d := a.cfg.RetryInterval/2 + time.Duration(a.rng.Int64N(int64(a.cfg.RetryInterval)))
-		a.log.Debug("connect failed", "err", err, "retry_in", d, "attempt", a.retries)
+		a.logger().Debug("connect failed", "err", err, "retry_in", d, "attempt", a.retries)
 		if a.client != nil {
 			a.client.Disconnect(0)
 			a.client = nil
@@ -550,9 +601,7 @@ func (a *Agent) handler(gen uint64) mqtt.MessageHandler {
 		if !ok || strings.Contains(kind, "/") {
 			return
 		}
-		select {
-		case a.in <- &inbound{gen: gen, kind: kind, payload: m.Payload()}:
-		default:
+		if !a.in.put(&inbound{gen: gen, kind: kind, payload: m.Payload()}) {
 			a.updateStats(func(s *Stats) { s.QueueDropped++ })
 		}
 	}
@@ -564,7 +613,7 @@ func (a *Agent) onConnected() {
 	c := a.client
 	tok := c.Subscribe(protocol.DownFilter(a.cfg.ID), 1, a.handler(a.gen.Load()))
 	if !tok.WaitTimeout(a.cfg.PublishTimeout) || tok.Error() != nil {
-		a.log.Warn("subscribe failed", "err", tok.Error())
+		a.logger().Warn("subscribe failed", "err", tok.Error())
 		a.helloTimer = time.NewTimer(a.cfg.RetryInterval)
 		return
 	}

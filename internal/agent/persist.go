@@ -138,7 +138,7 @@ func (a *Agent) loadState() {
 	if a.cfg.StateFile == "" || a.persist != nil {
 		return
 	}
-	p := newPersister(a.cfg, a.log)
+	p := newPersister(a.cfg, a.logger())
 	a.persist = p
 	p.ckptTime = time.Now()
 	b, err := os.ReadFile(p.path)
@@ -149,12 +149,12 @@ func (a *Agent) loadState() {
 		err = a.restore(b)
 	}
 	if err != nil {
-		a.log.Warn("state file ignored, starting fresh", "file", p.path, "err", err)
+		a.logger().Warn("state file ignored, starting fresh", "file", p.path, "err", err)
 		return
 	}
 	p.last = b
 	p.ckptAt = a.heldOffset()
-	a.log.Info("state restored", "version", a.version, "held", a.heldHello())
+	a.logger().Info("state restored", "version", a.version, "held", a.heldHello())
 }
 
 // restore applies an encoded state file, or changes nothing and returns
@@ -224,7 +224,7 @@ func heldFromFile(h *heldRecord) (*transfer, error) {
 		return nil, fmt.Errorf("held transfer out of range: update %q offset %d size %d", h.Update, h.Offset, fw.Size)
 	}
 	t := &transfer{update: h.Update, handle: h.Handle, fw: fw, expected: h.Offset, state: h.State,
-		ackEvery: 1, faultAt: -1, offeredAt: h.OfferedAt}
+		ackEvery: 1, faultAt: -1, cutAt: -1, offeredAt: h.OfferedAt}
 	switch h.State {
 	case fleet.StateDownloading, fleet.StateDownloaded:
 		if h.State == fleet.StateDownloaded && h.Offset != fw.Size {
@@ -280,7 +280,7 @@ func (a *Agent) saveState(sync bool) {
 	}
 	b, err := a.encodeState()
 	if err != nil {
-		a.log.Warn("state not saved", "err", err)
+		a.logger().Warn("state not saved", "err", err)
 		return
 	}
 	if bytes.Equal(b, p.last) {

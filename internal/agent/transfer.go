@@ -24,6 +24,7 @@ type transfer struct {
 	ackEvery  int               // in-order chunks per ack: half the offer's window
 	unacked   int               // in-order chunks received since the last ack
 	faultAt   int64             // disconnect once expected passes it; -1: no fault
+	cutAt     int64             // power cut once expected passes it; -1: none (power.go)
 	offeredAt time.Time
 }
 
@@ -52,7 +53,7 @@ func (a *Agent) handleDown(kind string, payload []byte) {
 }
 
 func (a *Agent) bad(kind string, err error) {
-	a.log.Debug("bad down message", "kind", kind, "err", err)
+	a.logger().Debug("bad down message", "kind", kind, "err", err)
 	a.updateStats(func(s *Stats) { s.BadFrames++ })
 }
 
@@ -74,6 +75,10 @@ func (a *Agent) handleOffer(b []byte) {
 	}
 	if t != nil && t.update != o.Update {
 		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonBusy})
+		return
+	}
+	if st, reason := a.refusal(o.Firmware); reason != "" {
+		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: st, Reason: reason})
 		return
 	}
 	if o.Firmware.Model != "" && o.Firmware.Model != a.cfg.Model {
@@ -109,6 +114,7 @@ func (a *Agent) handleOffer(b []byte) {
 	if p := a.cfg.Faults.Disconnect; p > 0 && t.fw.Size > 0 && a.rng.Float64() < p {
 		t.faultAt = a.rng.Int64N(t.fw.Size)
 	}
+	a.armPowerCut(t)
 	a.setHeld(t)
 	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateAccepted, Offset: 0})
 	if t.fw.Size == 0 {
@@ -146,6 +152,12 @@ func (a *Agent) handleChunk(b []byte) {
 	if t.unacked++; t.unacked >= t.ackEvery || t.expected == t.fw.Size {
 		a.ack(t)
 	}
+	if t.cutAt >= 0 && t.expected > t.cutAt {
+		// Before the completion: power may go with the last chunk too.
+		t.cutAt = -1
+		a.action = actPowerCut
+		return
+	}
 	if t.expected == t.fw.Size {
 		a.complete()
 		return
@@ -171,7 +183,7 @@ func (a *Agent) complete() {
 	}
 	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateDownloaded, Offset: t.expected})
 	if !ok {
-		a.log.Info("image digest mismatch", "update", t.update, "got", sum, "want", t.fw.SHA256)
+		a.logger().Info("image digest mismatch", "update", t.update, "got", sum, "want", t.fw.SHA256)
 		a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateFailed, Reason: fleet.ReasonBadDigest})
 		return
 	}
@@ -243,7 +255,12 @@ func (a *Agent) sayHello(held *protocol.Held) {
 		return
 	}
 	if !tok.WaitTimeout(a.cfg.PublishTimeout) || tok.Error() != nil {
-		a.log.Warn("hello after reboot not acknowledged; it is sent again on the next connect", "err", tok.Error())
+		// Said again after RetryInterval (or on the next connect): a
+		// device that stayed connected must not hold the transfer forever.
+		a.logger().Warn("hello after reboot not acknowledged; saying it again", "err", tok.Error())
+		if a.helloTimer == nil {
+			a.helloTimer = time.NewTimer(a.cfg.RetryInterval)
+		}
 		return
 	}
 	a.settle()
@@ -261,7 +278,7 @@ func (a *Agent) settle() {
 	a.setHeld(nil)
 	a.done = &completed{update: t.update, handle: t.handle, size: t.fw.Size, version: t.fw.Version}
 	d := time.Since(t.offeredAt)
-	a.updateStats(func(s *Stats) { s.UpdateTime = d })
+	a.updateStats(func(s *Stats) { s.UpdateTime, s.EndTime = d, d })
 	a.saveState(false) // lost in a crash: the reboot hello is said again
 }
 
@@ -277,7 +294,11 @@ func (a *Agent) report(r protocol.Report) {
 	if r.Reason == fleet.ReasonBusy || r.Reason == fleet.ReasonUnknownUpdate {
 		return // about an update the device does not hold
 	}
+	end := a.endTime(r)
 	a.updateStats(func(s *Stats) {
+		if end > 0 {
+			s.EndTime = end
+		}
 		s.State = r.State
 		switch r.State {
 		case fleet.StateAccepted:
@@ -305,4 +326,22 @@ func (a *Agent) ack(t *transfer) {
 	t.unacked = 0
 	a.out(protocol.UpTopic(a.cfg.ID, protocol.KindAck), 0,
 		protocol.Encode(protocol.Ack{V: protocol.Version, Handle: t.handle, Offset: t.expected}))
+}
+
+// offerMark is when the newest transfer's update was offered.
+type offerMark struct {
+	update string
+	at     time.Time
+}
+
+// endTime is the time from the offer to r, when r ends the newest transfer
+// with a failure or cancel; else 0.
+func (a *Agent) endTime(r protocol.Report) time.Duration {
+	if r.State != fleet.StateFailed && r.State != fleet.StateCancelled {
+		return 0
+	}
+	if r.Update != a.lastOffer.update || a.lastOffer.at.IsZero() {
+		return 0
+	}
+	return time.Since(a.lastOffer.at)
 }

@@ -27,6 +27,10 @@ var (
 	ErrUpdateFinished = errors.New("update already finished")
 	// ErrDeviceBusy: a device is already a target of another active update.
 	ErrDeviceBusy = errors.New("device is in another active update")
+	// ErrCredentialNotFound: no MQTT account (device or monitor) by that ID.
+	ErrCredentialNotFound = errors.New("credential not found")
+	// ErrCredentialExists: the ID already names a device or monitor account.
+	ErrCredentialExists = errors.New("credential already exists")
 	// ErrClosed: the component was closed.
 	ErrClosed = errors.New("closed")
 )

@@ -45,12 +45,18 @@ type Device struct {
 
 // Firmware is one image stored once in the data directory.
 type Firmware struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Version   string    `json:"version"`
-	Model     string    `json:"model,omitempty"` // empty: any model
-	Size      int64     `json:"size"`
-	SHA256    string    `json:"sha256"` // lower-case hex
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	Model   string `json:"model,omitempty"` // empty: any model
+	Size    int64  `json:"size"`
+	SHA256  string `json:"sha256"` // lower-case hex
+	// AllowDowngrade is signed with the image: devices may install it over
+	// a newer version (docs/PROTOCOL.md, "Firmware signature").
+	AllowDowngrade bool `json:"allow_downgrade,omitempty"`
+	// Signature is the ed25519 signature over the signed fields, standard
+	// base64, made where the private key is; empty: unsigned.
+	Signature string    `json:"signature,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 }
 

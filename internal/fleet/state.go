@@ -112,6 +112,7 @@ const (
 	ReasonVersionNotNewer   Reason = "version_not_newer"  // (device) refuses to downgrade
 	ReasonBadDigest         Reason = "bad_digest"         // (device) SHA-256 mismatch
 	ReasonBadSignature      Reason = "bad_signature"      // (device) signature does not verify
+	ReasonDowngradeRefused  Reason = "downgrade_refused"  // (device) lower version, and the signature does not allow a downgrade
 	ReasonInstallFailed     Reason = "install_failed"     // (device) writing the image failed
 	ReasonStorageError      Reason = "storage_error"      // (device) could not store a chunk
 	ReasonBootFailed        Reason = "boot_failed"        // device came back on another version

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/protocol"
 )
 
 // Error is the body of every error response. Code is stable: clients branch
@@ -43,7 +44,11 @@ var sentinels = []struct {
 	{fleet.ErrUpdateFinished, http.StatusConflict, "update_finished"},
 	{fleet.ErrDeviceBusy, http.StatusConflict, "device_busy"},
 	{fleet.ErrIllegalTransition, http.StatusConflict, "illegal_transition"},
+	{fleet.ErrCredentialNotFound, http.StatusNotFound, "credential_not_found"},
+	{fleet.ErrCredentialExists, http.StatusConflict, "credential_exists"},
 	{fleet.ErrClosed, http.StatusServiceUnavailable, CodeUnavailable},
+	{protocol.ErrBadSignature, http.StatusBadRequest, "bad_signature"},
+	{protocol.ErrNoSignature, http.StatusBadRequest, "unsigned_firmware"},
 }
 
 // errorStatus returns the status and body for err. Unknown errors become a

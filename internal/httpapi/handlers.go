@@ -89,13 +89,17 @@ func (s *Server) addFirmware(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if err := signatureParams(q, &meta); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	limit := s.maxFirmwareSize()
 	if r.ContentLength > limit {
 		s.writeError(w, r, &http.MaxBytesError{Limit: limit})
 		return
 	}
 	body := http.MaxBytesReader(w, r.Body, limit)
-	fw, err := s.Store.AddFirmware(r.Context(), meta, body)
+	fw, err := s.Store.AddFirmwareVerified(r.Context(), meta, body, s.verifyFirmware)
 	if err != nil {
 		s.writeError(w, r, fmt.Errorf("add firmware: %w", err))
 		return

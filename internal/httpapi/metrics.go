@@ -50,6 +50,7 @@ var (
 	descBrokerDropped = desc("flota_broker_messages_dropped_total", "MQTT deliveries the broker dropped on a full client queue.")
 	descBrokerAuth    = desc("flota_broker_auth_refused_total", "MQTT connections refused.")
 	descBrokerACL     = desc("flota_broker_acl_denied_total", "MQTT publishes, subscriptions and deliveries denied by the ACL.")
+	descBrokerRate    = desc("flota_broker_rate_limited_total", "MQTT publishes dropped by the per-client rate limit.")
 
 	descStreamClients = desc("flota_http_stream_clients", "Connected event stream (SSE) clients.")
 	descStreamDropped = desc("flota_http_stream_dropped_messages_total", "Messages dropped for slow event stream clients (they catch up from the store).")
@@ -65,6 +66,7 @@ var brokerMetrics = []struct {
 	{"messages_dropped", descBrokerDropped, prometheus.CounterValue},
 	{"auth_refused", descBrokerAuth, prometheus.CounterValue},
 	{"acl_denied", descBrokerACL, prometheus.CounterValue},
+	{"rate_limited", descBrokerRate, prometheus.CounterValue},
 }
 
 // collector reads the server's components on every scrape.
@@ -74,7 +76,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
 		descIllegal, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
-		descBrokerClients, descBrokerDropped, descBrokerAuth, descBrokerACL, descStreamClients, descStreamDropped} {
+		descBrokerClients, descBrokerDropped, descBrokerAuth, descBrokerACL, descBrokerRate, descStreamClients, descStreamDropped} {
 		ch <- d
 	}
 }

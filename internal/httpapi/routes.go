@@ -23,7 +23,7 @@ const dashboardPattern = "GET /"
 // routes lists every route of the JSON API. The OpenAPI document must
 // describe exactly these (a test checks both ways).
 func (s *Server) routes() []route {
-	return []route{
+	return append([]route{
 		{"GET", "/api/v1/health", s.health},
 		{"GET", "/api/v1/stats", s.stats},
 		{"GET", "/api/v1/openapi.json", s.openAPI},
@@ -47,7 +47,7 @@ func (s *Server) routes() []route {
 		{"POST", "/api/v1/updates/{id}/retry-failed", s.retryFailed},
 
 		{"GET", "/api/v1/events/stream", s.eventStream},
-	}
+	}, s.accountRoutes()...)
 }
 
 // Handler returns every route: the JSON API under /api/v1, the Prometheus

@@ -7,6 +7,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/internal/sqlite"
@@ -64,8 +66,15 @@ type Server struct {
 	// Without them only the public paths answer: health, the OpenAPI
 	// document and the dashboard's files.
 	Tokens *Tokens
+	// Accounts manages the embedded broker's MQTT accounts (accounts.go);
+	// nil answers 503 on those routes.
+	Accounts *auth.Accounts
 	// Version is reported by GET /api/v1/health.
 	Version string
+	// FirmwarePublicKey, when set, makes uploads whose signature does not
+	// verify with it (or that are unsigned) fail with bad_signature or
+	// unsigned_firmware. Devices verify in any case.
+	FirmwarePublicKey ed25519.PublicKey
 	// MaxFirmwareSize bounds an uploaded image; 0 means DefaultMaxFirmwareSize.
 	MaxFirmwareSize int64
 	// ShutdownTimeout bounds Close; 0 means DefaultShutdownTimeout.

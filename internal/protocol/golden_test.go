@@ -97,7 +97,11 @@ func xxd(b []byte) string {
 }
 
 func TestGolden_Generated(t *testing.T) {
-	for name, want := range generatedVectors() {
+	vectors := generatedVectors()
+	for name, b := range signatureVectors() {
+		vectors[name] = b
+	}
+	for name, want := range vectors {
 		path := filepath.Join(goldenDir, filepath.FromSlash(name))
 		if *update {
 			require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
@@ -185,6 +189,10 @@ var goldenValid = map[string]any{
 			Size: goldenSize, SHA256: goldenSHA256,
 		},
 		ChunkSize: 16384, Window: 8,
+	},
+	"offer_signed.json": Offer{
+		V: 1, Update: goldenUpdate, Handle: goldenHandle, Attempt: 1,
+		Firmware: goldenSignedFirmware, ChunkSize: 16384, Window: 8,
 	},
 	"cancel.json": Cancel{V: 1, Update: goldenUpdate, Handle: goldenHandle, Reason: fleet.ReasonOperator},
 	"chunk.bin":   goldenFrame,
@@ -339,6 +347,7 @@ func TestGolden_DocShowsVectors(t *testing.T) {
 		"report_accepted.json", "report_accepted_resume.json", "report_rejected.json",
 		"report_downloaded.json", "report_rebooting.json", "report_failed.json",
 		"report_cancelled.json", "ack.json", "offer.json", "cancel.json", "chunk.hex",
+		"offer_signed.json", "signature/signed.hex", "signature/test.pub", "signature/signature.b64",
 	} {
 		b, err := os.ReadFile(filepath.Join(goldenDir, name))
 		require.NoError(t, err)

@@ -50,6 +50,12 @@ type FirmwareInfo struct {
 	Model   string `json:"model,omitempty"`
 	Size    int64  `json:"size"`
 	SHA256  string `json:"sha256"`
+	// AllowDowngrade: the signer lets devices install this image over a
+	// newer version (signed, see SignedBytes).
+	AllowDowngrade bool `json:"allow_downgrade,omitempty"`
+	// Signature is the ed25519 signature of SignedBytes, standard base64;
+	// empty for an unsigned image.
+	Signature string `json:"signature,omitempty"`
 }
 
 // Offer proposes an update to a device. The device answers with a report:

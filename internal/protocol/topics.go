@@ -1,5 +1,6 @@
 // Package protocol is flota's wire protocol, version 1: the MQTT topic layout,
-// the JSON control messages, and the binary chunk frame. docs/PROTOCOL.md is
+// the JSON control messages, the binary chunk frame, and the signed encoding
+// of a firmware with its ed25519 signature (signature.go). docs/PROTOCOL.md is
 // its specification for device firmware authors; testdata/protocol holds golden
 // vectors that the tests decode.
 //

@@ -199,8 +199,7 @@ func (e *Engine) offer(t *target) {
 	}
 	msg := protocol.Offer{
 		V: protocol.Version, Update: r.u.ID, Handle: t.handle, Attempt: t.p.Attempts,
-		Firmware: protocol.FirmwareInfo{ID: r.fw.ID, Name: r.fw.Name, Version: r.fw.Version, Model: r.fw.Model,
-			Size: r.fw.Size, SHA256: r.fw.SHA256},
+		Firmware:  protocol.FirmwareInfoOf(r.fw),
 		ChunkSize: r.u.Policy.ChunkSize, Window: r.u.Policy.Window,
 	}
 	if err := e.Transport.Publish(protocol.DownTopic(t.p.DeviceID, protocol.KindOffer), protocol.Encode(msg), false, 1); err != nil {

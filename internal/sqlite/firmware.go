@@ -26,8 +26,16 @@ const tempPrefix = ".upload-"
 // computed, then renamed to DataDir/firmware/<sha256>; when an image with the
 // same bytes is already stored the copy is dropped, so every image is stored
 // once. meta's Name (default "firmware"), Version (required) and Model are
-// kept; ID, Size, SHA256 and CreatedAt are set here.
+// kept, and so are its Signature and AllowDowngrade, unchecked; ID, Size,
+// SHA256 and CreatedAt are set here.
 func (s *Store) AddFirmware(ctx context.Context, meta fleet.Firmware, r io.Reader) (fleet.Firmware, error) {
+	return s.AddFirmwareVerified(ctx, meta, r, nil)
+}
+
+// AddFirmwareVerified is AddFirmware that first calls verify, when not nil,
+// with the firmware as it would be stored (Size and SHA256 of the bytes
+// read): an error from verify keeps nothing, neither row nor image.
+func (s *Store) AddFirmwareVerified(ctx context.Context, meta fleet.Firmware, r io.Reader, verify func(fleet.Firmware) error) (fleet.Firmware, error) {
 	if strings.TrimSpace(meta.Version) == "" {
 		return fleet.Firmware{}, fleet.Errorf(fleet.ErrInvalidInput, "firmware version is required")
 	}
@@ -37,22 +45,28 @@ func (s *Store) AddFirmware(ctx context.Context, meta fleet.Firmware, r io.Reade
 	if meta.Name == "" {
 		meta.Name = "firmware"
 	}
-	sum, size, err := s.storeBlob(ctx, r)
-	if err != nil {
+	fw := fleet.Firmware{
+		ID:             fleet.NewID("fw"),
+		Name:           meta.Name,
+		Version:        meta.Version,
+		Model:          meta.Model,
+		AllowDowngrade: meta.AllowDowngrade,
+		Signature:      meta.Signature,
+		CreatedAt:      time.Now().UTC(),
+	}
+	check := func(sum string, size int64) error {
+		fw.SHA256, fw.Size = sum, size
+		if verify == nil {
+			return nil
+		}
+		return verify(fw)
+	}
+	if err := s.storeBlob(ctx, r, check); err != nil {
 		return fleet.Firmware{}, fmt.Errorf("add firmware: %w", err)
 	}
-	fw := fleet.Firmware{
-		ID:        fleet.NewID("fw"),
-		Name:      meta.Name,
-		Version:   meta.Version,
-		Model:     meta.Model,
-		Size:      size,
-		SHA256:    sum,
-		CreatedAt: time.Now().UTC(),
-	}
-	err = s.doSync(ctx, func() error {
+	err := s.doSync(ctx, func() error {
 		_, err := s.writer.ExecContext(ctx, sqlInsertFirmware, fw.ID, fw.Name, fw.Version, fw.Model,
-			fw.Size, fw.SHA256, fmtTime(fw.CreatedAt))
+			fw.Size, fw.SHA256, fmtTime(fw.CreatedAt), fw.Signature, fw.AllowDowngrade)
 		if err == nil {
 			s.stats.transactions.Add(1)
 			s.stats.rows.Add(1)
@@ -65,12 +79,12 @@ func (s *Store) AddFirmware(ctx context.Context, meta fleet.Firmware, r io.Reade
 	return fw, nil
 }
 
-// storeBlob copies r into the firmware directory under its SHA-256 and
-// returns the hex digest and the size.
-func (s *Store) storeBlob(ctx context.Context, r io.Reader) (sum string, size int64, err error) {
+// storeBlob copies r into the firmware directory under its SHA-256, after
+// check accepted the hex digest and the size.
+func (s *Store) storeBlob(ctx context.Context, r io.Reader, check func(sum string, size int64) error) (err error) {
 	f, err := os.CreateTemp(filepath.Join(s.DataDir, FirmwareDir), tempPrefix+"*")
 	if err != nil {
-		return "", 0, err
+		return err
 	}
 	tmp := f.Name()
 	defer func() {
@@ -80,36 +94,39 @@ func (s *Store) storeBlob(ctx context.Context, r io.Reader) (sum string, size in
 		}
 	}()
 	h := sha256.New()
-	size, err = io.Copy(io.MultiWriter(f, h), ctxReader{ctx: ctx, r: r})
+	size, err := io.Copy(io.MultiWriter(f, h), ctxReader{ctx: ctx, r: r})
 	if err != nil {
-		return "", 0, fmt.Errorf("copy image: %w", err)
+		return fmt.Errorf("copy image: %w", err)
 	}
 	if err = f.Chmod(0o644); err != nil {
-		return "", 0, err
+		return err
 	}
 	if err = f.Sync(); err != nil {
-		return "", 0, err
+		return err
 	}
 	if err = f.Close(); err != nil {
-		return "", 0, err
+		return err
 	}
-	sum = hex.EncodeToString(h.Sum(nil))
+	sum := hex.EncodeToString(h.Sum(nil))
+	if err = check(sum, size); err != nil {
+		return err
+	}
 	final := s.FirmwarePath(sum)
 	switch _, statErr := os.Stat(final); {
 	case statErr == nil:
 		// Same bytes already stored: keep that file.
 		if err = os.Remove(tmp); err != nil {
-			return "", 0, err
+			return err
 		}
 	case errors.Is(statErr, fs.ErrNotExist):
 		if err = os.Rename(tmp, final); err != nil {
-			return "", 0, err
+			return err
 		}
 	default:
 		err = statErr
-		return "", 0, err
+		return err
 	}
-	return sum, size, nil
+	return nil
 }
 
 // removeStaleUploads deletes partial uploads left by a crash.
@@ -142,12 +159,12 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-const firmwareCols = `id, name, version, model, size, sha256, created_at`
+const firmwareCols = `id, name, version, model, size, sha256, created_at, signature, allow_downgrade`
 
 func scanFirmware(sc interface{ Scan(...any) error }) (fleet.Firmware, error) {
 	var fw fleet.Firmware
 	var created string
-	if err := sc.Scan(&fw.ID, &fw.Name, &fw.Version, &fw.Model, &fw.Size, &fw.SHA256, &created); err != nil {
+	if err := sc.Scan(&fw.ID, &fw.Name, &fw.Version, &fw.Model, &fw.Size, &fw.SHA256, &created, &fw.Signature, &fw.AllowDowngrade); err != nil {
 		return fleet.Firmware{}, err
 	}
 	var err error

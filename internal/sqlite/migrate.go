@@ -84,6 +84,17 @@ var migrations = []string{
 
 	// 6: the rollout phase an event belongs to (0: none).
 	`ALTER TABLE events ADD COLUMN phase INTEGER NOT NULL DEFAULT 0;`,
+
+	// 7: MQTT accounts (credentials.go).
+	migrationCredentials,
+
+	// 8: number held for another schema change; empty here.
+	`SELECT 1;`,
+
+	// 9: the firmware's signature (standard base64, '' = unsigned) and its
+	// signed downgrade permission.
+	`ALTER TABLE firmware ADD COLUMN signature TEXT NOT NULL DEFAULT '';
+	ALTER TABLE firmware ADD COLUMN allow_downgrade INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.

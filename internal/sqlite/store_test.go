@@ -608,3 +608,31 @@ func TestStore_ConcurrentWritersAndReaders(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, writers*perWriter, counts[fleet.StateOffered])
 }
+
+func TestStore_AddFirmwareVerifiedRefusalKeepsNothing(t *testing.T) {
+	s := newTestStore(t, "")
+	ctx := context.Background()
+	image := []byte("image bytes")
+	refused := errors.New("refused")
+	var seen fleet.Firmware
+	_, err := s.AddFirmwareVerified(ctx, fleet.Firmware{Version: "1", Signature: "sig"}, bytes.NewReader(image),
+		func(fw fleet.Firmware) error { seen = fw; return refused })
+	require.ErrorIs(t, err, refused)
+	assert.Equal(t, int64(len(image)), seen.Size, "verify sees the size read")
+	assert.Len(t, seen.SHA256, 64, "and the digest")
+	assert.Equal(t, "sig", seen.Signature)
+	entries, err := os.ReadDir(filepath.Join(s.DataDir, FirmwareDir))
+	require.NoError(t, err)
+	assert.Empty(t, entries, "no image, no temporary file")
+	list, err := s.ListFirmware(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, list)
+
+	fw, err := s.AddFirmwareVerified(ctx, fleet.Firmware{Version: "1", Signature: "sig", AllowDowngrade: true}, bytes.NewReader(image),
+		func(fleet.Firmware) error { return nil })
+	require.NoError(t, err)
+	got, err := s.Firmware(ctx, fw.ID)
+	require.NoError(t, err)
+	assert.Equal(t, "sig", got.Signature)
+	assert.True(t, got.AllowDowngrade)
+}

@@ -73,8 +73,8 @@ const (
 	sqlInsertUpdate = `INSERT INTO updates (id, firmware_id, selector, policy, state, created_at,
 			started_at, finished_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
-	sqlInsertFirmware = `INSERT INTO firmware (id, name, version, model, size, sha256, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`
+	sqlInsertFirmware = `INSERT INTO firmware (id, name, version, model, size, sha256, created_at, signature, allow_downgrade)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
 )
 
 // writeStmts are the batched statements, prepared once on the writer
