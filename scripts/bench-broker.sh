@@ -26,6 +26,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# An admin API token: the token for the CLI, its hashed line for serve.
+FLOTA_TOKEN=$("$BIN/orchestrator" token new --name bench --scope admin 2>"$work/api-tokens")
+export FLOTA_TOKEN
+
 if [ "$mode" = mosquitto ]; then
   cp testdata/mosquitto/flota.acl "$work/"
   mosquitto_passwd -c -b "$work/flota.passwd" flota-orchestrator secret
@@ -36,12 +40,13 @@ if [ "$mode" = mosquitto ]; then
   pids+=($!)
   broker_pid=$!
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$MQ") 2>/dev/null && break; sleep 0.05; done
-  "$BIN/orchestrator" serve --data "$work/data" --http "127.0.0.1:$HTTP" --log-level error \
+  "$BIN/orchestrator" serve --data "$work/data" --http "127.0.0.1:$HTTP" --log-level error --api-token-file "$work/api-tokens" \
     --broker "tcp://127.0.0.1:$MQ" --broker-username flota-orchestrator --broker-password secret 2>"$work/orchestrator.log" &
   pids+=($!)
   orch_pid=$!
 else
-  "$BIN/orchestrator" serve --data "$work/data" --http "127.0.0.1:$HTTP" --mqtt "127.0.0.1:$MQ" --allow-anonymous --log-level error 2>"$work/orchestrator.log" &
+  "$BIN/orchestrator" serve --data "$work/data" --http "127.0.0.1:$HTTP" --mqtt "127.0.0.1:$MQ" --allow-anonymous --log-level error \
+    --api-token-file "$work/api-tokens" 2>"$work/orchestrator.log" &
   pids+=($!)
   orch_pid=$!
   broker_pid=$orch_pid
@@ -71,8 +76,9 @@ b1=$(cpu "$broker_pid")
 o1=$(cpu "$orch_pid")
 "$BIN/orchestrator" update status "$update" --json >"$work/status.json"
 python3 -c 'import json, sys, urllib.request
-b = json.load(urllib.request.urlopen(sys.argv[1] + "/api/v1/stats")).get("broker", {})
-json.dump(b, open(sys.argv[2], "w"))' "$FLOTA_SERVER" "$work/broker.json"
+req = urllib.request.Request(sys.argv[1] + "/api/v1/stats", headers={"Authorization": "Bearer " + sys.argv[3]})
+b = json.load(urllib.request.urlopen(req)).get("broker", {})
+json.dump(b, open(sys.argv[2], "w"))' "$FLOTA_SERVER" "$work/broker.json" "$FLOTA_TOKEN"
 python3 - "$work/status.json" "$work/broker.json" "$mode" "$N" "$SIZE" "$b0" "$b1" "$o0" "$o1" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 from datetime import datetime

@@ -20,6 +20,13 @@ echo "== starting the orchestrator (embedded MQTT broker on 127.0.0.1:$MQTT_PORT
 "$BIN/orchestrator" serve --data "$WORK/data" --mqtt "127.0.0.1:$MQTT_PORT" --http "127.0.0.1:$HTTP_PORT" \
   >"$WORK/orchestrator.log" 2>&1 &
 pids+=($!)
+# The first start prints an admin API token once (only its hash is kept).
+for _ in $(seq 100); do
+  FLOTA_TOKEN=$(sed -n 's/^api admin token .*): //p' "$WORK/orchestrator.log")
+  [ -n "$FLOTA_TOKEN" ] && break
+  sleep 0.1
+done
+export FLOTA_TOKEN
 for _ in $(seq 100); do
   "$BIN/orchestrator" device list >/dev/null 2>&1 && break
   sleep 0.1
@@ -55,7 +62,8 @@ echo "   firmware $FW"
 UPD=$("$BIN/orchestrator" update create --firmware "$FW" --select model=sim-a)
 echo "== update $UPD started; watch its events live from another terminal with:"
 echo "   mosquitto_sub -h 127.0.0.1 -p $MQTT_PORT -i demo-monitor -u demo-monitor -P $MONITOR_SECRET -t 'flota/events/#' -v"
-echo "   or open the dashboard at $FLOTA_SERVER/ (set DEVICES=2000 SIZE=8388608 for a longer rollout)"
+echo "   or open the dashboard at $FLOTA_SERVER/ and sign in with the admin token"
+echo "   $FLOTA_TOKEN (set DEVICES=2000 SIZE=8388608 for a longer rollout)"
 echo
 
 status=0

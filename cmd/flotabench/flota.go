@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/httpapi"
 	"github.com/flotaio/flota/internal/rollout"
 )
 
@@ -66,9 +67,15 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 		return res, err
 	}
 	defer orchLog.Close()
+	token := httpapi.NewToken()
+	tokenFile := filepath.Join(dir, "api-tokens")
+	if err := os.WriteFile(tokenFile, []byte("flotabench admin "+httpapi.HashToken(token)+"\n"), 0o600); err != nil {
+		return res, err
+	}
 	watch := newLineWatcher(orchLog, "mqtt listening on ", "http listening on ", "debug profiles on ")
 	serveArgs := []string{"serve",
 		"--data", filepath.Join(dir, "data"), "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0",
+		"--api-token-file", tokenFile,
 		"--window", strconv.Itoa(o.Window), "--log-level", o.LogLevel,
 	}
 	if o.ProfileDir != "" {
@@ -97,7 +104,7 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	if err != nil {
 		return res, err
 	}
-	api := &apiClient{base: strings.TrimRight(apiURL, "/"), hc: &http.Client{Timeout: 30 * time.Second}}
+	api := &apiClient{base: strings.TrimRight(apiURL, "/"), token: token, hc: &http.Client{Timeout: 30 * time.Second}}
 	var prof *profiler
 	if o.ProfileDir != "" {
 		debugURL, err := waitLine(startCtx, watch, orch, "debug profiles on ")
@@ -291,8 +298,9 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // apiClient calls the orchestrator's HTTP API.
 type apiClient struct {
-	base string
-	hc   *http.Client
+	base  string
+	token string // an admin token
+	hc    *http.Client
 }
 
 // do sends body (if not nil) and decodes a 2xx JSON response into out.
@@ -308,6 +316,7 @@ func (c *apiClient) do(ctx context.Context, method, path, contentType string, bo
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return err

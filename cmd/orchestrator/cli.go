@@ -39,6 +39,8 @@ type cli struct {
 	tty bool
 	// jsonLines makes update watch print summaries as JSON lines.
 	jsonLines bool
+	// token is the value of --token (cli_token.go).
+	token string
 }
 
 func newCLI(stdout, stderr io.Writer, getenv func(string) string) *cli {
@@ -78,7 +80,7 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT]",
+	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
 	{name: "keys generate", args: "[--out DIR]",
@@ -116,6 +118,9 @@ var commands = []*spec{
 		example: "orchestrator device list --online --model sensor-v2"},
 	{name: "device summary", args: "[--json]", summary: "count devices online and offline, per model and version",
 		example: "orchestrator device summary"},
+	{name: "token new", args: "--name NAME [--scope read|admin]",
+		summary: "make an API token: print it, and the hashed line for serve's token file",
+		example: "orchestrator token new --name grafana --scope read >grafana.token 2>>tokens.txt"},
 	{name: "completion", args: "bash|zsh", summary: "print a shell completion script",
 		example: "source <(orchestrator completion bash)    # or: orchestrator completion zsh > \"${fpath[1]}/_orchestrator\""},
 	{name: "version", args: "[--json]", summary: "print the version", example: "orchestrator version"},
@@ -186,7 +191,7 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.serve(ctx, rest)
 	case "completion":
 		return c.completion(rest)
-	case "firmware", "update", "device", "keys", "monitor":
+	case "firmware", "update", "device", "keys", "monitor", "token":
 		if len(rest) == 0 || strings.HasPrefix(rest[0], "-") {
 			if len(rest) > 0 && isHelpFlag(rest[0]) {
 				c.group(cmd)(c.stdout)
@@ -223,6 +228,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 			return c.deviceList(ctx, rest)
 		case "device summary":
 			return c.deviceSummary(ctx, rest)
+		case "token new":
+			return c.tokenNew(rest)
 		}
 		if ok, err := c.accountCommand(ctx, sub, rest); ok {
 			return err
@@ -244,7 +251,8 @@ func (c *cli) overview(w io.Writer) {
 		fmt.Fprintf(tw, "  %s\t%s\n", s.name, s.summary)
 	}
 	_ = tw.Flush() // a write error to stderr or stdout cannot be reported anywhere
-	fmt.Fprintln(w, "\nOperator commands talk to --server (default $FLOTA_SERVER or "+DefaultServer+").")
+	fmt.Fprintln(w, "\nOperator commands talk to --server (default $FLOTA_SERVER or "+DefaultServer+")")
+	fmt.Fprintln(w, "with the API token of --token (default $FLOTA_TOKEN); changes need an admin token.")
 	fmt.Fprintln(w, "Run 'orchestrator COMMAND --help' for a command's flags and an example.")
 }
 
@@ -272,8 +280,9 @@ func (c *cli) newFlags(name string) (*flag.FlagSet, *spec) {
 	return fs, sp
 }
 
-// serverFlag adds --server to an operator command.
+// serverFlag adds --server, and --token (tokenFlag), to an operator command.
 func (c *cli) serverFlag(fs *flag.FlagSet) *string {
+	c.tokenFlag(fs)
 	def := c.getenv("FLOTA_SERVER")
 	if def == "" {
 		def = DefaultServer
@@ -375,6 +384,9 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.MQTTAddr, "mqtt", m.Config.MQTTAddr, "MQTT listen address (port 0 picks a free port)")
 	fs.StringVar(&m.Config.HTTPAddr, "http", m.Config.HTTPAddr, "HTTP API listen address (port 0 picks a free port)")
 	fs.StringVar(&m.Config.LogLevel, "log-level", m.Config.LogLevel, "log level: debug, info, warn or error")
+	fs.StringVar(&m.Config.APITokenFile, "api-token-file", "", "HTTP API tokens, lines of NAME SCOPE TOKEN (default: DATA/api-tokens, created with a new admin token printed once)")
+	maxFW := sizeFlag64(httpapi.DefaultMaxFirmwareSize)
+	fs.Var(&maxFW, "max-firmware-size", "largest firmware upload in `bytes`, suffixes KB/KiB/MB/MiB/GB/GiB")
 	fs.IntVar(&m.Config.Window, "window", m.Config.Window, "largest chunk window of any update; sizes the broker's per-client queues (0: default)")
 	fs.StringVar(&m.Config.Broker, "broker", "", "external MQTT broker, tcp://HOST:PORT or ssl://HOST:PORT, instead of the embedded one (--mqtt and --window unused)")
 	fs.StringVar(&m.Config.BrokerUsername, "broker-username", "", "user name at the external broker")
@@ -400,6 +412,7 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	if _, err := parseLogLevel(m.Config.LogLevel); err != nil {
 		return &usageError{msg: err.Error(), spec: sp}
 	}
+	m.Config.MaxFirmwareSize = int64(maxFW)
 	if m.Config.Window < 0 || m.Config.Window > fleet.MaxWindow {
 		return &usageError{msg: fmt.Sprintf("--window must be 0..%d", fleet.MaxWindow), spec: sp}
 	}
@@ -415,6 +428,10 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 		return err
 	}
 	m.Logger.Info("go runtime", "memory_limit", limit)
+	if m.GeneratedToken != "" {
+		fmt.Fprintf(c.stderr, "api admin token (shown once; only its hash is kept in %s): %s\n",
+			filepath.Join(m.Config.DataDir, TokenFile), m.GeneratedToken)
+	}
 	if m.Config.Broker != "" {
 		fmt.Fprintf(c.stderr, "mqtt broker %s\n", m.Client.Stats().Broker)
 	} else {
@@ -474,7 +491,7 @@ func (c *cli) firmwareAdd(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	fw, err := NewClient(*server).AddFirmware(ctx, meta, f, meta.Size)
+	fw, err := c.client(*server).AddFirmware(ctx, meta, f, meta.Size)
 	if err != nil {
 		return err
 	}
@@ -492,7 +509,7 @@ func (c *cli) firmwareList(ctx context.Context, args []string) error {
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
-	fws, err := NewClient(*server).ListFirmware(ctx)
+	fws, err := c.client(*server).ListFirmware(ctx)
 	if err != nil {
 		return err
 	}
@@ -574,7 +591,7 @@ func (c *cli) updateCreate(ctx context.Context, args []string) error {
 	} else if *tz != "" {
 		return &usageError{msg: "--timezone goes with --maintenance", spec: sp}
 	}
-	u, err := NewClient(*server).CreateUpdate(ctx, req)
+	u, err := c.client(*server).CreateUpdate(ctx, req)
 	if err != nil {
 		return err
 	}
@@ -590,7 +607,7 @@ func (c *cli) updateStatus(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	sum, err := NewClient(*server).Update(ctx, pos[0])
+	sum, err := c.client(*server).Update(ctx, pos[0])
 	if err != nil {
 		return err
 	}
@@ -633,7 +650,7 @@ func (c *cli) updateWatch(ctx context.Context, args []string) error {
 		c.tty = false
 		c.jsonLines = true
 	}
-	code, err := c.watch(ctx, NewClient(*server), pos[0], *interval)
+	code, err := c.watch(ctx, c.client(*server), pos[0], *interval)
 	if err != nil {
 		return err
 	}
@@ -734,7 +751,7 @@ func (c *cli) updateList(ctx context.Context, args []string) error {
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
-	ups, err := NewClient(*server).ListUpdates(ctx)
+	ups, err := c.client(*server).ListUpdates(ctx)
 	if err != nil {
 		return err
 	}
@@ -762,7 +779,7 @@ func (c *cli) updateDevices(ctx context.Context, args []string) error {
 	if st := fleet.DeviceState(*state); st != "" && !st.Valid() {
 		return &usageError{msg: fmt.Sprintf("--state %q: unknown device state", *state), spec: sp}
 	}
-	ps, err := NewClient(*server).AllUpdateDevices(ctx, pos[0], fleet.DeviceState(*state))
+	ps, err := c.client(*server).AllUpdateDevices(ctx, pos[0], fleet.DeviceState(*state))
 	if err != nil {
 		return err
 	}
@@ -795,7 +812,7 @@ func (c *cli) updateEvents(ctx context.Context, args []string) error {
 	if *interval <= 0 {
 		return &usageError{msg: "--interval must be positive", spec: sp}
 	}
-	client := NewClient(*server)
+	client := c.client(*server)
 	if *follow {
 		return c.followEvents(ctx, client, pos[0], *after, *interval, *asJSON)
 	}
@@ -890,7 +907,7 @@ func (c *cli) updateControl(ctx context.Context, name string, args []string) err
 	if err != nil {
 		return err
 	}
-	client := NewClient(*server)
+	client := c.client(*server)
 	op := map[string]func(context.Context, string) (fleet.UpdateSummary, error){
 		"update pause": client.Pause, "update resume": client.Resume, "update cancel": client.Cancel,
 	}[name]
@@ -909,7 +926,7 @@ func (c *cli) updateRetryFailed(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	res, err := NewClient(*server).RetryFailed(ctx, pos[0])
+	res, err := c.client(*server).RetryFailed(ctx, pos[0])
 	if err != nil {
 		return err
 	}
@@ -924,7 +941,7 @@ func (c *cli) deviceSummary(ctx context.Context, args []string) error {
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
-	sum, err := NewClient(*server).FleetSummary(ctx)
+	sum, err := c.client(*server).FleetSummary(ctx)
 	if err != nil {
 		return err
 	}
@@ -954,7 +971,7 @@ func (c *cli) deviceList(ctx context.Context, args []string) error {
 	if *online {
 		q.Online = online
 	}
-	devs, err := NewClient(*server).AllDevices(ctx, q)
+	devs, err := c.client(*server).AllDevices(ctx, q)
 	if err != nil {
 		return err
 	}

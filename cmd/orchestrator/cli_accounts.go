@@ -90,7 +90,7 @@ func (c *cli) deviceAdd(ctx context.Context, args []string) error {
 	}
 	var out httpapi.CredentialList
 	req := httpapi.AddDeviceRequest{ID: pos[0], Model: *model, Tags: tags}
-	if err := NewClient(*server).do(ctx, http.MethodPost, "/api/v1/devices", nil, req, &out); err != nil {
+	if err := c.client(*server).do(ctx, http.MethodPost, "/api/v1/devices", nil, req, &out); err != nil {
 		return err
 	}
 	return c.printSecret(out, *asJSON)
@@ -105,7 +105,7 @@ func (c *cli) monitorAdd(ctx context.Context, args []string) error {
 		return err
 	}
 	var out httpapi.CredentialList
-	if err := NewClient(*server).do(ctx, http.MethodPost, "/api/v1/monitors", nil, httpapi.AddMonitorRequest{Name: pos[0]}, &out); err != nil {
+	if err := c.client(*server).do(ctx, http.MethodPost, "/api/v1/monitors", nil, httpapi.AddMonitorRequest{Name: pos[0]}, &out); err != nil {
 		return err
 	}
 	return c.printSecret(out, *asJSON)
@@ -151,7 +151,7 @@ func (c *cli) deviceProvision(ctx context.Context, args []string) error {
 	}
 	var out httpapi.CredentialList
 	req := httpapi.ProvisionRequest{Prefix: *prefix, Count: *count, Model: *model, Tags: tags}
-	if err := NewClient(*server).do(ctx, http.MethodPost, "/api/v1/devices/provision", nil, req, &out); err != nil {
+	if err := c.client(*server).do(ctx, http.MethodPost, "/api/v1/devices/provision", nil, req, &out); err != nil {
 		f.Close()
 		os.Remove(*outFile)
 		return err
@@ -192,7 +192,7 @@ func (c *cli) accountChange(ctx context.Context, name, op, coll string, args []s
 	}
 	var out fleet.Credential
 	path := "/api/v1/" + coll + "/" + url.PathEscape(pos[0]) + "/" + op
-	if err := NewClient(*server).do(ctx, http.MethodPost, path, nil, nil, &out); err != nil {
+	if err := c.client(*server).do(ctx, http.MethodPost, path, nil, nil, &out); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.stdout, "%s %s: %s\n", out.Role, out.ID, out.Status)
@@ -213,7 +213,7 @@ func (c *cli) accountList(ctx context.Context, name string, role fleet.Role, arg
 	q := url.Values{"role": {string(role)}}
 	setNonEmpty(q, "status", status)
 	var out httpapi.AccountList
-	if err := NewClient(*server).do(ctx, http.MethodGet, "/api/v1/credentials", q, nil, &out); err != nil {
+	if err := c.client(*server).do(ctx, http.MethodGet, "/api/v1/credentials", q, nil, &out); err != nil {
 		return err
 	}
 	if *asJSON {

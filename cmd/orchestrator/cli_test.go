@@ -31,11 +31,15 @@ type result struct {
 	stdout, stderr string
 }
 
-// runCLI runs args with FLOTA_SERVER set to server (if not empty).
+// runCLI runs args with FLOTA_SERVER set to server (if not empty) and
+// FLOTA_TOKEN to the admin token.
 func runCLI(t *testing.T, server string, args ...string) result {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	env := func(k string) string {
+		if k == "FLOTA_TOKEN" {
+			return testAdminToken
+		}
 		if k == "FLOTA_SERVER" {
 			return server
 		}
@@ -54,7 +58,7 @@ func newAPI(t *testing.T) (*sqlite.Store, string) {
 	st.Logger = slog.New(slog.DiscardHandler)
 	require.NoError(t, st.Open())
 	t.Cleanup(func() { assert.NoError(t, st.Close()) })
-	ts := httptest.NewServer((&httpapi.Server{Store: st, Version: "test"}).Handler())
+	ts := httptest.NewServer((&httpapi.Server{Store: st, Version: "test", Tokens: testTokens(t)}).Handler())
 	t.Cleanup(ts.Close)
 	return st, ts.URL
 }

@@ -37,7 +37,9 @@ func (e *APIError) Error() string {
 // Client calls the orchestrator's HTTP API.
 type Client struct {
 	BaseURL string // such as http://127.0.0.1:8080
-	HTTP    *http.Client
+	// Token is sent as "Authorization: Bearer Token" when not empty.
+	Token string
+	HTTP  *http.Client
 }
 
 // NewClient returns a client of the API at baseURL.
@@ -274,6 +276,9 @@ func (c *Client) newRequest(ctx context.Context, method, path string, body io.Re
 		return nil, fmt.Errorf("request %s %s: %w", method, path, err)
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
 	return req, nil
 }
 
@@ -298,6 +303,9 @@ func (c *Client) send(req *http.Request, out any) error {
 		var body httpapi.Error
 		if json.Unmarshal(data, &body) == nil && body.Code != "" {
 			apiErr.Code, apiErr.Message = body.Code, body.Message
+			if body.Code == httpapi.CodeUnauthorized {
+				apiErr.Message += " (see --token or FLOTA_TOKEN)"
+			}
 		} else {
 			apiErr.Code = "http_" + strconv.Itoa(resp.StatusCode)
 			apiErr.Message = strings.TrimSpace(string(data))

@@ -29,7 +29,9 @@ func TestClient_AllDevicesPagesThrough(t *testing.T) {
 	}
 	require.NoError(t, st.Flush(context.Background()))
 
-	devs, err := NewClient(server).AllDevices(context.Background(), DeviceQuery{Model: "m"})
+	c := NewClient(server)
+	c.Token = testReadToken
+	devs, err := c.AllDevices(context.Background(), DeviceQuery{Model: "m"})
 	require.NoError(t, err)
 	require.Len(t, devs, n)
 	assert.Equal(t, "d00000", devs[0].ID)
@@ -38,7 +40,9 @@ func TestClient_AllDevicesPagesThrough(t *testing.T) {
 
 func TestClient_ErrorAnswers(t *testing.T) {
 	_, server := newAPI(t)
-	_, err := NewClient(server).Device(context.Background(), "nope")
+	c := NewClient(server)
+	c.Token = testReadToken
+	_, err := c.Device(context.Background(), "nope")
 	var apiErr *APIError
 	require.ErrorAs(t, err, &apiErr)
 	assert.Equal(t, http.StatusNotFound, apiErr.Status)

@@ -27,8 +27,8 @@ func completionWords() map[string][]string {
 			add(parts[0], parts[1])
 		}
 		flags := flagPattern.FindAllString(sp.args, -1)
-		if len(parts) == 2 {
-			flags = append(flags, "--server")
+		if len(parts) == 2 && parts[0] != "token" {
+			flags = append(flags, "--server", "--token")
 		}
 		for _, f := range append(flags, "--help") {
 			add(sp.name, f)

@@ -52,7 +52,7 @@ func fleetMain(t *testing.T, groups ...agentGroup) (*Main, *Client) {
 			total++
 		}
 	}
-	c := NewClient(m.HTTPURL())
+	c := adminClient(m)
 	poll(t, 20*time.Second, func() bool {
 		l, err := c.ListDevices(context.Background(), DeviceQuery{Limit: 1})
 		return err == nil && l.Total == total
@@ -103,6 +103,11 @@ func TestDashboard_UpdatePageShowsProgressAndPauses(t *testing.T) {
 
 	shots := t.TempDir()
 	wd.open(c.BaseURL + "/#/updates/" + a.ID)
+	// The dashboard asks for a token first; a wrong one is refused.
+	wd.signIn("flota_not-a-token-of-this-server")
+	poll(t, 10*time.Second, func() bool { return strings.Contains(wd.text("#login-error"), "not accepted") }, "a wrong token is refused")
+	assert.Empty(t, wd.text("#u-state"), "nothing is shown without a valid token")
+	wd.signIn(testAdminToken)
 	poll(t, 20*time.Second, func() bool { return wd.text("#u-state") == "paused" }, "the page shows update A paused")
 	poll(t, 10*time.Second, func() bool { return wd.text("#live") == "live" }, "the event stream connected")
 	pct := func() int {
@@ -163,13 +168,30 @@ func TestDashboard_UpdatePageShowsProgressAndPauses(t *testing.T) {
 	assert.Equal(t, "20", wd.text("#f-online"))
 	assert.Contains(t, wd.text("#f-versions"), "sensor 2.0.0")
 	require.NoError(t, os.WriteFile(filepath.Join(shots, "fleet.png"), wd.screenshot(), 0o644))
+
+	// Signed out, then in with a read token: the page shows the update,
+	// live, but the server refuses to resume it.
+	wd.click("#logout")
+	wd.open(c.BaseURL + "/#/updates/" + b.ID)
+	wd.signIn(testReadToken)
+	poll(t, 20*time.Second, func() bool { return wd.text("#u-state") == "paused" }, "a read token shows update B")
+	poll(t, 10*time.Second, func() bool { return wd.text("#live") == "live" }, "the event stream connected with a read token")
+	wd.click("#btn-resume")
+	wd.acceptConfirm()
+	poll(t, 10*time.Second, func() bool { return strings.Contains(wd.text("#toast"), "scope read") }, "the page reports the refusal")
+	sum, err = c.Update(ctx, b.ID)
+	require.NoError(t, err)
+	assert.Equal(t, fleet.UpdatePaused, sum.State, "a read token did not resume the update")
 	t.Logf("screenshots in %s", shots)
 }
 
 // scrape fetches /metrics and parses it with Prometheus's text parser.
 func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
 	t.Helper()
-	resp, err := http.Get(base + "/metrics")
+	req, err := http.NewRequest("GET", base+"/metrics", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+testReadToken) // what a Prometheus scraper is given
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)

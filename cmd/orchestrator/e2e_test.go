@@ -70,6 +70,8 @@ type server struct {
 	data     string
 	mqttAddr string // host:port
 	url      string
+	token    string     // the admin token printed on the first start
+	printed  int        // how many starts printed a token
 	mu       sync.Mutex // guards log (written by the stderr reader) and cmd
 	cmd      *exec.Cmd
 	log      bytes.Buffer
@@ -125,6 +127,13 @@ func (s *server) start(mqttAddr, httpAddr string) {
 			if a, ok := strings.CutPrefix(line, "http listening on "); ok {
 				urlSeen = a
 			}
+			if strings.HasPrefix(line, "api admin token ") {
+				_, tok, _ := strings.Cut(line, "): ")
+				s.mu.Lock()
+				s.token = tok
+				s.printed++
+				s.mu.Unlock()
+			}
 			if !signalled && mqttSeen != "" && urlSeen != "" {
 				signalled = true
 				close(found)
@@ -139,7 +148,10 @@ func (s *server) start(mqttAddr, httpAddr string) {
 	}
 	s.mu.Lock()
 	s.cmd, s.mqttAddr, s.url = cmd, mqttSeen, urlSeen
+	token, printed := s.token, s.printed
 	s.mu.Unlock()
+	require.NotEmpty(t, token, "the first start prints an admin token")
+	require.Equal(t, 1, printed, "only the first start prints it")
 }
 
 // restart starts the server again on the same data directory and addresses.
@@ -165,6 +177,7 @@ func (s *server) kill() {
 func (s *server) cli(args ...string) (string, int) {
 	s.t.Helper()
 	cmd := exec.Command(s.bin, append(args, "--server", s.url)...)
+	cmd.Env = append(os.Environ(), "FLOTA_TOKEN="+s.token)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -189,7 +202,10 @@ func (s *server) mustCLI(args ...string) string {
 
 func (s *server) getJSON(path string, v any) {
 	s.t.Helper()
-	resp, err := http.Get(s.url + path)
+	req, err := http.NewRequest("GET", s.url+path, nil)
+	require.NoError(s.t, err)
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(s.t, err)
 	defer resp.Body.Close()
 	require.Equal(s.t, http.StatusOK, resp.StatusCode)

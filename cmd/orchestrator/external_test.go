@@ -56,6 +56,7 @@ func startExternalFleet(t *testing.T, devices int) *externalFleet {
 	m.Config.BrokerUsername = mosquitto.OrchestratorUser
 	m.Config.BrokerPassword = f.broker.Password(mosquitto.OrchestratorUser)
 	m.Logger = slog.New(slog.DiscardHandler)
+	m.Config.APITokenFile = writeTestTokens(t)
 	require.NoError(t, m.Run(context.Background()))
 	t.Cleanup(func() { assert.NoError(t, m.Close()) })
 	f.main = m
@@ -158,7 +159,10 @@ func TestMain_ExternalBrokerFleetUpdateSucceeds(t *testing.T) {
 			Received  int64 `json:"received"`
 		} `json:"broker"`
 	}
-	resp, err := http.Get(f.main.HTTPURL() + "/api/v1/stats")
+	req, err := http.NewRequest("GET", f.main.HTTPURL()+"/api/v1/stats", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+testReadToken)
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)

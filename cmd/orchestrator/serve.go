@@ -51,6 +51,13 @@ type Config struct {
 	BrokerKey      string // PEM key of BrokerCert
 	BrokerClientID string // default mqttclient.DefaultClientID
 
+	// APITokenFile lists the HTTP API's tokens (httpapi.ParseTokens); when
+	// empty, serve keeps DataDir/api-tokens and creates it with a new admin
+	// token on first start (tokens.go).
+	APITokenFile string
+	// MaxFirmwareSize bounds an uploaded image; 0 means
+	// httpapi.DefaultMaxFirmwareSize.
+	MaxFirmwareSize int64
 	// FirmwarePublicKey is a PEM ed25519 public key file; when set, firmware
 	// uploads that are unsigned or whose signature does not verify with it
 	// are refused.
@@ -94,6 +101,9 @@ type Main struct {
 	// Logger receives every component's logs; nil means a text handler on
 	// stderr at Config.LogLevel.
 	Logger *slog.Logger
+	// GeneratedToken is the admin token Run created on the first start
+	// without Config.APITokenFile; only its hash is kept. Empty otherwise.
+	GeneratedToken string
 
 	// mu guards closers and closed, and the component fields while Run sets them.
 	mu      sync.Mutex
@@ -152,6 +162,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("open store: %w", err)
 	}
 	m.closers = append(m.closers, m.Store.Close)
+	tokens, err := m.loadTokens()
+	if err != nil {
+		return err
+	}
 
 	var brokerStats func() any
 	if m.Config.Broker != "" {
@@ -193,7 +207,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Accounts:    m.Accounts,
 		Logger:      m.Logger.With("component", "http"),
 		Version:     version,
+		Tokens:      tokens,
 
+		MaxFirmwareSize:   m.Config.MaxFirmwareSize,
 		FirmwarePublicKey: fwKey,
 	}
 	if err := m.HTTP.Open(); err != nil {

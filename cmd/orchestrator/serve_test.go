@@ -18,6 +18,7 @@ func newTestMain(t *testing.T) *Main {
 	m.Config.MQTTAddr = "127.0.0.1:0"
 	m.Config.HTTPAddr = "127.0.0.1:0"
 	m.Logger = slog.New(slog.DiscardHandler)
+	m.Config.APITokenFile = writeTestTokens(t)
 	return m
 }
 

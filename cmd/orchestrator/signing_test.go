@@ -218,7 +218,7 @@ func TestE2E_ServeWithPublicKeyRefusesBadUploads(t *testing.T) {
 
 	add := func(extra ...string) (string, int) {
 		orch, _ := binaries(t)
-		cmd := exec.Command(orch, append([]string{"firmware", "add", path, "--version", "1.1.0", "--server", s.url}, extra...)...)
+		cmd := exec.Command(orch, append([]string{"firmware", "add", path, "--version", "1.1.0", "--server", s.url, "--token", s.token}, extra...)...)
 		out, err := cmd.CombinedOutput()
 		code := 0
 		if ee, ok := err.(*exec.ExitError); ok {

@@ -230,6 +230,23 @@ func (wd *webDriver) click(css string) {
 	wd.call(http.MethodPost, wd.base+"/element/"+id+"/click", map[string]any{}, nil)
 }
 
+// typeText types text into the element matching css, after clearing it.
+func (wd *webDriver) typeText(css, text string) {
+	wd.t.Helper()
+	id := wd.find(css)
+	require.NotEmpty(wd.t, id, "no element %s", css)
+	wd.call(http.MethodPost, wd.base+"/element/"+id+"/clear", map[string]any{}, nil)
+	wd.call(http.MethodPost, wd.base+"/element/"+id+"/value", map[string]any{"text": text}, nil)
+}
+
+// signIn submits token in the dashboard's sign-in form.
+func (wd *webDriver) signIn(token string) {
+	wd.t.Helper()
+	poll(wd.t, 10*time.Second, func() bool { return wd.find("#login-token") != "" }, "the sign-in form")
+	wd.typeText("#login-token", token)
+	wd.click("#login-submit")
+}
+
 // acceptConfirm waits for a confirm() dialog, accepts it and returns its
 // text.
 func (wd *webDriver) acceptConfirm() string {

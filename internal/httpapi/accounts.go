@@ -70,7 +70,7 @@ func (s *Server) accountsReady(w http.ResponseWriter, r *http.Request) bool {
 
 func (s *Server) addDevice(w http.ResponseWriter, r *http.Request) {
 	var req AddDeviceRequest
-	if err := decodeStrict(w, r, &req); err != nil {
+	if err := s.decodeStrict(w, r, &req); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -79,7 +79,7 @@ func (s *Server) addDevice(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) provisionDevices(w http.ResponseWriter, r *http.Request) {
 	var req ProvisionRequest
-	if err := decodeStrict(w, r, &req); err != nil {
+	if err := s.decodeStrict(w, r, &req); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -96,7 +96,7 @@ func (s *Server) provisionDevices(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) addMonitor(w http.ResponseWriter, r *http.Request) {
 	var req AddMonitorRequest
-	if err := decodeStrict(w, r, &req); err != nil {
+	if err := s.decodeStrict(w, r, &req); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

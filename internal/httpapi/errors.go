@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"net/http"
+	"strings"
 
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
@@ -23,6 +24,8 @@ const (
 	CodeUnavailable   = "unavailable"
 	CodeInvalidInput  = "invalid_input"
 	CodeInvalidPolicy = "invalid_policy"
+	// CodeMethodNotAllowed: the path exists, not with this method (405).
+	CodeMethodNotAllowed = "method_not_allowed"
 )
 
 // sentinels maps each fleet sentinel to its status and stable code, in the
@@ -70,4 +73,66 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		s.logger().Error("http request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
 	writeJSON(w, status, body)
+}
+
+// apiErrors answers the requests that mux has no route for on API paths —
+// 405 for a known path with another method, 404 — with a JSON error like
+// every other API error, instead of the mux's plain text.
+func apiErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !apiPath(r.URL.Path) {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		h, pattern := mux.Handler(r)
+		if pattern != "" {
+			mux.ServeHTTP(w, r) // sets the path values that Handler does not
+			return
+		}
+		probe := &statusProbe{header: http.Header{}}
+		h.ServeHTTP(probe, r)
+		switch {
+		case probe.status == http.StatusMethodNotAllowed && apiRouteAllows(mux, r, probe.header.Get("Allow")):
+			w.Header().Set("Allow", probe.header.Get("Allow"))
+			writeJSON(w, probe.status, Error{Code: CodeMethodNotAllowed, Message: r.Method + " is not allowed on " + r.URL.Path})
+		case probe.status >= 400:
+			writeJSON(w, http.StatusNotFound, Error{Code: CodeNotFound, Message: "no route " + r.Method + " " + r.URL.Path})
+		default:
+			mux.ServeHTTP(w, r) // a redirect to the canonical path
+		}
+	})
+}
+
+// apiRouteAllows reports whether one of the allowed methods (an Allow
+// header) has an API route for r's path, rather than only the dashboard's
+// catch-all GET.
+func apiRouteAllows(mux *http.ServeMux, r *http.Request, allow string) bool {
+	for _, m := range strings.Split(allow, ",") {
+		other := r.Clone(r.Context())
+		other.Method = strings.TrimSpace(m)
+		if _, pattern := mux.Handler(other); pattern != "" && pattern != dashboardPattern {
+			return true
+		}
+	}
+	return false
+}
+
+// statusProbe records the status and headers a handler writes and drops
+// its body.
+type statusProbe struct {
+	header http.Header
+	status int
+}
+
+func (p *statusProbe) Header() http.Header { return p.header }
+
+func (p *statusProbe) WriteHeader(status int) {
+	if p.status == 0 {
+		p.status = status
+	}
+}
+
+func (p *statusProbe) Write(b []byte) (int, error) {
+	p.WriteHeader(http.StatusOK)
+	return len(b), nil
 }

@@ -8,10 +8,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/internal/sqlite"
 )
@@ -75,6 +79,15 @@ func (s *Server) addFirmware(w http.ResponseWriter, r *http.Request) {
 	if meta.Version == "" {
 		s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "version is required"))
 		return
+	}
+	for _, f := range []struct {
+		name, value string
+		max         int
+	}{{"name", meta.Name, MaxFirmwareName}, {"version", meta.Version, protocol.MaxIdentLen}, {"model", meta.Model, protocol.MaxIdentLen}} {
+		if len(f.value) > f.max || !utf8.ValidString(f.value) {
+			s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "%s: want at most %d bytes of UTF-8", f.name, f.max))
+			return
+		}
 	}
 	if err := signatureParams(q, &meta); err != nil {
 		s.writeError(w, r, err)
@@ -147,7 +160,7 @@ func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) createUpdate(w http.ResponseWriter, r *http.Request) {
 	var req rollout.CreateRequest
-	if err := decodeStrict(w, r, &req); err != nil {
+	if err := s.decodeStrict(w, r, &req); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -304,24 +317,61 @@ func pageParams(limitStr, offsetStr string) (limit, offset int, err error) {
 }
 
 // decodeStrict decodes one JSON object of at most MaxRequestBody bytes into
-// v, refusing unknown fields and trailing data.
-func decodeStrict(w http.ResponseWriter, r *http.Request, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxRequestBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+// v. A value of the wrong type and trailing data are refused with a message
+// naming the field; unknown fields are tolerated (so that a newer client
+// can talk to this server) but named in a Warning header and the log, so
+// that a misspelt policy field does not go unnoticed.
+func (s *Server) decodeStrict(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBody))
+	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return err
+			return fmt.Errorf("request body over %d bytes: %w", MaxRequestBody, err)
 		}
-		if errors.Is(err, io.EOF) {
-			return fleet.Errorf(fleet.ErrInvalidInput, "empty request body")
+		return fleet.Errorf(fleet.ErrInvalidInput, "read request body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return fleet.Errorf(fleet.ErrInvalidInput, "empty request body")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(v); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			if typeErr.Field == "" {
+				return fleet.Errorf(fleet.ErrInvalidInput, "request body: want a JSON object, got JSON %s", typeErr.Value)
+			}
+			return fleet.Errorf(fleet.ErrInvalidInput, "request body: field %q: want %s, got JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
 		}
 		return fleet.Errorf(fleet.ErrInvalidInput, "request body: %v", err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fleet.Errorf(fleet.ErrInvalidInput, "request body: trailing data after the JSON object")
 	}
+	if field := unknownField(body, v); field != "" {
+		w.Header().Set("Warning", "299 flota "+strconv.Quote(fmt.Sprintf("unknown field %q ignored", field)))
+		s.logger().Warn("request with an unknown field", "method", r.Method, "path", r.URL.Path, "field", field)
+	}
 	return nil
+}
+
+// unknownField returns the first field of body that v's type does not
+// have, or "".
+func unknownField(body []byte, v any) string {
+	fresh := reflect.New(reflect.TypeOf(v).Elem()).Interface()
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(fresh)
+	if err == nil {
+		return ""
+	}
+	name, ok := strings.CutPrefix(err.Error(), "json: unknown field ")
+	if !ok {
+		return ""
+	}
+	if u, err := strconv.Unquote(name); err == nil {
+		return u
+	}
+	return name
 }
 
 // writeJSON writes v with status. Encoding errors are a bug in the types.

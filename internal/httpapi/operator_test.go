@@ -42,6 +42,7 @@ func TestOpenAPI_DescribesEveryRouteAndNothingElse(t *testing.T) {
 		path := strings.ReplaceAll(r.pattern, "{id}", "x")
 		req, err := http.NewRequest(r.method, base+path, nil)
 		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+testAdminToken)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		resp, err := http.DefaultClient.Do(req.WithContext(ctx))
 		require.NoError(t, err)
@@ -76,6 +77,15 @@ func TestServer_UnknownAPIPathIsJSONAndRootIsDashboard(t *testing.T) {
 	base := newTestAPI(t, &Server{})
 	callError(t, "GET", base+"/api/v1/nope", nil, http.StatusNotFound, CodeNotFound)
 
+	// Names an fs.FS refuses are no file, not a server error (found by
+	// FuzzServer_Handler).
+	for _, path := range []string{"/%DD", "/a/%ff%fe.js", "/nope.js"} {
+		resp, err := http.Get(base + path)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusNotFound, resp.StatusCode, path)
+	}
+
 	for path, want := range map[string]string{"/": "<title>flota</title>", "/app.js": "EventSource", "/app.css": ".progress"} {
 		resp, err := http.Get(base + path)
 		require.NoError(t, err)
@@ -84,6 +94,12 @@ func TestServer_UnknownAPIPathIsJSONAndRootIsDashboard(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, http.StatusOK, resp.StatusCode, path)
 		assert.Contains(t, string(body), want, path)
+		// The page holds an API token: no framing, no foreign script, no
+		// Referer.
+		assert.Contains(t, resp.Header.Get("Content-Security-Policy"), "frame-ancestors 'none'", path)
+		assert.Contains(t, resp.Header.Get("Content-Security-Policy"), "default-src 'self'", path)
+		assert.Equal(t, "DENY", resp.Header.Get("X-Frame-Options"), path)
+		assert.Equal(t, "no-referrer", resp.Header.Get("Referrer-Policy"), path)
 	}
 }
 
@@ -157,6 +173,9 @@ func openStream(t *testing.T, url string, header http.Header) <-chan sseMsg {
 	require.NoError(t, err)
 	for k, v := range header {
 		req.Header[k] = v
+	}
+	if req.Header.Get("Authorization") == "" && req.URL.Query().Get(AccessTokenParam) == "" {
+		req.Header.Set("Authorization", "Bearer "+testReadToken)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)

@@ -17,6 +17,9 @@ type route struct {
 // APIPrefix is the root of the versioned JSON API.
 const APIPrefix = "/api/v1"
 
+// dashboardPattern serves the dashboard: every GET no other route takes.
+const dashboardPattern = "GET /"
+
 // routes lists every route of the JSON API. The OpenAPI document must
 // describe exactly these (a test checks both ways).
 func (s *Server) routes() []route {
@@ -48,7 +51,8 @@ func (s *Server) routes() []route {
 }
 
 // Handler returns every route: the JSON API under /api/v1, the Prometheus
-// metrics at /metrics and the dashboard at /.
+// metrics at /metrics and the dashboard at /. Every route but the public
+// ones needs a token of Tokens (auth.go).
 func (s *Server) Handler() http.Handler {
 	_ = s.init() // logged; the event stream then serves the store only
 	mux := http.NewServeMux()
@@ -58,8 +62,8 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /metrics", s.metricsHandler())
 	// The dashboard answers every other GET; it sends unknown API paths a
 	// JSON error.
-	mux.Handle("GET /", s.dashboard())
-	return s.logRequests(mux)
+	mux.Handle(dashboardPattern, s.dashboard())
+	return s.logRequests(s.authenticate(apiErrors(mux)))
 }
 
 // apiPath reports whether a request path belongs to the JSON API.

@@ -28,6 +28,9 @@ const (
 	DefaultMaxFirmwareSize = 512 << 20
 	// MaxRequestBody bounds every JSON request body.
 	MaxRequestBody = 1 << 20
+	// MaxFirmwareName bounds a firmware's name; its version and model are
+	// bounded like a device's (protocol.MaxIdentLen), which must match them.
+	MaxFirmwareName = 128
 	// DefaultPageSize is the number of rows a list returns without ?limit=.
 	DefaultPageSize = 100
 	// MaxPageSize is the largest ?limit= honoured; larger values are clamped.
@@ -59,6 +62,10 @@ type Server struct {
 	// flota/events/# and flota/status/updates/#. The handler does not block.
 	Subscribe func(filter string, handler func(topic string, payload []byte)) error
 	Logger    *slog.Logger
+	// Tokens are the API tokens that requests authenticate with (auth.go).
+	// Without them only the public paths answer: health, the OpenAPI
+	// document and the dashboard's files.
+	Tokens *Tokens
 	// Accounts manages the embedded broker's MQTT accounts (accounts.go);
 	// nil answers 503 on those routes.
 	Accounts *auth.Accounts
@@ -103,6 +110,9 @@ func (s *Server) Open() error {
 	if err := s.init(); err != nil {
 		return err
 	}
+	if s.Tokens.Len() == 0 {
+		s.logger().Warn("no API tokens: only health, the OpenAPI document and the dashboard's files answer")
+	}
 	ln, err := net.Listen("tcp", s.Addr)
 	if err != nil {
 		return fmt.Errorf("httpapi: listen %s: %w", s.Addr, err)
@@ -111,6 +121,7 @@ func (s *Server) Open() error {
 	s.srv = &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute, // idle keep-alive connections
 		ErrorLog:          slog.NewLogLogger(s.logger().Handler(), slog.LevelWarn),
 	}
 	srv := s.srv

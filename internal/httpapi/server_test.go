@@ -12,6 +12,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -40,16 +42,29 @@ func newTestAPI(t *testing.T, s *Server) string {
 	if s.Store == nil {
 		s.Store = newTestStore(t)
 	}
+	if s.Tokens == nil {
+		s.Tokens = testTokens(t)
+	}
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(ts.Close)
 	return ts.URL
 }
 
-// call sends a request and decodes a JSON answer into out (if not nil).
+// call sends a request with the admin token and decodes a JSON answer into
+// out (if not nil).
 func call(t *testing.T, method, url string, body io.Reader, out any) *http.Response {
+	t.Helper()
+	return callAs(t, testAdminToken, method, url, body, out)
+}
+
+// callAs is call with token as the bearer token ("" sends none).
+func callAs(t *testing.T, token, method, url string, body io.Reader, out any) *http.Response {
 	t.Helper()
 	req, err := http.NewRequest(method, url, body)
 	require.NoError(t, err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
@@ -147,11 +162,8 @@ func TestServer_Firmware(t *testing.T) {
 
 func TestServer_FirmwareListEmpty(t *testing.T) {
 	base := newTestAPI(t, &Server{})
-	resp, err := http.Get(base + "/api/v1/firmware")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
+	var body json.RawMessage
+	call(t, "GET", base+"/api/v1/firmware", nil, &body)
 	assert.JSONEq(t, `{"firmware":[]}`, string(body))
 }
 
@@ -177,7 +189,11 @@ func TestServer_FirmwareTooLarge(t *testing.T) {
 
 	fws, err := s.Store.ListFirmware(context.Background())
 	require.NoError(t, err)
-	assert.Len(t, fws, 1, "refused uploads must not be stored")
+	require.Len(t, fws, 1, "refused uploads must not be stored")
+	entries, err := os.ReadDir(filepath.Join(s.Store.DataDir, sqlite.FirmwareDir))
+	require.NoError(t, err)
+	require.Len(t, entries, 1, "a refused upload leaves no partial file")
+	assert.Equal(t, fws[0].SHA256, entries[0].Name())
 }
 
 func TestServer_Devices(t *testing.T) {
@@ -236,26 +252,68 @@ func TestServer_CreateUpdateDecodesStrictly(t *testing.T) {
 	// No engine: decoding is checked before the engine is asked.
 	base := newTestAPI(t, &Server{})
 	url := base + "/api/v1/updates"
-	for name, body := range map[string]string{
-		"unknown field":  `{"firmware":"fw-1","selectr":{}}`,
-		"unknown nested": `{"firmware":"fw-1","policy":{"windw":4}}`,
-		"wrong type":     `{"firmware":42}`,
-		"trailing data":  `{"firmware":"fw-1"} {}`,
-		"not json":       `firmware=fw-1`,
-		"empty":          ``,
+	for name, tc := range map[string]struct{ body, msg string }{
+		"wrong type":        {`{"firmware":42}`, `field "firmware": want string, got JSON number`},
+		"wrong nested type": {`{"firmware":"fw-1","policy":{"window":"4"}}`, `field "policy.window": want int, got JSON string`},
+		"float for int":     {`{"firmware":"fw-1","policy":{"window":4.5}}`, `policy.window`},
+		"object for list":   {`{"firmware":"fw-1","selector":{"devices":{"a":1}}}`, `selector.devices`},
+		"array body":        {`[{"firmware":"fw-1"}]`, "want a JSON object, got JSON array"},
+		"string body":       {`"fw-1"`, "want a JSON object, got JSON string"},
+		"trailing data":     {`{"firmware":"fw-1"} {}`, "trailing data"},
+		"not json":          {`firmware=fw-1`, "request body"},
+		"truncated":         {`{"firmware":"fw-1"`, "request body"},
+		"empty":             {``, "empty request body"},
+		"blank":             {" \n ", "empty request body"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			callError(t, "POST", url, strings.NewReader(body), http.StatusBadRequest, CodeInvalidInput)
+			e := callError(t, "POST", url, strings.NewReader(tc.body), http.StatusBadRequest, CodeInvalidInput)
+			assert.Contains(t, e.Message, tc.msg)
 		})
 	}
 	t.Run("too large", func(t *testing.T) {
 		body := `{"firmware":"` + strings.Repeat("x", MaxRequestBody) + `"}`
-		callError(t, "POST", url, strings.NewReader(body), http.StatusRequestEntityTooLarge, CodeTooLarge)
+		e := callError(t, "POST", url, strings.NewReader(body), http.StatusRequestEntityTooLarge, CodeTooLarge)
+		assert.Contains(t, e.Message, "1048576 bytes")
+	})
+	t.Run("too large, chunked", func(t *testing.T) {
+		body := io.MultiReader(strings.NewReader(`{"firmware":"` + strings.Repeat("x", MaxRequestBody) + `"}`))
+		callError(t, "POST", url, body, http.StatusRequestEntityTooLarge, CodeTooLarge)
 	})
 	t.Run("valid without engine", func(t *testing.T) {
 		body := `{"firmware":"fw-1","selector":{"model":"m1"},"policy":{"window":4}}`
 		callError(t, "POST", url, strings.NewReader(body), http.StatusServiceUnavailable, CodeUnavailable)
 	})
+	for name, tc := range map[string]struct{ body, field string }{
+		"unknown field":  {`{"firmware":"fw-1","selectr":{}}`, "selectr"},
+		"unknown nested": {`{"firmware":"fw-1","policy":{"windw":4}}`, "windw"},
+	} {
+		body, field := tc.body, tc.field
+		t.Run(name+" is tolerated and named", func(t *testing.T) {
+			var e Error
+			resp := call(t, "POST", url, strings.NewReader(body), &e)
+			assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "decoded, then refused for want of an engine: %+v", e)
+			assert.Contains(t, resp.Header.Get("Warning"), "unknown field")
+			assert.Contains(t, resp.Header.Get("Warning"), `\"`+field+`\"`)
+		})
+	}
+}
+
+func TestServer_FirmwareMetadataBounded(t *testing.T) {
+	s := &Server{}
+	base := newTestAPI(t, s)
+	for name, q := range map[string]string{
+		"long version": "version=" + strings.Repeat("1", 65),
+		"long model":   "version=1&model=" + strings.Repeat("m", 65),
+		"long name":    "version=1&name=" + strings.Repeat("n", MaxFirmwareName+1),
+		"bad utf-8":    "version=%ff%fe",
+	} {
+		t.Run(name, func(t *testing.T) {
+			callError(t, "POST", base+"/api/v1/firmware?"+q, strings.NewReader("image"), http.StatusBadRequest, CodeInvalidInput)
+		})
+	}
+	var fw fleet.Firmware
+	resp := call(t, "POST", base+"/api/v1/firmware?version="+strings.Repeat("1", 64), strings.NewReader("image"), &fw)
+	assert.Equal(t, http.StatusCreated, resp.StatusCode, "64 bytes, the protocol's bound, are fine")
 }
 
 func TestServer_UpdateProgressAndEvents(t *testing.T) {
@@ -347,10 +405,12 @@ func TestServer_Stats(t *testing.T) {
 
 func TestServer_MethodNotAllowed(t *testing.T) {
 	base := newTestAPI(t, &Server{})
-	resp, err := http.Post(base+"/api/v1/health", "application/json", nil)
-	require.NoError(t, err)
-	resp.Body.Close()
-	assert.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
+	e := callError(t, "POST", base+"/api/v1/health", nil, http.StatusMethodNotAllowed, CodeMethodNotAllowed)
+	assert.Contains(t, e.Message, "POST")
+	// A path of no route, with a method no route has: JSON too (found by
+	// FuzzServer_Handler).
+	callError(t, "PATCH", base+"/api/v1", nil, http.StatusNotFound, CodeNotFound)
+	callError(t, "POST", base+"/api/v1/nope", nil, http.StatusNotFound, CodeNotFound)
 }
 
 func TestErrorStatus_MapsSentinels(t *testing.T) {

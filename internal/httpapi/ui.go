@@ -4,6 +4,8 @@ import (
 	"embed"
 	"io/fs"
 	"net/http"
+	"path"
+	"strings"
 )
 
 // uiFiles is the dashboard: plain HTML, CSS and JavaScript, no build step.
@@ -34,7 +36,20 @@ func (s *Server) dashboard() http.Handler {
 			writeJSON(w, http.StatusNotFound, Error{Code: CodeNotFound, Message: "no route " + r.Method + " " + r.URL.Path})
 			return
 		}
-		w.Header().Set("Cache-Control", "no-cache")
+		// The file server answers 500 for a name fs.FS refuses (invalid
+		// UTF-8, such as GET /%DD): no such file is a 404.
+		if name := strings.TrimPrefix(path.Clean(r.URL.Path), "/"); name != "" && !fs.ValidPath(name) {
+			http.NotFound(w, r)
+			return
+		}
+		h := w.Header()
+		h.Set("Cache-Control", "no-cache")
+		// The dashboard holds an API token: no foreign script, no framing
+		// (its buttons pause fleets), no Referer carrying its URLs.
+		h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Referrer-Policy", "no-referrer")
 		files.ServeHTTP(w, r)
 	})
 }

@@ -11,6 +11,10 @@ import (
 // MaxControlSize bounds a JSON control message from a device.
 const MaxControlSize = 4096
 
+// MaxIdentLen bounds a hello's model and version, in bytes (and so the
+// model and version of a firmware that devices are matched against).
+const MaxIdentLen = 64
+
 // Decoding errors. Each wraps into a *DecodeError naming the message kind.
 var (
 	ErrTooLarge   = errors.New("message too large")
@@ -131,7 +135,7 @@ func DecodeHello(b []byte) (Hello, error) {
 	if m.Version == "" {
 		return Hello{}, invalid(KindHello, ErrMissing, "version")
 	}
-	if len(m.Model) > 64 || len(m.Version) > 64 || len(m.Tags) > 32 {
+	if len(m.Model) > MaxIdentLen || len(m.Version) > MaxIdentLen || len(m.Tags) > 32 {
 		return Hello{}, invalid(KindHello, ErrBadValue, "model, version or tags too long")
 	}
 	if t := m.Transfer; t != nil {
@@ -159,6 +163,10 @@ func DecodeReport(b []byte) (Report, error) {
 	}
 	if m.Offset < 0 {
 		return Report{}, invalid(KindReport, ErrBadValue, "offset %d", m.Offset)
+	}
+	// Both are stored with the device's progress and its events.
+	if len(m.Reason) > MaxIdentLen || len(m.Version) > MaxIdentLen {
+		return Report{}, invalid(KindReport, ErrBadValue, "reason or version over %d bytes", MaxIdentLen)
 	}
 	return m, nil
 }

@@ -3,6 +3,7 @@ package rollout
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -370,7 +371,7 @@ func (e *Engine) summary(r *run, now time.Time) fleet.UpdateSummary {
 		s.Phase, s.Phases = 0, nil
 	}
 	if r.rate > 0 {
-		s.ETASeconds = float64(r.remainingBytes(now, e.StatusInterval)) / r.rate
+		s.ETASeconds = eta(r.remainingBytes(now, e.StatusInterval), r.rate)
 	}
 	return s
 }
@@ -390,6 +391,21 @@ func (r *run) remainingBytes(now time.Time, interval time.Duration) int64 {
 	}
 	r.remaining, r.remainingAt = remaining, now
 	return remaining
+}
+
+// maxETA bounds an estimate; a longer one is no estimate (0).
+const maxETA = 365 * 24 * time.Hour
+
+// eta returns the seconds that remaining bytes take at rate bytes/s, or 0
+// when that is beyond maxETA. The smoothed rate of a stalled update halves
+// every second down to subnormal numbers, where the quotient overflows to
+// +Inf, which JSON cannot encode: every summary would fail.
+func eta(remaining int64, rate float64) float64 {
+	secs := float64(remaining) / rate
+	if rate <= 0 || math.IsNaN(secs) || secs > maxETA.Seconds() {
+		return 0
+	}
+	return secs
 }
 
 // publishStatus publishes the retained summary when it changed.

@@ -1,5 +1,10 @@
 // flota dashboard: a small single-page app over /api/v1, live through the
 // Server-Sent Events stream at /api/v1/events/stream. No dependencies.
+//
+// Every API call carries the operator's token (Authorization: Bearer),
+// which the sign-in form keeps in sessionStorage: it lasts as long as the
+// tab. EventSource cannot set headers, so the stream alone takes the token
+// as the access_token query parameter.
 "use strict";
 
 const API = "/api/v1";
@@ -37,9 +42,47 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
+// ---- sign-in ----
+
+const TOKEN_KEY = "flota.token";
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
+// signIn shows the sign-in form; a token that reads the fleet is kept.
+function signIn(message = "") {
+  for (const fn of cleanup) fn();
+  cleanup = [];
+  generation++;
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("#logout").hidden = true;
+  const view = $("#view");
+  view.replaceChildren();
+  mount(view, "tpl-login");
+  $("#login-error").textContent = message;
+  $("#login-error").hidden = !message;
+  $("#login-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const t = $("#login-token").value.trim();
+    if (!t) return;
+    sessionStorage.setItem(TOKEN_KEY, t);
+    try {
+      await api("/fleet/summary");
+    } catch (err) {
+      if (err.code !== "unauthorized") toast(err.message, true);
+      return;
+    }
+    $("#logout").hidden = false;
+    route();
+  });
+  $("#login-token").focus();
+}
+
 async function api(path, opts = {}) {
-  const resp = await fetch(API + path, { headers: { Accept: "application/json" }, ...opts });
+  const headers = { Accept: "application/json", Authorization: "Bearer " + token() };
+  const resp = await fetch(API + path, { ...opts, headers });
   const body = await resp.json().catch(() => ({}));
+  if (resp.status === 401) {
+    signIn("That token was not accepted. Paste an API token (read or admin).");
+  }
   if (!resp.ok) {
     const err = new Error(body.message || resp.statusText);
     err.code = body.code || "http_" + resp.status;
@@ -124,7 +167,8 @@ function throttle(fn, ms) {
 // ---- live stream ----
 
 function openStream(query, handlers) {
-  const es = new EventSource(API + "/events/stream" + query);
+  const sep = query ? "&" : "?";
+  const es = new EventSource(API + "/events/stream" + query + sep + "access_token=" + encodeURIComponent(token()));
   const live = $("#live");
   live.hidden = false;
   es.onopen = () => { live.textContent = "live"; live.classList.add("on"); };
@@ -142,6 +186,8 @@ let cleanup = [];
 let generation = 0;
 
 function route() {
+  if (!token()) { signIn(); return; }
+  $("#logout").hidden = false;
   for (const fn of cleanup) fn();
   cleanup = [];
   generation++;
@@ -491,4 +537,5 @@ function fleetPage(view) {
 }
 
 window.addEventListener("hashchange", route);
+$("#logout").addEventListener("click", (e) => { e.preventDefault(); signIn(); });
 route();
