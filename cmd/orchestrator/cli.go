@@ -368,8 +368,13 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.BrokerCert, "broker-cert", "", "PEM client certificate for the external broker")
 	fs.StringVar(&m.Config.BrokerKey, "broker-key", "", "PEM key of --broker-cert")
 	fs.StringVar(&m.Config.BrokerClientID, "broker-client-id", mqttclient.DefaultClientID, "MQTT client ID at the external broker: unique, and no device's ID")
+	fs.DurationVar(&m.Config.EventRetention, "event-retention", 0, "delete events older than this from the event log, e.g. 720h (0: keep)")
+	fs.Int64Var(&m.Config.EventMaxRows, "event-max-rows", 0, "keep at most this many of the newest events in the event log (0: no limit)")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
+	}
+	if m.Config.EventRetention < 0 || m.Config.EventMaxRows < 0 {
+		return &usageError{msg: "--event-retention and --event-max-rows must not be negative", spec: sp}
 	}
 	if _, err := parseLogLevel(m.Config.LogLevel); err != nil {
 		return &usageError{msg: err.Error(), spec: sp}

@@ -84,6 +84,20 @@ var migrations = []string{
 
 	// 6: the rollout phase an event belongs to (0: none).
 	`ALTER TABLE events ADD COLUMN phase INTEGER NOT NULL DEFAULT 0;`,
+
+	// 8: device indexes that end in id, so that a filtered page ordered by
+	// id (?model=, ?version=, ?after=) reads its rows in order instead of
+	// sorting every match; and the event log's retention watermark: every
+	// event with seq <= pruned_through was deleted by retention.
+	`DROP INDEX devices_model_version;
+	CREATE INDEX devices_model_version ON devices(model, version, id);
+	CREATE INDEX devices_model_id ON devices(model, id);
+	CREATE INDEX devices_version_id ON devices(version, id);
+	CREATE TABLE event_log (
+		id             INTEGER PRIMARY KEY CHECK (id = 1),
+		pruned_through INTEGER NOT NULL DEFAULT 0
+	);
+	INSERT INTO event_log (id, pruned_through) VALUES (1, 0);`,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.
