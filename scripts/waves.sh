@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# scripts/waves.sh: one update over a large registered fleet (100,000 devices
+# by default) whose devices connect in waves, as a fleet that wakes up in
+# batches does. One process holds at most about 20,000 open files here, so
+# each wave is its own devicesim process of at most WAVE devices, started
+# when the previous one exited (--exit-when-updated). While a wave runs the
+# orchestrator holds every other device of the update queued and offline,
+# and picks each wave up as it connects.
+#
+# It samples the orchestrator's RSS (VmRSS of /proc/PID/status) every
+# second into $OUT/rss.csv and prints a summary: registration, update
+# creation, per-wave and total times, and RSS min/median/max per phase.
+#
+# Knobs (environment): DEVICES (100000), WAVE (19000), SIZE (16384 bytes),
+# CONNECT_RATE (2000 connections/s per devicesim), MAX_IN_FLIGHT (500),
+# OUT (a new temporary directory, kept), BIN (bin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${BIN:-bin}
+DEVICES=${DEVICES:-100000}
+WAVE=${WAVE:-19000}
+SIZE=${SIZE:-16384}
+CONNECT_RATE=${CONNECT_RATE:-2000}
+MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-500}
+OUT=${OUT:-$(mktemp -d -t flota-waves.XXXXXX)}
+
+# >>> Extra flags of `orchestrator serve`. When MQTT authentication is the
+# default, this harness's devices connect without credentials: pass
+# --allow-anonymous here (SERVE_FLAGS="--allow-anonymous scripts/waves.sh").
+SERVE_FLAGS=${SERVE_FLAGS:-}
+# <<<
+
+if [ "$WAVE" -ge 20000 ]; then
+  echo "WAVE must stay below 20000: the orchestrator holds one socket per connected device" >&2
+  exit 2
+fi
+mkdir -p "$OUT"
+go build -o "$BIN/orchestrator" ./cmd/orchestrator
+go build -o "$BIN/devicesim" ./cmd/devicesim
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+phase() { echo "$1" >"$OUT/phase"; echo "== $(date -u +%H:%M:%S) $1"; }
+api() { curl -sf "$API$1"; }
+
+phase start
+# shellcheck disable=SC2086 # SERVE_FLAGS is a list of flags
+"$BIN/orchestrator" serve --data "$OUT/data" --mqtt 127.0.0.1:0 --http 127.0.0.1:0 --log-level warn \
+  $SERVE_FLAGS 2>"$OUT/orchestrator.log" &
+ORCH=$!
+pids+=("$ORCH")
+for _ in $(seq 200); do
+  grep -q '^http listening on' "$OUT/orchestrator.log" && break
+  sleep 0.1
+done
+API=$(sed -n 's/^http listening on //p' "$OUT/orchestrator.log")
+MQTT=$(sed -n 's/^mqtt listening on //p' "$OUT/orchestrator.log")
+[ -n "$API" ] && [ -n "$MQTT" ] || { cat "$OUT/orchestrator.log" >&2; exit 1; }
+echo "   orchestrator pid $ORCH, mqtt $MQTT, api $API, output in $OUT"
+
+# The RSS sampler: one line a second until the orchestrator exits.
+T0=$(now)
+(
+  echo "seconds,rss_kib,phase"
+  while [ -r "/proc/$ORCH/status" ]; do
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$ORCH/status" 2>/dev/null || true)
+    [ -n "$rss" ] && echo "$(since "$T0"),$rss,$(cat "$OUT/phase")"
+    sleep 1
+  done
+) >"$OUT/rss.csv" &
+pids+=($!)
+
+# Waves: sizes of WAVE devices, the last one the remainder.
+waves=()
+left=$DEVICES
+while [ "$left" -gt 0 ]; do
+  n=$((left < WAVE ? left : WAVE))
+  waves+=("$n")
+  left=$((left - n))
+done
+
+registered() { api /api/v1/fleet/summary | jq .total; }
+
+# 1. Register the fleet: each wave connects once (hello registers a device)
+# and disconnects.
+phase register
+t=$(now)
+want=0
+for i in "${!waves[@]}"; do
+  want=$((want + waves[i]))
+  "$BIN/devicesim" --broker "$MQTT" --devices "${waves[i]}" --id-prefix "w$((i + 1))-" --model sim-a \
+    --version 1.0.0 --connect-rate "$CONNECT_RATE" >"$OUT/register$((i + 1)).out" 2>&1 &
+  sim=$!
+  until [ "$(registered)" -ge "$want" ]; do
+    kill -0 "$sim" 2>/dev/null || { echo "devicesim exited during registration" >&2; exit 1; }
+    sleep 1
+  done
+  kill -INT "$sim"
+  wait "$sim" || true
+done
+REGISTER_S=$(since "$t")
+echo "   $(registered) devices registered in ${REGISTER_S}s"
+until [ "$(api /api/v1/fleet/summary | jq .online)" -eq 0 ]; do sleep 1; done
+
+# 2. The update over every registered device.
+phase create
+head -c "$SIZE" /dev/urandom >"$OUT/app-2.0.0.bin"
+FW=$(curl -sf --data-binary @"$OUT/app-2.0.0.bin" "$API/api/v1/firmware?version=2.0.0&name=waves&model=sim-a" | jq -r .id)
+CREATE_S=$(curl -sf -o "$OUT/update.json" -w '%{time_total}' -H 'Content-Type: application/json' \
+  -d "{\"firmware\":\"$FW\",\"selector\":{\"model\":\"sim-a\"},\"policy\":{\"max_in_flight\":$MAX_IN_FLIGHT}}" \
+  "$API/api/v1/updates")
+UPD=$(jq -r .id "$OUT/update.json")
+echo "   update $UPD over $DEVICES devices created in ${CREATE_S}s"
+TDEVPAGE=$(curl -sf -o /dev/null -w '%{time_total}' "$API/api/v1/devices?limit=100&after=w3-10000")
+TPAGE=$(curl -sf -o /dev/null -w '%{time_total}' "$API/api/v1/updates/$UPD/devices?limit=100&after=w5-10000")
+echo "   API pages during the update: devices ?after= ${TDEVPAGE}s, update devices ?after= ${TPAGE}s"
+
+# 3. The waves: each devicesim exits once its devices run 2.0.0.
+T_UPDATE=$(now)
+wave_s=()
+for i in "${!waves[@]}"; do
+  phase "wave$((i + 1))"
+  t=$(now)
+  "$BIN/devicesim" --broker "$MQTT" --devices "${waves[i]}" --id-prefix "w$((i + 1))-" --model sim-a \
+    --version 1.0.0 --connect-rate "$CONNECT_RATE" --reboot-delay 200ms --exit-when-updated 2.0.0 \
+    --summary "$OUT/wave$((i + 1)).json" >"$OUT/wave$((i + 1)).out" 2>&1
+  wave_s+=("$(since "$t")")
+  succeeded=$(api "/api/v1/updates/$UPD" | jq '.counts.succeeded // 0')
+  echo "   wave $((i + 1)): ${waves[i]} devices in ${wave_s[i]}s; update: $succeeded succeeded"
+done
+phase finish
+for _ in $(seq 120); do
+  state=$(api "/api/v1/updates/$UPD" | jq -r .state)
+  [ "$state" != running ] && break
+  sleep 1
+done
+UPDATE_S=$(since "$T_UPDATE")
+api "/api/v1/updates/$UPD" >"$OUT/summary.json"
+phase idle
+sleep 5
+kill -0 "$ORCH" || { echo "the orchestrator died" >&2; exit 1; }
+
+echo
+echo "== result ($OUT)"
+echo "devices:            $DEVICES in ${#waves[@]} waves of at most $WAVE, image $SIZE bytes, max_in_flight $MAX_IN_FLIGHT"
+echo "registration:       ${REGISTER_S}s"
+echo "create update:      ${CREATE_S}s"
+echo "update (all waves): ${UPDATE_S}s, final state $(jq -r .state "$OUT/summary.json"), counts $(jq -c .counts "$OUT/summary.json")"
+for i in "${!wave_s[@]}"; do
+  echo "  wave $((i + 1)):          ${waves[i]} devices, ${wave_s[i]}s"
+done
+echo "orchestrator RSS (MiB) per phase, sampled every second into rss.csv:"
+awk -F, 'NR > 1 { n[$3]++; v[$3, n[$3]] = $2 / 1024; if (!($3 in seen)) { seen[$3] = 1; order[++k] = $3 } all[++m] = $2 / 1024 }
+  function stats(name, cnt, arr,    i, j, t, s) {
+    for (i = 1; i <= cnt; i++) s[i] = arr[i]
+    for (i = 2; i <= cnt; i++) { t = s[i]; for (j = i - 1; j >= 1 && s[j] > t; j--) s[j + 1] = s[j]; s[j + 1] = t }
+    printf "  %-10s samples %4d  min %7.1f  median %7.1f  max %7.1f\n", name, cnt, s[1], s[int((cnt + 1) / 2)], s[cnt]
+  }
+  END {
+    for (p = 1; p <= k; p++) { delete a; for (i = 1; i <= n[order[p]]; i++) a[i] = v[order[p], i]; stats(order[p], n[order[p]], a) }
+    stats("all", m, all)
+  }' "$OUT/rss.csv"
