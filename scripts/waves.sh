@@ -13,7 +13,8 @@
 #
 # Knobs (environment): DEVICES (100000), WAVE (19000), SIZE (16384 bytes),
 # CONNECT_RATE (2000 connections/s per devicesim), MAX_IN_FLIGHT (500),
-# OUT (a new temporary directory, kept), BIN (bin).
+# REGISTER (sql or sim, see below), WINDOW (8: the update's chunk window, which also sizes the broker's
+# per-client queues), OUT (a new temporary directory, kept), BIN (bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,7 @@ WAVE=${WAVE:-19000}
 SIZE=${SIZE:-16384}
 CONNECT_RATE=${CONNECT_RATE:-2000}
 MAX_IN_FLIGHT=${MAX_IN_FLIGHT:-500}
+WINDOW=${WINDOW:-8}
 OUT=${OUT:-$(mktemp -d -t flota-waves.XXXXXX)}
 
 # >>> Extra flags of `orchestrator serve`. When MQTT authentication is the
@@ -42,9 +44,17 @@ go build -o "$BIN/devicesim" ./cmd/devicesim
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.2
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -54,7 +64,7 @@ api() { curl -sf "$API$1"; }
 phase start
 # shellcheck disable=SC2086 # SERVE_FLAGS is a list of flags
 "$BIN/orchestrator" serve --data "$OUT/data" --mqtt 127.0.0.1:0 --http 127.0.0.1:0 --log-level warn \
-  $SERVE_FLAGS 2>"$OUT/orchestrator.log" &
+  --window "$WINDOW" $SERVE_FLAGS 2>"$OUT/orchestrator.log" &
 ORCH=$!
 pids+=("$ORCH")
 for _ in $(seq 200); do
@@ -89,16 +99,27 @@ done
 
 registered() { api /api/v1/fleet/summary | jq .total; }
 
-# 1. Register the fleet: each wave connects once (hello registers a device)
-# and disconnects.
+# 1. Register the fleet. REGISTER=sim: each wave connects once (its hellos
+# register the devices) and disconnects; slow on a loaded machine, and not
+# what is measured. REGISTER=sql (default): the same rows (ID, model,
+# version, no tags, offline) are inserted into the devices table with the
+# sqlite3 CLI while the orchestrator runs, as an inventory import would.
 phase register
 t=$(now)
 want=0
 for i in "${!waves[@]}"; do
   want=$((want + waves[i]))
+  if [ "${REGISTER:-sql}" = sql ]; then
+    sqlite3 "$OUT/data/flota.db" ".timeout 10000" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${waves[i]})
+      INSERT INTO devices (id, model, version, tags, first_seen, last_seen, online)
+      SELECT printf('w%d-%05d', $((i + 1)), i), 'sim-a', '1.0.0', '{}', ts, ts, 0
+      FROM n, (SELECT strftime('%Y-%m-%dT%H:%M:%S.000000000Z', 'now') AS ts)"
+    continue
+  fi
   "$BIN/devicesim" --broker "$MQTT" --devices "${waves[i]}" --id-prefix "w$((i + 1))-" --model sim-a \
     --version 1.0.0 --connect-rate "$CONNECT_RATE" >"$OUT/register$((i + 1)).out" 2>&1 &
   sim=$!
+  pids+=("$sim")
   until [ "$(registered)" -ge "$want" ]; do
     kill -0 "$sim" 2>/dev/null || { echo "devicesim exited during registration" >&2; exit 1; }
     sleep 1
@@ -107,7 +128,7 @@ for i in "${!waves[@]}"; do
   wait "$sim" || true
 done
 REGISTER_S=$(since "$t")
-echo "   $(registered) devices registered in ${REGISTER_S}s"
+echo "   $(registered) devices registered (${REGISTER:-sql}) in ${REGISTER_S}s"
 until [ "$(api /api/v1/fleet/summary | jq .online)" -eq 0 ]; do sleep 1; done
 
 # 2. The update over every registered device.
@@ -115,7 +136,7 @@ phase create
 head -c "$SIZE" /dev/urandom >"$OUT/app-2.0.0.bin"
 FW=$(curl -sf --data-binary @"$OUT/app-2.0.0.bin" "$API/api/v1/firmware?version=2.0.0&name=waves&model=sim-a" | jq -r .id)
 CREATE_S=$(curl -sf -o "$OUT/update.json" -w '%{time_total}' -H 'Content-Type: application/json' \
-  -d "{\"firmware\":\"$FW\",\"selector\":{\"model\":\"sim-a\"},\"policy\":{\"max_in_flight\":$MAX_IN_FLIGHT}}" \
+  -d "{\"firmware\":\"$FW\",\"selector\":{\"model\":\"sim-a\"},\"policy\":{\"max_in_flight\":$MAX_IN_FLIGHT,\"window\":$WINDOW}}" \
   "$API/api/v1/updates")
 UPD=$(jq -r .id "$OUT/update.json")
 echo "   update $UPD over $DEVICES devices created in ${CREATE_S}s"
@@ -131,7 +152,10 @@ for i in "${!waves[@]}"; do
   t=$(now)
   "$BIN/devicesim" --broker "$MQTT" --devices "${waves[i]}" --id-prefix "w$((i + 1))-" --model sim-a \
     --version 1.0.0 --connect-rate "$CONNECT_RATE" --reboot-delay 200ms --exit-when-updated 2.0.0 \
-    --summary "$OUT/wave$((i + 1)).json" >"$OUT/wave$((i + 1)).out" 2>&1
+    --summary "$OUT/wave$((i + 1)).json" >"$OUT/wave$((i + 1)).out" 2>&1 &
+  sim=$!
+  pids+=("$sim")
+  wait "$sim"
   wave_s+=("$(since "$t")")
   succeeded=$(api "/api/v1/updates/$UPD" | jq '.counts.succeeded // 0')
   echo "   wave $((i + 1)): ${waves[i]} devices in ${wave_s[i]}s; update: $succeeded succeeded"
