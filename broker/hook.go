@@ -33,7 +33,8 @@ func (h *hook) ID() string { return "flota" }
 func (h *hook) Provides(event byte) bool {
 	switch event {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped:
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped,
+		mqtt.OnPublish, mqtt.OnWill: // OnPublish, OnWill: retain.go
 		return true
 	}
 	return false
