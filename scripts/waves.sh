@@ -144,21 +144,51 @@ TDEVPAGE=$(curl -sf -o /dev/null -w '%{time_total}' "$API/api/v1/devices?limit=1
 TPAGE=$(curl -sf -o /dev/null -w '%{time_total}' "$API/api/v1/updates/$UPD/devices?limit=100&after=w5-10000")
 echo "   API pages during the update: devices ?after= ${TDEVPAGE}s, update devices ?after= ${TPAGE}s"
 
-# 3. The waves: each devicesim exits once its devices run 2.0.0.
+# 3. The waves: each devicesim exits once its devices run 2.0.0. A wave
+# whose update makes no progress for STALL seconds (a device that never
+# answers its offers) is stopped and run again after the others, with the
+# same --state-dir: its updated devices then say hello on 2.0.0 and only
+# the rest are updated.
+run_wave() { # index, label
+  local i=$1 sim last n quiet=0
+  "$BIN/devicesim" --broker "$MQTT" --devices "${waves[i]}" --id-prefix "w$((i + 1))-" --model sim-a \
+    --version 1.0.0 --connect-rate "$CONNECT_RATE" --reboot-delay 200ms --exit-when-updated 2.0.0 \
+    --state-dir "$OUT/state/w$((i + 1))" --summary "$OUT/$2.json" >"$OUT/$2.out" 2>&1 &
+  sim=$!
+  pids+=("$sim")
+  last=-1
+  while kill -0 "$sim" 2>/dev/null; do
+    sleep 1
+    n=$(api "/api/v1/updates/$UPD" | jq '.counts.succeeded // 0')
+    if [ "$n" = "$last" ]; then quiet=$((quiet + 1)); else quiet=0; last=$n; fi
+    if [ "$quiet" -ge "$STALL" ]; then
+      echo "   $2: no progress for ${STALL}s, stopping it"
+      kill -INT "$sim"
+      wait "$sim" || true
+      return 1
+    fi
+  done
+  wait "$sim" || true
+}
+STALL=${STALL:-60}
 T_UPDATE=$(now)
 wave_s=()
+stalled=()
 for i in "${!waves[@]}"; do
   phase "wave$((i + 1))"
   t=$(now)
-  "$BIN/devicesim" --broker "$MQTT" --devices "${waves[i]}" --id-prefix "w$((i + 1))-" --model sim-a \
-    --version 1.0.0 --connect-rate "$CONNECT_RATE" --reboot-delay 200ms --exit-when-updated 2.0.0 \
-    --summary "$OUT/wave$((i + 1)).json" >"$OUT/wave$((i + 1)).out" 2>&1 &
-  sim=$!
-  pids+=("$sim")
-  wait "$sim"
+  run_wave "$i" "wave$((i + 1))" || stalled+=("$i")
   wave_s+=("$(since "$t")")
   succeeded=$(api "/api/v1/updates/$UPD" | jq '.counts.succeeded // 0')
   echo "   wave $((i + 1)): ${waves[i]} devices in ${wave_s[i]}s; update: $succeeded succeeded"
+done
+for i in "${stalled[@]}"; do
+  phase "rerun$((i + 1))"
+  t=$(now)
+  run_wave "$i" "rerun$((i + 1))" || echo "   wave $((i + 1)) stalled again"
+  wave_s[i]="${wave_s[i]} + rerun $(since "$t")"
+  succeeded=$(api "/api/v1/updates/$UPD" | jq '.counts.succeeded // 0')
+  echo "   wave $((i + 1)) again: update: $succeeded succeeded"
 done
 phase finish
 for _ in $(seq 120); do
