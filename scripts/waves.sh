@@ -144,40 +144,48 @@ TDEVPAGE=$(curl -sf -o /dev/null -w '%{time_total}' "$API/api/v1/devices?limit=1
 TPAGE=$(curl -sf -o /dev/null -w '%{time_total}' "$API/api/v1/updates/$UPD/devices?limit=100&after=w5-10000")
 echo "   API pages during the update: devices ?after= ${TDEVPAGE}s, update devices ?after= ${TPAGE}s"
 
-# 3. The waves: each devicesim exits once its devices run 2.0.0. A wave
-# whose update makes no progress for STALL seconds (a device that never
-# answers its offers) is stopped and run again after the others, with the
-# same --state-dir: its updated devices then say hello on 2.0.0 and only
-# the rest are updated.
-run_wave() { # index, label
-  local i=$1 sim last n quiet=0
+# 3. The waves. A wave ends when the orchestrator counts every device of
+# it (and of the waves before) as succeeded or failed; its devicesim, told
+# --exit-when-updated, has usually exited by then, and is stopped if not
+# (a device whose connection dropped after its confirming hello does not
+# count itself done). A wave whose update makes no progress for STALL
+# seconds (a device that never answers its offers) is stopped and run
+# again after the others, with the same --state-dir: its updated devices
+# then say hello on 2.0.0 and only the rest are updated.
+ended() { api "/api/v1/updates/$UPD" | jq '(.counts.succeeded // 0) + (.counts.failed // 0)'; }
+run_wave() { # index, label, devices that must have ended
+  local i=$1 sim last=-1 n quiet=0
   "$BIN/devicesim" --broker "$MQTT" --devices "${waves[i]}" --id-prefix "w$((i + 1))-" --model sim-a \
     --version 1.0.0 --connect-rate "$CONNECT_RATE" --reboot-delay 200ms --exit-when-updated 2.0.0 \
     --state-dir "$OUT/state/w$((i + 1))" --summary "$OUT/$2.json" >"$OUT/$2.out" 2>&1 &
   sim=$!
   pids+=("$sim")
-  last=-1
-  while kill -0 "$sim" 2>/dev/null; do
+  while :; do
     sleep 1
-    n=$(api "/api/v1/updates/$UPD" | jq '.counts.succeeded // 0')
+    n=$(ended)
+    [ "$n" -ge "$3" ] && break
+    kill -0 "$sim" 2>/dev/null || break # it counted its devices done
     if [ "$n" = "$last" ]; then quiet=$((quiet + 1)); else quiet=0; last=$n; fi
     if [ "$quiet" -ge "$STALL" ]; then
       echo "   $2: no progress for ${STALL}s, stopping it"
-      kill -INT "$sim"
+      kill -INT "$sim" 2>/dev/null || true
       wait "$sim" || true
       return 1
     fi
   done
+  kill -INT "$sim" 2>/dev/null || true
   wait "$sim" || true
 }
 STALL=${STALL:-60}
 T_UPDATE=$(now)
 wave_s=()
 stalled=()
+done_before=0
 for i in "${!waves[@]}"; do
   phase "wave$((i + 1))"
   t=$(now)
-  run_wave "$i" "wave$((i + 1))" || stalled+=("$i")
+  done_before=$((done_before + waves[i]))
+  run_wave "$i" "wave$((i + 1))" "$done_before" || stalled+=("$i")
   wave_s+=("$(since "$t")")
   succeeded=$(api "/api/v1/updates/$UPD" | jq '.counts.succeeded // 0')
   echo "   wave $((i + 1)): ${waves[i]} devices in ${wave_s[i]}s; update: $succeeded succeeded"
@@ -185,7 +193,7 @@ done
 for i in "${stalled[@]}"; do
   phase "rerun$((i + 1))"
   t=$(now)
-  run_wave "$i" "rerun$((i + 1))" || echo "   wave $((i + 1)) stalled again"
+  run_wave "$i" "rerun$((i + 1))" "$DEVICES" || echo "   wave $((i + 1)) stalled again"
   wave_s[i]="${wave_s[i]} + rerun $(since "$t")"
   succeeded=$(api "/api/v1/updates/$UPD" | jq '.counts.succeeded // 0')
   echo "   wave $((i + 1)) again: update: $succeeded succeeded"
@@ -211,6 +219,13 @@ echo "update (all waves): ${UPDATE_S}s, final state $(jq -r .state "$OUT/summary
 for i in "${!wave_s[@]}"; do
   echo "  wave $((i + 1)):          ${waves[i]} devices, ${wave_s[i]}s"
 done
+echo "per wave, by the orchestrator's own progress rows (first offer to last confirmed boot):"
+sqlite3 -readonly "$OUT/data/flota.db" ".timeout 10000" "SELECT '  ' || wave || ': ' || COUNT(*) || ' devices, '
+    || SUM(state = 'succeeded') || ' succeeded in '
+    || printf('%.1f', (julianday(MAX(finished_at)) - julianday(MIN(started_at))) * 86400) || ' s'
+  FROM (SELECT substr(device_id, 1, instr(device_id, '-') - 1) AS wave, state, started_at, finished_at
+        FROM progress WHERE update_id = '$UPD')
+  GROUP BY wave ORDER BY MIN(started_at)"
 echo "orchestrator RSS (MiB) per phase, sampled every second into rss.csv:"
 awk -F, 'NR > 1 { n[$3]++; v[$3, n[$3]] = $2 / 1024; if (!($3 in seen)) { seen[$3] = 1; order[++k] = $3 } all[++m] = $2 / 1024 }
   function stats(name, cnt, arr,    i, j, t, s) {
