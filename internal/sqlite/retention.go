@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 )
@@ -103,19 +104,27 @@ func (s *Store) pruneBatch(ctx context.Context, r Retention, now time.Time) (int
 		return 0, err
 	}
 	defer rollback(tx) //nolint:errcheck // no-op after Commit
-	// keepFrom is the lowest seq kept: the first event that is recent enough
-	// (found walking from the oldest, so the walk costs about what is
-	// deleted) and within the last MaxRows numbers.
+	// keepFrom is the lowest seq kept: the first event that is recent
+	// enough, looked for among the oldest r.Batch only (so a pass costs
+	// what it deletes, however long the log), and within the last MaxRows
+	// numbers.
 	var maxSeq int64
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM events`).Scan(&maxSeq); err != nil {
 		return 0, err
 	}
 	var keepFrom int64
 	if r.MaxAge > 0 {
-		err := tx.QueryRowContext(ctx, `SELECT COALESCE((SELECT seq FROM events WHERE time >= ? ORDER BY seq LIMIT 1), ?)`,
-			fmtTime(now.Add(-r.MaxAge)), maxSeq+1).Scan(&keepFrom)
+		var firstNew sql.NullInt64
+		var lastOld int64
+		err := tx.QueryRowContext(ctx, `SELECT MIN(CASE WHEN time >= ? THEN seq END), COALESCE(MAX(seq), 0)
+			FROM (SELECT seq, time FROM events ORDER BY seq LIMIT ?)`,
+			fmtTime(now.Add(-r.MaxAge)), r.Batch).Scan(&firstNew, &lastOld)
 		if err != nil {
 			return 0, err
+		}
+		keepFrom = lastOld + 1
+		if firstNew.Valid {
+			keepFrom = firstNew.Int64
 		}
 	}
 	if r.MaxRows > 0 {
