@@ -33,7 +33,8 @@ func (h *hook) ID() string { return "flota" }
 func (h *hook) Provides(event byte) bool {
 	switch event {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped, mqtt.OnPublish:
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped,
+		mqtt.OnPublish, mqtt.OnWill: // OnPublish, OnWill: retain.go
 		return true
 	}
 	return false
@@ -102,8 +103,9 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return ok
 }
 
-// OnPublish applies the per-client rate limit to a publish the ACL allowed:
-// over the limit, the message is acknowledged and dropped.
+// OnPublish applies the per-client rate limit to a publish the ACL allowed
+// (over the limit, the message is acknowledged and dropped) and keeps
+// presence messages from being retained (retain.go).
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
@@ -111,7 +113,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if st := h.b.clients.get(cl); st != nil && !h.b.allowPublish(cl, st) {
 		return pk, packets.CodeSuccessIgnore
 	}
-	return pk, nil
+	return unretainPresence(pk), nil
 }
 
 // OnSessionEstablished reports the client online.

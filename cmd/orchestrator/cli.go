@@ -80,7 +80,7 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT]",
+	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT] [--event-retention D] [--event-max-rows N]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
 	{name: "keys generate", args: "[--out DIR]",
@@ -399,6 +399,8 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	securityFlags(fs, &m.Config)
 	memLimit := fs.String("memory-limit", "", "soft memory limit of the Go runtime, e.g. 400MiB, or off; raised while live data needs more (default: $GOMEMLIMIT as is, else 384MiB)")
 	fs.StringVar(&m.Config.DebugAddr, "debug-addr", "", "serve Go runtime profiles (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060")
+	fs.DurationVar(&m.Config.EventRetention, "event-retention", 0, "delete events older than this from the event log, e.g. 720h (0: keep)")
+	fs.Int64Var(&m.Config.EventMaxRows, "event-max-rows", 0, "keep at most this many of the newest events in the event log (0: no limit)")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
@@ -408,6 +410,9 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	limit, err := parseMemoryLimit(*memLimit)
 	if err != nil {
 		return &usageError{msg: err.Error(), spec: sp}
+	}
+	if m.Config.EventRetention < 0 || m.Config.EventMaxRows < 0 {
+		return &usageError{msg: "--event-retention and --event-max-rows must not be negative", spec: sp}
 	}
 	if _, err := parseLogLevel(m.Config.LogLevel); err != nil {
 		return &usageError{msg: err.Error(), spec: sp}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/flotaio/flota/broker"
 	"github.com/flotaio/flota/internal/auth"
@@ -83,6 +84,11 @@ type Config struct {
 	// the broker's default, negative: no limit); RateBurst its burst.
 	RateLimit float64
 	RateBurst int
+	// EventRetention and EventMaxRows bound the event log: events older than
+	// EventRetention, and all but the newest EventMaxRows, are deleted
+	// periodically in small batches (sqlite.Retention). 0 disables a bound.
+	EventRetention time.Duration
+	EventMaxRows   int64
 }
 
 // Main is the orchestrator with its production wiring, so that tests run
@@ -158,6 +164,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 
 	m.Store = sqlite.New(m.Config.DataDir)
 	m.Store.Logger = m.Logger.With("component", "store")
+	m.Store.Retention = sqlite.Retention{MaxAge: m.Config.EventRetention, MaxRows: m.Config.EventMaxRows}
 	if err := m.Store.Open(); err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}

@@ -41,10 +41,14 @@ type (
 		Total   int              `json:"total"`
 	}
 	// EventList is the body of GET /api/v1/updates/{id}/events. Next is the
-	// value of ?after= that returns the following events.
+	// value of ?after= that returns the following events. PrunedThrough is
+	// the event log's retention watermark: events with seq <= it were
+	// deleted, so a client whose ?after= is below it may have missed some
+	// (the list holds what remains).
 	EventList struct {
-		Events []fleet.Event `json:"events"`
-		Next   int64         `json:"next"`
+		Events        []fleet.Event `json:"events"`
+		Next          int64         `json:"next"`
+		PrunedThrough int64         `json:"pruned_through"`
 	}
 	// RetryResult is the body of POST /api/v1/updates/{id}/retry-failed.
 	RetryResult struct {
@@ -132,7 +136,8 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	f := sqlite.DeviceFilter{Model: q.Get("model"), Version: q.Get("version"), Limit: limit, Offset: offset}
+	f := sqlite.DeviceFilter{Model: q.Get("model"), Version: q.Get("version"), After: q.Get("after"),
+		Limit: limit, Offset: offset}
 	if v := q.Get("online"); v != "" {
 		online, err := strconv.ParseBool(v)
 		if err != nil {
@@ -215,7 +220,7 @@ func (s *Server) updateDevices(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	f := sqlite.ProgressFilter{State: fleet.DeviceState(q.Get("state")), Limit: limit, Offset: offset}
+	f := sqlite.ProgressFilter{State: fleet.DeviceState(q.Get("state")), After: q.Get("after"), Limit: limit, Offset: offset}
 	if f.State != "" && !f.State.Valid() {
 		s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "state=%q: unknown device state", f.State))
 		return
@@ -259,7 +264,14 @@ func (s *Server) updateEvents(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	out := EventList{Events: nonNil(evs), Next: after}
+	// The watermark is read after the events, so that it covers every
+	// event pruned before they were read.
+	pruned, err := s.Store.PrunedThrough(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := EventList{Events: nonNil(evs), Next: after, PrunedThrough: pruned}
 	if len(evs) > 0 {
 		out.Next = evs[len(evs)-1].Seq
 	}

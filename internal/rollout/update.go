@@ -63,9 +63,18 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 		targets := make([]fleet.Progress, 0, len(devices))
 		busy := map[string]int{}
 		queued := 0
+		// A fleet has few distinct model and version pairs: compare each
+		// pair's versions once, not once per device.
+		skips := map[[2]string]fleet.Reason{}
 		for _, d := range devices {
 			p := fleet.Progress{UpdateID: u.ID, DeviceID: d.ID, State: fleet.StateQueued, UpdatedAt: now}
-			if reason := skipReason(d, fw, pol); reason != "" {
+			key := [2]string{d.Model, d.Version}
+			reason, ok := skips[key]
+			if !ok {
+				reason = skipReason(d, fw, pol)
+				skips[key] = reason
+			}
+			if reason != "" {
 				p.State, p.Reason, p.FinishedAt = fleet.StateSkipped, reason, &now
 			} else if other := e.active[d.ID]; other != nil {
 				busy[other.r.u.ID]++

@@ -88,8 +88,19 @@ var migrations = []string{
 	// 7: MQTT accounts (credentials.go).
 	migrationCredentials,
 
-	// 8: number held for another schema change; empty here.
-	`SELECT 1;`,
+	// 8: device indexes that end in id, so that a filtered page ordered by
+	// id (?model=, ?version=, ?after=) reads its rows in order instead of
+	// sorting every match; and the event log's retention watermark: every
+	// event with seq <= pruned_through was deleted by retention.
+	`DROP INDEX devices_model_version;
+	CREATE INDEX devices_model_version ON devices(model, version, id);
+	CREATE INDEX devices_model_id ON devices(model, id);
+	CREATE INDEX devices_version_id ON devices(version, id);
+	CREATE TABLE event_log (
+		id             INTEGER PRIMARY KEY CHECK (id = 1),
+		pruned_through INTEGER NOT NULL DEFAULT 0
+	);
+	INSERT INTO event_log (id, pruned_through) VALUES (1, 0);`,
 
 	// 9: the firmware's signature (standard base64, '' = unsigned) and its
 	// signed downgrade permission.

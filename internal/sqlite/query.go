@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/flotaio/flota/internal/fleet"
@@ -42,11 +43,14 @@ func limitClause(limit, offset int) string {
 // --- devices ---
 
 // DeviceFilter narrows ListDevices. Empty fields match all; Limit <= 0 means
-// no limit.
+// no limit. After pages by key: only devices with a larger ID are returned
+// (the total still counts every match), which stays as fast on the last page
+// of a large fleet as on the first, unlike Offset.
 type DeviceFilter struct {
 	Model   string
 	Version string
 	Online  *bool
+	After   string
 	Limit   int
 	Offset  int
 }
@@ -108,6 +112,9 @@ func (s *Store) ListDevices(ctx context.Context, f DeviceFilter) ([]fleet.Device
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices`+w.String(), w.args...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count devices: %w", err)
 	}
+	if f.After != "" {
+		w.add("id > ?", f.After)
+	}
 	rows, err := db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices`+w.String()+` ORDER BY id`+
 		limitClause(f.Limit, f.Offset), w.args...)
 	if err != nil {
@@ -120,23 +127,43 @@ func (s *Store) ListDevices(ctx context.Context, f DeviceFilter) ([]fleet.Device
 	return ds, total, nil
 }
 
-// SelectDevices returns the devices sel matches, ordered by ID. Model,
-// version and explicit IDs are filtered in SQL, tags in Go.
+// SelectDevices returns the devices sel matches, ordered by ID, with their
+// ID, model, version and presence only: what choosing an update's targets
+// needs (Device has the rest). Model, exact version, tags and explicit IDs
+// are filtered in SQL; a version range in Go, parsing each distinct version
+// once, so that selecting from 100,000 devices stays well under 200 ms
+// (BenchmarkStore_SelectDevices100k).
 func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.Device, error) {
 	db, err := s.db()
 	if err != nil {
 		return nil, err
 	}
-	m, err := sel.Compile()
-	if err != nil {
+	if _, err := sel.Compile(); err != nil {
 		return nil, err
 	}
 	var w where
 	if sel.Model != "" {
 		w.add("model = ?", sel.Model)
 	}
+	var rng *fleet.Matcher // the version range alone; nil when SQL decides
 	if v, ok := sel.ExactVersion(); ok {
-		w.add("version = ?", v) // a range is checked in Go below
+		w.add("version = ?", v)
+	} else if sel.Version != "" {
+		if rng, err = (fleet.Selector{Version: sel.Version}).Compile(); err != nil {
+			return nil, err
+		}
+	}
+	keys := make([]string, 0, len(sel.Tags))
+	for k := range sel.Tags {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys) // one statement text per set of keys
+	for _, k := range keys {
+		if v := sel.Tags[k]; v != "" {
+			w.add("EXISTS (SELECT 1 FROM json_each(devices.tags) WHERE key = ? AND value = ?)", k, v)
+		} else { // an empty value matches a device without the tag, as Matcher does
+			w.add("NOT EXISTS (SELECT 1 FROM json_each(devices.tags) WHERE key = ? AND value != '')", k)
+		}
 	}
 	if len(sel.Devices) > 0 {
 		ids, err := json.Marshal(sel.Devices)
@@ -145,19 +172,32 @@ func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.
 		}
 		w.add("id IN (SELECT value FROM json_each(?))", string(ids))
 	}
-	rows, err := db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices`+w.String()+` ORDER BY id`, w.args...)
+	rows, err := db.QueryContext(ctx, `SELECT id, model, version, online FROM devices`+w.String()+` ORDER BY id`, w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("select devices: %w", err)
 	}
-	ds, err := collect(rows, scanDevice, "select devices")
-	if err != nil {
-		return nil, err
-	}
-	out := ds[:0]
-	for _, d := range ds {
-		if m.Match(d) {
-			out = append(out, d)
+	defer rows.Close()
+	var out []fleet.Device
+	inRange := map[string]bool{}
+	for rows.Next() {
+		var d fleet.Device
+		if err := rows.Scan(&d.ID, &d.Model, &d.Version, &d.Online); err != nil {
+			return nil, fmt.Errorf("select devices: %w", err)
 		}
+		if rng != nil {
+			ok, seen := inRange[d.Version]
+			if !seen {
+				ok = rng.Match(fleet.Device{Version: d.Version})
+				inRange[d.Version] = ok
+			}
+			if !ok {
+				continue
+			}
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("select devices: %w", err)
 	}
 	return out, nil
 }
@@ -259,9 +299,11 @@ func (s *Store) queryUpdates(ctx context.Context, query string, args ...any) ([]
 // --- progress ---
 
 // ProgressFilter narrows Progress. An empty State matches all; Limit <= 0
-// means no limit.
+// means no limit. After pages by key, as DeviceFilter.After: only rows of
+// devices with a larger ID.
 type ProgressFilter struct {
 	State  fleet.DeviceState
+	After  string
 	Limit  int
 	Offset int
 }
@@ -320,6 +362,9 @@ func (s *Store) Progress(ctx context.Context, updateID string, f ProgressFilter)
 	var total int
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM progress`+w.String(), w.args...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count progress: %w", err)
+	}
+	if f.After != "" {
+		w.add("device_id > ?", f.After)
 	}
 	rows, err := db.QueryContext(ctx, `SELECT `+progressCols+` FROM progress`+w.String()+` ORDER BY device_id`+
 		limitClause(f.Limit, f.Offset), w.args...)
@@ -414,15 +459,17 @@ func (s *Store) Events(ctx context.Context, updateID string, afterSeq int64, lim
 	return collect(rows, scanEvent, "events")
 }
 
-// MaxEventSeq returns the highest stored event sequence number, 0 when the
-// log is empty. The engine continues numbering from it after a restart.
+// MaxEventSeq returns the highest event sequence number given out: the
+// largest stored one, or the retention watermark when retention pruned every
+// event (0 for a log that never held one). The engine continues numbering
+// from it after a restart.
 func (s *Store) MaxEventSeq(ctx context.Context) (int64, error) {
 	db, err := s.db()
 	if err != nil {
 		return 0, err
 	}
 	var seq int64
-	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM events`).Scan(&seq); err != nil {
+	if err := db.QueryRowContext(ctx, `SELECT MAX(COALESCE((SELECT MAX(seq) FROM events), 0), pruned_through) FROM event_log`).Scan(&seq); err != nil {
 		return 0, fmt.Errorf("max event seq: %w", err)
 	}
 	return seq, nil

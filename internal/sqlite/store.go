@@ -71,6 +71,7 @@ type Store struct {
 	FlushInterval time.Duration // longest time a queued write waits for its commit
 	BatchSize     int           // most queued writes committed in one transaction
 	QueueSize     int           // capacity of the write queue; a full queue blocks writers
+	Retention     Retention     // bounds of the event log; zero keeps every event
 	Logger        *slog.Logger
 
 	// mu guards state, and is read-held while sending on ops so that Close
@@ -78,11 +79,13 @@ type Store struct {
 	mu    sync.RWMutex
 	state int
 
-	ops    chan writeOp // the write queue, read by the writer goroutine only
-	writer *sql.DB      // one connection, used by the writer goroutine only
-	reader *sql.DB      // read-only pool
-	stmts  *writeStmts  // statements prepared on writer
-	wg     sync.WaitGroup
+	ops    chan writeOp   // the write queue, read by the writer goroutine only
+	writer *sql.DB        // one connection, used by the writer goroutine only
+	reader *sql.DB        // read-only pool
+	stmts  *writeStmts    // statements prepared on writer
+	wg     sync.WaitGroup // the writer and the pruner goroutines
+
+	stopPrune context.CancelFunc // ends the pruner; set by Open
 
 	// werr is the first write error not yet reported by Flush; owned by the
 	// writer goroutine, read by Close after the goroutine ended.
@@ -210,6 +213,12 @@ func (s *Store) Open() (err error) {
 	s.state = stateOpen
 	s.wg.Add(1)
 	go s.run()
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopPrune = cancel
+	if s.Retention.Enabled() {
+		s.wg.Add(1)
+		go s.prune(ctx, s.Retention.withDefaults())
+	}
 	return nil
 }
 
@@ -229,6 +238,7 @@ func (s *Store) Close() error {
 		if !wasOpen {
 			return
 		}
+		s.stopPrune()
 		s.wg.Wait()
 		var errs []error
 		if s.werr != nil {

@@ -531,15 +531,8 @@ func (s *Store) CreateUpdate(ctx context.Context, u fleet.Update, targets []flee
 			string(u.State), fmtTime(u.CreatedAt), fmtTimePtr(u.StartedAt), fmtTimePtr(u.FinishedAt)); err != nil {
 			return err
 		}
-		st := tx.StmtContext(ctx, s.stmts.upsertProgress)
-		for _, p := range targets {
-			p.UpdateID = u.ID
-			if p.UpdatedAt.IsZero() {
-				p.UpdatedAt = u.CreatedAt
-			}
-			if err := execProgress(ctx, st, p, 0); err != nil {
-				return fmt.Errorf("target %s: %w", p.DeviceID, err)
-			}
+		if err := insertTargets(ctx, tx, u, targets); err != nil {
+			return err
 		}
 		if err := tx.Commit(); err != nil {
 			return fmt.Errorf("commit: %w", err)
