@@ -189,9 +189,14 @@ func New(opts Options) *Broker {
 	// watching the event stream needs headroom for bursts of events. Four
 	// windows plus 64, and never below 256, covers both at about 2 KB a client.
 	caps.MaximumClientWritesPending = int32(pending)
-	// Unacknowledged QoS 1/2 deliveries kept per client: the same bound, so a
-	// stalled device cannot hold more than that many chunks in memory.
-	caps.MaximumInflight = uint16(pending)
+	// Unacknowledged QoS 1/2 deliveries kept per client, beyond which mochi
+	// drops a delivery ("client store quota reached"). Chunks go at QoS 0
+	// and a device has a few control messages open at most, so this bound is
+	// for monitors: one that subscribed at QoS 1 and acks slower than a
+	// large rollout emits events must not lose them. The inflight store
+	// costs memory only for what is actually unacknowledged (about 300 bytes
+	// an event).
+	caps.MaximumInflight = uint16(max(pending, minInflight))
 	// QoS 2 messages a client may have open towards the broker (announced to
 	// MQTT 5 clients; mochi disconnects a client that exceeds it).
 	caps.ReceiveMaximum = uint16(pending)
@@ -221,6 +226,10 @@ func New(opts Options) *Broker {
 }
 
 // writesPending sizes a client's outbound queue to the window; see New.
+// minInflight is the least number of unacknowledged QoS 1/2 deliveries the
+// broker keeps per client (see New).
+const minInflight = 4096
+
 func writesPending(window int) int {
 	return min(max(4*window+64, 256), 65535)
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os/exec"
 	"strings"
@@ -48,7 +49,7 @@ func TestBroker_QueueSizedToWindow(t *testing.T) {
 	} {
 		b := New(Options{Window: tc.window})
 		assert.Equal(t, tc.want, int(b.srv.Options.Capabilities.MaximumClientWritesPending), "window %d", tc.window)
-		assert.Equal(t, tc.want, int(b.srv.Options.Capabilities.MaximumInflight), "window %d", tc.window)
+		assert.Equal(t, max(tc.want, minInflight), int(b.srv.Options.Capabilities.MaximumInflight), "window %d", tc.window)
 	}
 }
 
@@ -347,4 +348,27 @@ func BenchmarkBroker_PublishToDevice(b *testing.B) {
 	b.StopTimer()
 	require.EqualValues(b, b.N, received.Load())
 	b.ReportMetric(float64(br.Stats().MessagesDropped), "drops")
+}
+
+func TestBroker_MonitorThatAcksLateLosesNoEvents(t *testing.T) {
+	b, _ := openBroker(t, Options{}, nil)
+	var mon inbox
+	// A monitor at QoS 1 that never acknowledges: every event stays in its
+	// inflight store, well past the client queue's 256.
+	c, err := tryDial(t, clientOptions(b, "monitor-1").SetAutoAckDisabled(true))
+	require.NoError(t, err)
+	require.EqualValues(t, 1, subscribe(t, c, protocol.EventsFilter, 1, mon.paho))
+
+	const batches, batch = 10, 100
+	for i := range batches {
+		for j := range batch {
+			require.NoError(t, b.Publish(protocol.UpdateEventsTopic("u1"), fmt.Appendf(nil, `{"seq":%d}`, i*batch+j), false, 1))
+		}
+		// One batch on the wire before the next, so that the queue never fills.
+		want := (i + 1) * batch
+		require.Eventually(t, func() bool { return len(mon.topics()) >= want }, waitFor, 5*time.Millisecond,
+			"batch %d: %d of %d events arrived", i, len(mon.topics()), want)
+	}
+	assert.Len(t, mon.topics(), batches*batch)
+	assert.Zero(t, b.Stats().MessagesDropped)
 }
