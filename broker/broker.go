@@ -325,11 +325,28 @@ func (b *Broker) Close() error {
 		b.state = stateClosed
 		b.mu.Unlock()
 		if wasOpen {
+			// mochi's own closer (Server.closeListenerClients) read-locks
+			// the client map twice (Clients.GetByListener calls Len under
+			// its read lock); a client ending at that moment asks for the
+			// write lock in between, and both wait forever. Closing the
+			// listeners first with a closer that locks once makes
+			// Server.Close skip its own: a listener runs its closer once.
+			b.srv.Listeners.CloseAll(b.closeListenerClients)
 			_ = b.srv.Close() // always nil; it waits for every client goroutine
 			b.log.Info("mqtt broker closed")
 		}
 	})
 	return nil
+}
+
+// closeListenerClients disconnects the clients of one listener as the
+// server shuts down.
+func (b *Broker) closeListenerClients(listener string) {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Listener == listener && !cl.Closed() {
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 func (b *Broker) closed() bool {
