@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"errors"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -28,7 +27,7 @@ func TestBroker_PresenceIsDeliveredButNotRetained(t *testing.T) {
 	require.NoError(t, err)
 	cl, ok := b.srv.Clients.Get("dev-1")
 	require.True(t, ok)
-	cl.Stop(errors.New("connection lost")) // an unclean end sends the will
+	require.NoError(t, cl.Net.Conn.Close()) // an unclean end sends the will
 	assert.Equal(t, `{"v":1,"online":false}`, in.waitTopic(t, presence).payload)
 
 	require.NoError(t, b.Publish(protocol.DeviceStatusTopic("dev-1"), []byte(`{"state":"succeeded"}`), true, 1))
