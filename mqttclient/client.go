@@ -31,6 +31,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/pahostore"
 	"github.com/flotaio/flota/internal/protocol"
 )
 
@@ -253,6 +254,7 @@ func (c *Client) clientOptions() (*mqtt.ClientOptions, error) {
 		return nil, fmt.Errorf("mqttclient: broker URL %q: want tcp://host:port or ssl://host:port", redact(c.opts.URL))
 	}
 	o := mqtt.NewClientOptions().
+		SetStore(pahostore.New()). // paho's MemoryStore races on reconnect (pahostore)
 		AddBroker(c.opts.URL).
 		SetClientID(c.opts.ClientID).
 		// A session that outlives a connection: the broker keeps the

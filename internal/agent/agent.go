@@ -28,6 +28,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/pahostore"
 	"github.com/flotaio/flota/internal/protocol"
 )
 
@@ -524,6 +525,7 @@ func (a *Agent) connect() {
 	a.boot()
 	gen := a.gen.Add(1)
 	opts := mqtt.NewClientOptions().
+		SetStore(pahostore.New()). // paho's MemoryStore races on reconnect (pahostore)
 		AddBroker(a.cfg.Broker).
 		SetClientID(a.cfg.ID).
 		SetCleanSession(true).

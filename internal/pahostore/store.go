@@ -1,0 +1,33 @@
+// Package pahostore is the message store flota's paho clients use: paho's
+// MemoryStore, except that Get hands out a copy of a stored PUBLISH.
+//
+// On a reconnect paho's resume sets the DUP flag on every stored QoS 1/2
+// PUBLISH it sends again. With the plain MemoryStore that packet is the very
+// one paho may still be writing to the old or the new connection, a data
+// race inside paho (eclipse-paho/paho.mqtt.golang#703, open for v1.5.1).
+// A copy per Get leaves the packet being written alone; the payload is shared
+// and never written.
+package pahostore
+
+import (
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
+)
+
+// Store is a mqtt.Store that copies PUBLISH packets on Get.
+type Store struct {
+	*mqtt.MemoryStore
+}
+
+// New returns an empty Store.
+func New() *Store { return &Store{MemoryStore: mqtt.NewMemoryStore()} }
+
+// Get returns the packet stored under key; a PUBLISH is a shallow copy.
+func (s *Store) Get(key string) packets.ControlPacket {
+	pk := s.MemoryStore.Get(key)
+	if p, ok := pk.(*packets.PublishPacket); ok {
+		cp := *p
+		return &cp
+	}
+	return pk
+}
