@@ -8,10 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"time"
 
-	"github.com/flotaio/flota/broker"
 	"github.com/flotaio/flota/internal/protocol"
 )
 
@@ -40,42 +38,14 @@ func runRawBench(ctx context.Context, o options, image []byte, tmp string, stder
 		}
 	}()
 
-	b := broker.New(broker.Options{Addr: "127.0.0.1:0", Window: o.Window})
-	if err := b.Open(); err != nil {
-		return res, err
-	}
-	defer b.Close()
-
-	n := o.Devices
-	index := make(map[string]int, n) // device ID -> index; read-only once built
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = rawDeviceID(i + 1)
-		index[ids[i]] = i
-	}
-	// The handler runs on a subscriber's connection goroutine: it only hands
-	// the first "done" of each device to the loop below. dones has room for
-	// one per device, so the send never blocks.
-	seen := make([]atomic.Bool, n)
-	dones := make(chan int, n)
-	var dupes, strays atomic.Int64
-	err = b.Subscribe(protocol.DevicesRoot+"+/up/"+rawDoneKind, func(topic string, _ []byte) {
-		id, _, ok := protocol.ParseUpTopic(topic)
-		i, known := index[id]
-		switch {
-		case !ok || !known:
-			strays.Add(1)
-		case seen[i].Swap(true):
-			dupes.Add(1)
-		default:
-			dones <- i
-		}
-	})
+	p, err := openPeerBroker(o)
 	if err != nil {
 		return res, err
 	}
+	defer p.Close()
+	n := o.Devices
 
-	subs, err := startSubscribers(ctx, o, subModeRaw, "tcp://"+b.Addr(), tmp)
+	subs, err := startSubscribers(ctx, o, subModeRaw, "tcp://"+p.b.Addr(), tmp)
 	if err != nil {
 		return res, err
 	}
@@ -85,73 +55,34 @@ func runRawBench(ctx context.Context, o options, image []byte, tmp string, stder
 	chunks := o.chunks()
 	frame := make([]byte, protocol.HeaderSize+o.ChunkSize)
 	publishDevice := func(i int) error {
-		topic := protocol.DownTopic(ids[i], protocol.KindChunk)
+		topic := protocol.DownTopic(p.ids[i], protocol.KindChunk)
 		for c := range chunks {
-			off := c * o.ChunkSize
-			end := min(off+o.ChunkSize, len(image))
-			buf := frame[:protocol.HeaderSize+end-off]
-			copy(buf[protocol.HeaderSize:], image[off:end])
-			var flags byte
-			if end == len(image) {
-				flags = protocol.FlagLast
-			}
-			protocol.PutFrameHeader(buf, flags, uint32(i+1), uint32(off))
-			if err := b.Publish(topic, buf, false, 1); err != nil {
+			if err := p.b.Publish(topic, chunkFrame(frame, image, c*o.ChunkSize, o.ChunkSize, uint32(i+1)), false, 1); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
 
-	firstChunk := make([]time.Time, n)
-	times := make([]time.Duration, 0, n)
-	deadline := time.NewTimer(o.Timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	next, inFlight, lastProgress := 0, 0, time.Now()
-	cpu := startCPU(nil, subs.proc)
-	start := time.Now()
-	var last time.Time
-	for len(times) < n {
-		for inFlight < o.MaxInFlight && next < n {
-			firstChunk[next] = time.Now()
-			if err := publishDevice(next); err != nil {
-				return res, err
-			}
-			next++
-			inFlight++
-		}
-		select {
-		case i := <-dones:
-			last = time.Now()
-			times = append(times, last.Sub(firstChunk[i]))
-			inFlight--
-			lastProgress = last
-		case <-tick.C:
-			dropped := b.Stats().MessagesDropped
-			if dropped > 0 && time.Since(lastProgress) > rawStall {
-				return res, fmt.Errorf("the broker dropped %d deliveries (full client queue: %d chunks per device, queue %d); %d of %d devices never got the whole image",
-					dropped, chunks, clientQueue(o.Window), n-len(times), n)
-			}
-		case <-subs.proc.done:
-			return res, fmt.Errorf("%d of %d devices done: %s", len(times), n, subs.proc.failure())
-		case <-deadline.C:
-			return res, fmt.Errorf("%d of %d devices done after %v (--timeout); the broker dropped %d deliveries",
-				len(times), n, o.Timeout, b.Stats().MessagesDropped)
-		case <-ctx.Done():
-			return res, context.Cause(ctx)
-		}
+	times, elapsed, err := p.drive(ctx, o, subs, &res, publishDevice,
+		func(dropped int64) error {
+			return fmt.Errorf("the broker dropped %d deliveries (full client queue: %d chunks per device, queue %d); some devices never got the whole image",
+				dropped, chunks, clientQueue(o.Window))
+		},
+		func(done int) error {
+			return fmt.Errorf("%d of %d devices done after %v (--timeout); the broker dropped %d deliveries",
+				done, n, o.Timeout, p.b.Stats().MessagesDropped)
+		})
+	if err != nil {
+		return res, err
 	}
-	elapsed := last.Sub(start)
-	res.BrokerCPU, res.DevicesCPU = cpu.stop()
 	res.measureSelf(rss)
 	sampling = false
 	st := subs.stats(ctx)
-	res.fill(runRaw, n, times, elapsed, o.Size, b.Stats().MessagesDropped)
+	res.fill(runRaw, n, times, elapsed, o.Size, p.b.Stats().MessagesDropped)
 	res.Note = fmt.Sprintf("first chunk published -> last done; device time = its first chunk published -> its done received; "+
 		"QoS 1, no per-chunk acks, no store; RSS of this process (broker and publisher); subscribers: %s", st)
-	if d := dupes.Load() + strays.Load(); d > 0 {
+	if d := p.dupes.Load() + p.strays.Load(); d > 0 {
 		res.Note += fmt.Sprintf("; %d duplicate or stray done messages", d)
 	}
 	return res, nil
