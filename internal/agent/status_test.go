@@ -39,6 +39,10 @@ func TestAgent_LastWillSaysOffline(t *testing.T) {
 	// without the will, when it sees the client stopped between packets.)
 	cl, ok := o.srv.Clients.Get("dev-1")
 	require.True(t, ok)
+	will := cl.Properties.Will
+	assert.EqualValues(t, 1, will.Flag, "the agent connects with a last will")
+	assert.Equal(t, protocol.UpTopic("dev-1", protocol.KindStatus), will.TopicName)
+	assert.Equal(t, offline, statusMsg{string(will.Payload), will.Retain})
 	require.NoError(t, cl.Net.Conn.Close())
 
 	// paho reconnects at once. Usually the broker publishes the will first,

@@ -220,7 +220,7 @@ func (e *Engine) pump(t *target) {
 	chunk := int64(r.u.Policy.ChunkSize)
 	limit := t.acked + chunk*int64(r.u.Policy.Window)
 	topic := ""
-	var now time.Time
+	now := e.now() // one clock read per burst: it times the chunk the rtt clock picks
 	for t.sent < size && t.sent < limit {
 		n := min(chunk, size-t.sent)
 		buf := e.frameBuf(protocol.HeaderSize + int(n))
@@ -243,11 +243,6 @@ func (e *Engine) pump(t *target) {
 			return
 		}
 		t.sent += n
-		if t.rtt.mark == 0 && t.sent > t.rtt.high {
-			if now.IsZero() {
-				now = e.now()
-			}
-		}
 		t.rtt.sent(now, t.sent)
 		r.bytesSent += n
 		e.stats.chunks.Add(1)
