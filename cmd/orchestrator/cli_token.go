@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -69,19 +70,21 @@ func (f *sizeFlag64) Set(s string) error {
 	return nil
 }
 
+// parseSize64 reads a positive byte count with an optional unit: KiB, MiB,
+// GiB (k and K for KiB), or KB, MB, GB as powers of 1000, or B.
 func parseSize64(s string) (int64, error) {
 	num, mult := strings.TrimSpace(s), int64(1)
 	for _, u := range []struct {
 		suffix string
 		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"k", 1 << 10}, {"K", 1 << 10}} {
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"k", 1 << 10}, {"K", 1 << 10}, {"B", 1}} {
 		if v, ok := strings.CutSuffix(num, u.suffix); ok {
 			num, mult = v, u.mult
 			break
 		}
 	}
 	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
+	if err != nil || n <= 0 || n > math.MaxInt64/mult {
 		return 0, fmt.Errorf("%q: want a positive byte count such as 268435456, 256MiB or 1GB", s)
 	}
 	return n * mult, nil

@@ -10,7 +10,6 @@ import (
 	"net/http/pprof"
 	"runtime/debug"
 	"runtime/metrics"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -129,9 +128,8 @@ func (g *memoryGovernor) Close() error {
 	return nil
 }
 
-// parseMemoryLimit reads --memory-limit: a byte count with an optional
-// suffix (KiB, MiB, GiB, or KB, MB, GB as powers of 1000), "off" for no
-// limit, or "" for the default.
+// parseMemoryLimit reads --memory-limit: a byte count as parseSize64 reads
+// it, "off" for no limit, or "" for the default.
 func parseMemoryLimit(s string) (int64, error) {
 	s = strings.TrimSpace(s)
 	switch s {
@@ -140,24 +138,14 @@ func parseMemoryLimit(s string) (int64, error) {
 	case "off", "none":
 		return -1, nil
 	}
-	num, mult := s, int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}} {
-		if strings.HasSuffix(num, u.suffix) {
-			num, mult = strings.TrimSuffix(num, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
-	if err != nil || n <= 0 || n > math.MaxInt64/mult {
+	n, err := parseSize64(s)
+	if err != nil {
 		return 0, fmt.Errorf("--memory-limit %q: want a size such as 400MiB or 1GB, or off", s)
 	}
-	if n*mult < 32<<20 {
+	if n < 32<<20 {
 		return 0, fmt.Errorf("--memory-limit %q: below 32MiB the collector would run without pause", s)
 	}
-	return n * mult, nil
+	return n, nil
 }
 
 // debugServer serves Go's runtime profiles (net/http/pprof) on a listener of
