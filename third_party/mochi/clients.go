@@ -155,6 +155,7 @@ type ClientState struct {
 	open            context.Context      // indicate that the client is open for packet exchange
 	cancelOpen      context.CancelFunc   // cancel function for open context
 	outboundQty     int32                // number of messages currently in the outbound queue
+	writing         atomic.Bool          // a goroutine is writing the outbound queue (flota patch)
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
 }
@@ -190,20 +191,59 @@ func newClient(c net.Conn, o *ops) *Client {
 	return cl
 }
 
-// WriteLoop ranges over pending outbound messages and writes them to the client connection.
+// WriteLoop ranges over pending outbound messages and writes them to the
+// client connection until the client closes. The server does not run it: a
+// writer runs only while the queue holds packets (startWriter), so that an
+// idle connection costs one goroutine, not two (flota patch).
 func (cl *Client) WriteLoop() {
+	cl.State.writing.Store(true)
 	for {
 		select {
 		case pk := <-cl.State.outbound:
-			if err := cl.WritePacket(*pk); err != nil {
-				// TODO : Figure out what to do with error
-				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
-			}
-			atomic.AddInt32(&cl.State.outboundQty, -1)
+			cl.writeQueued(pk)
 		case <-cl.State.open.Done():
 			return
 		}
 	}
+}
+
+// startWriter starts a goroutine writing the outbound queue unless one runs.
+// Callers put a packet on the queue first.
+func (cl *Client) startWriter() {
+	if cl.State.writing.CompareAndSwap(false, true) {
+		go cl.drainOutbound()
+	}
+}
+
+// drainOutbound writes queued packets until the queue is empty. At most one
+// runs per client: whoever sets writing owns the queue, and the writer
+// clears it only when it found the queue empty, checking again afterwards
+// for a packet queued in between, whose startWriter saw writing still set.
+func (cl *Client) drainOutbound() {
+	for {
+		select {
+		case pk := <-cl.State.outbound:
+			cl.writeQueued(pk)
+			continue
+		default:
+		}
+		cl.State.writing.Store(false)
+		if len(cl.State.outbound) == 0 || !cl.State.writing.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// writeQueued writes a packet taken from the outbound queue.
+func (cl *Client) writeQueued(pk *packets.Packet) {
+	if err := cl.WritePacket(*pk); err != nil {
+		// TODO : Figure out what to do with error
+		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+	}
+	if pk.Mods.PooledPayload {
+		putPayload(pk.Payload)
+	}
+	atomic.AddInt32(&cl.State.outboundQty, -1)
 }
 
 // ParseConnect parses the connect parameters and properties for a client.
@@ -377,16 +417,25 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			return err
 		}
 
-		pk, err := cl.ReadPacket(fh)
-		if err != nil {
-			return err
-		}
-
-		err = packetHandler(cl, pk) // Process inbound packet.
+		err = cl.readAndHandle(fh, packetHandler)
 		if err != nil {
 			return err
 		}
 	}
+}
+
+// readAndHandle reads the packet whose fixed header was read and passes it
+// to packetHandler. It is a function of its own so that the packet, a large
+// struct, is not in Read's frame: Read waits for the next header with a
+// small stack above it, which the runtime can then shrink (flota patch).
+//
+//go:noinline
+func (cl *Client) readAndHandle(fh *packets.FixedHeader, packetHandler ReadFn) error {
+	pk, err := cl.ReadPacket(fh)
+	if err != nil {
+		return err
+	}
+	return packetHandler(cl, pk) // Process inbound packet.
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
@@ -556,7 +605,8 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	pk = cl.ops.hooks.OnPacketEncode(cl, pk)
 
 	var err error
-	buf := new(bytes.Buffer)
+	buf := getEncodeBuffer()
+	defer putEncodeBuffer(buf)
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectEncode(buf)

@@ -145,6 +145,10 @@ type Mods struct {
 	MaxSize             uint32 // the maximum packet size specified by the client / server
 	DisallowProblemInfo bool   // if problem info is disallowed
 	AllowResponseInfo   bool   // if response info is disallowed
+	// PooledPayload is set on a queued outbound QoS 0 publish whose payload
+	// the server took from its payload pool: the write loop returns it there
+	// once written (flota patch, see PATCHES.md).
+	PooledPayload bool
 }
 
 // ConnectParams contains packet values which are specifically related to connect packets.

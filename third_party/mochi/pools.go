@@ -1,0 +1,88 @@
+// Pools of the flota patch (see PATCHES.md): outbound payload copies and
+// encode buffers are reused instead of being allocated for every delivery,
+// which is most of what a broker moving firmware chunks allocates.
+
+package mqtt
+
+import (
+	"bytes"
+	"math/bits"
+	"sync"
+)
+
+const (
+	minPayloadShift  = 10
+	maxPayloadShift  = 17
+	minPooledPayload = 1 << minPayloadShift // smaller copies cost the collector little
+	maxPooledPayload = 1 << maxPayloadShift // larger ones are not kept between uses
+	maxPooledEncode  = maxPooledPayload + 1<<10
+)
+
+// payloadPools holds payload buffers by size class: eight classes between
+// consecutive powers of two, so that a buffer wastes at most an eighth of
+// itself (a 16 KiB chunk frame of 16,404 bytes takes an 18,432-byte one),
+// from minPooledPayload to maxPooledPayload.
+var payloadPools [(maxPayloadShift - minPayloadShift + 1) * classesPerDoubling]sync.Pool
+
+const classesPerDoubling = 8
+
+// payloadClass returns the index of the pool whose buffers can hold n bytes
+// and their capacity, or false when n is outside the pooled range.
+func payloadClass(n int) (int, int, bool) {
+	if n < minPooledPayload || n > maxPooledPayload {
+		return 0, 0, false
+	}
+	k := bits.Len(uint(n-1)) - 1 // 1<<k < n <= 2<<k
+	step := (1 << k) / classesPerDoubling
+	j := (n - 1<<k + step - 1) / step // 1..classesPerDoubling
+	return (k-minPayloadShift+1)*classesPerDoubling + j - 1, 1<<k + j*step, true
+}
+
+// copyPayload returns a copy of p, from a pool when pooled is true and p's
+// size is in the pooled range; the second result says whether it was.
+func copyPayload(p []byte, pooled bool) ([]byte, bool) {
+	if len(p) == 0 {
+		return nil, false
+	}
+	if pooled {
+		if i, size, ok := payloadClass(len(p)); ok {
+			var buf []byte
+			if v, _ := payloadPools[i].Get().(*[]byte); v != nil {
+				buf = (*v)[:len(p)]
+			} else {
+				buf = make([]byte, len(p), size)
+			}
+			copy(buf, p)
+			return buf, true
+		}
+	}
+	return append([]byte(nil), p...), false
+}
+
+// putPayload returns a buffer from copyPayload to its pool. Its capacity
+// says which pool it came from.
+func putPayload(p []byte) {
+	i, size, ok := payloadClass(cap(p))
+	if !ok || size != cap(p) {
+		return
+	}
+	p = p[:0]
+	payloadPools[i].Put(&p)
+}
+
+var encodeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// getEncodeBuffer returns an empty buffer to encode a packet into.
+func getEncodeBuffer() *bytes.Buffer {
+	return encodeBuffers.Get().(*bytes.Buffer)
+}
+
+// putEncodeBuffer returns buf to the pool unless it grew past the largest
+// payload worth keeping.
+func putEncodeBuffer(buf *bytes.Buffer) {
+	if buf.Cap() > maxPooledEncode {
+		return
+	}
+	buf.Reset()
+	encodeBuffers.Put(buf)
+}

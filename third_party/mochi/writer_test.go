@@ -1,0 +1,116 @@
+package mqtt
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
+)
+
+// readPublishes reads QoS 0 PUBLISH packets from r and sends their payloads.
+func readPublishes(r io.Reader, out chan<- string) {
+	defer close(out)
+	br := bufio.NewReader(r)
+	for {
+		if _, err := br.ReadByte(); err != nil {
+			return
+		}
+		var n, shift int
+		for {
+			b, err := br.ReadByte()
+			if err != nil {
+				return
+			}
+			n |= int(b&0x7f) << shift
+			shift += 7
+			if b&0x80 == 0 {
+				break
+			}
+		}
+		body := make([]byte, n)
+		if _, err := io.ReadFull(br, body); err != nil {
+			return
+		}
+		topicLen := int(body[0])<<8 | int(body[1])
+		out <- string(body[2+topicLen:])
+	}
+}
+
+func TestPublishToClient_OneWriterAtATimeKeepsEachPublishersOrder(t *testing.T) {
+	s := New(nil)
+	require.NoError(t, s.AddHook(new(AllowHook), nil))
+	r, w := net.Pipe()
+	defer r.Close()
+	cl := newClient(w, &ops{info: new(system.Info), hooks: new(Hooks), log: logger, options: s.Options})
+	cl.ID = "dev"
+	cl.Properties.ProtocolVersion = 4
+
+	got := make(chan string, 64)
+	go readPublishes(r, got)
+
+	const publishers, each = 8, 400 // more than the queue holds
+	var wg sync.WaitGroup
+	for p := 0; p < publishers; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t",
+					Payload: []byte(fmt.Sprintf("%d:%04d:%s", p, i, string(make([]byte, 1500))))}
+				for {
+					_, err := s.publishToClient(cl, packets.Subscription{Filter: "t"}, pk)
+					if !errors.Is(err, packets.ErrPendingClientWritesExceeded) {
+						require.NoError(t, err)
+						break
+					}
+					time.Sleep(time.Millisecond) // queue full: try again, in order
+				}
+			}
+		}(p)
+	}
+
+	next := make([]int, publishers)
+	for n := 0; n < publishers*each; n++ {
+		select {
+		case payload := <-got:
+			var p, i int
+			_, err := fmt.Sscanf(payload[:6], "%d:%04d", &p, &i)
+			require.NoError(t, err)
+			require.Equal(t, next[p], i, "publisher %d out of order", p)
+			next[p]++
+		case <-time.After(10 * time.Second):
+			t.Fatalf("stalled: %v of %d each", next, each)
+		}
+	}
+	wg.Wait()
+	require.Eventually(t, func() bool { return !cl.State.writing.Load() }, 5*time.Second, time.Millisecond,
+		"the writer ends once the queue is empty")
+	require.Zero(t, len(cl.State.outbound))
+}
+
+func TestPublishToClient_IdleClientHasNoWriter(t *testing.T) {
+	s := New(nil)
+	require.NoError(t, s.AddHook(new(AllowHook), nil))
+	r, w := net.Pipe()
+	defer r.Close()
+	cl := newClient(w, &ops{info: new(system.Info), hooks: new(Hooks), log: logger, options: s.Options})
+	cl.Properties.ProtocolVersion = 4
+	require.False(t, cl.State.writing.Load())
+
+	got := make(chan string, 1)
+	go readPublishes(r, got)
+	_, err := s.publishToClient(cl, packets.Subscription{Filter: "t"},
+		packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t", Payload: []byte("hello")})
+	require.NoError(t, err)
+	require.Equal(t, "hello", <-got)
+	require.Eventually(t, func() bool { return !cl.State.writing.Load() }, 5*time.Second, time.Millisecond)
+}
