@@ -68,6 +68,7 @@ type options struct {
 	bandwidth       int64         // bytes/s per device and direction; 0: unlimited
 	latency         time.Duration // one way
 	memProfile      string
+	cpuProfile      string
 	keepAlive       time.Duration
 }
 
@@ -107,6 +108,7 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.Var((*rateFlag)(&o.bandwidth), "bandwidth", "each device's link rate per direction in bytes/s: 20000, 20KB (=20000), 20KiB (=20480), 1MB; 0: unlimited")
 	fs.DurationVar(&o.keepAlive, "keepalive", agent.DefaultKeepAlive, "MQTT keepalive of each device; 0: none (saves a goroutine and a timer per device)")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile of the fleet to this file before it disconnects")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	fs.DurationVar(&o.latency, "latency", 0, "one-way delay added to every message a device receives and sends (a round trip gains twice this)")
 	fs.Float64Var(&o.faults.RebootMidDownload, "reboot-mid-download", 0, "probability (0..1) that a device loses power once mid-transfer and boots again "+
 		"after --reboot-delay, resuming from its last checkpoint with --state-dir, else from scratch")
@@ -206,6 +208,13 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	sec, err := loadSecurity(o)
 	if err != nil {
 		return err
+	}
+	if o.cpuProfile != "" {
+		stop, err := startCPUProfile(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop(log)
 	}
 	rebootDelay := max(o.rebootDelay, time.Millisecond) // the agent reads zero as its default
 	agents := make([]*agent.Agent, o.devices)

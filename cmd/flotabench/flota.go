@@ -135,6 +135,9 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	if o.Latency > 0 {
 		simArgs = append(simArgs, "--latency", o.Latency.String())
 	}
+	if o.ProfileDir != "" {
+		simArgs = append(simArgs, "--cpuprofile", filepath.Join(o.ProfileDir, "devicesim-cpu.pprof"))
+	}
 	sim, err := startChild("devicesim", filepath.Join(o.BinDir, "devicesim"), simArgs, nil, simOut, simOut, simOut.Name())
 	if err != nil {
 		return res, err
