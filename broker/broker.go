@@ -51,6 +51,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -138,6 +139,16 @@ type Broker struct {
 
 	onPresence func(clientID string, online bool) // set before Open, read-only after
 
+	statuses statusStore // retained device statuses, kept out of mochi (status.go)
+
+	// feedsMu guards feeds and every feed's fields; feedCount is
+	// len(feeds), read without the lock to skip it when there is none.
+	// feedWG counts the delivery goroutines.
+	feedsMu   sync.Mutex
+	feeds     map[*mqtt.Client]*feed
+	feedCount atomic.Int32
+	feedWG    sync.WaitGroup
+
 	// notifyMu serialises each presence change with its onPresence call, so
 	// that the calls reach the callback in the order the changes happened.
 	// It is taken before mu, never after.
@@ -211,6 +222,7 @@ func New(opts Options) *Broker {
 		opts:  opts,
 		log:   log,
 		conns: make(map[string]*mqtt.Client),
+		feeds: make(map[*mqtt.Client]*feed),
 	}
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities: caps,
@@ -333,6 +345,7 @@ func (b *Broker) Close() error {
 			// Server.Close skip its own: a listener runs its closer once.
 			b.srv.Listeners.CloseAll(b.closeListenerClients)
 			_ = b.srv.Close() // always nil; it waits for every client goroutine
+			b.feedWG.Wait()   // every connection has ended: so has every delivery
 			b.log.Info("mqtt broker closed")
 		}
 	})
@@ -359,9 +372,18 @@ func (b *Broker) closed() bool {
 // no ACL applies. Each client subscriber gets its own copy, so the caller may
 // reuse payload once Publish returns; inline handlers run before it returns.
 // A delivery dropped on a full client queue is not an error here (see Stats).
+//
+// A retained message on a device status topic (flota/status/devices/...) is
+// kept by the broker, not by mochi, and goes to current subscribers without
+// the retain flag; new subscribers get it as a retained message (status.go).
+// Concurrent publishes to one topic race, as they do in mochi.
 func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) error {
 	if b.closed() {
 		return fmt.Errorf("publish %s: %w", topic, fleet.ErrClosed)
+	}
+	if retain && strings.HasPrefix(topic, deviceStatusPrefix) {
+		b.statuses.put(topic, payload)
+		retain = false
 	}
 	if err := b.srv.Publish(topic, payload, retain, qos); err != nil {
 		return fmt.Errorf("publish %s: %w", topic, err)
@@ -370,10 +392,10 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) er
 }
 
 // Subscribe calls handler for every message published on a topic matching
-// filter, including retained ones at once. handler runs on the publisher's
-// connection goroutine: it must hand the message off and return. The payload
-// is not reused by the broker but is shared with other inline subscribers:
-// do not modify it.
+// filter, including retained ones (device statuses too) at once, before
+// Subscribe returns. handler runs on the publisher's connection goroutine:
+// it must hand the message off and return. The payload is not reused by the
+// broker but is shared with other inline subscribers: do not modify it.
 func (b *Broker) Subscribe(filter string, handler func(topic string, payload []byte)) error {
 	if handler == nil {
 		return fmt.Errorf("subscribe %s: nil handler", filter)
@@ -387,6 +409,14 @@ func (b *Broker) Subscribe(filter string, handler func(topic string, payload []b
 	})
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", filter, err)
+	}
+	if wantsStoredStatuses(packets.Subscription{Filter: filter}) {
+		entries := b.statuses.match(filter)
+		sortStatuses(entries)
+		_ = b.statuses.replay(entries, func(topic string, payload []byte, _ bool) error { // never fails
+			handler(topic, payload)
+			return nil
+		})
 	}
 	return nil
 }

@@ -19,8 +19,9 @@ const (
 )
 
 // hook is the broker's mochi hook: connect authentication, the topic ACL,
-// presence and drop counting. mochi calls OnACLCheck for every delivery to
-// every subscriber, so it is allocation-free string comparison only.
+// presence, drop counting and the delivery of stored device statuses
+// (status.go). mochi calls OnACLCheck for every delivery to every
+// subscriber, so it is allocation-free string comparison only.
 type hook struct {
 	mqtt.HookBase
 	b *Broker
@@ -34,7 +35,9 @@ func (h *hook) Provides(event byte) bool {
 	switch event {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped,
-		mqtt.OnPublish, mqtt.OnWill: // OnPublish, OnWill: retain.go
+		mqtt.OnPublish, mqtt.OnWill, // OnPublish, OnWill: retain.go
+		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnPacketSent,
+		mqtt.OnPacketProcessed: // status.go
 		return true
 	}
 	return false
@@ -82,11 +85,17 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 // (write), a subscription filter or a delivery (read): a map read and string
 // comparisons.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	return h.b.aclCheck(cl, topic, write)
+}
+
+// aclCheck is OnACLCheck; the delivery of stored device statuses
+// (status.go) asks it too.
+func (b *Broker) aclCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if cl.Net.Inline {
 		return true
 	}
 	var ok bool
-	if st := h.b.clients.get(cl); st != nil {
+	if st := b.clients.get(cl); st != nil {
 		switch {
 		case st.role == fleet.RoleMonitor:
 			ok = !write && monitorCanRead(topic)
@@ -97,8 +106,8 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		}
 	}
 	if !ok {
-		h.b.aclDenied.Add(1)
-		h.b.log.Debug("acl denied", "client", cl.ID, "topic", topic, "write", write)
+		b.aclDenied.Add(1)
+		b.log.Debug("acl denied", "client", cl.ID, "topic", topic, "write", write)
 	}
 	return ok
 }
@@ -121,8 +130,10 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	h.b.sessionUp(cl)
 }
 
-// OnDisconnect reports the client offline unless its connection was taken over.
+// OnDisconnect reports the client offline unless its connection was taken
+// over, and ends its deliveries of stored statuses.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	h.b.endFeeds(cl)
 	h.b.clients.drop(cl)
 	h.b.sessionDown(cl, err)
 }

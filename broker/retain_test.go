@@ -11,8 +11,8 @@ import (
 
 // TestBroker_PresenceIsDeliveredButNotRetained checks that a device's
 // retained presence message and its retained will reach subscribers but are
-// not kept as retained messages, while the orchestrator's retained status
-// topics are.
+// not kept as retained messages, while the orchestrator's retained update
+// summaries are (device statuses are kept outside mochi: status_test.go).
 func TestBroker_PresenceIsDeliveredButNotRetained(t *testing.T) {
 	b, _ := openBroker(t, Options{}, nil)
 	var in inbox
@@ -30,11 +30,11 @@ func TestBroker_PresenceIsDeliveredButNotRetained(t *testing.T) {
 	require.NoError(t, cl.Net.Conn.Close()) // an unclean end sends the will
 	assert.Equal(t, `{"v":1,"online":false}`, in.waitTopic(t, presence).payload)
 
-	require.NoError(t, b.Publish(protocol.DeviceStatusTopic("dev-1"), []byte(`{"state":"succeeded"}`), true, 1))
+	require.NoError(t, b.Publish(protocol.UpdateStatusTopic("u1"), []byte(`{"state":"running"}`), true, 1))
 	require.NoError(t, b.Publish(protocol.UpTopic("dev-1", "report"), []byte(`{}`), true, 1))
 
 	retained := b.srv.Topics.Retained.GetAll()
-	assert.Contains(t, retained, protocol.DeviceStatusTopic("dev-1"), "the orchestrator's status stays retained")
+	assert.Contains(t, retained, protocol.UpdateStatusTopic("u1"), "the orchestrator's update summary stays retained")
 	assert.Contains(t, retained, protocol.UpTopic("dev-1", "report"), "only presence loses the flag")
 	assert.NotContains(t, retained, presence)
 	assert.NotContains(t, retained, protocol.UpTopic("dev-0", protocol.KindStatus))

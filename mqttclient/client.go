@@ -586,7 +586,7 @@ func (c *Client) onMessage(_ mqtt.Client, m mqtt.Message) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for _, s := range c.subs {
-		if match(s.filter, topic) {
+		if protocol.MatchTopic(s.filter, topic) {
 			s.handler(topic, payload)
 		}
 	}

@@ -2,35 +2,6 @@ package mqttclient
 
 import "strings"
 
-// match reports whether an MQTT topic matches a subscription filter with the
-// "+" and "#" wildcards of MQTT 3.1.1 (section 4.7). Topics starting with "$"
-// match no filter that starts with a wildcard.
-func match(filter, topic string) bool {
-	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
-		return false
-	}
-	for {
-		fl, frest, fmore := strings.Cut(filter, "/")
-		if fl == "#" {
-			return true
-		}
-		tl, trest, tmore := strings.Cut(topic, "/")
-		if fl != "+" && fl != tl {
-			return false
-		}
-		switch {
-		case !fmore && !tmore:
-			return true
-		case !tmore:
-			// "a/#" also matches "a".
-			return frest == "#"
-		case !fmore:
-			return false
-		}
-		filter, topic = frest, trest
-	}
-}
-
 // covers reports whether every topic that filter b matches is also matched by
 // filter a, so that a broker subscription to a makes one to b redundant.
 func covers(a, b string) bool {

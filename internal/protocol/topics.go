@@ -80,3 +80,34 @@ func ParseUpTopic(topic string) (deviceID, kind string, ok bool) {
 	}
 	return deviceID, kind, true
 }
+
+// MatchTopic reports whether an MQTT topic name matches a subscription
+// filter with the "+" and "#" wildcards (MQTT 3.1.1 section 4.7): "+"
+// matches one level, a final "#" its parent level and every level below it
+// ("a/#" and "a/+/#" match "a/b"). A topic starting with "$" matches no
+// filter that starts with a wildcard.
+func MatchTopic(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	for {
+		fl, frest, fmore := strings.Cut(filter, "/")
+		if fl == "#" {
+			return true
+		}
+		tl, trest, tmore := strings.Cut(topic, "/")
+		if fl != "+" && fl != tl {
+			return false
+		}
+		switch {
+		case !fmore && !tmore:
+			return true
+		case !tmore:
+			// "a/#" also matches "a".
+			return frest == "#"
+		case !fmore:
+			return false
+		}
+		filter, topic = frest, trest
+	}
+}

@@ -86,3 +86,42 @@ func TestParseUpTopic(t *testing.T) {
 		})
 	}
 }
+
+func TestMatchTopic(t *testing.T) {
+	tests := []struct {
+		filter, topic string
+		want          bool
+	}{
+		{"flota/devices/+/up/#", "flota/devices/d1/up/ack", true},
+		{"flota/devices/+/up/#", "flota/devices/d1/up", true},
+		{"flota/devices/+/up/#", "flota/devices/d1/down/ack", false},
+		{"flota/devices/+/up/#", "flota/devices/up/ack", false},
+		{"flota/devices/+/up/status", "flota/devices/d1/up/status", true},
+		{"flota/devices/+/up/status", "flota/devices/d1/up/status/x", false},
+		{"flota/devices/+/up/status", "flota/devices/d1/up", false},
+		{"flota/events/#", "flota/events/updates/u1", true},
+		{"flota/events/#", "flota/eventsx", false},
+		{"flota/status/+", "flota/status", false},
+		{"flota/status/+/+", "flota/status/devices/a", true},
+		{"flota/+/devices/a", "flota/status/devices/a", true},
+		{"flota/status/devices", "flota/status/devices/a", false},
+		{"+/+/+/+", "flota/status/devices/a", true},
+		{"+/+/+", "flota/status/devices/a", false},
+		{"#", "flota/a", true},
+		{"#", "$SYS/broker/uptime", false},
+		{"+/broker/uptime", "$SYS/broker/uptime", false},
+		{"$SYS/#", "$SYS/broker/uptime", true},
+		{"a/+/#", "a/b", true},
+		{"a/+", "a/", true},
+		{"a/+", "a", false},
+		{"a//b", "a//b", true},
+		{"a/+/b", "a//b", true},
+		{"a/b", "a/b", true},
+		{"a/b", "a/b/c", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.filter+" "+tt.topic, func(t *testing.T) {
+			assert.Equal(t, tt.want, MatchTopic(tt.filter, tt.topic))
+		})
+	}
+}
