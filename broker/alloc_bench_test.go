@@ -15,15 +15,15 @@ import (
 	"github.com/flotaio/flota/internal/protocol"
 )
 
-// rawSubscriber is an MQTT 3.1.1 client written by hand: it connects,
+// countingSubscriber is an MQTT 3.1.1 client written by hand: it connects,
 // subscribes at QoS 0 and then only counts the bytes it reads, so that a
 // benchmark's allocations are the broker's alone.
-type rawSubscriber struct {
+type countingSubscriber struct {
 	conn net.Conn
 	read atomic.Int64
 }
 
-func dialRaw(tb testing.TB, b *Broker, id, filter string) *rawSubscriber {
+func dialCounting(tb testing.TB, b *Broker, id, filter string) *countingSubscriber {
 	tb.Helper()
 	conn, err := net.Dial("tcp", b.Addr())
 	require.NoError(tb, err)
@@ -44,7 +44,7 @@ func dialRaw(tb testing.TB, b *Broker, id, filter string) *rawSubscriber {
 	require.NoError(tb, err)
 	require.Equal(tb, []byte{0x90, 3, 0, 1, 0}, suback, "suback")
 
-	s := &rawSubscriber{conn: conn}
+	s := &countingSubscriber{conn: conn}
 	go func() {
 		buf := make([]byte, 64<<10)
 		for {
@@ -87,7 +87,7 @@ func BenchmarkBroker_ChunkAllocs(b *testing.B) {
 	const size = fleet.DefaultChunkSize
 	br, _ := openBroker(b, Options{}, nil)
 	topic := protocol.DownTopic("dev-bench", protocol.KindChunk)
-	s := dialRaw(b, br, "dev-bench", protocol.DownFilter("dev-bench"))
+	s := dialCounting(b, br, "dev-bench", protocol.DownFilter("dev-bench"))
 	payload := bytes.Repeat([]byte{0xA5}, size)
 	frame := int64(len(packet(0x30, append(mqttString(topic), payload[:100]...)))) - 100 + size
 
