@@ -1728,13 +1728,13 @@ func TestServerProcessPublishACLCheckDeny(t *testing.T) {
 
 			buf, err := io.ReadAll(r)
 			require.NoError(t, err)
+			wg.Wait() // processPublish has returned: the client is closed or not by now (flota patch: was checked before)
 
 			if tx.expectReponse != nil {
 				require.Equal(t, tx.expectReponse, buf)
 			}
 
 			require.Equal(t, tx.expectDisconnect, cl.Closed())
-			wg.Wait()
 		})
 	}
 }
