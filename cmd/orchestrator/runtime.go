@@ -18,16 +18,15 @@ import (
 // Runtime settings of the serve command (docs/BENCHMARKS.md).
 const (
 	// gcPercent is the garbage collector's target unless GOGC is set. The
-	// broker copies every message for each subscriber, so the heap churns at
-	// the rate of the data path; a target above Go's 100 trades some memory
-	// for much less GC CPU.
+	// heap churns with the data path (packets, reports, events, store
+	// batches); a target above Go's 100 trades some memory for less GC CPU.
 	gcPercent = 300
 
 	// DefaultMemoryLimit is the soft memory limit unless GOMEMLIMIT is set
 	// or --memory-limit says otherwise. Below it the GC target above holds;
 	// near it the collector runs more often, so that the headroom the target
 	// buys shrinks instead of the process growing.
-	DefaultMemoryLimit = 384 << 20
+	DefaultMemoryLimit = 320 << 20
 
 	// liveHeadroom is the least room the governor leaves above the live
 	// heap: the limit never falls below the runtime's other memory plus
