@@ -227,6 +227,13 @@ func (cl *Client) drainOutbound() {
 			continue
 		default:
 		}
+		// A packet written directly while this one was queued went into
+		// outbuf, for the queue's last write to flush; if that write failed
+		// before reaching the connection (larger than the client's maximum
+		// packet size), nothing else would.
+		cl.Lock()
+		_ = cl.flushOutbuf() // a write error ends the connection, as WritePacket reports
+		cl.Unlock()
 		cl.State.writing.Store(false)
 		if len(cl.State.outbound) == 0 || !cl.State.writing.CompareAndSwap(false, true) {
 			return

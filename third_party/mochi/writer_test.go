@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,4 +114,32 @@ func TestPublishToClient_IdleClientHasNoWriter(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "hello", <-got)
 	require.Eventually(t, func() bool { return !cl.State.writing.Load() }, 5*time.Second, time.Millisecond)
+}
+
+func TestDrainOutbound_FlushesBytesBufferedBehindAPacketThatFails(t *testing.T) {
+	s := New(nil)
+	r, w := net.Pipe()
+	defer r.Close()
+	cl := newClient(w, &ops{info: new(system.Info), hooks: new(Hooks), log: logger, options: s.Options})
+	cl.Properties.ProtocolVersion = 5
+	cl.Properties.Props.MaximumPacketSize = 512 // the client takes nothing larger
+
+	got := make(chan string, 2)
+	go readPublishes(r, got)
+
+	// A delivery too large for the client is queued; a packet written
+	// directly meanwhile (an acknowledgement, a stored status) is buffered
+	// behind it, to be flushed with the queue.
+	tooLarge := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t", Payload: make([]byte, 1024)}
+	cl.State.outbound <- &tooLarge
+	atomic.AddInt32(&cl.State.outboundQty, 1)
+	require.NoError(t, cl.WritePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t", Payload: []byte("status")}))
+
+	cl.startWriter()
+	select {
+	case payload := <-got:
+		require.Equal(t, "\x00status", payload, "an MQTT 5 PUBLISH: no properties, then the payload")
+	case <-time.After(5 * time.Second):
+		t.Fatal("the directly written packet is still buffered after the writer ended")
+	}
 }
