@@ -227,7 +227,7 @@ func (cl *Client) drainOutbound() {
 			continue
 		default:
 		}
-		// A packet written directly while this one was queued went into
+		// A packet written directly while packets were queued went into
 		// outbuf, for the queue's last write to flush; if that write failed
 		// before reaching the connection (larger than the client's maximum
 		// packet size), nothing else would.
@@ -235,7 +235,12 @@ func (cl *Client) drainOutbound() {
 		_ = cl.flushOutbuf() // a write error ends the connection, as WritePacket reports
 		cl.Unlock()
 		cl.State.writing.Store(false)
-		if len(cl.State.outbound) == 0 || !cl.State.writing.CompareAndSwap(false, true) {
+		// The check is an atomic load of the count publishToClient raises
+		// after queuing and before startWriter, not len(outbound): len is a
+		// plain load, which a weakly ordered processor (arm64) may perform
+		// before the store above is seen, while a publisher's startWriter
+		// still sees writing set; the packet would wait for the next one.
+		if atomic.LoadInt32(&cl.State.outboundQty) <= 0 || !cl.State.writing.CompareAndSwap(false, true) {
 			return
 		}
 	}
