@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -935,3 +936,31 @@ var (
 		packets.TPacketData[packets.Auth].Get(packets.TAuth),
 	}
 )
+
+func TestClientsGetByListener_DoesNotDeadlockWithConcurrentAdd(t *testing.T) {
+	// GetByListener read-locked the map and then called Len, which
+	// read-locks it again: an Add waiting for the write lock in between
+	// blocked both for good (flota patch).
+	cls := NewClients()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for n := 0; n < 300000; n++ {
+			cls.GetByListener("t1")
+		}
+	}()
+	added := make(chan struct{})
+	go func() {
+		defer close(added)
+		for n := 0; n < 300000; n++ {
+			cls.Add(&Client{ID: "c" + strconv.Itoa(n%100), Net: ClientConnection{Listener: "t1"}})
+		}
+	}()
+	for _, c := range []chan struct{}{done, added} {
+		select {
+		case <-c:
+		case <-time.After(time.Minute): // far longer than the loops take under -race
+			t.Fatal("GetByListener and Add deadlocked")
+		}
+	}
+}

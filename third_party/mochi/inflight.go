@@ -93,9 +93,8 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 // This typically occurs when the quota has been exhausted, and we need to wait until new quota
 // is free to continue sending.
 func (i *Inflight) NextImmediate() (packets.Packet, bool) {
-	i.RLock()
-	defer i.RUnlock()
-
+	// No read lock of its own: GetAll takes one, and a second read lock
+	// taken while a writer waits deadlocks both (flota patch).
 	m := i.GetAll(true)
 	if len(m) > 0 {
 		return m[0], true

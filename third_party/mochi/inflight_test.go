@@ -7,6 +7,7 @@ package mqtt
 import (
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/stretchr/testify/require"
@@ -196,4 +197,32 @@ func TestNextImmediate(t *testing.T) {
 
 	_, ok = cl.State.Inflight.NextImmediate()
 	require.False(t, ok)
+}
+
+func TestInflightNextImmediate_DoesNotDeadlockWithConcurrentSet(t *testing.T) {
+	// NextImmediate used to read-lock the store and then call GetAll, which
+	// read-locks it again: a Set waiting for the write lock in between
+	// blocked both for good (flota patch).
+	cl, _, _ := newTestClient()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for n := 0; n < 5000; n++ {
+			cl.State.Inflight.NextImmediate()
+		}
+	}()
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for n := 0; n < 5000; n++ {
+			cl.State.Inflight.Set(packets.Packet{PacketID: uint16(n%100 + 1), Expiry: -1})
+		}
+	}()
+	for _, c := range []chan struct{}{done, finished} {
+		select {
+		case <-c:
+		case <-time.After(time.Minute): // far longer than the loops take under -race
+			t.Fatal("NextImmediate and Set deadlocked")
+		}
+	}
 }
