@@ -255,9 +255,7 @@ func (cl *Client) writeQueued(pk *packets.Packet) {
 		// TODO : Figure out what to do with error
 		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 	}
-	if pk.Mods.PooledPayload {
-		putPayload(pk.Payload)
-	}
+	putPayload(pk.Mods.PooledPayload)
 	atomic.AddInt32(&cl.State.outboundQty, -1)
 }
 

@@ -38,36 +38,39 @@ func payloadClass(n int) (int, int, bool) {
 	return (k-minPayloadShift+1)*classesPerDoubling + j - 1, 1<<k + j*step, true
 }
 
-// copyPayload returns a copy of p, from a pool when pooled is true and p's
-// size is in the pooled range; the second result says whether it was.
-func copyPayload(p []byte, pooled bool) ([]byte, bool) {
+// copyPayload returns a copy of p and, when pooled is true and p's size is
+// in the pooled range, the pool handle of the buffer holding it, for
+// putPayload.
+func copyPayload(p []byte, pooled bool) ([]byte, *[]byte) {
 	if len(p) == 0 {
-		return nil, false
+		return nil, nil
 	}
 	if pooled {
 		if i, size, ok := payloadClass(len(p)); ok {
-			var buf []byte
-			if v, _ := payloadPools[i].Get().(*[]byte); v != nil {
-				buf = (*v)[:len(p)]
-			} else {
-				buf = make([]byte, len(p), size)
+			h, _ := payloadPools[i].Get().(*[]byte)
+			if h == nil {
+				buf := make([]byte, 0, size)
+				h = &buf
 			}
+			buf := (*h)[:len(p)]
 			copy(buf, p)
-			return buf, true
+			return buf, h
 		}
 	}
-	return append([]byte(nil), p...), false
+	return append([]byte(nil), p...), nil
 }
 
-// putPayload returns a buffer from copyPayload to its pool. Its capacity
-// says which pool it came from.
-func putPayload(p []byte) {
-	i, size, ok := payloadClass(cap(p))
-	if !ok || size != cap(p) {
+// putPayload returns a buffer from copyPayload to its pool; its capacity
+// says which. Putting the handle back, not the slice, allocates nothing.
+func putPayload(h *[]byte) {
+	if h == nil {
 		return
 	}
-	p = p[:0]
-	payloadPools[i].Put(&p)
+	i, size, ok := payloadClass(cap(*h))
+	if !ok || size != cap(*h) {
+		return
+	}
+	payloadPools[i].Put(h)
 }
 
 var encodeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}

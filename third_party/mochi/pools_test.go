@@ -35,25 +35,35 @@ func TestCopyPayload_ReusesReturnedBuffersAndCopiesTheBytes(t *testing.T) {
 	for i := range src {
 		src[i] = byte(i)
 	}
-	a, pooled := copyPayload(src, true)
-	require.True(t, pooled)
+	a, h := copyPayload(src, true)
+	require.NotNil(t, h, "pooled")
 	require.Equal(t, src, a)
 	require.Equal(t, 18432, cap(a))
+	require.Equal(t, &a[0], &(*h)[:1][0], "the handle holds the buffer returned")
 	src[0] = 0xFF
 	require.NotEqual(t, src[0], a[0], "a copy, not the caller's buffer")
 
-	b, pooled := copyPayload(src, false)
-	require.False(t, pooled)
+	b, h2 := copyPayload(src, false)
+	require.Nil(t, h2, "not pooled")
 	require.Equal(t, src, b)
 
-	small, pooled := copyPayload([]byte("event"), true)
-	require.False(t, pooled, "small payloads are not pooled")
+	small, h3 := copyPayload([]byte("event"), true)
+	require.Nil(t, h3, "small payloads are not pooled")
 	require.Equal(t, []byte("event"), small)
 
-	none, pooled := copyPayload(nil, true)
-	require.False(t, pooled)
+	none, h4 := copyPayload(nil, true)
+	require.Nil(t, h4)
 	require.Nil(t, none)
 
-	putPayload(a)
-	putPayload(small) // not a pooled size: ignored
+	putPayload(h3) // not pooled: ignored
+	// A returned handle is handed out again (sync.Pool may drop an item,
+	// and does so at random under -race: some of ten tries must reuse it).
+	reused := false
+	for try := 0; try < 10 && !reused; try++ {
+		putPayload(h)
+		var again []byte
+		again, h = copyPayload(src, true)
+		reused = &again[0] == &a[0]
+	}
+	require.True(t, reused, "a returned buffer is reused")
 }

@@ -1128,9 +1128,9 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	default:
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
-		if out.Mods.PooledPayload {
-			putPayload(out.Payload)
-			out.Payload, out.Mods.PooledPayload = nil, false
+		if out.Mods.PooledPayload != nil {
+			putPayload(out.Mods.PooledPayload)
+			out.Payload, out.Mods.PooledPayload = nil, nil
 		}
 		if out.FixedHeader.Qos > 0 {
 			cl.State.Inflight.Delete(out.PacketID) // packet was dropped due to irregular circumstances, so rollback inflight.

@@ -146,9 +146,10 @@ type Mods struct {
 	DisallowProblemInfo bool   // if problem info is disallowed
 	AllowResponseInfo   bool   // if response info is disallowed
 	// PooledPayload is set on a queued outbound QoS 0 publish whose payload
-	// the server took from its payload pool: the write loop returns it there
-	// once written (flota patch, see PATCHES.md).
-	PooledPayload bool
+	// the server took from its payload pool: the handle the write loop
+	// returns to the pool once the packet is written (flota patch, see
+	// PATCHES.md).
+	PooledPayload *[]byte
 }
 
 // ConnectParams contains packet values which are specifically related to connect packets.
