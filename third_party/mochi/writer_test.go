@@ -2,10 +2,13 @@ package mqtt
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -142,4 +145,40 @@ func TestDrainOutbound_FlushesBytesBufferedBehindAPacketThatFails(t *testing.T) 
 	case <-time.After(5 * time.Second):
 		t.Fatal("the directly written packet is still buffered after the writer ended")
 	}
+}
+
+func TestEstablishConnection_IdleClientCostsOneGoroutine(t *testing.T) {
+	s := newServer()
+	defer s.Close()
+	const clients = 20
+	before := runtime.NumGoroutine()
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for n := 0; n < clients; n++ {
+		r, w := net.Pipe()
+		conns = append(conns, w)
+		go func() { _ = s.EstablishConnection("tcp", r) }() // this goroutine is the read loop
+		var buf bytes.Buffer
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+			Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60,
+				ClientIdentifier: "idle-" + strconv.Itoa(n)}}
+		require.NoError(t, pk.ConnectEncode(&buf))
+		_, err := w.Write(buf.Bytes())
+		require.NoError(t, err)
+		connack := make([]byte, 4)
+		_, err = io.ReadFull(w, connack)
+		require.NoError(t, err)
+		require.Equal(t, []byte{packets.Connack << 4, 2, 0, 0}, connack)
+	}
+	// Each connected client has its read loop; upstream mochi also ran a
+	// write loop per client for its whole life (flota patch).
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before+clients && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	require.LessOrEqual(t, runtime.NumGoroutine(), before+clients, "goroutines for %d idle clients", clients)
 }
