@@ -1,51 +1,38 @@
 package broker
 
 import (
-	"bufio"
 	"bytes"
-	"io"
-	"net"
 	"runtime"
 	"sync/atomic"
 	"testing"
 
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/stretchr/testify/require"
 
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
 )
 
-// countingSubscriber is an MQTT 3.1.1 client written by hand: it connects,
-// subscribes at QoS 0 and then only counts the bytes it reads, so that a
+// countingSubscriber is a rawClient (status_test.go) that, once
+// subscribed at QoS 0, only counts the bytes it reads, so that a
 // benchmark's allocations are the broker's alone.
 type countingSubscriber struct {
-	conn net.Conn
 	read atomic.Int64
 }
 
 func dialCounting(tb testing.TB, b *Broker, id, filter string) *countingSubscriber {
 	tb.Helper()
-	conn, err := net.Dial("tcp", b.Addr())
+	c, r := connectRaw(tb, b, id, 4)
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: filter}}})
+	ack, err := c.read(r)
 	require.NoError(tb, err)
-	tb.Cleanup(func() { _ = conn.Close() })
+	require.Equal(tb, packets.Suback, ack.FixedHeader.Type)
+	require.Equal(tb, []byte{0}, ack.ReasonCodes, "suback")
 
-	connect := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60}, mqttString(id)...)
-	subscribe := append([]byte{0, 1}, append(mqttString(filter), 0)...)
-	_, err = conn.Write(append(packet(0x10, connect), packet(0x82, subscribe)...))
-	require.NoError(tb, err)
-
-	r := bufio.NewReader(conn)
-	connack := make([]byte, 4)
-	_, err = io.ReadFull(r, connack)
-	require.NoError(tb, err)
-	require.Equal(tb, []byte{0x20, 2, 0, 0}, connack, "connack")
-	suback := make([]byte, 5)
-	_, err = io.ReadFull(r, suback)
-	require.NoError(tb, err)
-	require.Equal(tb, []byte{0x90, 3, 0, 1, 0}, suback, "suback")
-
-	s := &countingSubscriber{conn: conn}
+	s := &countingSubscriber{}
 	go func() {
+		defer close(c.done)
 		buf := make([]byte, 64<<10)
 		for {
 			n, err := r.Read(buf)
@@ -58,25 +45,13 @@ func dialCounting(tb testing.TB, b *Broker, id, filter string) *countingSubscrib
 	return s
 }
 
-// packet frames body as one MQTT control packet (body under 16 KiB).
-func packet(header byte, body []byte) []byte {
-	var rl []byte
-	for n := len(body); ; {
-		d := byte(n % 128)
-		n /= 128
-		if n > 0 {
-			d |= 0x80
-		}
-		rl = append(rl, d)
-		if n == 0 {
-			break
-		}
-	}
-	return append(append([]byte{header}, rl...), body...)
-}
-
-func mqttString(s string) []byte {
-	return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...)
+// frameLen is the length on the wire of a QoS 0 PUBLISH of size bytes on topic.
+func frameLen(tb testing.TB, topic string, size int) int64 {
+	var buf bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: topic,
+		Payload: make([]byte, size), ProtocolVersion: 4}
+	require.NoError(tb, pk.PublishEncode(&buf))
+	return int64(buf.Len())
 }
 
 // BenchmarkBroker_ChunkAllocs measures what the broker allocates to deliver
@@ -89,7 +64,7 @@ func BenchmarkBroker_ChunkAllocs(b *testing.B) {
 	topic := protocol.DownTopic("dev-bench", protocol.KindChunk)
 	s := dialCounting(b, br, "dev-bench", protocol.DownFilter("dev-bench"))
 	payload := bytes.Repeat([]byte{0xA5}, size)
-	frame := int64(len(packet(0x30, append(mqttString(topic), payload[:100]...)))) - 100 + size
+	frame := frameLen(b, topic, size)
 
 	b.SetBytes(size)
 	b.ReportAllocs()

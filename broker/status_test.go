@@ -303,10 +303,20 @@ type rawClient struct {
 // starts reading.
 func dialRaw(t testing.TB, b *Broker, id string, version byte) *rawClient {
 	t.Helper()
+	c, r := connectRaw(t, b, id, version)
+	t.Cleanup(func() { _ = c.conn.Close(); <-c.done })
+	go c.readLoop(r)
+	return c
+}
+
+// connectRaw connects a rawClient and reads the CONNACK; what follows is for
+// the caller to read from the returned reader.
+func connectRaw(t testing.TB, b *Broker, id string, version byte) (*rawClient, *bufio.Reader) {
+	t.Helper()
 	conn, err := net.Dial("tcp", b.Addr())
 	require.NoError(t, err)
 	c := &rawClient{t: t, conn: conn, version: version, done: make(chan struct{})}
-	t.Cleanup(func() { _ = conn.Close(); <-c.done })
+	t.Cleanup(func() { _ = conn.Close() })
 	c.send(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Connect},
 		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60,
@@ -319,8 +329,7 @@ func dialRaw(t testing.TB, b *Broker, id string, version byte) *rawClient {
 	require.Equal(t, packets.Connack, ack.FixedHeader.Type)
 	require.Zero(t, ack.ReasonCode, "connack")
 	require.NoError(t, conn.SetReadDeadline(time.Time{}))
-	go c.readLoop(r)
-	return c
+	return c, r
 }
 
 func (c *rawClient) send(pk packets.Packet) {
