@@ -618,8 +618,8 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	pk = cl.ops.hooks.OnPacketEncode(cl, pk)
 
 	var err error
-	buf := getEncodeBuffer()
-	defer putEncodeBuffer(buf)
+	buf := encodeBuffers.Get()
+	defer encodeBuffers.Put(buf)
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectEncode(buf)

@@ -5,9 +5,10 @@
 package mqtt
 
 import (
-	"bytes"
 	"math/bits"
 	"sync"
+
+	"github.com/mochi-mqtt/server/v2/mempool"
 )
 
 const (
@@ -73,19 +74,6 @@ func putPayload(h *[]byte) {
 	payloadPools[i].Put(h)
 }
 
-var encodeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-// getEncodeBuffer returns an empty buffer to encode a packet into.
-func getEncodeBuffer() *bytes.Buffer {
-	return encodeBuffers.Get().(*bytes.Buffer)
-}
-
-// putEncodeBuffer returns buf to the pool unless it grew past the largest
-// payload worth keeping.
-func putEncodeBuffer(buf *bytes.Buffer) {
-	if buf.Cap() > maxPooledEncode {
-		return
-	}
-	buf.Reset()
-	encodeBuffers.Put(buf)
-}
+// encodeBuffers holds the buffers packets are encoded into; one grown past
+// the largest pooled payload is not kept.
+var encodeBuffers = mempool.NewBuffer(maxPooledEncode)
