@@ -41,6 +41,9 @@ type simSummary struct {
 	QueueDropped    int     `json:"queue_dropped"`
 	UpdateTimeP50Ms float64 `json:"update_time_p50_ms"`
 	UpdateTimeP99Ms float64 `json:"update_time_p99_ms"`
+	Process         struct {
+		PeakRSSBytes int64 `json:"peak_rss_bytes"`
+	} `json:"process"`
 }
 
 // apiStats is the part of GET /api/v1/stats the benchmark reads.
@@ -81,7 +84,7 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	if o.ProfileDir != "" {
 		serveArgs = append(serveArgs, "--debug-addr", "127.0.0.1:0")
 	}
-	orch, err := startChild("orchestrator", filepath.Join(o.BinDir, "orchestrator"), serveArgs, nil, orchLog, watch, orchLog.Name())
+	orch, err := startChild("orchestrator", filepath.Join(o.BinDir, "orchestrator"), serveArgs, nil, nil, orchLog, watch, orchLog.Name())
 	if err != nil {
 		return res, err
 	}
@@ -138,7 +141,7 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	if o.ProfileDir != "" {
 		simArgs = append(simArgs, "--cpuprofile", filepath.Join(o.ProfileDir, "devicesim-cpu.pprof"))
 	}
-	sim, err := startChild("devicesim", filepath.Join(o.BinDir, "devicesim"), simArgs, nil, simOut, simOut, simOut.Name())
+	sim, err := startChild("devicesim", filepath.Join(o.BinDir, "devicesim"), simArgs, simEnv(), nil, simOut, simOut, simOut.Name())
 	if err != nil {
 		return res, err
 	}
@@ -178,6 +181,7 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	sum, err := waitTerminal(ctx, api, upd.ID, o.Timeout)
 	end := time.Now()
 	res.BrokerCPU, res.DevicesCPU = cpu.stop()
+	res.DevicesPeakRSS = peakRSSOf(sim)
 	if prof != nil {
 		if perr := prof.wait(); perr != nil {
 			fmt.Fprintf(stderr, "flota: %v\n", perr)
@@ -231,6 +235,9 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	res.Seconds = elapsed.Seconds()
 	res.rates(o.Size)
 	res.P50Ms, res.P99Ms = ss.UpdateTimeP50Ms, ss.UpdateTimeP99Ms
+	if ss.Process.PeakRSSBytes > 0 { // devicesim's whole run; the VmHWM read above may predate its end
+		res.DevicesPeakRSS = ss.Process.PeakRSSBytes
+	}
 	res.RSSProcess = "orchestrator"
 	res.SQLiteTx = after.Store.Transactions - before.Store.Transactions
 	res.SQLiteTxTotal = after.Store.Transactions

@@ -114,6 +114,7 @@ func (p *peerBroker) drive(ctx context.Context, o options, subs *subscribers, re
 		}
 	}
 	res.BrokerCPU, res.DevicesCPU = cpu.stop()
+	res.DevicesPeakRSS = peakRSSOf(subs.proc)
 	return times, last.Sub(first), nil
 }
 

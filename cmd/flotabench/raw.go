@@ -129,7 +129,7 @@ func startSubscribers(ctx context.Context, o options, mode, brokerURL, tmp strin
 	proc, err := startChild(subscribersCmd, exe, []string{subscribersCmd,
 		"--mode", mode, "--broker", brokerURL, "--devices", strconv.Itoa(o.Devices), "--size", strconv.Itoa(o.Size),
 		"--latency", o.Latency.String(),
-	}, pr, out, log, log.Name())
+	}, simEnv(), pr, out, log, log.Name())
 	pr.Close() // the child holds its own copy
 	if err != nil {
 		pw.Close()

@@ -29,6 +29,9 @@ type result struct {
 	// holds the broker and by the process that simulates the devices.
 	BrokerCPU  float64 `json:"broker_process_cpu_seconds"`
 	DevicesCPU float64 `json:"devices_process_cpu_seconds"`
+	// DevicesPeakRSS is the peak RSS (VmHWM) of the process that simulates
+	// the devices, read when the transfer ended.
+	DevicesPeakRSS int64 `json:"devices_peak_rss_bytes"`
 	// SQLiteTx counts the store's transactions from the update's creation to
 	// its end; SQLiteTxTotal all of them, device registration included.
 	// Flota only.
@@ -88,15 +91,15 @@ func writeTable(w io.Writer, rep report) {
 	fmt.Fprintf(w, "%d devices x %d bytes, %d chunks of %d bytes each, window %d, max in flight %d\n\n",
 		o.Devices, o.Size, rep.Chunks, o.ChunkSize, o.Window, o.MaxInFlight)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprint(tw, "run\tdevices\tseconds\tdevices/s\tMiB/s\tp50 ms\tp99 ms\tpeak RSS MiB\tCPU s broker\tCPU s devices\tsqlite tx\tresends\tdropped\t\n")
+	fmt.Fprint(tw, "run\tdevices\tseconds\tdevices/s\tMiB/s\tp50 ms\tp99 ms\tpeak RSS MiB\tCPU s broker\tCPU s devices\tdevices RSS MiB\tsqlite tx\tresends\tdropped\t\n")
 	for _, r := range rep.Results {
 		tx := "-"
 		if r.Name == runFlota {
 			tx = fmt.Sprint(r.SQLiteTx)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.0f\t%.1f\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%s\t%d\t%d\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%.2f\t%.0f\t%.1f\t%.0f\t%.0f\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%d\t%d\t\n",
 			r.Name, r.Devices, r.Seconds, r.DevicesPerSec, r.MiBPerSec, r.P50Ms, r.P99Ms,
-			float64(r.PeakRSS)/mib, r.BrokerCPU, r.DevicesCPU, tx, r.Resends, r.BrokerDropped)
+			float64(r.PeakRSS)/mib, r.BrokerCPU, r.DevicesCPU, float64(r.DevicesPeakRSS)/mib, tx, r.Resends, r.BrokerDropped)
 	}
 	_ = tw.Flush() // writes to w; its error is w's
 	if rep.Ratio > 0 || rep.SawRatio > 0 {

@@ -15,10 +15,10 @@ import (
 
 func sampleResults() []result {
 	flota := result{Name: runFlota, Devices: 2000, Completed: 2000, Seconds: 5.0, P50Ms: 1000.4, P99Ms: 2000.6,
-		PeakRSS: 256 * mib, BrokerCPU: 4.94, DevicesCPU: 6.31, SQLiteTx: 80, Resends: 3, Note: "flota note"}
+		PeakRSS: 256 * mib, BrokerCPU: 4.94, DevicesCPU: 6.31, DevicesPeakRSS: 150 * mib, SQLiteTx: 80, Resends: 3, Note: "flota note"}
 	flota.rates(262144)
 	raw := result{Name: runRaw, Devices: 2000, Completed: 2000, Seconds: 2.5, P50Ms: 250, P99Ms: 800,
-		PeakRSS: 300 * mib, BrokerCPU: 2, DevicesCPU: 3.5, BrokerDropped: 1, Note: "raw note"}
+		PeakRSS: 300 * mib, BrokerCPU: 2, DevicesCPU: 3.5, DevicesPeakRSS: 120.25 * mib, BrokerDropped: 1, Note: "raw note"}
 	raw.rates(262144)
 	saw := result{Name: runSaw, Devices: 2000, Completed: 2000, Seconds: 20, P50Ms: 2500, P99Ms: 3000,
 		PeakRSS: 100 * mib, BrokerCPU: 6, DevicesCPU: 5, Note: "saw note"}
@@ -46,10 +46,10 @@ func TestWriteTable_Format(t *testing.T) {
 	writeTable(&b, rep)
 	want := `2000 devices x 262144 bytes, 16 chunks of 16384 bytes each, window 8, max in flight 256
 
-    run  devices  seconds  devices/s  MiB/s  p50 ms  p99 ms  peak RSS MiB  CPU s broker  CPU s devices  sqlite tx  resends  dropped
-  flota     2000     5.00        400  100.0    1000    2001         256.0           4.9            6.3         80        3        0
-    raw     2000     2.50        800  200.0     250     800         300.0           2.0            3.5          -        0        1
-    saw     2000    20.00        100   25.0    2500    3000         100.0           6.0            5.0          -        0        0
+    run  devices  seconds  devices/s  MiB/s  p50 ms  p99 ms  peak RSS MiB  CPU s broker  CPU s devices  devices RSS MiB  sqlite tx  resends  dropped
+  flota     2000     5.00        400  100.0    1000    2001         256.0           4.9            6.3            150.0         80        3        0
+    raw     2000     2.50        800  200.0     250     800         300.0           2.0            3.5            120.2          -        0        1
+    saw     2000    20.00        100   25.0    2500    3000         100.0           6.0            5.0              0.0          -        0        0
 
 flota/raw MiB/s: 0.50
 flota/saw MiB/s: 4.00
