@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -1016,6 +1015,7 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 
 	subscribers := s.Topics.Subscribers(pk.TopicName)
 	if len(subscribers.Shared) > 0 {
+		subscribers.makeMaps() // a hook may add to them, as it could upstream (flota patch)
 		subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
 		if len(subscribers.SharedSelected) == 0 {
 			subscribers.SelectShared()
@@ -1029,7 +1029,7 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 
 	for id, subs := range subscribers.Subscriptions {
 		if cl, ok := s.Clients.Get(id); ok {
-			_, err := s.publishToClient(cl, subs, pk)
+			_, err := s.publishToSubscriber(cl, subs, pk) // flota patch
 			if err != nil {
 				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 			}
@@ -1037,7 +1037,24 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 	}
 }
 
+// publishToClient publishes pk to cl for sub. The message carries the
+// subscription identifiers of sub.Identifiers if it has any, and pk's
+// otherwise (a retained message sent on subscribing).
 func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
+	return s.publishTo(cl, sub, pk, len(sub.Identifiers) > 0)
+}
+
+// publishToSubscriber publishes pk to cl for sub, a subscription from
+// TopicsIndex.Subscribers: the message carries sub's subscription
+// identifiers (subscriptionIdentifiers), which are its Identifier alone
+// when it has no Identifiers map (flota patch).
+func (s *Server) publishToSubscriber(cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
+	return s.publishTo(cl, sub, pk, true)
+}
+
+// publishTo is publishToClient; setIDs says whether the message carries
+// sub's subscription identifiers instead of pk's (flota patch).
+func (s *Server) publishTo(cl *Client, sub packets.Subscription, pk packets.Packet, setIDs bool) (packets.Packet, error) {
 	if sub.NoLocal && pk.Origin == cl.ID {
 		return pk, nil // [MQTT-3.8.3-3]
 	}
@@ -1053,12 +1070,8 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		out.FixedHeader.Retain = false // [MQTT-3.3.1-12]
 	}
 
-	if len(sub.Identifiers) > 0 { // [MQTT-3.3.4-3]
-		out.Properties.SubscriptionIdentifier = []int{}
-		for _, id := range sub.Identifiers {
-			out.Properties.SubscriptionIdentifier = append(out.Properties.SubscriptionIdentifier, id) // [MQTT-3.3.4-4] ![MQTT-3.3.4-5]
-		}
-		sort.Ints(out.Properties.SubscriptionIdentifier)
+	if setIDs { // [MQTT-3.3.4-3]
+		out.Properties.SubscriptionIdentifier = subscriptionIdentifiers(sub)
 	}
 
 	if out.FixedHeader.Qos > sub.Qos {

@@ -5,6 +5,7 @@
 package mqtt
 
 import (
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -318,15 +319,10 @@ type Subscribers struct {
 
 // SelectShared returns one subscriber for each shared subscription group.
 func (s *Subscribers) SelectShared() {
-	s.SharedSelected = map[string]packets.Subscription{}
+	s.SharedSelected = nil // made by the first addSubscription (flota patch)
 	for _, subs := range s.Shared {
 		for client, sub := range subs {
-			cls, ok := s.SharedSelected[client]
-			if !ok {
-				cls = sub
-			}
-
-			s.SharedSelected[client] = cls.Merge(sub)
+			s.SharedSelected = addSubscription(s.SharedSelected, client, sub)
 			break
 		}
 	}
@@ -337,13 +333,63 @@ func (s *Subscribers) SelectShared() {
 // due to have both types of subscription matching the same filter.
 func (s *Subscribers) MergeSharedSelected() {
 	for client, sub := range s.SharedSelected {
-		cls, ok := s.Subscriptions[client]
-		if !ok {
-			cls = sub
-		}
-
-		s.Subscriptions[client] = cls.Merge(sub)
+		s.Subscriptions = addSubscription(s.Subscriptions, client, sub) // flota patch
 	}
+}
+
+// makeMaps makes those of s's maps that are nil (flota patch).
+func (s *Subscribers) makeMaps() {
+	if s.Shared == nil {
+		s.Shared = map[string]map[string]packets.Subscription{}
+	}
+	if s.SharedSelected == nil {
+		s.SharedSelected = map[string]packets.Subscription{}
+	}
+	if s.Subscriptions == nil {
+		s.Subscriptions = map[string]packets.Subscription{}
+	}
+	if s.InlineSubscriptions == nil {
+		s.InlineSubscriptions = map[int]InlineSubscription{}
+	}
+}
+
+// subscriptionIdentifiers returns the subscription identifiers of a message
+// sent for sub, a client's subscriptions matching its topic as
+// addSubscription gathered them: those of sub.Identifiers, sorted, when it
+// merged several, else sub.Identifier unless it is 0 (none) (flota patch).
+// Upstream listed sub.Identifiers alone, which every gathered subscription
+// had; an identifier of 0 in a list is not encoded.
+func subscriptionIdentifiers(sub packets.Subscription) []int {
+	if len(sub.Identifiers) > 0 {
+		ids := make([]int, 0, len(sub.Identifiers))
+		for _, id := range sub.Identifiers {
+			ids = append(ids, id) // [MQTT-3.3.4-4] ![MQTT-3.3.4-5]
+		}
+		sort.Ints(ids)
+		return ids
+	}
+	if sub.Identifier > 0 {
+		return []int{sub.Identifier}
+	}
+	return nil
+}
+
+// addSubscription adds sub, a subscription of client's matching a topic, to
+// subs and returns subs, made if it is nil. A client's first subscription
+// is added as it is; a second one is merged into it (Merge), which gives it
+// an Identifiers map. So a client with one matching subscription has no
+// Identifiers map, and its Identifier is its only identifier (0: none).
+// Upstream merged every subscription, the first one with itself, and made
+// every map up front, allocating for each publish even to one plain
+// subscriber (flota patch, see PATCHES.md).
+func addSubscription(subs map[string]packets.Subscription, client string, sub packets.Subscription) map[string]packets.Subscription {
+	if cls, ok := subs[client]; ok {
+		sub = cls.Merge(sub)
+	} else if subs == nil {
+		subs = make(map[string]packets.Subscription, 1)
+	}
+	subs[client] = sub
+	return subs
 }
 
 // TopicsIndex is a prefix/trie tree containing topic subscribers and retained messages.
@@ -579,14 +625,11 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 }
 
 // Subscribers returns a map of clients who are subscribed to matching filters,
-// their subscription ids and highest qos.
+// their subscription ids and highest qos. Its maps are nil until something
+// is added to them, and a client with one matching subscription has no
+// Identifiers map (addSubscription) (flota patch).
 func (x *TopicsIndex) Subscribers(topic string) *Subscribers {
-	return x.scanSubscribers(topic, 0, nil, &Subscribers{
-		Shared:              map[string]map[string]packets.Subscription{},
-		SharedSelected:      map[string]packets.Subscription{},
-		Subscriptions:       map[string]packets.Subscription{},
-		InlineSubscriptions: map[int]InlineSubscription{},
-	})
+	return x.scanSubscribers(topic, 0, nil, new(Subscribers))
 }
 
 // scanSubscribers returns a list of client subscriptions matching an indexed topic address.
@@ -629,10 +672,6 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 
 // gatherSubscriptions collects any matching subscriptions, and gathers any identifiers or highest qos values.
 func (x *TopicsIndex) gatherSubscriptions(topic string, particle *particle, subs *Subscribers) {
-	if subs.Subscriptions == nil {
-		subs.Subscriptions = map[string]packets.Subscription{}
-	}
-
 	// Read under the particle's lock rather than from a copy of its map
 	// (GetAll): this runs for every publish (flota patch).
 	particle.subscriptions.RLock()
@@ -642,25 +681,19 @@ func (x *TopicsIndex) gatherSubscriptions(topic string, particle *particle, subs
 			continue
 		}
 
-		cls, ok := subs.Subscriptions[client]
-		if !ok {
-			cls = sub
-		}
-
-		subs.Subscriptions[client] = cls.Merge(sub)
+		subs.Subscriptions = addSubscription(subs.Subscriptions, client, sub) // flota patch
 	}
 }
 
 // gatherSharedSubscriptions gathers all shared subscriptions for a particle.
 func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscribers) {
-	if subs.Shared == nil {
-		subs.Shared = map[string]map[string]packets.Subscription{}
-	}
-
 	particle.shared.RLock() // not a copy (GetAll): flota patch
 	defer particle.shared.RUnlock()
 	for _, shares := range particle.shared.internal {
 		for client, sub := range shares {
+			if subs.Shared == nil { // made when needed: flota patch
+				subs.Shared = map[string]map[string]packets.Subscription{}
+			}
 			if _, ok := subs.Shared[sub.Filter]; !ok {
 				subs.Shared[sub.Filter] = map[string]packets.Subscription{}
 			}
@@ -672,13 +705,12 @@ func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscr
 
 // gatherSharedSubscriptions gathers all inline subscriptions for a particle.
 func (x *TopicsIndex) gatherInlineSubscriptions(particle *particle, subs *Subscribers) {
-	if subs.InlineSubscriptions == nil {
-		subs.InlineSubscriptions = map[int]InlineSubscription{}
-	}
-
 	particle.inlineSubscriptions.RLock() // not a copy (GetAll): flota patch
 	defer particle.inlineSubscriptions.RUnlock()
 	for id, inline := range particle.inlineSubscriptions.internal {
+		if subs.InlineSubscriptions == nil { // made when needed: flota patch
+			subs.InlineSubscriptions = map[int]InlineSubscription{}
+		}
 		subs.InlineSubscriptions[id] = inline
 	}
 }

@@ -511,17 +511,24 @@ func TestScanSubscribers(t *testing.T) {
 	require.Equal(t, byte(2), subs.Subscriptions["cl2"].Qos)
 	require.Equal(t, byte(0), subs.Subscriptions["cl4"].Qos)
 
-	require.Equal(t, 22, subs.Subscriptions["cl1"].Identifiers["a/b/c"])
+	// A client's only matching subscription is not merged: its Identifier
+	// is its identifier (flota patch).
+	require.Nil(t, subs.Subscriptions["cl1"].Identifiers)
+	require.Equal(t, []int{22}, subscriptionIdentifiers(subs.Subscriptions["cl1"]))
 	require.Equal(t, 0, subs.Subscriptions["cl2"].Identifiers["a/#"])
 	require.Equal(t, 77, subs.Subscriptions["cl2"].Identifiers["a/b/+"])
 	require.Equal(t, 0, subs.Subscriptions["cl2"].Identifiers["a/b/c"])
-	require.Equal(t, 5, subs.Subscriptions["cl4"].Identifiers["#"])
+	// Merge keeps the first subscription's identifier (a/b/c's, 0) and the
+	// non-zero ones of the others; a 0 is not encoded.
+	require.Equal(t, []int{0, 77}, subscriptionIdentifiers(subs.Subscriptions["cl2"]))
+	require.Nil(t, subs.Subscriptions["cl4"].Identifiers)
+	require.Equal(t, []int{5}, subscriptionIdentifiers(subs.Subscriptions["cl4"]))
 
 	subs = index.scanSubscribers("d/e/f/g", 0, nil, new(Subscribers))
 	require.Equal(t, 1, len(subs.Subscriptions))
 	require.Contains(t, subs.Subscriptions, "cl4")
 	require.Equal(t, byte(0), subs.Subscriptions["cl4"].Qos)
-	require.Equal(t, 5, subs.Subscriptions["cl4"].Identifiers["#"])
+	require.Equal(t, []int{5}, subscriptionIdentifiers(subs.Subscriptions["cl4"]))
 
 	subs = index.scanSubscribers("", 0, nil, new(Subscribers))
 	require.Equal(t, 0, len(subs.Subscriptions))
