@@ -126,6 +126,16 @@ func encodeString(val string) []byte {
 	return append(buf, []byte(val)...)
 }
 
+// writeString writes val to buf as encodeString encodes it, without
+// encodeString's slice, which a string of more than 30 bytes (a topic name
+// with a device's ID in it) puts on the heap (flota patch).
+func writeString(buf *bytes.Buffer, val string) {
+	var n [2]byte
+	binary.BigEndian.PutUint16(n[:], uint16(len(val)))
+	buf.Write(n[:])
+	buf.WriteString(val)
+}
+
 // encodeLength writes length bits for the header.
 func encodeLength(b *bytes.Buffer, length int64) {
 	// 1.5.5 Variable Byte Integer encode non-normative

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -403,6 +404,14 @@ func TestEncodeString(t *testing.T) {
 
 	result = encodeString("b")
 	require.NotEqual(t, []uint8{0x00, 0x00}, result)
+}
+
+func TestWriteString_AsEncodeString(t *testing.T) {
+	for _, val := range []string{"", "a", "testing", strings.Repeat("flota/devices/", 40)} {
+		b := new(bytes.Buffer)
+		writeString(b, val)
+		require.Equal(t, encodeString(val), b.Bytes(), "%d bytes", len(val))
+	}
 }
 
 func TestEncodeLength(t *testing.T) {

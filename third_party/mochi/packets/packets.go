@@ -616,7 +616,7 @@ func (pk *Packet) PublishEncode(buf *bytes.Buffer) error {
 	nb := mempool.GetBuffer()
 	defer mempool.PutBuffer(nb)
 
-	nb.Write(encodeString(pk.TopicName)) // [MQTT-3.3.2-1]
+	writeString(nb, pk.TopicName) // [MQTT-3.3.2-1]; no intermediate slice: flota patch
 
 	if pk.FixedHeader.Qos > 0 {
 		if pk.PacketID == 0 {
