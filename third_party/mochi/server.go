@@ -1013,7 +1013,8 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 		}
 	}
 
-	subscribers := s.Topics.Subscribers(pk.TopicName)
+	gathered := s.Topics.gatherSubscribers(pk.TopicName) // from a pool: flota patch
+	subscribers := gathered
 	if len(subscribers.Shared) > 0 {
 		subscribers.makeMaps() // a hook may add to them, as it could upstream (flota patch)
 		subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
@@ -1035,6 +1036,8 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 			}
 		}
 	}
+
+	putSubscribers(gathered) // flota patch
 }
 
 // publishToClient publishes pk to cl for sub. The message carries the

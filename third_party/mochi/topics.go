@@ -632,6 +632,36 @@ func (x *TopicsIndex) Subscribers(topic string) *Subscribers {
 	return x.scanSubscribers(topic, 0, nil, new(Subscribers))
 }
 
+// subscribersPool holds Subscribers that publishToSubscribers gathered
+// into and is done with, emptied, with their maps kept, so that routing a
+// publish to a few plain subscribers makes no map (flota patch).
+var subscribersPool = sync.Pool{New: func() any { return new(Subscribers) }}
+
+// maxPooledSubscribers is how many subscriptions a Subscribers may have held
+// to go back to subscribersPool: a map keeps the room it grew to, which a
+// publish to many clients should not pin.
+const maxPooledSubscribers = 16
+
+// gatherSubscribers is Subscribers, into a Subscribers from subscribersPool
+// for putSubscribers (flota patch).
+func (x *TopicsIndex) gatherSubscribers(topic string) *Subscribers {
+	return x.scanSubscribers(topic, 0, nil, subscribersPool.Get().(*Subscribers))
+}
+
+// putSubscribers empties subs, from gatherSubscribers, and returns it to
+// subscribersPool unless it holds shared subscriptions (then a hook has
+// seen it and may keep it) or too many. subs must not be used afterwards
+// (flota patch).
+func putSubscribers(subs *Subscribers) {
+	if len(subs.Shared) > 0 || len(subs.Subscriptions) > maxPooledSubscribers ||
+		len(subs.InlineSubscriptions) > maxPooledSubscribers {
+		return
+	}
+	clear(subs.Subscriptions)
+	clear(subs.InlineSubscriptions)
+	subscribersPool.Put(subs)
+}
+
 // scanSubscribers returns a list of client subscriptions matching an indexed topic address.
 func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Subscribers) *Subscribers {
 	if n == nil {
