@@ -249,13 +249,17 @@ func (cl *Client) drainOutbound() {
 	}
 }
 
-// writeQueued writes a packet taken from the outbound queue.
+// writeQueued writes a packet taken from the outbound queue, and returns
+// its payload buffer and the packet itself to their pools if they came from
+// there (flota patch).
 func (cl *Client) writeQueued(pk *packets.Packet) {
 	if err := cl.WritePacket(*pk); err != nil {
 		// TODO : Figure out what to do with error
-		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+		// The packet is logged by value: pk goes back to its pool (flota patch).
+		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", *pk)
 	}
 	putPayload(pk.Mods.PooledPayload)
+	putQueued(pk)
 	atomic.AddInt32(&cl.State.outboundQty, -1)
 }
 

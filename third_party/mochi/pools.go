@@ -1,6 +1,7 @@
-// Pools of the flota patch (see PATCHES.md): outbound payload copies and
-// encode buffers are reused instead of being allocated for every delivery,
-// which is most of what a broker moving firmware chunks allocates.
+// Pools of the flota patch (see PATCHES.md): outbound payload copies,
+// encode buffers and queued packets are reused instead of being allocated
+// for every delivery, which is most of what a broker moving firmware chunks
+// allocates.
 
 package mqtt
 
@@ -9,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/mochi-mqtt/server/v2/mempool"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 const (
@@ -77,3 +79,25 @@ func putPayload(h *[]byte) {
 // encodeBuffers holds the buffers packets are encoded into; one grown past
 // the largest pooled payload is not kept.
 var encodeBuffers = mempool.NewBuffer(maxPooledEncode)
+
+// queuedPackets holds the packets publishTo puts on a client's outbound
+// queue, which its writer returns once written (writeQueued) (flota patch).
+var queuedPackets = sync.Pool{New: func() any { return new(packets.Packet) }}
+
+// queuedCopy returns a copy of pk from queuedPackets, marked for putQueued.
+func queuedCopy(pk *packets.Packet) *packets.Packet {
+	q := queuedPackets.Get().(*packets.Packet)
+	*q = *pk
+	q.Mods.PooledPacket = true
+	return q
+}
+
+// putQueued empties pk and returns it to queuedPackets if it came from
+// there (queuedCopy); pk must not be used afterwards.
+func putQueued(pk *packets.Packet) {
+	if !pk.Mods.PooledPacket {
+		return
+	}
+	*pk = packets.Packet{}
+	queuedPackets.Put(pk)
+}

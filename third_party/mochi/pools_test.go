@@ -1,9 +1,14 @@
 package mqtt
 
 import (
+	"io"
+	"net"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
 )
 
 func TestPayloadClass_SizesCoverTheRangeWithLittleWaste(t *testing.T) {
@@ -66,4 +71,47 @@ func TestCopyPayload_ReusesReturnedBuffersAndCopiesTheBytes(t *testing.T) {
 		reused = &again[0] == &a[0]
 	}
 	require.True(t, reused, "a returned buffer is reused")
+}
+
+func TestQueuedCopy_WriterReturnsPooledPacketsOnly(t *testing.T) {
+	r, w := net.Pipe()
+	defer r.Close()
+	go func() { _, _ = io.Copy(io.Discard, r) }()
+	cl := newClient(w, &ops{info: new(system.Info), hooks: new(Hooks), log: logger, options: New(nil).Options})
+	cl.Properties.ProtocolVersion = 5
+	defer cl.Stop(nil)
+
+	// A packet not from the pool (a test's, say) is left as it was.
+	mine := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "a/b", Payload: []byte("x")}
+	kept := mine
+	cl.writeQueued(&mine)
+	require.Equal(t, kept, mine)
+
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		PacketID:    7,
+		TopicName:   "flota/devices/d/down/chunk",
+		Payload:     []byte("chunk"),
+		Properties:  packets.Properties{SubscriptionIdentifier: []int{3}},
+	}
+	q := queuedCopy(&pk)
+	require.True(t, q.Mods.PooledPacket)
+	require.False(t, pk.Mods.PooledPacket, "the original is not marked")
+	q.Mods.PooledPacket = false
+	require.Equal(t, pk, *q, "a copy of every field")
+
+	// A written packet from the pool is handed out again (sync.Pool may
+	// drop an item, and does so at random under -race: some of ten tries
+	// must reuse it), holding only what it is given the next time.
+	other := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "x"}
+	reused := false
+	for try := 0; try < 10 && !reused; try++ {
+		q = queuedCopy(&pk)
+		cl.writeQueued(q)
+		again := queuedCopy(&other)
+		reused = again == q
+		again.Mods.PooledPacket = false
+		require.Equal(t, other, *again)
+	}
+	require.True(t, reused, "a written packet is reused")
 }

@@ -1137,13 +1137,15 @@ func (s *Server) publishTo(cl *Client, sub packets.Subscription, pk packets.Pack
 		return out, packets.CodeDisconnect
 	}
 
+	q := queuedCopy(&out) // from a pool, to which the writer returns it: flota patch
 	select {
-	case cl.State.outbound <- &out:
+	case cl.State.outbound <- q:
 		atomic.AddInt32(&cl.State.outboundQty, 1)
 		cl.startWriter()
 	default:
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
+		putQueued(q)
 		if out.Mods.PooledPayload != nil {
 			putPayload(out.Mods.PooledPayload)
 			out.Payload, out.Mods.PooledPayload = nil, nil

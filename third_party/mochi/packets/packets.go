@@ -150,6 +150,11 @@ type Mods struct {
 	// returns to the pool once the packet is written (flota patch, see
 	// PATCHES.md).
 	PooledPayload *[]byte
+	// PooledPacket is set on a packet the server took from its pool of
+	// queued packets to put on a client's outbound queue: the write loop
+	// empties it and returns it to the pool once it is written (flota
+	// patch).
+	PooledPacket bool
 }
 
 // ConnectParams contains packet values which are specifically related to connect packets.
