@@ -62,13 +62,15 @@ func TestCopyPayload_ReusesReturnedBuffersAndCopiesTheBytes(t *testing.T) {
 
 	putPayload(h3) // not pooled: ignored
 	// A returned handle is handed out again (sync.Pool may drop an item,
-	// and does so at random under -race: some of ten tries must reuse it).
+	// and does so at random under -race: some of ten tries must reuse the
+	// buffer just returned; one dropped is gone for good).
 	reused := false
 	for try := 0; try < 10 && !reused; try++ {
+		returned := &(*h)[:1][0]
 		putPayload(h)
 		var again []byte
 		again, h = copyPayload(src, true)
-		reused = &again[0] == &a[0]
+		reused = &again[0] == returned
 	}
 	require.True(t, reused, "a returned buffer is reused")
 }
