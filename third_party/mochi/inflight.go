@@ -15,17 +15,33 @@ import (
 // Inflight is a map of InflightMessage keyed on packet id.
 type Inflight struct {
 	sync.RWMutex
-	internal            map[uint16]packets.Packet // internal contains the inflight packets
-	receiveQuota        int32                     // remaining inbound qos quota for flow control
-	sendQuota           int32                     // remaining outbound qos quota for flow control
-	maximumReceiveQuota int32                     // maximum allowed receive quota
-	maximumSendQuota    int32                     // maximum allowed send quota
+	internal            map[uint16]*packets.Packet // internal contains the inflight packets, each from inflightEntries (flota patch)
+	receiveQuota        int32                      // remaining inbound qos quota for flow control
+	sendQuota           int32                      // remaining outbound qos quota for flow control
+	maximumReceiveQuota int32                      // maximum allowed receive quota
+	maximumSendQuota    int32                      // maximum allowed send quota
+}
+
+// inflightEntries holds the packets an Inflight stores its messages in.
+// A map keeps a value larger than 128 bytes behind a pointer it allocates
+// for each new key, so every QoS 1 or 2 message in either direction cost
+// an 896-byte allocation that its acknowledgement made garbage; the store
+// now keeps the pointers itself and takes them from here, and Delete puts
+// them back emptied (flota patch). An entry never leaves its store: Get,
+// GetAll and Clone copy the packet out of it.
+var inflightEntries = sync.Pool{New: func() any { return new(packets.Packet) }}
+
+// newInflightEntry returns an entry of inflightEntries holding a copy of pk.
+func newInflightEntry(pk *packets.Packet) *packets.Packet {
+	e := inflightEntries.Get().(*packets.Packet)
+	*e = *pk
+	return e
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
 func NewInflights() *Inflight {
 	return &Inflight{
-		internal: map[uint16]packets.Packet{},
+		internal: map[uint16]*packets.Packet{},
 	}
 }
 
@@ -34,9 +50,12 @@ func (i *Inflight) Set(m packets.Packet) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	_, ok := i.internal[m.PacketID]
-	i.internal[m.PacketID] = m
-	return !ok
+	if e, ok := i.internal[m.PacketID]; ok {
+		*e = m
+		return false
+	}
+	i.internal[m.PacketID] = newInflightEntry(&m)
+	return true
 }
 
 // Get returns an inflight packet by packet id.
@@ -44,8 +63,8 @@ func (i *Inflight) Get(id uint16) (packets.Packet, bool) {
 	i.RLock()
 	defer i.RUnlock()
 
-	if m, ok := i.internal[id]; ok {
-		return m, true
+	if e, ok := i.internal[id]; ok {
+		return *e, true
 	}
 
 	return packets.Packet{}, false
@@ -65,7 +84,7 @@ func (i *Inflight) Clone() *Inflight {
 	i.RLock()
 	defer i.RUnlock()
 	for k, v := range i.internal {
-		c.internal[k] = v
+		c.internal[k] = newInflightEntry(v)
 	}
 	return c
 }
@@ -78,7 +97,7 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 	m := []packets.Packet{}
 	for _, v := range i.internal {
 		if !immediate || (immediate && v.Expiry < 0) {
-			m = append(m, v)
+			m = append(m, *v)
 		}
 	}
 
@@ -108,10 +127,15 @@ func (i *Inflight) Delete(id uint16) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	_, ok := i.internal[id]
+	e, ok := i.internal[id]
+	if !ok {
+		return false
+	}
 	delete(i.internal, id)
+	*e = packets.Packet{} // so that the pool keeps no payload alive
+	inflightEntries.Put(e)
 
-	return ok
+	return true
 }
 
 // TakeRecieveQuota reduces the receive quota by 1.
