@@ -1,12 +1,13 @@
 package rollout
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -376,11 +377,38 @@ func (e *Engine) now() time.Time {
 	return e.Now()
 }
 
-// openBlob opens a firmware image for ReadAt by every session of a run.
-func (e *Engine) openBlob(ctx context.Context, id string) (*os.File, fleet.Firmware, error) {
+// memBlobMax is the largest image a run reads into memory once, instead of
+// reading every chunk from the file: a read from memory saves a system call
+// per chunk. Larger images are read from the file (and the kernel's page
+// cache), so a run never holds more than this.
+const memBlobMax = 4 << 20
+
+// blob is the image every session of a run reads its chunks from: one
+// file, or one buffer, shared, never a copy per device.
+type blob interface {
+	io.ReaderAt
+	io.Closer
+}
+
+// memBlob is an image held in memory; ReadAt is safe for concurrent use.
+type memBlob struct{ *bytes.Reader }
+
+func (memBlob) Close() error { return nil }
+
+// openBlob opens a firmware image for ReadAt by every session of a run, in
+// memory when it is at most memBlobMax bytes.
+func (e *Engine) openBlob(ctx context.Context, id string) (blob, fleet.Firmware, error) {
 	f, fw, err := e.Store.OpenFirmware(ctx, id)
 	if err != nil {
 		return nil, fleet.Firmware{}, err
 	}
-	return f, fw, nil
+	if fw.Size > memBlobMax {
+		return f, fw, nil
+	}
+	defer f.Close()
+	b := make([]byte, fw.Size)
+	if n, err := f.ReadAt(b, 0); n < len(b) {
+		return nil, fleet.Firmware{}, fmt.Errorf("read firmware %s: %d of %d bytes: %w", id, n, len(b), err)
+	}
+	return memBlob{bytes.NewReader(b)}, fw, nil
 }

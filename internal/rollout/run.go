@@ -1,7 +1,6 @@
 package rollout
 
 import (
-	"os"
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
@@ -13,7 +12,7 @@ import (
 type run struct {
 	u       fleet.Update
 	fw      fleet.Firmware
-	blob    *os.File // shared by every session: ReadAt, never a copy per device
+	blob    blob // shared by every session: ReadAt, never a copy per device
 	targets map[string]*target
 	live    map[*target]struct{} // targets past queued and not ended: what the timers watch
 	readyQ  []*target            // new devices that said hello and wait for a slot
@@ -73,12 +72,12 @@ type target struct {
 	rtt rttClock // ack round trip and resend backoff (rto.go)
 }
 
-func newRun(u fleet.Update, fw fleet.Firmware, blob *os.File, m *fleet.Matcher) *run {
+func newRun(u fleet.Update, fw fleet.Firmware, b blob, m *fleet.Matcher) *run {
 	return &run{
 		matcher: m,
 		u:       u,
 		fw:      fw,
-		blob:    blob,
+		blob:    b,
 		targets: map[string]*target{},
 		live:    map[*target]struct{}{},
 		counts:  map[fleet.DeviceState]int{},

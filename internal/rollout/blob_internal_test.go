@@ -1,0 +1,78 @@
+package rollout
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"os"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/sqlite"
+)
+
+func TestOpenBlob_SmallImageInMemoryLargeFromFile(t *testing.T) {
+	store := sqlite.New(t.TempDir())
+	require.NoError(t, store.Open())
+	t.Cleanup(func() { store.Close() })
+	e := &Engine{Store: store}
+	ctx := context.Background()
+
+	for _, tc := range []struct {
+		name   string
+		size   int
+		memory bool
+	}{
+		{"small", 1000, true},
+		{"at the limit", memBlobMax, true},
+		{"over the limit", memBlobMax + 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := make([]byte, tc.size)
+			_, _ = rand.Read(img)
+			fw, err := store.AddFirmware(ctx, fleet.Firmware{Name: "app", Version: tc.name, Model: "m1"}, bytes.NewReader(img))
+			require.NoError(t, err)
+
+			b, got, err := e.openBlob(ctx, fw.ID)
+			require.NoError(t, err)
+			defer b.Close()
+			assert.Equal(t, fw.ID, got.ID)
+			_, isMem := b.(memBlob)
+			assert.Equal(t, tc.memory, isMem)
+
+			// Chunks read from the blob are the image's, at any offset.
+			for _, off := range []int{0, 17, tc.size - 10} {
+				buf := make([]byte, 10)
+				n, err := b.ReadAt(buf, int64(off))
+				require.NoError(t, err)
+				assert.Equal(t, img[off:off+n], buf[:n])
+			}
+			if !isMem {
+				return
+			}
+			// An image in memory no longer needs its file.
+			require.NoError(t, os.Truncate(store.FirmwarePath(fw.SHA256), 0))
+			buf := make([]byte, 10)
+			_, err = b.ReadAt(buf, int64(tc.size-10))
+			require.NoError(t, err)
+			assert.Equal(t, img[tc.size-10:], buf)
+		})
+	}
+}
+
+func TestOpenBlob_ShortFileIsAnError(t *testing.T) {
+	store := sqlite.New(t.TempDir())
+	require.NoError(t, store.Open())
+	t.Cleanup(func() { store.Close() })
+	e := &Engine{Store: store}
+	ctx := context.Background()
+	fw, err := store.AddFirmware(ctx, fleet.Firmware{Name: "app", Version: "1", Model: "m1"}, bytes.NewReader(make([]byte, 5000)))
+	require.NoError(t, err)
+	require.NoError(t, os.Truncate(store.FirmwarePath(fw.SHA256), 100))
+
+	_, _, err = e.openBlob(ctx, fw.ID)
+	require.ErrorContains(t, err, "100 of 5000 bytes")
+}
