@@ -69,3 +69,69 @@ func BenchmarkStore_CreateUpdate100k(b *testing.B) {
 	b.ReportMetric(float64(n*iters)/b.Elapsed().Seconds(), "rows/s")
 	b.ReportMetric(float64(s.Stats().Transactions-before.Transactions), "sqlite-txs")
 }
+
+// stateWalk is the path of a device through a successful update: eight
+// state changes, each a progress upsert and an event.
+var stateWalk = []fleet.DeviceState{fleet.StateOffered, fleet.StateAccepted, fleet.StateDownloading,
+	fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling, fleet.StateRebooting, fleet.StateSucceeded}
+
+// BenchmarkStore_StateChanges queues what the engine writes while 1,000
+// devices walk through an update (stateWalk: per change, SaveProgress then
+// AppendEvent, as Engine.setState does) and waits for the commit; one op is
+// those 16,000 writes. "device" queues each device's changes one after the
+// other, as when a device passes through quick states, so that a batch
+// holds several saves of one row; "state" queues every device's first
+// change, then every device's second, ..., so that no batch holds two saves
+// of one row.
+func BenchmarkStore_StateChanges(b *testing.B) {
+	const devices = 1000
+	ids := make([]string, devices)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%04d", i)
+	}
+	for _, order := range []string{"device", "state"} {
+		b.Run("order="+order, func(b *testing.B) {
+			s := newTestStore(b, "")
+			ctx := context.Background()
+			addUpdate(b, s, "bench", ids...)
+			var seq int64
+			change := func(dev string, step, attempt int) {
+				seq++
+				p := fleet.Progress{UpdateID: "bench", DeviceID: dev, State: stateWalk[step], Offset: int64(step) << 14,
+					Attempts: attempt}
+				if err := s.SaveProgress(p, uint32(attempt)); err != nil {
+					b.Fatal(err)
+				}
+				if err := s.AppendEvent(fleet.Event{Seq: seq, Type: fleet.EventDevice, UpdateID: "bench",
+					DeviceID: dev, State: string(p.State), Offset: p.Offset, Attempt: attempt}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			before := s.Stats()
+			b.ReportAllocs()
+			iters := 0
+			for b.Loop() {
+				iters++
+				if order == "device" {
+					for _, dev := range ids {
+						for step := range stateWalk {
+							change(dev, step, iters)
+						}
+					}
+				} else {
+					for step := range stateWalk {
+						for _, dev := range ids {
+							change(dev, step, iters)
+						}
+					}
+				}
+				if err := s.Flush(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			st := s.Stats()
+			b.ReportMetric(float64(st.Rows-before.Rows)/float64(iters), "writes/op")
+			b.ReportMetric(float64(st.Transactions-before.Transactions)/float64(iters), "txs/op")
+		})
+	}
+}
