@@ -6,10 +6,12 @@
 // Every write goes through one writer goroutine that owns the only writing
 // connection. Asynchronous writes (SaveDevice, SaveProgress, AppendEvent, ...)
 // are queued on a bounded channel and committed in batches: one transaction
-// per BatchSize operations or per FlushInterval, whichever comes first. A full
-// queue blocks the caller (back-pressure). Synchronous writes (Flush,
-// AddFirmware, CreateUpdate) travel through the same queue, so they are
-// ordered after every write queued before them, and reply after their commit.
+// per BatchSize operations or per FlushInterval, whichever comes first; a
+// progress row saved several times in one batch is written once, with its
+// last value (batchPlan). A full queue blocks the caller (back-pressure).
+// Synchronous writes (Flush, AddFirmware, CreateUpdate) travel through the
+// same queue, so they are ordered after every write queued before them, and
+// reply after their commit.
 // Reads use a separate pool of read-only connections; WAL lets them run while
 // the writer commits.
 //
@@ -90,6 +92,9 @@ type Store struct {
 	// werr is the first write error not yet reported by Flush; owned by the
 	// writer goroutine, read by Close after the goroutine ended.
 	werr error
+	// plan chooses the statements of each batch; owned by the writer
+	// goroutine.
+	plan batchPlan
 
 	closeOnce sync.Once
 	closeErr  error
@@ -99,11 +104,12 @@ type Store struct {
 	eventsCommitted atomic.Pointer[func([]fleet.Event)]
 
 	stats struct {
-		transactions atomic.Int64
-		rows         atomic.Int64
-		lastBatch    atomic.Int64
-		dropped      atomic.Int64
-		commitNanos  atomic.Int64
+		transactions   atomic.Int64
+		rows           atomic.Int64
+		progressWrites atomic.Int64
+		lastBatch      atomic.Int64
+		dropped        atomic.Int64
+		commitNanos    atomic.Int64
 	}
 }
 
@@ -124,6 +130,11 @@ type Stats struct {
 	Rows         int64 `json:"rows"`         // write operations committed
 	LastBatch    int   `json:"last_batch"`   // operations in the last committed batch
 	Dropped      int64 `json:"dropped"`      // operations that failed and were dropped (logged)
+	// ProgressWrites counts the progress upserts that committed batches
+	// executed for SaveProgress: fewer than the SaveProgress calls when a
+	// batch held several saves of one device's row, of which only the last
+	// is written.
+	ProgressWrites int64 `json:"progress_writes"`
 	// CommitSeconds is the time spent executing and committing batches.
 	CommitSeconds float64 `json:"commit_seconds"`
 }
@@ -131,11 +142,12 @@ type Stats struct {
 // Stats returns the writer's counters.
 func (s *Store) Stats() Stats {
 	return Stats{
-		Transactions:  s.stats.transactions.Load(),
-		Rows:          s.stats.rows.Load(),
-		LastBatch:     int(s.stats.lastBatch.Load()),
-		Dropped:       s.stats.dropped.Load(),
-		CommitSeconds: time.Duration(s.stats.commitNanos.Load()).Seconds(),
+		Transactions:   s.stats.transactions.Load(),
+		Rows:           s.stats.rows.Load(),
+		ProgressWrites: s.stats.progressWrites.Load(),
+		LastBatch:      int(s.stats.lastBatch.Load()),
+		Dropped:        s.stats.dropped.Load(),
+		CommitSeconds:  time.Duration(s.stats.commitNanos.Load()).Seconds(),
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -182,16 +183,82 @@ func (s *Store) run() {
 	}
 }
 
-// commitBatch commits ops in one transaction. When that fails it applies them
-// one per transaction, so that one bad operation is dropped (and logged)
-// without losing the others.
+// progressKey identifies a progress row.
+type progressKey struct{ update, device string }
+
+// batchPlan chooses the operations of a batch that its transaction executes:
+// a progress save is skipped when a later save of the same row follows it
+// in the batch with no barrier between them. The batch commits atomically,
+// so only the row's last value is ever visible after the commit, and the
+// saves before it were work that nothing could read. A device that passes
+// through several states within one FlushInterval costs one upsert instead
+// of one per state (BenchmarkStore_StateChanges).
+//
+// Every operation is a barrier unless it is listed below as one that
+// neither reads nor writes progress rows: a barrier finds the rows as the
+// operations before it, executed one by one, would have left them.
+// Events, devices and presence are such operations: their tables have no
+// trigger and no foreign key to or from progress. Updating an update's
+// state or counters, and any operation added later, are barriers. Skipping
+// a save loses no error either: the upsert replaces every column but the
+// key, and the only constraint that can refuse it, the foreign key on
+// update_id, judges every save of one row alike.
+//
+// A batchPlan is owned by the writer goroutine; its map and slice are
+// reused from batch to batch.
+type batchPlan struct {
+	later map[progressKey]struct{} // rows saved later in the batch, before the next barrier
+	ops   []batchOp
+}
+
+// plan returns the operations of batch to execute, in batch order, and how
+// many of them are progress upserts. The result is valid until reset.
+func (p *batchPlan) plan(batch []batchOp) (ops []batchOp, upserts int) {
+	if p.later == nil {
+		p.later = make(map[progressKey]struct{})
+	}
+	for i := len(batch) - 1; i >= 0; i-- {
+		switch o := batch[i].(type) {
+		case *saveProgressOp:
+			k := progressKey{o.p.UpdateID, o.p.DeviceID}
+			if _, ok := p.later[k]; ok {
+				continue
+			}
+			p.later[k] = struct{}{}
+			upserts++
+		case *appendEventOp, *saveDeviceOp, *setOnlineOp:
+			// independent of progress rows: saves move across them
+		default:
+			clear(p.later)
+		}
+		p.ops = append(p.ops, batch[i])
+	}
+	clear(p.later)
+	slices.Reverse(p.ops)
+	return p.ops, upserts
+}
+
+// reset drops the plan's references to the last batch's operations.
+func (p *batchPlan) reset() {
+	clear(p.ops)
+	p.ops = p.ops[:0]
+}
+
+// commitBatch commits ops in one transaction, less the progress saves that
+// a later save of the same row makes useless (batchPlan). When that fails
+// it applies every operation of ops, none skipped, one per transaction, so
+// that one bad operation is dropped (and logged) without losing the others:
+// the outcome of each is then what it would have been without batching.
 func (s *Store) commitBatch(ops []batchOp) {
 	start := time.Now()
 	defer func() { s.stats.commitNanos.Add(int64(time.Since(start))) }()
-	err := s.execTx(ops)
+	plan, upserts := s.plan.plan(ops)
+	err := s.execTx(plan)
+	s.plan.reset()
 	if err == nil {
 		s.stats.transactions.Add(1)
 		s.stats.rows.Add(int64(len(ops)))
+		s.stats.progressWrites.Add(int64(upserts))
 		s.stats.lastBatch.Store(int64(len(ops)))
 		s.notifyEvents(ops)
 		return
@@ -211,6 +278,9 @@ func (s *Store) commitBatch(ops []batchOp) {
 		}
 		ok++
 		s.stats.transactions.Add(1)
+		if _, save := o.(*saveProgressOp); save {
+			s.stats.progressWrites.Add(1)
+		}
 		s.notifyEvents([]batchOp{o})
 	}
 	s.stats.rows.Add(ok)
