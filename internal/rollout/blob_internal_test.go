@@ -14,11 +14,16 @@ import (
 	"github.com/flotaio/flota/internal/sqlite"
 )
 
-func TestOpenBlob_SmallImageInMemoryLargeFromFile(t *testing.T) {
+// blobEngine is an engine with nothing but a store, for openBlob.
+func blobEngine(t *testing.T) (*Engine, *sqlite.Store) {
 	store := sqlite.New(t.TempDir())
 	require.NoError(t, store.Open())
 	t.Cleanup(func() { store.Close() })
-	e := &Engine{Store: store}
+	return &Engine{Store: store}, store
+}
+
+func TestOpenBlob_SmallImageInMemoryLargeFromFile(t *testing.T) {
+	e, store := blobEngine(t)
 	ctx := context.Background()
 
 	for _, tc := range []struct {
@@ -64,10 +69,7 @@ func TestOpenBlob_SmallImageInMemoryLargeFromFile(t *testing.T) {
 }
 
 func TestOpenBlob_ShortFileIsAnError(t *testing.T) {
-	store := sqlite.New(t.TempDir())
-	require.NoError(t, store.Open())
-	t.Cleanup(func() { store.Close() })
-	e := &Engine{Store: store}
+	e, store := blobEngine(t)
 	ctx := context.Background()
 	fw, err := store.AddFirmware(ctx, fleet.Firmware{Name: "app", Version: "1", Model: "m1"}, bytes.NewReader(make([]byte, 5000)))
 	require.NoError(t, err)
