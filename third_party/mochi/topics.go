@@ -682,10 +682,14 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 				x.gatherSharedSubscriptions(particle, subs)
 				x.gatherInlineSubscriptions(particle, subs)
 
-				if wild := particle.particles.get("#"); wild != nil && partKey != "+" {
+				// "#" also matches its parent level (4.7.1.2), whether that
+				// level was named or "+": "a/+/#" matches "a/b", as in
+				// mosquitto; and the inline subscriptions are those of "#",
+				// not its parent's a second time (flota patch).
+				if wild := particle.particles.get("#"); wild != nil {
 					x.gatherSubscriptions(topic, wild, subs) // also match any subs where filter/# is filter as per 4.7.1.2
 					x.gatherSharedSubscriptions(wild, subs)
-					x.gatherInlineSubscriptions(particle, subs)
+					x.gatherInlineSubscriptions(wild, subs)
 				}
 			}
 		}

@@ -614,6 +614,10 @@ func TestSubscribersFind(t *testing.T) {
 		{filter: "trailing-end/#", topic: "trailing-end/", matched: true},
 		{filter: "+/prefixed", topic: "/prefixed", matched: true},
 		{filter: "+/+/#", topic: "path/to/my/mqtt", matched: true},
+		{filter: "a/+/#", topic: "a/b", matched: true},    // "#" matches the parent level after "+" too (flota patch)
+		{filter: "+/#", topic: "sport", matched: true},    // as mosquitto does
+		{filter: "+/+/#", topic: "sport", matched: false}, // one "+" too many
+		{filter: "a/+/#", topic: "a", matched: false},
 		{filter: "path/to/", topic: "path/to/my/mqtt", matched: false},
 		{filter: "#/stuff", topic: "path/to/my/mqtt", matched: false},
 		{filter: "#", topic: "$SYS/info", matched: false},
@@ -1072,4 +1076,19 @@ func TestInlineUnsubscribe(t *testing.T) {
 
 	ok = index.InlineUnsubscribe(1, "not/exist")
 	require.False(t, ok)
+}
+
+func TestSubscribersFindInlineMultiLevelParent(t *testing.T) {
+	index := NewTopicsIndex()
+	handler := func(cl *Client, sub packets.Subscription, pk packets.Packet) {}
+	index.InlineSubscribe(InlineSubscription{Subscription: packets.Subscription{Filter: "a/b/#", Identifier: 1}, Handler: handler})
+	index.InlineSubscribe(InlineSubscription{Subscription: packets.Subscription{Filter: "a/+/#", Identifier: 2}, Handler: handler})
+	index.InlineSubscribe(InlineSubscription{Subscription: packets.Subscription{Filter: "x/y", Identifier: 3}, Handler: handler})
+
+	// "#" matches its parent level for inline subscribers too (flota patch).
+	subs := index.Subscribers("a/b")
+	require.Len(t, subs.InlineSubscriptions, 2)
+	require.Contains(t, subs.InlineSubscriptions, 1)
+	require.Contains(t, subs.InlineSubscriptions, 2)
+	require.Empty(t, index.Subscribers("a").InlineSubscriptions)
 }
