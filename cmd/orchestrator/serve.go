@@ -111,6 +111,10 @@ type Main struct {
 	// without Config.APITokenFile; only its hash is kept. Empty otherwise.
 	GeneratedToken string
 
+	// afterBrokerOpen, when set (by tests), runs once the embedded broker
+	// accepts connections, inside Run, with the broker's address.
+	afterBrokerOpen func(mqttAddr string)
+
 	// mu guards closers and closed, and the component fields while Run sets them.
 	mu      sync.Mutex
 	closers []func() error // in opening order; Close runs them in reverse
@@ -127,8 +131,9 @@ func NewMain() *Main {
 	}}
 }
 
-// Run opens the store, the broker, the engine and the HTTP API, in that
-// order, and returns once all of them listen. On an error it closes what it
+// Run opens the store, the engine, the broker (the engine subscribes before
+// the embedded broker listens) and the HTTP API, and returns once all of
+// them listen. On an error it closes what it
 // opened. Stop it with Close.
 func (m *Main) Run(ctx context.Context) (err error) {
 	m.mu.Lock()
@@ -181,6 +186,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}
 		c := m.Client
 		brokerStats = func() any { return c.Stats() }
+		if err := m.Engine.Open(ctx); err != nil {
+			return fmt.Errorf("open engine: %w", err)
+		}
+		m.closers = append(m.closers, m.Engine.Close)
 	} else {
 		opts, err := m.brokerOptions()
 		if err != nil {
@@ -192,18 +201,28 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.Engine = rollout.New(m.Store, m.Broker, m.Logger.With("component", "engine"))
 		engine := m.Engine
 		m.Broker.OnPresence(func(id string, online bool) { engine.DevicePresence(id, online) })
+		// The engine subscribes before the broker accepts a connection:
+		// after a restart, devices reconnect at once and say hello, and a
+		// hello published before the engine's subscription would be
+		// acknowledged by the broker and lost; a device that had rebooted
+		// into the update then forgets its transfer, and its boot is never
+		// confirmed.
+		if err := m.Engine.Open(ctx); err != nil {
+			return fmt.Errorf("open engine: %w", err)
+		}
 		if err := m.Broker.Open(); err != nil {
+			_ = m.Engine.Close()
 			return fmt.Errorf("open broker: %w", err)
 		}
-		m.closers = append(m.closers, m.Broker.Close)
+		// Closed in reverse: the engine, which publishes its last
+		// statuses, before the broker.
+		m.closers = append(m.closers, m.Broker.Close, m.Engine.Close)
 		b := m.Broker
 		brokerStats = func() any { return b.Stats() }
+		if m.afterBrokerOpen != nil {
+			m.afterBrokerOpen(b.Addr())
+		}
 	}
-
-	if err := m.Engine.Open(ctx); err != nil {
-		return fmt.Errorf("open engine: %w", err)
-	}
-	m.closers = append(m.closers, m.Engine.Close)
 
 	m.HTTP = &httpapi.Server{
 		Addr:        m.Config.HTTPAddr,

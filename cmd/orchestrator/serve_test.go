@@ -6,9 +6,13 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/flotaio/flota/internal/protocol"
 )
 
 func newTestMain(t *testing.T) *Main {
@@ -71,4 +75,31 @@ func TestMain_BadLogLevel(t *testing.T) {
 	m.Config.LogLevel = "loud"
 	assert.Error(t, m.Run(context.Background()))
 	assert.NoError(t, m.Close())
+}
+
+// A device that says hello the moment the broker accepts its connection, as
+// devices do when they reconnect after a restart, reaches the engine: the
+// engine subscribes before the broker listens.
+func TestMain_HelloAsSoonAsTheBrokerListensReachesTheEngine(t *testing.T) {
+	m := newTestMain(t)
+	m.Config.AllowAnonymous = true
+	m.afterBrokerOpen = func(addr string) { // inside Run, before the HTTP API opens
+		c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID("early-1"))
+		tok := c.Connect()
+		require.True(t, tok.WaitTimeout(10*time.Second))
+		require.NoError(t, tok.Error())
+		defer c.Disconnect(0)
+		hello := protocol.Encode(protocol.Hello{V: protocol.Version, Model: "m1", Version: "4.2.0"})
+		tok = c.Publish(protocol.UpTopic("early-1", protocol.KindHello), 1, false, hello)
+		require.True(t, tok.WaitTimeout(10*time.Second))
+		require.NoError(t, tok.Error(), "the broker acknowledged the hello")
+	}
+	require.NoError(t, m.Run(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, m.Close()) })
+
+	c := adminClient(m)
+	poll(t, 10*time.Second, func() bool {
+		d, err := c.Device(context.Background(), "early-1")
+		return err == nil && d.Version == "4.2.0"
+	}, "the device registered by its hello")
 }
