@@ -15,8 +15,10 @@ import (
 const profileSeconds = 10
 
 // profiler takes the orchestrator's profiles during the update (--profile):
-// a CPU profile of the first profileSeconds, then a heap profile, from the
-// orchestrator's --debug-addr listener.
+// a heap profile as it starts (heap-start.pprof), a CPU profile of the first
+// profileSeconds, then a heap profile (heap.pprof), from the orchestrator's
+// --debug-addr listener. What the update allocated in between is
+// go tool pprof -sample_index=alloc_space -base heap-start.pprof heap.pprof.
 type profiler struct {
 	base string // http://host:port/debug/pprof/
 	dir  string
@@ -28,6 +30,10 @@ type profiler struct {
 func (p *profiler) start(ctx context.Context) {
 	p.wg.Go(func() {
 		hc := &http.Client{Timeout: (profileSeconds + 30) * time.Second}
+		if err := p.fetch(ctx, hc, "heap", "heap-start.pprof"); err != nil {
+			p.err = err
+			return
+		}
 		if err := p.fetch(ctx, hc, fmt.Sprintf("profile?seconds=%d", profileSeconds), "cpu.pprof"); err != nil {
 			p.err = err
 			return
