@@ -403,8 +403,13 @@ func (s *Server) EstablishConnection(listener string, c net.Conn) error {
 // attachClient validates an incoming client connection and if viable, attaches the client
 // to the server, performs session housekeeping, and reads incoming packets.
 func (s *Server) attachClient(cl *Client, listener string) error {
+	// Counted only if the listeners are not closing, under their lock: an
+	// Add racing CloseAll's Wait is a data race (flota patch).
+	if !s.Listeners.ClientStarted() {
+		cl.Stop(packets.ErrServerShuttingDown) // closes the connection
+		return packets.ErrServerShuttingDown
+	}
 	defer s.Listeners.ClientsWg.Done()
-	s.Listeners.ClientsWg.Add(1)
 
 	defer cl.Stop(nil) // no write loop: publishToClient starts a writer when it queues (flota patch)
 
@@ -1015,7 +1020,8 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 
 	gathered := s.Topics.gatherSubscribers(pk.TopicName) // from a pool: flota patch
 	subscribers := gathered
-	if len(subscribers.Shared) > 0 {
+	hooked := len(subscribers.Shared) > 0 // a hook may keep or change it: not pooled again
+	if hooked {
 		subscribers.makeMaps() // a hook may add to them, as it could upstream (flota patch)
 		subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
 		if len(subscribers.SharedSelected) == 0 {
@@ -1037,7 +1043,9 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 		}
 	}
 
-	putSubscribers(gathered) // flota patch
+	if !hooked {
+		putSubscribers(gathered) // flota patch
+	}
 }
 
 // publishToClient publishes pk to cl for sub. The message carries the

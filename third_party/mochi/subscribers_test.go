@@ -253,3 +253,58 @@ func TestPublishToSubscribers_OnePlainSubscriberAllocations(t *testing.T) {
 	})
 	require.LessOrEqual(t, allocs, float64(maxPublishAllocs))
 }
+
+// selectAndForgetHook selects every member of each shared group and then
+// empties Shared, which nothing reads after the hook (upstream allows it).
+type selectAndForgetHook struct {
+	HookBase
+}
+
+func (h *selectAndForgetHook) ID() string { return "select-and-forget" }
+
+func (h *selectAndForgetHook) Provides(b byte) bool { return b == OnSelectSubscribers }
+
+func (h *selectAndForgetHook) OnSelectSubscribers(subs *Subscribers, pk packets.Packet) *Subscribers {
+	for _, group := range subs.Shared {
+		for client, sub := range group {
+			subs.SharedSelected[client] = sub
+		}
+	}
+	subs.Shared = nil
+	return subs
+}
+
+// Subscribers a hook has seen are not pooled again, whatever the hook left in
+// them: a selection of one publish must not reach the next (flota patch).
+func TestPublishToSubscribers_HookedSubscribersNotReused(t *testing.T) {
+	s := newServer()
+	require.NoError(t, s.AddHook(new(selectAndForgetHook), nil))
+	var readers [2]*bufio.Reader
+	for i, filter := range []string{SharePrefix + "/g/a/b", SharePrefix + "/h/x/y"} {
+		r, w := net.Pipe()
+		t.Cleanup(func() { _ = r.Close(); _ = w.Close() })
+		require.NoError(t, r.SetReadDeadline(time.Now().Add(10*time.Second)))
+		cl := newClient(w, &ops{info: new(system.Info), hooks: new(Hooks), log: logger, options: s.Options})
+		cl.ID = filter
+		cl.Properties.ProtocolVersion = 5
+		s.Clients.Add(cl)
+		require.True(t, s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: filter}))
+		readers[i] = bufio.NewReader(r)
+	}
+	topics := []string{"a/b", "x/y", "a/b", "x/y", "a/b", "x/y"}
+	go func() {
+		for _, topic := range topics {
+			s.publishToSubscribers(packets.Packet{
+				FixedHeader: packets.FixedHeader{Type: packets.Publish},
+				TopicName:   topic,
+				Payload:     []byte(topic),
+			})
+		}
+	}()
+	// Each client's packets are its own topic's only: a stale selection
+	// would put the other topic on its pipe (and block the publisher).
+	for n := 0; n < len(topics)/2; n++ {
+		require.Equal(t, "a/b", readPublish(t, readers[0]).TopicName)
+		require.Equal(t, "x/y", readPublish(t, readers[1]).TopicName)
+	}
+}

@@ -653,7 +653,7 @@ func (x *TopicsIndex) gatherSubscribers(topic string) *Subscribers {
 // seen it and may keep it) or too many. subs must not be used afterwards
 // (flota patch).
 func putSubscribers(subs *Subscribers) {
-	if len(subs.Shared) > 0 || len(subs.Subscriptions) > maxPooledSubscribers ||
+	if len(subs.Shared) > 0 || len(subs.SharedSelected) > 0 || len(subs.Subscriptions) > maxPooledSubscribers ||
 		len(subs.InlineSubscriptions) > maxPooledSubscribers {
 		return
 	}

@@ -43,6 +43,26 @@ type Listeners struct {
 	ClientsWg sync.WaitGroup      // a waitgroup that waits for all clients in all listeners to finish.
 	internal  map[string]Listener // a map of active listeners.
 	sync.RWMutex
+
+	// clientsMu orders ClientStarted's Add before CloseAll's Wait: a
+	// connection accepted as the listeners close used to call Add with the
+	// counter at zero while Wait ran, which WaitGroup forbids (a data race,
+	// and a client Wait could miss) (flota patch).
+	clientsMu sync.Mutex
+	closing   bool // set by CloseAll: no client starts after it
+}
+
+// ClientStarted counts a client in ClientsWg and reports true, or reports
+// false once CloseAll has begun waiting: the caller then drops the
+// connection. A true is matched by one ClientsWg.Done (flota patch).
+func (l *Listeners) ClientStarted() bool {
+	l.clientsMu.Lock()
+	defer l.clientsMu.Unlock()
+	if l.closing {
+		return false
+	}
+	l.ClientsWg.Add(1)
+	return true
 }
 
 // New returns a new instance of Listeners.
@@ -131,5 +151,8 @@ func (l *Listeners) CloseAll(closer CloseFn) {
 	for _, id := range ids {
 		l.Close(id, closer)
 	}
+	l.clientsMu.Lock()
+	l.closing = true
+	l.clientsMu.Unlock()
 	l.ClientsWg.Wait()
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"log"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -179,4 +180,50 @@ func TestCloseAllListeners(t *testing.T) {
 	require.True(t, closed["t1"])
 	require.True(t, closed["t2"])
 	require.True(t, closed["t3"])
+}
+
+func TestClientStartedRefusedOnceClosing(t *testing.T) {
+	l := New()
+	require.True(t, l.ClientStarted())
+	done := make(chan struct{})
+	go func() {
+		l.CloseAll(MockCloser)
+		close(done)
+	}()
+	// CloseAll waits for the started client; none starts after it began.
+	require.Eventually(t, func() bool {
+		l.clientsMu.Lock()
+		defer l.clientsMu.Unlock()
+		return l.closing
+	}, 5*time.Second, time.Millisecond)
+	require.False(t, l.ClientStarted())
+	select {
+	case <-done:
+		t.Fatal("CloseAll returned while a client was running")
+	default:
+	}
+	l.ClientsWg.Done()
+	<-done
+}
+
+// A client starting while the listeners close is either counted before the
+// wait or refused: never an Add racing the Wait (the race detector's
+// "WaitGroup misuse"), which attachClient used to do.
+func TestClientStartedDuringCloseAll(t *testing.T) {
+	for i := 0; i < 200; i++ {
+		l := New()
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if l.ClientStarted() {
+				l.ClientsWg.Done()
+			}
+		}()
+		close(start)
+		l.CloseAll(MockCloser)
+		wg.Wait()
+	}
 }

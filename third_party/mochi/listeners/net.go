@@ -65,8 +65,9 @@ func (l *Net) Serve(establish EstablishFn) {
 
 		if atomic.LoadUint32(&l.end) == 0 {
 			go func() {
-				err = establish(l.id, conn)
-				if err != nil {
+				// Its own err: the accept loop's is written by the next
+				// Accept meanwhile (a data race upstream; flota patch).
+				if err := establish(l.id, conn); err != nil {
 					l.log.Warn("", "error", err)
 				}
 			}()
