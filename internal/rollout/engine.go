@@ -379,9 +379,10 @@ func (e *Engine) now() time.Time {
 
 // memBlobMax is the largest image a run reads into memory once, instead of
 // reading every chunk from the file: a read from memory saves a system call
-// per chunk. Larger images are read from the file (and the kernel's page
-// cache), so a run never holds more than this.
-const memBlobMax = 4 << 20
+// per chunk. A run holds its image for its whole life (scheduled, paused and
+// dynamic updates too), so the bound is small; larger images are read from
+// the file (and the kernel's page cache).
+const memBlobMax = 1 << 20
 
 // blob is the image every session of a run reads its chunks from: one
 // file, or one buffer, shared, never a copy per device.
@@ -396,7 +397,10 @@ type memBlob struct{ *bytes.Reader }
 func (memBlob) Close() error { return nil }
 
 // openBlob opens a firmware image for ReadAt by every session of a run, in
-// memory when it is at most memBlobMax bytes.
+// memory when it is at most memBlobMax bytes and reads whole. A file that
+// does not (shorter than its recorded size) stays a file, as a larger one:
+// its chunk reads fail as they would have, and the run and every other
+// update still load.
 func (e *Engine) openBlob(ctx context.Context, id string) (blob, fleet.Firmware, error) {
 	f, fw, err := e.Store.OpenFirmware(ctx, id)
 	if err != nil {
@@ -405,10 +409,11 @@ func (e *Engine) openBlob(ctx context.Context, id string) (blob, fleet.Firmware,
 	if fw.Size > memBlobMax {
 		return f, fw, nil
 	}
-	defer f.Close()
 	b := make([]byte, fw.Size)
 	if n, err := f.ReadAt(b, 0); n < len(b) {
-		return nil, fleet.Firmware{}, fmt.Errorf("read firmware %s: %d of %d bytes: %w", id, n, len(b), err)
+		e.Logger.Error("read firmware into memory", "firmware", id, "read", n, "size", fw.Size, "err", err)
+		return f, fw, nil
 	}
+	f.Close()
 	return memBlob{bytes.NewReader(b)}, fw, nil
 }
