@@ -17,8 +17,12 @@ const profileSeconds = 10
 // profiler takes the orchestrator's profiles during the update (--profile):
 // a heap profile as it starts (heap-start.pprof), a CPU profile of the first
 // profileSeconds, then a heap profile (heap.pprof), from the orchestrator's
-// --debug-addr listener. What the update allocated in between is
+// --debug-addr listener. Both heap profiles are taken after a forced
+// collection (gc=1), so that they are up to date: what the update allocated
+// in between is
 // go tool pprof -sample_index=alloc_space -base heap-start.pprof heap.pprof.
+// The first is taken once the update was created, so its first moments
+// count in neither.
 type profiler struct {
 	base string // http://host:port/debug/pprof/
 	dir  string
@@ -30,7 +34,7 @@ type profiler struct {
 func (p *profiler) start(ctx context.Context) {
 	p.wg.Go(func() {
 		hc := &http.Client{Timeout: (profileSeconds + 30) * time.Second}
-		if err := p.fetch(ctx, hc, "heap", "heap-start.pprof"); err != nil {
+		if err := p.fetch(ctx, hc, "heap?gc=1", "heap-start.pprof"); err != nil {
 			p.err = err
 			return
 		}
@@ -38,7 +42,7 @@ func (p *profiler) start(ctx context.Context) {
 			p.err = err
 			return
 		}
-		p.err = p.fetch(ctx, hc, "heap", "heap.pprof")
+		p.err = p.fetch(ctx, hc, "heap?gc=1", "heap.pprof")
 	})
 }
 
