@@ -1867,7 +1867,7 @@ func TestPublishToSubscribersSelfNoLocal(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pkx.Origin = cl.ID
 		s.publishToSubscribers(pkx)
-		time.Sleep(time.Millisecond)
+		waitWritten(cl) // not a fixed sleep: the writer starts on demand (flota patch)
 		_ = w.Close()
 	}()
 
@@ -1986,7 +1986,7 @@ func TestPublishToSubscribersIdentifiers(t *testing.T) {
 
 	go func() {
 		s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-		time.Sleep(time.Millisecond)
+		waitWritten(cl) // not a fixed sleep: the writer starts on demand (flota patch)
 		_ = w.Close()
 	}()
 
@@ -2011,7 +2011,7 @@ func TestPublishToSubscribersPkIgnore(t *testing.T) {
 		pk := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pk.Ignore = true
 		s.publishToSubscribers(pk)
-		time.Sleep(time.Millisecond)
+		waitWritten(cl) // not a fixed sleep: the writer starts on demand (flota patch)
 		_ = w.Close()
 	}()
 
@@ -2136,7 +2136,7 @@ func TestPublishToClientServerTopicAlias(t *testing.T) {
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasicMqtt5).Packet
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
-		time.Sleep(time.Millisecond)
+		waitWritten(cl) // not a fixed sleep: the writer starts on demand (flota patch)
 		_ = w.Close()
 	}()
 
@@ -2767,7 +2767,7 @@ func TestServerProcessOutboundQos2Flow(t *testing.T) {
 				require.NoError(t, err)
 			}
 
-			time.Sleep(time.Millisecond)
+			waitWritten(cl) // not a fixed sleep: the writer starts on demand (flota patch)
 			_ = w.Close()
 
 			if i != 2 {
@@ -3932,4 +3932,14 @@ func TestMinimum(t *testing.T) {
 	require.EqualValues(t, -1, minimum(-1, 0)) // negative values are not used, but included here for completeness
 	require.EqualValues(t, -1, minimum(-1, 20))
 	require.EqualValues(t, -2, minimum(-1, -2))
+}
+
+// waitWritten waits until cl's writer has written every packet queued for
+// it. The writer goroutine starts on demand (flota patch), so a test that
+// closed the pipe a fixed millisecond after publishing could cut it off
+// on a loaded machine.
+func waitWritten(cl *Client) {
+	for deadline := time.Now().Add(10 * time.Second); atomic.LoadInt32(&cl.State.outboundQty) > 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 }
