@@ -590,6 +590,15 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 	}
 
 	key, hasNext := isolateParticle(filter, d)
+	if key == "#" && d > 0 && d == strings.Count(filter, "/") && n.retainPath != "" {
+		// "#" matches its parent level too (4.7.1.2): "a/#" gets the
+		// message retained on "a" (flota patch). Only at the level of the
+		// "#" itself: the walk below it calls this again deeper with the
+		// same key.
+		if pk, ok := x.Retained.Get(n.retainPath); ok {
+			pks = append(pks, pk)
+		}
+	}
 	if key == "+" || key == "#" || d == -1 {
 		for _, adjacent := range n.particles.getAll() {
 			if d == 0 && adjacent.key == SysPrefix {

@@ -1092,3 +1092,35 @@ func TestSubscribersFindInlineMultiLevelParent(t *testing.T) {
 	require.Contains(t, subs.InlineSubscriptions, 2)
 	require.Empty(t, index.Subscribers("a").InlineSubscriptions)
 }
+
+// "#" matches its parent level for retained messages too (4.7.1.2): a
+// subscription to "a/#" gets the message retained on "a" (flota patch).
+func TestMessagesMultiLevelParent(t *testing.T) {
+	fh := packets.FixedHeader{Type: packets.Publish, Retain: true}
+	index := NewTopicsIndex()
+	for _, topic := range []string{"a", "a/b", "a/b/c", "sport", "$SYS/x"} {
+		index.RetainMessage(packets.Packet{TopicName: topic, Payload: []byte(topic), FixedHeader: fh})
+	}
+	for _, tx := range []struct {
+		filter string
+		want   []string
+	}{
+		{"a/#", []string{"a", "a/b", "a/b/c"}},
+		{"a/+/#", []string{"a/b", "a/b/c"}},
+		{"a/b/#", []string{"a/b", "a/b/c"}},
+		{"a/b/c/#", []string{"a/b/c"}},
+		{"+/#", []string{"a", "a/b", "a/b/c", "sport"}},
+		{"#", []string{"a", "a/b", "a/b/c", "sport"}},
+		{"$SYS/#", []string{"$SYS/x"}},
+		{"sport/#", []string{"sport"}},
+		{"sport/+/#", nil},
+	} {
+		t.Run(tx.filter, func(t *testing.T) {
+			var got []string
+			for _, pk := range index.Messages(tx.filter) {
+				got = append(got, pk.TopicName)
+			}
+			require.ElementsMatch(t, tx.want, got)
+		})
+	}
+}
