@@ -15,28 +15,19 @@ import (
 // Inflight is a map of InflightMessage keyed on packet id.
 type Inflight struct {
 	sync.RWMutex
-	internal            map[uint16]*packets.Packet // internal contains the inflight packets, each from inflightEntries (flota patch)
+	internal            map[uint16]*packets.Packet // internal contains the inflight packets, each from packetPool (flota patch)
 	receiveQuota        int32                      // remaining inbound qos quota for flow control
 	sendQuota           int32                      // remaining outbound qos quota for flow control
 	maximumReceiveQuota int32                      // maximum allowed receive quota
 	maximumSendQuota    int32                      // maximum allowed send quota
 }
 
-// inflightEntries holds the packets an Inflight stores its messages in.
+// The store keeps its packets behind pointers from packetPool (pools.go).
 // A map keeps a value larger than 128 bytes behind a pointer it allocates
 // for each new key, so every QoS 1 or 2 message in either direction cost
-// an 896-byte allocation that its acknowledgement made garbage; the store
-// now keeps the pointers itself and takes them from here, and Delete puts
-// them back emptied (flota patch). An entry never leaves its store: Get,
-// GetAll and Clone copy the packet out of it.
-var inflightEntries = sync.Pool{New: func() any { return new(packets.Packet) }}
-
-// newInflightEntry returns an entry of inflightEntries holding a copy of pk.
-func newInflightEntry(pk *packets.Packet) *packets.Packet {
-	e := inflightEntries.Get().(*packets.Packet)
-	*e = *pk
-	return e
-}
+// an 896-byte allocation that its acknowledgement made garbage; Delete now
+// puts the entry back emptied (flota patch). An entry never leaves its
+// store: Get, GetAll and Clone copy the packet out of it.
 
 // NewInflights returns a new instance of an Inflight packets map.
 func NewInflights() *Inflight {
@@ -54,7 +45,7 @@ func (i *Inflight) Set(m packets.Packet) bool {
 		*e = m
 		return false
 	}
-	i.internal[m.PacketID] = newInflightEntry(&m)
+	i.internal[m.PacketID] = pooledCopy(&m)
 	return true
 }
 
@@ -84,7 +75,7 @@ func (i *Inflight) Clone() *Inflight {
 	i.RLock()
 	defer i.RUnlock()
 	for k, v := range i.internal {
-		c.internal[k] = newInflightEntry(v)
+		c.internal[k] = pooledCopy(v)
 	}
 	return c
 }
@@ -132,8 +123,7 @@ func (i *Inflight) Delete(id uint16) bool {
 		return false
 	}
 	delete(i.internal, id)
-	*e = packets.Packet{} // so that the pool keeps no payload alive
-	inflightEntries.Put(e)
+	putPacket(e)
 
 	return true
 }

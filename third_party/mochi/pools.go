@@ -80,24 +80,37 @@ func putPayload(h *[]byte) {
 // the largest pooled payload is not kept.
 var encodeBuffers = mempool.NewBuffer(maxPooledEncode)
 
-// queuedPackets holds the packets publishTo puts on a client's outbound
-// queue, which its writer returns once written (writeQueued) (flota patch).
-var queuedPackets = sync.Pool{New: func() any { return new(packets.Packet) }}
+// packetPool holds packets lent out and returned emptied: the copies
+// publishTo puts on a client's outbound queue, which its writer returns
+// once written (writeQueued), and the entries of the inflight stores,
+// returned by Delete (flota patch).
+var packetPool = sync.Pool{New: func() any { return new(packets.Packet) }}
 
-// queuedCopy returns a copy of pk from queuedPackets, marked for putQueued.
+// pooledCopy returns a copy of pk from packetPool.
+func pooledCopy(pk *packets.Packet) *packets.Packet {
+	p := packetPool.Get().(*packets.Packet)
+	*p = *pk
+	return p
+}
+
+// putPacket empties pk, so that the pool keeps no payload alive, and
+// returns it to packetPool; pk must not be used afterwards.
+func putPacket(pk *packets.Packet) {
+	*pk = packets.Packet{}
+	packetPool.Put(pk)
+}
+
+// queuedCopy returns a copy of pk from packetPool, marked for putQueued.
 func queuedCopy(pk *packets.Packet) *packets.Packet {
-	q := queuedPackets.Get().(*packets.Packet)
-	*q = *pk
+	q := pooledCopy(pk)
 	q.Mods.PooledPacket = true
 	return q
 }
 
-// putQueued empties pk and returns it to queuedPackets if it came from
-// there (queuedCopy); pk must not be used afterwards.
+// putQueued returns pk to packetPool if it came from there (queuedCopy);
+// pk must not be used afterwards.
 func putQueued(pk *packets.Packet) {
-	if !pk.Mods.PooledPacket {
-		return
+	if pk.Mods.PooledPacket {
+		putPacket(pk)
 	}
-	*pk = packets.Packet{}
-	queuedPackets.Put(pk)
 }

@@ -658,12 +658,11 @@ func (x *TopicsIndex) gatherSubscribers(topic string) *Subscribers {
 }
 
 // putSubscribers empties subs, from gatherSubscribers, and returns it to
-// subscribersPool unless it holds shared subscriptions (then a hook has
-// seen it and may keep it) or too many. subs must not be used afterwards
-// (flota patch).
+// subscribersPool unless it holds too many. The caller does not return one
+// that a selection hook has seen (it may keep it, or leave a selection in
+// it). subs must not be used afterwards (flota patch).
 func putSubscribers(subs *Subscribers) {
-	if len(subs.Shared) > 0 || len(subs.SharedSelected) > 0 || len(subs.Subscriptions) > maxPooledSubscribers ||
-		len(subs.InlineSubscriptions) > maxPooledSubscribers {
+	if len(subs.Subscriptions) > maxPooledSubscribers || len(subs.InlineSubscriptions) > maxPooledSubscribers {
 		return
 	}
 	clear(subs.Subscriptions)
