@@ -258,7 +258,7 @@ func (s *Server) catchUp(ctx context.Context, st *stream, update string) error {
 				st.last = ev.Seq
 				continue
 			}
-			st.write(sseEvent, strconv.FormatInt(ev.Seq, 10), protocol.Encode(ev))
+			st.write(sseEvent, strconv.FormatInt(ev.Seq, 10), protocol.Encode(protocol.Event(ev)))
 			st.last = ev.Seq
 		}
 		if len(evs) < MaxPageSize {

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -207,8 +208,21 @@ func DecodeCancel(b []byte) (Cancel, error) {
 	return m, nil
 }
 
-// Encode marshals a message. Messages here always marshal.
+// Encode marshals a message. Messages here always marshal. A message that
+// appends its own encoding (Appender) is encoded by that, into a buffer on
+// the stack and then one allocation of its size.
 func Encode(v any) []byte {
+	var buf [320]byte
+	switch m := v.(type) {
+	case Ack:
+		return bytes.Clone(m.AppendJSON(buf[:0]))
+	case Report:
+		return bytes.Clone(m.AppendJSON(buf[:0]))
+	case Event:
+		return bytes.Clone(m.AppendJSON(buf[:0]))
+	case Appender:
+		return m.AppendJSON(make([]byte, 0, 256)) // a buffer passed to an interface method escapes
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		panic(fmt.Sprintf("protocol: encode %T: %v", v, err))

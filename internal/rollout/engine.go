@@ -363,7 +363,7 @@ func (e *Engine) publishEvents(evs []fleet.Event) {
 		if ev.UpdateID == "" {
 			continue
 		}
-		if err := e.Transport.Publish(protocol.UpdateEventsTopic(ev.UpdateID), protocol.Encode(ev), false, 1); err != nil {
+		if err := e.Transport.Publish(protocol.UpdateEventsTopic(ev.UpdateID), protocol.Encode(protocol.Event(ev)), false, 1); err != nil {
 			e.Logger.Warn("publish event", "seq", ev.Seq, "err", err)
 		}
 	}

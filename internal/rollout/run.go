@@ -1,6 +1,8 @@
 package rollout
 
 import (
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
@@ -171,6 +173,35 @@ type deviceStatus struct {
 	Reason  fleet.Reason      `json:"reason,omitempty"`
 	Version string            `json:"target_version"`
 	Time    time.Time         `json:"time"`
+}
+
+// AppendJSON appends st's JSON encoding (protocol.Appender), as
+// encoding/json writes it.
+func (st deviceStatus) AppendJSON(b []byte) []byte {
+	b = append(b, `{"device":`...)
+	b = protocol.AppendJSONString(b, st.Device)
+	b = append(b, `,"update":`...)
+	b = protocol.AppendJSONString(b, st.Update)
+	b = append(b, `,"state":`...)
+	b = protocol.AppendJSONString(b, string(st.State))
+	b = append(b, `,"offset":`...)
+	b = strconv.AppendInt(b, st.Offset, 10)
+	b = append(b, `,"size":`...)
+	b = strconv.AppendInt(b, st.Size, 10)
+	b = append(b, `,"attempt":`...)
+	b = strconv.AppendInt(b, int64(st.Attempt), 10)
+	if st.Reason != "" {
+		b = append(b, `,"reason":`...)
+		b = protocol.AppendJSONString(b, string(st.Reason))
+	}
+	b = append(b, `,"target_version":`...)
+	b = protocol.AppendJSONString(b, st.Version)
+	b = append(b, `,"time":`...)
+	b, ok := protocol.AppendJSONTime(b, st.Time)
+	if !ok {
+		panic(fmt.Sprintf("rollout: device status time out of range: %v", st.Time))
+	}
+	return append(b, '}')
 }
 
 func (e *Engine) publishDeviceStatus(t *target) {
