@@ -139,7 +139,8 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 		simArgs = append(simArgs, "--latency", o.Latency.String())
 	}
 	if o.ProfileDir != "" {
-		simArgs = append(simArgs, "--cpuprofile", filepath.Join(o.ProfileDir, "devicesim-cpu.pprof"))
+		simArgs = append(simArgs, "--cpuprofile", filepath.Join(o.ProfileDir, "devicesim-cpu.pprof"),
+			"--memprofile", filepath.Join(o.ProfileDir, "devicesim-heap.pprof"))
 	}
 	sim, err := startChild("devicesim", filepath.Join(o.BinDir, "devicesim"), simArgs, simEnv(), nil, simOut, simOut, simOut.Name())
 	if err != nil {

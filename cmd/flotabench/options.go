@@ -132,7 +132,7 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.IntVar(&o.ConnectRate, "connect-rate", DefaultConnectRate, "connections opened per second by devicesim")
 	fs.DurationVar(&o.Timeout, "timeout", DefaultTimeout, "longest time each measured transfer may take")
 	fs.StringVar(&o.LogLevel, "log-level", DefaultLogLevel, "the orchestrator's log level: debug, info, warn or error")
-	fs.StringVar(&o.ProfileDir, "profile", "", "write the orchestrator's heap profile at the update's start, its CPU profile ("+fmt.Sprint(profileSeconds)+" s from the update's start) and then its heap profile again, and devicesim's CPU profile, to this directory")
+	fs.StringVar(&o.ProfileDir, "profile", "", "write the orchestrator's heap profile at the update's start, its CPU profile ("+fmt.Sprint(profileSeconds)+" s from the update's start) and then its heap profile again, and devicesim's CPU profile (devicesim-cpu.pprof, the whole run) and heap profile (devicesim-heap.pprof, as the run ends: alloc_space is all it allocated), to this directory")
 	fs.DurationVar(&o.Latency, "latency", 0, "one-way delay every device adds to each message it receives and sends (round trip +2x)")
 	return fs
 }
