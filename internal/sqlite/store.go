@@ -268,7 +268,9 @@ func (s *Store) Close() error {
 func (s *Store) closeDBs() []error {
 	var errs []error
 	if s.stmts != nil {
-		errs = append(errs, s.stmts.close()...)
+		if err := s.stmts.close(s.writer); err != nil {
+			errs = append(errs, err)
+		}
 		s.stmts = nil
 	}
 	if s.reader != nil {

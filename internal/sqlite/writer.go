@@ -20,7 +20,7 @@ type writeOp interface{ isWriteOp() }
 // batchOp is an asynchronous write, committed with others in one transaction.
 type batchOp interface {
 	writeOp
-	exec(ctx context.Context, tx *batchTx) error
+	exec(ctx context.Context, ws *writeStmts) error
 	// attrs describe the operation in a log line when it fails.
 	attrs() []any
 }
@@ -71,6 +71,7 @@ const (
 			started_at = COALESCE(started_at, ?2),
 			finished_at = COALESCE(finished_at, ?3)
 		WHERE id = ?4`
+	sqlSaveCounters = `UPDATE updates SET bytes_sent = ?, bytes_acked = ?, resends = ? WHERE id = ?`
 	sqlInsertUpdate = `INSERT INTO updates (id, firmware_id, selector, policy, state, created_at,
 			started_at, finished_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
@@ -78,64 +79,7 @@ const (
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
 )
 
-// writeStmts are the batched statements, prepared once on the writer
-// connection.
-type writeStmts struct {
-	upsertDevice, setOnline, upsertProgress, insertEvent, setUpdateState *sql.Stmt
-}
-
-func prepareWriteStmts(db *sql.DB) (*writeStmts, error) {
-	ws := &writeStmts{}
-	for _, p := range []struct {
-		dst **sql.Stmt
-		sql string
-	}{
-		{&ws.upsertDevice, sqlUpsertDevice},
-		{&ws.setOnline, sqlSetOnline},
-		{&ws.upsertProgress, sqlUpsertProgress},
-		{&ws.insertEvent, sqlInsertEvent},
-		{&ws.setUpdateState, sqlSetUpdateState},
-	} {
-		st, err := db.Prepare(p.sql)
-		if err != nil {
-			ws.close()
-			return nil, fmt.Errorf("prepare: %w", err)
-		}
-		*p.dst = st
-	}
-	return ws, nil
-}
-
-func (ws *writeStmts) close() []error {
-	var errs []error
-	for _, st := range []*sql.Stmt{ws.upsertDevice, ws.setOnline, ws.upsertProgress, ws.insertEvent, ws.setUpdateState} {
-		if st != nil {
-			if err := st.Close(); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	return errs
-}
-
-// batchTx is one batch's transaction with its statements bound to it on first
-// use.
-type batchTx struct {
-	tx    *sql.Tx
-	stmts *writeStmts
-	bound map[*sql.Stmt]*sql.Stmt
-}
-
-func (b *batchTx) stmt(ctx context.Context, st *sql.Stmt) *sql.Stmt {
-	if s, ok := b.bound[st]; ok {
-		return s
-	}
-	s := b.tx.StmtContext(ctx, st)
-	b.bound[st] = s
-	return s
-}
-
-// run is the writer goroutine: it owns s.writer and s.werr.
+// run is the writer goroutine: it owns s.writer, s.stmts and s.werr.
 func (s *Store) run() {
 	defer s.wg.Done()
 	batch := make([]batchOp, 0, s.BatchSize)
@@ -253,7 +197,7 @@ func (s *Store) commitBatch(ops []batchOp) {
 	start := time.Now()
 	defer func() { s.stats.commitNanos.Add(int64(time.Since(start))) }()
 	plan, upserts := s.plan.plan(ops)
-	err := s.execTx(plan)
+	err := s.stmts.execTx(s.writer, plan)
 	s.plan.reset()
 	if err == nil {
 		s.stats.transactions.Add(1)
@@ -268,7 +212,7 @@ func (s *Store) commitBatch(ops []batchOp) {
 	}
 	var ok int64
 	for _, o := range ops {
-		if err := s.execTx([]batchOp{o}); err != nil {
+		if err := s.stmts.execTx(s.writer, []batchOp{o}); err != nil {
 			s.stats.dropped.Add(1)
 			s.Logger.Error("store write dropped", append(o.attrs(), "err", err)...)
 			if s.werr == nil {
@@ -285,25 +229,6 @@ func (s *Store) commitBatch(ops []batchOp) {
 	}
 	s.stats.rows.Add(ok)
 	s.stats.lastBatch.Store(1)
-}
-
-// execTx runs ops in one transaction on the writer connection.
-func (s *Store) execTx(ops []batchOp) error {
-	ctx := context.Background()
-	tx, err := s.writer.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
-	b := &batchTx{tx: tx, stmts: s.stmts, bound: make(map[*sql.Stmt]*sql.Stmt, 5)}
-	for _, o := range ops {
-		if err := o.exec(ctx, b); err != nil {
-			return errors.Join(err, rollback(tx))
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
 }
 
 func rollback(tx *sql.Tx) error {
@@ -355,8 +280,8 @@ func (*saveDeviceOp) isWriteOp() {}
 func (o *saveDeviceOp) attrs() []any {
 	return []any{"op", "save_device", "device", o.d.ID}
 }
-func (o *saveDeviceOp) exec(ctx context.Context, b *batchTx) error {
-	d := o.d
+func (o *saveDeviceOp) exec(ctx context.Context, ws *writeStmts) error {
+	d := &o.d
 	tags, err := marshalTags(d.Tags)
 	if err != nil {
 		return err
@@ -369,9 +294,15 @@ func (o *saveDeviceOp) exec(ctx context.Context, b *batchTx) error {
 	if first.IsZero() {
 		first = last
 	}
-	_, err = b.stmt(ctx, b.stmts.upsertDevice).ExecContext(ctx,
-		d.ID, d.Model, d.Version, tags, fmtTime(first), fmtTime(last), d.Online)
-	if err != nil {
+	st := &ws.upsertDevice
+	st.setText(0, d.ID)
+	st.setText(1, d.Model)
+	st.setText(2, d.Version)
+	st.setText(3, tags)
+	st.setTime(4, first)
+	st.setTime(5, last)
+	st.setBool(6, d.Online)
+	if err := st.exec(ctx); err != nil {
 		return fmt.Errorf("save device %s: %w", d.ID, err)
 	}
 	return nil
@@ -396,8 +327,12 @@ func (*setOnlineOp) isWriteOp() {}
 func (o *setOnlineOp) attrs() []any {
 	return []any{"op", "set_device_online", "device", o.id, "online", o.online}
 }
-func (o *setOnlineOp) exec(ctx context.Context, b *batchTx) error {
-	if _, err := b.stmt(ctx, b.stmts.setOnline).ExecContext(ctx, o.online, fmtTime(o.at), o.id); err != nil {
+func (o *setOnlineOp) exec(ctx context.Context, ws *writeStmts) error {
+	st := &ws.setOnline
+	st.setBool(0, o.online)
+	st.setTime(1, o.at)
+	st.setText(2, o.id)
+	if err := st.exec(ctx); err != nil {
 		return fmt.Errorf("set device %s online: %w", o.id, err)
 	}
 	return nil
@@ -422,22 +357,27 @@ func (*saveProgressOp) isWriteOp() {}
 func (o *saveProgressOp) attrs() []any {
 	return []any{"op", "save_progress", "update", o.p.UpdateID, "device", o.p.DeviceID, "state", o.p.State}
 }
-func (o *saveProgressOp) exec(ctx context.Context, b *batchTx) error {
-	if err := execProgress(ctx, b.stmt(ctx, b.stmts.upsertProgress), o.p, o.handle); err != nil {
-		return fmt.Errorf("save progress %s/%s: %w", o.p.UpdateID, o.p.DeviceID, err)
-	}
-	return nil
-}
-
-// execProgress runs st, prepared from sqlUpsertProgress, for p.
-func execProgress(ctx context.Context, st *sql.Stmt, p fleet.Progress, handle uint32) error {
+func (o *saveProgressOp) exec(ctx context.Context, ws *writeStmts) error {
+	p := &o.p
 	updated := p.UpdatedAt
 	if updated.IsZero() {
 		updated = time.Now()
 	}
-	_, err := st.ExecContext(ctx, p.UpdateID, p.DeviceID, string(p.State), p.Offset, p.Attempts,
-		string(p.Reason), int64(handle), fmtTimePtr(p.StartedAt), fmtTimePtr(p.FinishedAt), fmtTime(updated))
-	return err
+	st := &ws.upsertProgress
+	st.setText(0, p.UpdateID)
+	st.setText(1, p.DeviceID)
+	st.setText(2, string(p.State))
+	st.setInt(3, p.Offset)
+	st.setInt(4, int64(p.Attempts))
+	st.setText(5, string(p.Reason))
+	st.setInt(6, int64(o.handle))
+	st.setTimeOrNull(7, p.StartedAt)
+	st.setTimeOrNull(8, p.FinishedAt)
+	st.setTime(9, updated)
+	if err := st.exec(ctx); err != nil {
+		return fmt.Errorf("save progress %s/%s: %w", p.UpdateID, p.DeviceID, err)
+	}
+	return nil
 }
 
 // SaveProgress queues an insert or update of one device's progress row, with
@@ -452,11 +392,21 @@ func (*appendEventOp) isWriteOp() {}
 func (o *appendEventOp) attrs() []any {
 	return []any{"op", "append_event", "seq", o.e.Seq, "type", o.e.Type}
 }
-func (o *appendEventOp) exec(ctx context.Context, b *batchTx) error {
-	e := o.e
-	_, err := b.stmt(ctx, b.stmts.insertEvent).ExecContext(ctx, e.Seq, fmtTime(e.Time), e.Type, e.UpdateID,
-		e.DeviceID, e.From, e.State, string(e.Reason), e.Offset, e.Attempt, e.Phase)
-	if err != nil {
+func (o *appendEventOp) exec(ctx context.Context, ws *writeStmts) error {
+	e := &o.e
+	st := &ws.insertEvent
+	st.setInt(0, e.Seq)
+	st.setTime(1, e.Time)
+	st.setText(2, e.Type)
+	st.setText(3, e.UpdateID)
+	st.setText(4, e.DeviceID)
+	st.setText(5, e.From)
+	st.setText(6, e.State)
+	st.setText(7, string(e.Reason))
+	st.setInt(8, e.Offset)
+	st.setInt(9, int64(e.Attempt))
+	st.setInt(10, int64(e.Phase))
+	if err := st.exec(ctx); err != nil {
 		return fmt.Errorf("append event %d: %w", e.Seq, err)
 	}
 	return nil
@@ -511,16 +461,19 @@ func (*setUpdateStateOp) isWriteOp() {}
 func (o *setUpdateStateOp) attrs() []any {
 	return []any{"op", "set_update_state", "update", o.id, "state", o.state}
 }
-func (o *setUpdateStateOp) exec(ctx context.Context, b *batchTx) error {
-	var started, finished any
+func (o *setUpdateStateOp) exec(ctx context.Context, ws *writeStmts) error {
+	st := &ws.setUpdateState
+	st.setText(0, string(o.state))
+	st.setNull(1)
 	if o.state == fleet.UpdateRunning {
-		started = fmtTime(o.at)
+		st.setTime(1, o.at)
 	}
+	st.setNull(2)
 	if o.state.Terminal() {
-		finished = fmtTime(o.at)
+		st.setTime(2, o.at)
 	}
-	_, err := b.stmt(ctx, b.stmts.setUpdateState).ExecContext(ctx, string(o.state), started, finished, o.id)
-	if err != nil {
+	st.setText(3, o.id)
+	if err := st.exec(ctx); err != nil {
 		return fmt.Errorf("set update %s state: %w", o.id, err)
 	}
 	return nil
@@ -551,10 +504,13 @@ func (*saveCountersOp) isWriteOp() {}
 func (o *saveCountersOp) attrs() []any {
 	return []any{"op", "save_update_counters", "update", o.id}
 }
-func (o *saveCountersOp) exec(ctx context.Context, b *batchTx) error {
-	_, err := b.tx.ExecContext(ctx, `UPDATE updates SET bytes_sent = ?, bytes_acked = ?, resends = ? WHERE id = ?`,
-		o.c.BytesSent, o.c.BytesAcked, o.c.Resends, o.id)
-	if err != nil {
+func (o *saveCountersOp) exec(ctx context.Context, ws *writeStmts) error {
+	st := &ws.saveCounters
+	st.setInt(0, o.c.BytesSent)
+	st.setInt(1, o.c.BytesAcked)
+	st.setInt(2, o.c.Resends)
+	st.setText(3, o.id)
+	if err := st.exec(ctx); err != nil {
 		return fmt.Errorf("save update %s counters: %w", o.id, err)
 	}
 	return nil

@@ -1,0 +1,119 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql/driver"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/flotaio/flota/internal/fleet"
+)
+
+// quoteRow returns the columns of the rows of query as "type:value" (SQL
+// typeof and quote), one string per row: the stored bytes and their types.
+func quoteRow(t *testing.T, s *Store, table, cols, where string) []string {
+	t.Helper()
+	var exprs []string
+	for _, c := range strings.Split(cols, ", ") {
+		exprs = append(exprs, "typeof("+c+") || ':' || quote("+c+")")
+	}
+	rows, err := s.reader.Query("SELECT " + strings.Join(exprs, " || ' ' || ") + " FROM " + table + " WHERE " + where)
+	require.NoError(t, err)
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var line string
+		require.NoError(t, rows.Scan(&line))
+		out = append(out, line)
+	}
+	require.NoError(t, rows.Err())
+	return out
+}
+
+func TestStore_BatchedWritesStoreTextIntegersAndNulls(t *testing.T) {
+	s := newTestStore(t, "")
+	ctx := context.Background()
+	addUpdate(t, s, "up", "d1", "d2")
+	plus2 := time.FixedZone("plus2", 2*3600)
+	at := time.Date(2026, 5, 6, 9, 8, 7, 123456789, plus2) // 07:08:07.123456789 UTC
+	later := at.Add(time.Hour + 5)
+	zero := time.Time{}
+
+	require.NoError(t, s.SaveDevice(fleet.Device{ID: "d1", Model: "m", Version: "1.0", Tags: map[string]string{"k": "v"},
+		LastSeen: at, Online: true}))
+	require.NoError(t, s.SaveDevice(fleet.Device{ID: "d2", FirstSeen: at, LastSeen: later}))
+	require.NoError(t, s.SetDeviceOnline("d2", true, later))
+	require.NoError(t, s.SaveProgress(fleet.Progress{UpdateID: "up", DeviceID: "d1", State: fleet.StateFailed,
+		Offset: 1 << 40, Attempts: 300, Reason: "timeout", UpdatedAt: at, StartedAt: &at, FinishedAt: &later}, 4_000_000_000))
+	require.NoError(t, s.SaveProgress(fleet.Progress{UpdateID: "up", DeviceID: "d2", State: fleet.StateOffered,
+		UpdatedAt: later, StartedAt: &zero}, 0))
+	require.NoError(t, s.AppendEvent(fleet.Event{Seq: 1 << 33, Time: at, Type: fleet.EventDevice, UpdateID: "up",
+		DeviceID: "d1", From: "offered", State: "failed", Reason: "timeout", Offset: -5, Attempt: 2, Phase: 3}))
+	require.NoError(t, s.AppendEvent(fleet.Event{Seq: 1<<33 + 1, Time: later, Type: fleet.EventUpdate, State: "running"}))
+	require.NoError(t, s.SetUpdateState("up", fleet.UpdateRunning, at))
+	require.NoError(t, s.SetUpdateState("up", fleet.UpdateCompleted, later))
+	require.NoError(t, s.SaveUpdateCounters("up", Counters{BytesSent: 1 << 35, BytesAcked: 7, Resends: 0}))
+	require.NoError(t, s.Flush(ctx))
+
+	const atText, laterText = "'2026-05-06T07:08:07.123456789Z'", "'2026-05-06T08:08:07.123456794Z'"
+	assert.Equal(t, []string{
+		"text:'d1' text:'m' text:'1.0' text:'{\"k\":\"v\"}' text:" + atText + " text:" + atText + " integer:1",
+		"text:'d2' text:'' text:'' text:'{}' text:" + atText + " text:" + laterText + " integer:1",
+	}, quoteRow(t, s, "devices", "id, model, version, tags, first_seen, last_seen, online", "1 ORDER BY id"))
+	assert.Equal(t, []string{
+		"text:'d1' text:'failed' integer:1099511627776 integer:300 text:'timeout' integer:4000000000 text:" + atText +
+			" text:" + laterText + " text:" + atText,
+		"text:'d2' text:'offered' integer:0 integer:0 text:'' integer:0 null:NULL null:NULL text:" + laterText,
+	}, quoteRow(t, s, "progress", "device_id, state, offset, attempts, reason, handle, started_at, finished_at, updated_at",
+		"update_id = 'up' ORDER BY device_id"))
+	assert.Equal(t, []string{
+		"integer:8589934592 text:" + atText + " text:'device' text:'up' text:'d1' text:'offered' text:'failed' text:'timeout'" +
+			" integer:-5 integer:2 integer:3",
+		"integer:8589934593 text:" + laterText + " text:'update' text:'' text:'' text:'' text:'running' text:''" +
+			" integer:0 integer:0 integer:0",
+	}, quoteRow(t, s, "events", "seq, time, type, update_id, device_id, from_state, state, reason, offset, attempt, phase",
+		"1 ORDER BY seq"))
+	assert.Equal(t, []string{
+		"text:'completed' text:" + atText + " text:" + laterText + " integer:34359738368 integer:7 integer:0",
+	}, quoteRow(t, s, "updates", "state, started_at, finished_at, bytes_sent, bytes_acked, resends", "id = 'up'"))
+}
+
+func TestStore_WritesAfterWriterConnectionReplaced(t *testing.T) {
+	s := newTestStore(t, "")
+	ctx := context.Background()
+	addUpdate(t, s, "up", "d1")
+	require.NoError(t, s.SaveProgress(fleet.Progress{UpdateID: "up", DeviceID: "d1", State: fleet.StateOffered}, 1))
+	require.NoError(t, s.Flush(ctx))
+
+	var old any
+	require.NoError(t, s.doSync(ctx, func() error {
+		conn, err := s.writer.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		// database/sql closes a connection whose driver reports it bad.
+		err = conn.Raw(func(dc any) error {
+			old = dc
+			return driver.ErrBadConn
+		})
+		assert.ErrorIs(t, err, driver.ErrBadConn)
+		return nil
+	}))
+
+	require.NoError(t, s.SaveProgress(fleet.Progress{UpdateID: "up", DeviceID: "d1", State: fleet.StateAccepted}, 2))
+	require.NoError(t, s.AppendEvent(fleet.Event{Seq: 1, Type: fleet.EventDevice, UpdateID: "up", DeviceID: "d1"}))
+	require.NoError(t, s.Flush(ctx))
+	assert.NotSame(t, old, s.stmts.conn, "statements prepared on the new connection")
+	rows, err := s.AllProgress(ctx, "up")
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	assert.Equal(t, fleet.StateAccepted, rows[0].State)
+	evs, err := s.Events(ctx, "up", 0, 0)
+	require.NoError(t, err)
+	assert.Len(t, evs, 1)
+}
