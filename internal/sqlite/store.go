@@ -95,6 +95,9 @@ type Store struct {
 	// plan chooses the statements of each batch; owned by the writer
 	// goroutine.
 	plan batchPlan
+	// committed holds the events handed to OnEventsCommitted's fn, reused
+	// from one commit to the next; owned by the writer goroutine.
+	committed []fleet.Event
 
 	closeOnce sync.Once
 	closeErr  error

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -95,6 +96,9 @@ func (s *Store) run() {
 			return
 		}
 		s.commitBatch(batch)
+		for _, o := range batch {
+			release(o)
+		}
 		clear(batch)
 		batch = batch[:0]
 	}
@@ -274,6 +278,37 @@ func (s *Store) Flush(ctx context.Context) error {
 
 // --- asynchronous writes ---
 
+// progressOps and eventOps recycle the operations of SaveProgress and
+// AppendEvent, queued at every state change of every device: the writer
+// goroutine releases them once their batch is done.
+var (
+	progressOps = sync.Pool{New: func() any { return new(saveProgressOp) }}
+	eventOps    = sync.Pool{New: func() any { return new(appendEventOp) }}
+)
+
+// release returns o to its pool, if it has one. Nothing may use o after:
+// the writer calls it when o's batch is committed or o was dropped.
+func release(o batchOp) {
+	switch o := o.(type) {
+	case *saveProgressOp:
+		*o = saveProgressOp{}
+		progressOps.Put(o)
+	case *appendEventOp:
+		*o = appendEventOp{}
+		eventOps.Put(o)
+	}
+}
+
+// enqueuePooled queues o, taken from its pool, and releases it when it
+// is not queued.
+func (s *Store) enqueuePooled(o batchOp) error {
+	if err := s.enqueue(context.Background(), o); err != nil {
+		release(o)
+		return err
+	}
+	return nil
+}
+
 type saveDeviceOp struct{ d fleet.Device }
 
 func (*saveDeviceOp) isWriteOp() {}
@@ -383,7 +418,9 @@ func (o *saveProgressOp) exec(ctx context.Context, ws *writeStmts) error {
 // SaveProgress queues an insert or update of one device's progress row, with
 // the transfer handle the engine needs to resume after a restart.
 func (s *Store) SaveProgress(p fleet.Progress, handle uint32) error {
-	return s.enqueue(context.Background(), &saveProgressOp{p: p, handle: handle})
+	o := progressOps.Get().(*saveProgressOp)
+	o.p, o.handle = p, handle
+	return s.enqueuePooled(o)
 }
 
 type appendEventOp struct{ e fleet.Event }
@@ -416,7 +453,8 @@ func (o *appendEventOp) exec(ctx context.Context, ws *writeStmts) error {
 // events of every committed transaction, in sequence order. Whoever
 // publishes events from it publishes only what the log holds, so a monitor
 // that catches up from the log after a crash misses nothing and sees nothing
-// twice. fn must return quickly. A nil fn stops the calls.
+// twice. fn must return quickly, and must not keep the slice: the writer
+// reuses it. A nil fn stops the calls.
 func (s *Store) OnEventsCommitted(fn func([]fleet.Event)) {
 	if fn == nil {
 		s.eventsCommitted.Store(nil)
@@ -430,7 +468,7 @@ func (s *Store) notifyEvents(ops []batchOp) {
 	if fn == nil {
 		return
 	}
-	var evs []fleet.Event
+	evs := s.committed[:0]
 	for _, o := range ops {
 		if e, ok := o.(*appendEventOp); ok {
 			evs = append(evs, e.e)
@@ -439,6 +477,8 @@ func (s *Store) notifyEvents(ops []batchOp) {
 	if len(evs) > 0 {
 		(*fn)(evs)
 	}
+	clear(evs) // drops the events' strings until the next commit
+	s.committed = evs
 }
 
 // AppendEvent queues e for the event log. e.Seq is the caller's, and must
@@ -448,7 +488,9 @@ func (s *Store) AppendEvent(e fleet.Event) error {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
-	return s.enqueue(context.Background(), &appendEventOp{e: e})
+	o := eventOps.Get().(*appendEventOp)
+	o.e = e
+	return s.enqueuePooled(o)
 }
 
 type setUpdateStateOp struct {

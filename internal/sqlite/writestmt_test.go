@@ -3,7 +3,10 @@ package sqlite
 import (
 	"context"
 	"database/sql/driver"
+	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -80,6 +83,57 @@ func TestStore_BatchedWritesStoreTextIntegersAndNulls(t *testing.T) {
 	assert.Equal(t, []string{
 		"text:'completed' text:" + atText + " text:" + laterText + " integer:34359738368 integer:7 integer:0",
 	}, quoteRow(t, s, "updates", "state, started_at, finished_at, bytes_sent, bytes_acked, resends", "id = 'up'"))
+}
+
+func TestStore_OnEventsCommittedGetsEachCommitsEvents(t *testing.T) {
+	s := New(t.TempDir())
+	s.Logger = slog.New(slog.DiscardHandler)
+	s.BatchSize = 7
+	s.FlushInterval = time.Hour
+	require.NoError(t, s.Open())
+	t.Cleanup(func() { assert.NoError(t, s.Close()) })
+	addUpdate(t, s, "up", "d1")
+	var (
+		mu    sync.Mutex
+		calls [][]fleet.Event // copies of what each call received
+	)
+	s.OnEventsCommitted(func(evs []fleet.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, append([]fleet.Event(nil), evs...))
+	})
+
+	base := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	var want []fleet.Event
+	for i := range 40 {
+		e := fleet.Event{Seq: int64(i + 1), Time: base.Add(time.Duration(i) * time.Second), Type: fleet.EventDevice,
+			UpdateID: "up", DeviceID: fmt.Sprintf("d%d", i%3), State: fmt.Sprintf("s%d", i), Offset: int64(i) << 20, Attempt: i}
+		if i == 20 {
+			e.Seq = 20 // a duplicate: its batch is applied again one operation per transaction
+		} else {
+			want = append(want, e)
+		}
+		require.NoError(t, s.AppendEvent(e))
+		if i%3 == 0 {
+			require.NoError(t, s.SaveProgress(fleet.Progress{UpdateID: "up", DeviceID: "d1", State: fleet.StateOffered,
+				Offset: int64(i), UpdatedAt: e.Time}, uint32(i)))
+		}
+	}
+	require.Error(t, s.Flush(context.Background()), "the duplicate is dropped")
+
+	stored, err := s.Events(context.Background(), "", 0, 0)
+	require.NoError(t, err)
+	assert.Equal(t, want, stored)
+	mu.Lock()
+	defer mu.Unlock()
+	var published []fleet.Event
+	for _, evs := range calls {
+		require.NotEmpty(t, evs)
+		assert.LessOrEqual(t, len(evs), s.BatchSize)
+		published = append(published, evs...)
+	}
+	assert.Equal(t, want, published, "every stored event once, in order, as appended")
+	assert.Greater(t, len(calls), 10, "one call per commit, each with that commit's events only")
 }
 
 func TestStore_WritesAfterWriterConnectionReplaced(t *testing.T) {
