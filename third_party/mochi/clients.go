@@ -65,6 +65,31 @@ func (cl *Clients) GetAll() map[string]*Client {
 	return m
 }
 
+// forEach calls fn for each client, keyed on its id, under the read lock,
+// without copying the map as GetAll does: the event loop's expiry passes
+// visit every client each second (flota patch). fn must not call a method
+// of cl, nor anything that may (a hook, DisconnectClient): a second read
+// lock waits behind a writer waiting for the first, and an Add or Delete
+// waits for fn. The callers collect the few clients that need something
+// done and do it once forEach has returned.
+func (cl *Clients) forEach(fn func(id string, client *Client)) {
+	cl.RLock()
+	defer cl.RUnlock()
+	for id, client := range cl.internal {
+		fn(id, client)
+	}
+}
+
+// deleteIf removes the client with id if it is still client, not a client
+// that has taken its id over since (flota patch).
+func (cl *Clients) deleteIf(id string, client *Client) {
+	cl.Lock()
+	defer cl.Unlock()
+	if cl.internal[id] == client {
+		delete(cl.internal, id)
+	}
+}
+
 // Get returns the value of a client if it exists.
 func (cl *Clients) Get(id string) (*Client, bool) {
 	cl.RLock()
@@ -399,13 +424,7 @@ func (cl *Client) ClearInflights() {
 func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 	deleted := []uint16{}
 	for _, tk := range cl.State.Inflight.GetAll(false) {
-		expired := tk.ProtocolVersion == 5 && tk.Expiry > 0 && tk.Expiry < now // [MQTT-3.3.2-5]
-
-		// If the maximum message expiry interval is set (greater than 0), and the message
-		// retention period exceeds the maximum expiry, the message will be forcibly removed.
-		enforced := maximumExpiry > 0 && now-tk.Created > maximumExpiry
-
-		if expired || enforced {
+		if inflightExpired(&tk, now, maximumExpiry) {
 			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
 				cl.ops.hooks.OnQosDropped(cl, tk)
 				atomic.AddInt64(&cl.ops.info.Inflight, -1)
@@ -415,6 +434,19 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 	}
 
 	return deleted
+}
+
+// inflightExpired reports whether the inflight message pk has expired at
+// now, in unix seconds (a function of its own so that Inflight.hasExpired
+// asks the same: flota patch).
+func inflightExpired(pk *packets.Packet, now, maximumExpiry int64) bool {
+	expired := pk.ProtocolVersion == 5 && pk.Expiry > 0 && pk.Expiry < now // [MQTT-3.3.2-5]
+
+	// If the maximum message expiry interval is set (greater than 0), and the message
+	// retention period exceeds the maximum expiry, the message will be forcibly removed.
+	enforced := maximumExpiry > 0 && now-pk.Created > maximumExpiry
+
+	return expired || enforced
 }
 
 // Read reads incoming packets from the connected client and transforms them into

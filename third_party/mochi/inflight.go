@@ -99,6 +99,20 @@ func (i *Inflight) GetAll(immediate bool) []packets.Packet {
 	return m
 }
 
+// hasExpired reports whether the store holds a message that has expired
+// at now (inflightExpired), without copying the store as GetAll does: the
+// event loop asks it of every client each second (flota patch).
+func (i *Inflight) hasExpired(now, maximumExpiry int64) bool {
+	i.RLock()
+	defer i.RUnlock()
+	for _, pk := range i.internal {
+		if inflightExpired(pk, now, maximumExpiry) {
+			return true
+		}
+	}
+	return false
+}
+
 // NextImmediate returns the next inflight packet which is indicated to be sent immediately.
 // This typically occurs when the quota has been exhausted, and we need to wait until new quota
 // is free to continue sending.

@@ -1783,10 +1783,18 @@ func (s *Server) loadRetained(v []storage.Message) {
 // clearExpiredClients deletes all clients which have been disconnected for longer
 // than their given expiry intervals.
 func (s *Server) clearExpiredClients(dt int64) {
-	for id, client := range s.Clients.GetAll() {
+	// The clients are looked at under the map's read lock, not in a copy
+	// of it, and the expired ones dealt with afterwards, outside it: the
+	// hook and Delete must not run under it (flota patch).
+	type expiredClient struct {
+		id     string
+		client *Client
+	}
+	var expired []expiredClient
+	s.Clients.forEach(func(id string, client *Client) {
 		disconnected := client.StopTime()
 		if disconnected == 0 {
-			continue
+			return
 		}
 
 		expire := s.Options.Capabilities.MaximumSessionExpiryInterval
@@ -1795,9 +1803,12 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		if disconnected+int64(expire) < dt {
-			s.hooks.OnClientExpired(client)
-			s.Clients.Delete(id) // [MQTT-4.1.0-2]
+			expired = append(expired, expiredClient{id, client})
 		}
+	})
+	for _, e := range expired {
+		s.hooks.OnClientExpired(e.client)
+		s.Clients.deleteIf(e.id, e.client) // [MQTT-4.1.0-2]; not a client that took its id over meanwhile (flota patch)
 	}
 }
 
@@ -1820,8 +1831,18 @@ func (s *Server) clearExpiredRetainedMessages(now int64) {
 
 // clearExpiredInflights deletes any inflight messages which have expired.
 func (s *Server) clearExpiredInflights(now int64) {
-	for _, client := range s.Clients.GetAll() {
-		if deleted := client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval); len(deleted) > 0 {
+	// Only the clients holding an expired message are collected, under the
+	// map's read lock, not a copy of it; ClearExpiredInflights, which calls
+	// hooks, runs after (flota patch).
+	maximumExpiry := s.Options.Capabilities.MaximumMessageExpiryInterval
+	var expiring []*Client
+	s.Clients.forEach(func(_ string, client *Client) {
+		if client.State.Inflight.hasExpired(now, maximumExpiry) {
+			expiring = append(expiring, client)
+		}
+	})
+	for _, client := range expiring {
+		if deleted := client.ClearExpiredInflights(now, maximumExpiry); len(deleted) > 0 {
 			for _, id := range deleted {
 				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})
 			}
