@@ -1442,23 +1442,18 @@ func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 
 // UnsubscribeClient unsubscribes a client from all of their subscriptions.
 func (s *Server) UnsubscribeClient(cl *Client) {
-	i := 0
-	filterMap := cl.State.Subscriptions.GetAll()
-	filters := make([]packets.Subscription, len(filterMap))
-	for k := range filterMap {
-		cl.State.Subscriptions.Delete(k)
-	}
+	// Taken out of the client's map in one go, not copied from it first; a
+	// client's map is keyed on each subscription's filter (flota patch).
+	filters := cl.State.Subscriptions.takeAll()
 
 	if cl.IsTakenOver() {
 		return
 	}
 
-	for k, v := range filterMap {
-		if s.Topics.Unsubscribe(k, cl.ID) {
+	for _, v := range filters {
+		if s.Topics.Unsubscribe(v.Filter, cl.ID) {
 			atomic.AddInt64(&s.Info.Subscriptions, -1)
 		}
-		filters[i] = v
-		i++
 	}
 	s.hooks.OnUnsubscribed(cl, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe}, Filters: filters})
 }

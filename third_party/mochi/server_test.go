@@ -1260,6 +1260,73 @@ func TestServerUnsubscribeClient(t *testing.T) {
 	require.Equal(t, 0, len(subs.Subscriptions))
 }
 
+// unsubscribedHook records the filters of each OnUnsubscribed.
+type unsubscribedHook struct {
+	HookBase
+	got [][]packets.Subscription
+}
+
+func (h *unsubscribedHook) ID() string { return "unsubscribed" }
+
+func (h *unsubscribedHook) Provides(b byte) bool { return b == OnUnsubscribed }
+
+func (h *unsubscribedHook) OnUnsubscribed(_ *Client, pk packets.Packet) {
+	h.got = append(h.got, pk.Filters)
+}
+
+func TestServerUnsubscribeClient_EndsEverySubscriptionAndReportsThem(t *testing.T) {
+	s := newServer()
+	h := new(unsubscribedHook)
+	require.NoError(t, s.AddHook(h, nil))
+	cl := s.NewClient(nil, "t", "dev", false)
+	subs := []packets.Subscription{{Filter: "a/b", Qos: 1}, {Filter: "c/#", Identifier: 3}, {Filter: "$share/g/d"}}
+	for _, sub := range subs {
+		require.True(t, s.Topics.Subscribe(cl.ID, sub))
+		cl.State.Subscriptions.Add(sub.Filter, sub)
+	}
+	atomic.StoreInt64(&s.Info.Subscriptions, 3)
+
+	s.UnsubscribeClient(cl)
+	require.Equal(t, 0, cl.State.Subscriptions.Len())
+	require.Len(t, h.got, 1)
+	require.ElementsMatch(t, subs, h.got[0])
+	require.Empty(t, s.Topics.Subscribers("a/b").Subscriptions)
+	require.Empty(t, s.Topics.Subscribers("c/x").Subscriptions)
+	require.Empty(t, s.Topics.Subscribers("d").Shared)
+	require.Equal(t, int64(0), atomic.LoadInt64(&s.Info.Subscriptions))
+
+	// A client with none reports an empty list, as upstream did.
+	s.UnsubscribeClient(cl)
+	require.Len(t, h.got, 2)
+	require.NotNil(t, h.got[1])
+	require.Empty(t, h.got[1])
+
+	// A client taken over loses its subscriptions but leaves the index to
+	// the client that took its id, and reports nothing.
+	cl.State.Subscriptions.Add(subs[0].Filter, subs[0])
+	require.True(t, s.Topics.Subscribe(cl.ID, subs[0]))
+	cl.State.isTakenOver.Store(true)
+	s.UnsubscribeClient(cl)
+	require.Equal(t, 0, cl.State.Subscriptions.Len())
+	require.Len(t, h.got, 2)
+	require.Contains(t, s.Topics.Subscribers("a/b").Subscriptions, cl.ID)
+}
+
+// BenchmarkServer_UnsubscribeClient measures a device's subscription made
+// and ended as it connects and disconnects: UnsubscribeClient runs for every
+// client that ends with a clean session.
+func BenchmarkServer_UnsubscribeClient(b *testing.B) {
+	s := newServer()
+	cl := s.NewClient(nil, "t", "dev-000042", false)
+	sub := packets.Subscription{Filter: "flota/devices/dev-000042/down/#", Qos: 1}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		s.Topics.Subscribe(cl.ID, sub)
+		cl.State.Subscriptions.Add(sub.Filter, sub)
+		s.UnsubscribeClient(cl)
+	}
+}
+
 func TestServerProcessPacketFailure(t *testing.T) {
 	s := newServer()
 	cl, _, _ := newTestClient()

@@ -278,6 +278,20 @@ func (s *Subscriptions) GetAll() map[string]packets.Subscription {
 	return m
 }
 
+// takeAll empties s and returns the subscriptions it held: a slice, where
+// GetAll and a Delete of each make a map and lock once for each (flota
+// patch).
+func (s *Subscriptions) takeAll() []packets.Subscription {
+	s.Lock()
+	defer s.Unlock()
+	all := make([]packets.Subscription, 0, len(s.internal))
+	for _, v := range s.internal {
+		all = append(all, v)
+	}
+	clear(s.internal)
+	return all
+}
+
 // Get returns a subscriptions for a specific client or filter id.
 func (s *Subscriptions) Get(id string) (val packets.Subscription, ok bool) {
 	s.RLock()
