@@ -8,6 +8,7 @@ package mqtt
 import (
 	"math/bits"
 	"sync"
+	"sync/atomic"
 
 	"github.com/mochi-mqtt/server/v2/mempool"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -41,6 +42,48 @@ func payloadClass(n int) (int, int, bool) {
 	return (k-minPayloadShift+1)*classesPerDoubling + j - 1, 1<<k + j*step, true
 }
 
+// payloadReserveBytes bounds the bytes of the buffers payloadReserve keeps.
+const payloadReserveBytes = 8 << 20
+
+// payloadReserve keeps returned payload buffers by size class, up to
+// payloadReserveBytes in all (payloadReserved counts them), and
+// payloadPools takes those beyond. Every collection empties a sync.Pool of
+// what lay unused since the one before, and a broker moving firmware
+// collects every second or so: the buffers of a burst of deliveries were
+// gone by the next one, which allocated them again. The reserve is not
+// emptied; it holds at most payloadReserveBytes (455 buffers of a 16 KiB
+// chunk's frame, 64 of the largest class), and only once that many buffers
+// were in use at once (flota patch).
+var (
+	payloadReserve  [len(payloadPools)]bufferStack
+	payloadReserved atomic.Int64
+)
+
+// bufferStack is a stack of buffers, the one returned last taken first.
+type bufferStack struct {
+	mu   sync.Mutex
+	bufs []*[]byte
+}
+
+func (s *bufferStack) pop() *[]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(s.bufs)
+	if n == 0 {
+		return nil
+	}
+	h := s.bufs[n-1]
+	s.bufs[n-1] = nil
+	s.bufs = s.bufs[:n-1]
+	return h
+}
+
+func (s *bufferStack) push(h *[]byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bufs = append(s.bufs, h)
+}
+
 // copyPayload returns a copy of p and, when pooled is true and p's size is
 // in the pooled range, the pool handle of the buffer holding it, for
 // putPayload.
@@ -50,7 +93,12 @@ func copyPayload(p []byte, pooled bool) ([]byte, *[]byte) {
 	}
 	if pooled {
 		if i, size, ok := payloadClass(len(p)); ok {
-			h, _ := payloadPools[i].Get().(*[]byte)
+			h := payloadReserve[i].pop()
+			if h != nil {
+				payloadReserved.Add(-int64(size))
+			} else {
+				h, _ = payloadPools[i].Get().(*[]byte)
+			}
 			if h == nil {
 				buf := make([]byte, 0, size)
 				h = &buf
@@ -63,8 +111,9 @@ func copyPayload(p []byte, pooled bool) ([]byte, *[]byte) {
 	return append([]byte(nil), p...), nil
 }
 
-// putPayload returns a buffer from copyPayload to its pool; its capacity
-// says which. Putting the handle back, not the slice, allocates nothing.
+// putPayload returns a buffer from copyPayload to the reserve, or to its
+// pool once the reserve is full; its capacity says which. Putting the
+// handle back, not the slice, allocates nothing.
 func putPayload(h *[]byte) {
 	if h == nil {
 		return
@@ -73,6 +122,13 @@ func putPayload(h *[]byte) {
 	if !ok || size != cap(*h) {
 		return
 	}
+	// Counted before it is pushed, and taken off the count after it is
+	// popped: the reserve never holds more than the count says.
+	if payloadReserved.Add(int64(size)) <= payloadReserveBytes {
+		payloadReserve[i].push(h)
+		return
+	}
+	payloadReserved.Add(-int64(size))
 	payloadPools[i].Put(h)
 }
 

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"io"
 	"net"
+	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -75,6 +76,57 @@ func TestCopyPayload_ReusesReturnedBuffersAndCopiesTheBytes(t *testing.T) {
 	require.True(t, reused, "a returned buffer is reused")
 }
 
+func TestCopyPayload_ReturnedBuffersSurviveCollections(t *testing.T) {
+	// A sync.Pool drops what lay unused for two collections; the reserve
+	// keeps it (flota patch).
+	src := make([]byte, 16404)
+	returned := map[*byte]bool{}
+	var hs []*[]byte
+	for n := 0; n < 32; n++ {
+		_, h := copyPayload(src, true)
+		hs = append(hs, h)
+		returned[&(*h)[:1][0]] = true
+	}
+	for _, h := range hs {
+		putPayload(h)
+	}
+	runtime.GC()
+	runtime.GC()
+	for n := 0; n < 32; n++ {
+		a, h := copyPayload(src, true)
+		require.True(t, returned[&a[0]], "copy %d reuses a returned buffer", n)
+		require.Equal(t, src, a)
+		defer putPayload(h)
+	}
+}
+
+func TestPutPayload_ReserveHoldsNoMoreThanItsBound(t *testing.T) {
+	// More buffers than the reserve may hold, of the largest class and of a
+	// small one, all returned: the reserve keeps up to its bound, the pools
+	// take the rest.
+	var hs []*[]byte
+	for _, size := range []int{maxPooledPayload, 4 << 10} {
+		for n := 0; n <= payloadReserveBytes/size; n++ {
+			_, h := copyPayload(make([]byte, size), true)
+			hs = append(hs, h)
+		}
+	}
+	for _, h := range hs {
+		putPayload(h)
+	}
+	held := 0
+	for i := range payloadReserve {
+		payloadReserve[i].mu.Lock()
+		for _, h := range payloadReserve[i].bufs {
+			held += cap(*h)
+		}
+		payloadReserve[i].mu.Unlock()
+	}
+	require.LessOrEqual(t, held, payloadReserveBytes)
+	require.Greater(t, held, payloadReserveBytes-maxPooledPayload, "full")
+	require.Equal(t, int64(held), payloadReserved.Load())
+}
+
 func TestQueuedCopy_WriterReturnsPooledPacketsOnly(t *testing.T) {
 	r, w := net.Pipe()
 	defer r.Close()
@@ -116,4 +168,52 @@ func TestQueuedCopy_WriterReturnsPooledPacketsOnly(t *testing.T) {
 		require.Equal(t, other, *again)
 	}
 	require.True(t, reused, "a written packet is reused")
+}
+
+// BenchmarkCopyPayload_AcrossCollections measures the payload copies of
+// bursts of 16 KiB chunk frames held at once (queued to many devices) and
+// returned, with a collection after each burst, as the broker sees one
+// every half second to second during a rollout: "steady", the same burst
+// each time; "peaks", a burst of 256 then two of 16, so that the buffers
+// of a peak lie unused for two collections. allocs/op is the figure to
+// watch: each is a buffer the pools did not have.
+func BenchmarkCopyPayload_AcrossCollections(b *testing.B) {
+	src := make([]byte, 16404)
+	for _, tc := range []struct {
+		name   string
+		bursts []int
+	}{
+		{"steady", []int{64}},
+		{"peaks", []int{256, 16, 16}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			held := make([]*[]byte, 0, 256)
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				for n := tc.bursts[i%len(tc.bursts)]; n > 0; n-- {
+					_, h := copyPayload(src, true)
+					held = append(held, h)
+				}
+				for _, h := range held {
+					putPayload(h)
+				}
+				held = held[:0]
+				runtime.GC()
+			}
+		})
+	}
+}
+
+// BenchmarkCopyPayload_Pooled measures a pooled copy of a 16 KiB chunk
+// frame and its return, with no collection in between: the cost of the
+// pools themselves.
+func BenchmarkCopyPayload_Pooled(b *testing.B) {
+	src := make([]byte, 16404)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			_, h := copyPayload(src, true)
+			putPayload(h)
+		}
+	})
 }
