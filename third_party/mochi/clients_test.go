@@ -148,6 +148,24 @@ func TestNewClient(t *testing.T) {
 	require.False(t, cl.Net.Inline)
 }
 
+// BenchmarkNewClient measures the client made for each connection, with the
+// options flota's broker sets (a 512-byte read buffer, a queue of 256), and
+// its CONNECT parsed, as a device's (MQTT 3.1.1).
+func BenchmarkNewClient(b *testing.B) {
+	r, w := net.Pipe()
+	defer r.Close()
+	defer w.Close()
+	s := New(&Options{Logger: logger, ClientNetReadBufferSize: 512})
+	s.Options.Capabilities.MaximumClientWritesPending = 256
+	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "dev-000042"}}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		cl := s.NewClient(w, "t", "", false)
+		cl.ParseConnect("t", connect)
+	}
+}
+
 func TestClientParseConnect(t *testing.T) {
 	cl, _, _ := newTestClient()
 
