@@ -363,7 +363,9 @@ func (e *Engine) publishEvents(evs []fleet.Event) {
 		if ev.UpdateID == "" {
 			continue
 		}
-		if err := e.Transport.Publish(protocol.UpdateEventsTopic(ev.UpdateID), protocol.Encode(protocol.Event(ev)), false, 1); err != nil {
+		// One allocation per event (publishDeviceStatus); the event stream's
+		// inline subscriber keeps it.
+		if err := e.Transport.Publish(protocol.UpdateEventsTopic(ev.UpdateID), protocol.Event(ev).AppendJSON(make([]byte, 0, 256)), false, 1); err != nil {
 			e.Logger.Warn("publish event", "seq", ev.Seq, "err", err)
 		}
 	}

@@ -207,7 +207,9 @@ func (st deviceStatus) AppendJSON(b []byte) []byte {
 func (e *Engine) publishDeviceStatus(t *target) {
 	st := deviceStatus{Device: t.p.DeviceID, Update: t.r.u.ID, State: t.p.State, Offset: t.p.Offset, Size: t.r.fw.Size,
 		Attempt: t.p.Attempts, Reason: t.p.Reason, Version: t.r.fw.Version, Time: t.p.UpdatedAt}
-	if err := e.Transport.Publish(protocol.DeviceStatusTopic(t.p.DeviceID), protocol.Encode(st), true, 1); err != nil {
+	// Appended into one allocation: through Encode, st would be boxed and
+	// the encoding copied once more. Inline subscribers may keep the payload.
+	if err := e.Transport.Publish(protocol.DeviceStatusTopic(t.p.DeviceID), st.AppendJSON(make([]byte, 0, 256)), true, 1); err != nil {
 		e.Logger.Warn("publish device status", "device", t.p.DeviceID, "err", err)
 	}
 }
