@@ -37,13 +37,24 @@ func AppendJSONString(b []byte, s string) []byte {
 }
 
 // AppendJSONTime appends t as encoding/json writes a time.Time (RFC 3339
-// with nanoseconds, quoted); false for a year that encoding/json refuses.
+// with nanoseconds, quoted); false, with b as it was, for a time that
+// encoding/json refuses because RFC 3339 cannot write it: a year outside
+// [0,9999] or a zone offset of 24 hours or more (the checks of
+// time.Time.MarshalJSON, on the same text).
 func AppendJSONTime(b []byte, t time.Time) ([]byte, bool) {
-	if y := t.Year(); y < 0 || y > 9999 {
-		return b, false
-	}
+	n0 := len(b)
 	b = append(b, '"')
 	b = t.AppendFormat(b, time.RFC3339Nano)
+	s := b[n0+1:]
+	if len(s) < len("2006-01-02T15:04:05Z") || s[len("2006")] != '-' {
+		return b[:n0], false
+	}
+	if s[len(s)-1] != 'Z' {
+		z := s[len(s)-len("-07:00"):]
+		if ('0' <= z[0] && z[0] <= '9') || 10*(z[1]-'0')+(z[2]-'0') >= 24 {
+			return b[:n0], false
+		}
+	}
 	return append(b, '"'), true
 }
 
