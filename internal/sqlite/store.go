@@ -32,7 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	_ "github.com/mattn/go-sqlite3" // registers the "sqlite3" driver
+	"github.com/mattn/go-sqlite3" // registers the "sqlite3" driver (the reader's); writerconn.go
 
 	"github.com/flotaio/flota/internal/fleet"
 )
@@ -198,10 +198,7 @@ func (s *Store) Open() (err error) {
 			s.closeDBs()
 		}
 	}()
-	s.writer, err = sql.Open("sqlite3", s.Path()+"?"+writerPragmas)
-	if err != nil {
-		return fmt.Errorf("open store: %w", err)
-	}
+	s.writer = sql.OpenDB(writerConnector{dsn: s.Path() + "?" + writerPragmas, drv: &sqlite3.SQLiteDriver{}})
 	s.writer.SetMaxOpenConns(1)
 	s.writer.SetMaxIdleConns(1)
 	s.writer.SetConnMaxLifetime(0)

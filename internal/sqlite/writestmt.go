@@ -97,6 +97,9 @@ func (ws *writeStmts) prepare(ctx context.Context, dc any) error {
 		if !ok {
 			return errors.Join(fmt.Errorf("driver statement %T cannot query with a context", st), st.Close(), ws.closeStmts())
 		}
+		if o, ok := dc.(interface{ own(driver.Stmt) }); ok {
+			o.own(st) // finalized before its connection closes (writerconn.go)
+		}
 		p.st.st = q
 		p.st.times = &ws.times
 		p.st.args = make([]driver.NamedValue, st.NumInput())

@@ -2,9 +2,13 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -170,4 +174,88 @@ func TestStore_WritesAfterWriterConnectionReplaced(t *testing.T) {
 	evs, err := s.Events(ctx, "up", 0, 0)
 	require.NoError(t, err)
 	assert.Len(t, evs, 1)
+}
+
+// storeFiles counts this process's open files under dir (Linux), which a
+// SQLite connection kept alive by an unfinalized statement holds.
+func storeFiles(t *testing.T, dir string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd:", err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && strings.HasPrefix(l, dir) {
+			n++
+		}
+	}
+	return n
+}
+
+func TestStore_ReplacedWriterConnectionReleasesItsFilesAndCloseSucceeds(t *testing.T) {
+	dir := t.TempDir()
+	s := New(dir)
+	s.Logger = slog.New(slog.DiscardHandler)
+	require.NoError(t, s.Open())
+	ctx := context.Background()
+	addUpdate(t, s, "up", "d1")
+	require.NoError(t, s.Flush(ctx))
+	base := storeFiles(t, dir)
+	for i := range 3 {
+		require.NoError(t, s.doSync(ctx, func() error {
+			conn, err := s.writer.Conn(ctx)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+			return nil
+		}))
+		// The connection is gone with the statements prepared on it; its
+		// files too, not kept by them.
+		assert.Less(t, storeFiles(t, dir), base, "after replacement %d: the writer's files are closed", i+1)
+		require.NoError(t, s.SaveProgress(fleet.Progress{UpdateID: "up", DeviceID: "d1", State: fleet.StateOffered}, uint32(i)))
+		require.NoError(t, s.Flush(ctx))
+		assert.Equal(t, base, storeFiles(t, dir), "after replacement %d and a write", i+1)
+	}
+	// Replaced once more, and closed before a write prepared anew.
+	require.NoError(t, s.doSync(ctx, func() error {
+		conn, err := s.writer.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		return nil
+	}))
+	assert.NoError(t, s.Close())
+	assert.Zero(t, storeFiles(t, dir))
+}
+
+func TestStore_WriterKeepsItsConnectionWhenATransactionsContextEnds(t *testing.T) {
+	s := newTestStore(t, "")
+	ctx := context.Background()
+	addUpdate(t, s, "up", "d1")
+	require.NoError(t, s.Flush(ctx))
+	before := s.stmts.conn
+	require.NoError(t, s.doSync(ctx, func() error {
+		tctx, cancel := context.WithCancel(ctx)
+		tx, err := s.writer.BeginTx(tctx, nil)
+		if err != nil {
+			cancel()
+			return err
+		}
+		cancel() // database/sql rolls back, and keeps the connection
+		assert.Eventually(t, func() bool { return errors.Is(tx.Commit(), sql.ErrTxDone) }, 5*time.Second, time.Millisecond)
+		return nil
+	}))
+	require.NoError(t, s.SaveProgress(fleet.Progress{UpdateID: "up", DeviceID: "d1", State: fleet.StateOffered}, 1))
+	require.NoError(t, s.Flush(ctx))
+	assert.Same(t, before, s.stmts.conn, "the statements' connection is still the writer's")
+	assert.Equal(t, int64(0), s.writer.Stats().MaxIdleClosed+s.writer.Stats().MaxLifetimeClosed)
+	rows, err := s.AllProgress(ctx, "up")
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	assert.Equal(t, fleet.StateOffered, rows[0].State)
 }
