@@ -176,6 +176,23 @@ func TestStore_WritesAfterWriterConnectionReplaced(t *testing.T) {
 	assert.Len(t, evs, 1)
 }
 
+// replaceWriterConn makes database/sql close the writer's connection, as it
+// does one whose driver reports it bad; the next write opens another.
+func replaceWriterConn(t *testing.T, s *Store) {
+	t.Helper()
+	ctx := context.Background()
+	require.NoError(t, s.doSync(ctx, func() error {
+		conn, err := s.writer.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		err = conn.Raw(func(any) error { return driver.ErrBadConn })
+		assert.ErrorIs(t, err, driver.ErrBadConn)
+		return nil
+	}))
+}
+
 // storeFiles counts this process's open files under dir (Linux), which a
 // SQLite connection kept alive by an unfinalized statement holds.
 func storeFiles(t *testing.T, dir string) int {
@@ -203,15 +220,7 @@ func TestStore_ReplacedWriterConnectionReleasesItsFilesAndCloseSucceeds(t *testi
 	require.NoError(t, s.Flush(ctx))
 	base := storeFiles(t, dir)
 	for i := range 3 {
-		require.NoError(t, s.doSync(ctx, func() error {
-			conn, err := s.writer.Conn(ctx)
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-			return nil
-		}))
+		replaceWriterConn(t, s)
 		// The connection is gone with the statements prepared on it; its
 		// files too, not kept by them.
 		assert.Less(t, storeFiles(t, dir), base, "after replacement %d: the writer's files are closed", i+1)
@@ -220,15 +229,7 @@ func TestStore_ReplacedWriterConnectionReleasesItsFilesAndCloseSucceeds(t *testi
 		assert.Equal(t, base, storeFiles(t, dir), "after replacement %d and a write", i+1)
 	}
 	// Replaced once more, and closed before a write prepared anew.
-	require.NoError(t, s.doSync(ctx, func() error {
-		conn, err := s.writer.Conn(ctx)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
-		return nil
-	}))
+	replaceWriterConn(t, s)
 	assert.NoError(t, s.Close())
 	assert.Zero(t, storeFiles(t, dir))
 }
