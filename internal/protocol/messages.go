@@ -110,17 +110,20 @@ type DecodeError struct {
 func (e *DecodeError) Error() string { return "decode " + e.Kind + ": " + e.Err.Error() }
 func (e *DecodeError) Unwrap() error { return e.Err }
 
-func decode(kind string, b []byte, v any, version func() int) error {
+// decode unmarshals b into a T with encoding/json and checks its size and
+// version (the v field, which version returns).
+func decode[T any](kind string, b []byte, version func(*T) int) (T, error) {
+	var m T
 	if len(b) > MaxControlSize {
-		return &DecodeError{kind, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(b))}
+		return m, &DecodeError{kind, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(b))}
 	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return &DecodeError{kind, err}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, &DecodeError{kind, err}
 	}
-	if got := version(); got != Version {
-		return &DecodeError{kind, fmt.Errorf("%w: %d", ErrBadVersion, got)}
+	if got := version(&m); got != Version {
+		return m, &DecodeError{kind, fmt.Errorf("%w: %d", ErrBadVersion, got)}
 	}
-	return nil
+	return m, nil
 }
 
 func invalid(kind string, err error, format string, args ...any) error {
@@ -129,8 +132,8 @@ func invalid(kind string, err error, format string, args ...any) error {
 
 // DecodeHello parses and validates a hello.
 func DecodeHello(b []byte) (Hello, error) {
-	var m Hello
-	if err := decode(KindHello, b, &m, func() int { return m.V }); err != nil {
+	m, err := decode(KindHello, b, func(m *Hello) int { return m.V })
+	if err != nil {
 		return Hello{}, err
 	}
 	if m.Version == "" {
@@ -147,11 +150,15 @@ func DecodeHello(b []byte) (Hello, error) {
 	return m, nil
 }
 
-// DecodeReport parses and validates a report.
+// DecodeReport parses and validates a report: one in the canonical form
+// of Report.AppendJSON without reflection, any other with encoding/json.
 func DecodeReport(b []byte) (Report, error) {
-	var m Report
-	if err := decode(KindReport, b, &m, func() int { return m.V }); err != nil {
-		return Report{}, err
+	m, ok := scanReport(b)
+	if !ok {
+		var err error
+		if m, err = decode(KindReport, b, func(m *Report) int { return m.V }); err != nil {
+			return Report{}, err
+		}
 	}
 	if m.Update == "" {
 		return Report{}, invalid(KindReport, ErrMissing, "update")
@@ -172,11 +179,15 @@ func DecodeReport(b []byte) (Report, error) {
 	return m, nil
 }
 
-// DecodeAck parses and validates an ack.
+// DecodeAck parses and validates an ack: one in the canonical form of
+// Ack.AppendJSON without reflection, any other with encoding/json.
 func DecodeAck(b []byte) (Ack, error) {
-	var m Ack
-	if err := decode(KindAck, b, &m, func() int { return m.V }); err != nil {
-		return Ack{}, err
+	m, ok := scanAck(b)
+	if !ok {
+		var err error
+		if m, err = decode(KindAck, b, func(m *Ack) int { return m.V }); err != nil {
+			return Ack{}, err
+		}
 	}
 	if m.Offset < 0 {
 		return Ack{}, invalid(KindAck, ErrBadValue, "offset %d", m.Offset)
@@ -186,8 +197,8 @@ func DecodeAck(b []byte) (Ack, error) {
 
 // DecodeOffer parses an offer (device side).
 func DecodeOffer(b []byte) (Offer, error) {
-	var m Offer
-	if err := decode(KindOffer, b, &m, func() int { return m.V }); err != nil {
+	m, err := decode(KindOffer, b, func(m *Offer) int { return m.V })
+	if err != nil {
 		return Offer{}, err
 	}
 	if m.Update == "" || m.Firmware.Size < 0 || m.ChunkSize <= 0 || m.ChunkSize > MaxChunkPayload || m.Window <= 0 {
@@ -198,8 +209,8 @@ func DecodeOffer(b []byte) (Offer, error) {
 
 // DecodeCancel parses a cancel (device side).
 func DecodeCancel(b []byte) (Cancel, error) {
-	var m Cancel
-	if err := decode(KindCancel, b, &m, func() int { return m.V }); err != nil {
+	m, err := decode(KindCancel, b, func(m *Cancel) int { return m.V })
+	if err != nil {
 		return Cancel{}, err
 	}
 	if m.Update == "" {
