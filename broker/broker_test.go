@@ -336,15 +336,7 @@ func BenchmarkBroker_PublishToDevice(b *testing.B) {
 	payload := bytes.Repeat([]byte{0xA5}, size)
 	b.SetBytes(size)
 	b.ResetTimer()
-	for range b.N {
-		window <- struct{}{}
-		if err := br.Publish(topic, payload, false, 1); err != nil {
-			b.Fatal(err)
-		}
-	}
-	for range fleet.DefaultWindow {
-		window <- struct{}{} // every chunk delivered
-	}
+	publishThroughWindow(b, br, window, topic, payload, 1)
 	b.StopTimer()
 	require.EqualValues(b, b.N, received.Load())
 	b.ReportMetric(float64(br.Stats().MessagesDropped), "drops")
