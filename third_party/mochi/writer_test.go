@@ -385,3 +385,251 @@ func TestWriteQueuedBatch_WriteErrorCountsNothingAndEmptiesTheQueue(t *testing.T
 	require.Zero(t, atomic.LoadInt64(&info.BytesSent))
 	require.Zero(t, sent.packets.Load())
 }
+
+var errWriteFailed = errors.New("write failed")
+
+// writeCountingConn counts the writes to a connection, and fails them
+// once fail is set.
+type writeCountingConn struct {
+	net.Conn
+	writes atomic.Int64
+	fail   atomic.Bool
+}
+
+func (c *writeCountingConn) Write(p []byte) (int, error) {
+	if c.fail.Load() {
+		return 0, errWriteFailed
+	}
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// rawPacket is a packet as a client reads it.
+type rawPacket struct {
+	typ  byte
+	body []byte
+}
+
+// ackClient is the client end of a connection that s serves.
+type ackClient struct {
+	t       *testing.T
+	conn    net.Conn
+	packets chan rawPacket // what the client reads, closed when reading ends
+	done    chan error     // what EstablishConnection returned
+}
+
+// connectClient connects client to s through server, which s serves, and
+// reads the CONNACK; the client then reads packets into c.packets.
+func connectClient(t *testing.T, s *Server, server, client net.Conn, id string) *ackClient {
+	c := &ackClient{t: t, conn: client, packets: make(chan rawPacket, 64), done: make(chan error, 1)}
+	t.Cleanup(func() { // before the server's Close, which waits for its clients
+		_ = client.Close()
+		_ = server.Close()
+	})
+	go func() { c.done <- s.EstablishConnection("tcp", server) }()
+	go func() {
+		defer close(c.packets)
+		r := bufio.NewReader(client)
+		for {
+			typ, err := r.ReadByte()
+			if err != nil {
+				return
+			}
+			n, _, err := packets.DecodeLength(r)
+			if err != nil {
+				return
+			}
+			body := make([]byte, n)
+			if _, err := io.ReadFull(r, body); err != nil {
+				return
+			}
+			c.packets <- rawPacket{typ: typ >> 4, body: body}
+		}
+	}()
+	var buf bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: id}}
+	require.NoError(t, pk.ConnectEncode(&buf))
+	c.send(buf.Bytes())
+	require.Equal(t, packets.Connack, c.next().typ)
+	return c
+}
+
+func (c *ackClient) send(b []byte) {
+	_, err := c.conn.Write(b)
+	require.NoError(c.t, err)
+}
+
+// next returns the next packet the client reads.
+func (c *ackClient) next() rawPacket {
+	c.t.Helper()
+	select {
+	case pk, ok := <-c.packets:
+		require.True(c.t, ok, "the connection ended")
+		return pk
+	case <-time.After(5 * time.Second):
+		c.t.Fatal("nothing arrived")
+		return rawPacket{}
+	}
+}
+
+// nextPuback reads the next packet and checks that it is the PUBACK of id.
+func (c *ackClient) nextPuback(id uint16) {
+	c.t.Helper()
+	pk := c.next()
+	require.Equal(c.t, packets.Puback, pk.typ, "the PUBACK of %d", id)
+	require.Equal(c.t, encodeUint16(id), pk.body)
+}
+
+// nextPublish reads the next packet and checks that it is a QoS 0 PUBLISH
+// of payload.
+func (c *ackClient) nextPublish(payload string) {
+	c.t.Helper()
+	pk := c.next()
+	require.Equal(c.t, packets.Publish, pk.typ, "the PUBLISH of %q", payload)
+	require.True(c.t, bytes.HasSuffix(pk.body, []byte(payload)), "the PUBLISH of %q", payload)
+}
+
+func encodeUint16(v uint16) []byte { return []byte{byte(v >> 8), byte(v)} }
+
+// qos1Publishes encodes a QoS 1 PUBLISH to t/{id} for each id.
+func qos1Publishes(t *testing.T, ids ...uint16) []byte {
+	var buf bytes.Buffer
+	for _, id := range ids {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: 4,
+			TopicName: fmt.Sprintf("t/%d", id), PacketID: id, Payload: []byte("report")}
+		require.NoError(t, pk.PublishEncode(&buf))
+	}
+	return buf.Bytes()
+}
+
+func newAckServer(t *testing.T) *Server {
+	s := New(&Options{Logger: logger})
+	require.NoError(t, s.AddHook(new(AllowHook), nil))
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestReadLoop_AcksOfBufferedPublishesGoOutInOneWrite(t *testing.T) {
+	s := newAckServer(t)
+	server, client := net.Pipe() // a write is read whole: the four publishes are buffered together
+	counting := &writeCountingConn{Conn: server}
+	c := connectClient(t, s, counting, client, "burst")
+	before := counting.writes.Load()
+
+	c.send(qos1Publishes(t, 1, 2, 3, 4))
+	for id := uint16(1); id <= 4; id++ {
+		c.nextPuback(id)
+	}
+	require.EqualValues(t, 1, counting.writes.Load()-before, "the four PUBACKs in one write")
+}
+
+func TestReadLoop_NothingHeldWhileWaitingForInput(t *testing.T) {
+	s := newAckServer(t)
+	server, client := net.Pipe()
+	c := connectClient(t, s, server, client, "lone")
+
+	// A lone publish is acknowledged without more input.
+	c.send(qos1Publishes(t, 1))
+	c.nextPuback(1)
+
+	// Two publishes and the start of a third: the read loop waits for the
+	// rest of it with the two acknowledged.
+	three := qos1Publishes(t, 2, 3, 4)
+	cut := len(three) - 5
+	c.send(three[:cut])
+	c.nextPuback(2)
+	c.nextPuback(3)
+	c.send(three[cut:])
+	c.nextPuback(4)
+}
+
+// sideWriteHook writes to the client from another goroutine while the read
+// loop handles its publishes to t/2 (a delivery through the queue, waiting
+// until the writer has written it) and t/3 (a direct write).
+type sideWriteHook struct {
+	HookBase
+	s *Server
+}
+
+func (h *sideWriteHook) ID() string           { return "side-writes" }
+func (h *sideWriteHook) Provides(b byte) bool { return b == OnPublish }
+
+func (h *sideWriteHook) OnPublish(cl *Client, pk packets.Packet) (packets.Packet, error) {
+	out := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "side"}
+	done := make(chan error, 1)
+	switch pk.TopicName {
+	case "t/2":
+		out.Payload = []byte("queued")
+		go func() {
+			_, err := h.s.publishToClient(cl, packets.Subscription{Filter: "side"}, out)
+			waitWritten(cl)
+			done <- err
+		}()
+	case "t/3":
+		out.Payload = []byte("direct")
+		go func() { done <- cl.WritePacket(out) }()
+	default:
+		done <- nil
+	}
+	return pk, <-done
+}
+
+func TestReadLoop_HeldAcksGoOutAheadOfOtherWrites(t *testing.T) {
+	for name, pair := range map[string]func(t *testing.T) (net.Conn, net.Conn){
+		"pipe": func(*testing.T) (net.Conn, net.Conn) { return net.Pipe() },
+		"tcp":  tcpPair, // the writer's batches take outbuf along
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := newAckServer(t)
+			require.NoError(t, s.AddHook(&sideWriteHook{s: s}, nil))
+			server, client := pair(t)
+			c := connectClient(t, s, server, client, "side-"+name)
+
+			c.send(qos1Publishes(t, 1, 2, 3, 4))
+			// As they were written before: each acknowledgement as its
+			// publish is handled, the other writes as they were made.
+			c.nextPuback(1)
+			c.nextPublish("queued")
+			c.nextPuback(2)
+			c.nextPublish("direct")
+			c.nextPuback(3)
+			c.nextPuback(4)
+		})
+	}
+}
+
+func TestReadLoop_AckHeldBeforeADisconnectIsSent(t *testing.T) {
+	s := newAckServer(t)
+	server, client := net.Pipe()
+	c := connectClient(t, s, server, client, "leaving")
+
+	var disconnect bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 4}
+	require.NoError(t, pk.DisconnectEncode(&disconnect))
+	c.send(append(qos1Publishes(t, 1), disconnect.Bytes()...))
+	c.nextPuback(1)
+	_, ok := <-c.packets
+	require.False(t, ok, "then the connection ends")
+	require.NoError(t, <-c.done)
+}
+
+func TestReadLoop_FailedWriteOfHeldAcksEndsTheClient(t *testing.T) {
+	s := newAckServer(t)
+	server, client := net.Pipe()
+	counting := &writeCountingConn{Conn: server}
+	c := connectClient(t, s, counting, client, "failing")
+	cl, ok := s.Clients.Get("failing")
+	require.True(t, ok)
+
+	counting.fail.Store(true)
+	c.send(qos1Publishes(t, 1, 2))
+	select {
+	case err := <-c.done:
+		require.ErrorIs(t, err, errWriteFailed, "the read loop ends with the write's error, as when an acknowledgement was written at once")
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client did not end")
+	}
+	require.True(t, cl.Closed())
+	require.ErrorIs(t, cl.StopCause(), errWriteFailed)
+}
