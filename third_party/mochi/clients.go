@@ -143,12 +143,10 @@ type Client struct {
 type ClientConnection struct {
 	Conn     net.Conn      // the net.Conn used to establish the connection
 	bconn    *bufio.Reader // a buffered net.Conn for reading packets
-	outbuf   *bytes.Buffer // a buffer for writing packets, from encodeBuffers (flota patch)
+	outbuf   *bytes.Buffer // a buffer for writing packets
 	Remote   string        // the remote address of the client
 	Listener string        // listener id of the client
 	Inline   bool          // if true, the client is the built-in 'inline' embedded client
-	holdAcks bool          // under the client's lock: acknowledgements wait in outbuf for the read loop (flota patch)
-	holding  bool          // the read loop's own: it set holdAcks and has yet to flush (flota patch)
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -417,7 +415,7 @@ func (cl *Client) writeBatched(wb *writeBatch) (int64, error) {
 	if buffered > 0 {
 		written := int(min(n, int64(buffered)))
 		if written == buffered {
-			cl.putOutbuf()
+			cl.Net.outbuf = nil
 		} else {
 			cl.Net.outbuf.Next(written) // kept for the next write, as flushOutbuf keeps it
 		}
@@ -613,7 +611,6 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 		fh := new(packets.FixedHeader)
 		err = cl.ReadFixedHeader(fh)
 		if err != nil {
-			_ = cl.releaseAcks() // the acknowledgements held go out before the client ends, as they would have
 			return err
 		}
 
@@ -629,79 +626,13 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 // struct, is not in Read's frame: Read waits for the next header with a
 // small stack above it, which the runtime can then shrink (flota patch).
 //
-// While the next packet is already in the read buffer, the acknowledgements
-// of the publish flow (PUBACK, PUBREC, PUBREL, PUBCOMP) that handling this
-// one writes wait in outbuf, to go out with those of the packets after it in
-// one write, instead of a write each: releaseAcks writes them once the
-// buffer holds no whole packet, before the read loop can wait for input,
-// and before it handles any other kind of packet (a DISCONNECT ends the
-// connection); any other write to the client meanwhile takes them along
-// ahead of its own (flota patch).
-//
 //go:noinline
 func (cl *Client) readAndHandle(fh *packets.FixedHeader, packetHandler ReadFn) error {
 	pk, err := cl.ReadPacket(fh)
 	if err != nil {
-		_ = cl.releaseAcks()
 		return err
 	}
-	more := cl.nextPacketBuffered()
-	switch {
-	case pk.FixedHeader.Type < packets.Publish || pk.FixedHeader.Type > packets.Pubcomp:
-		if err := cl.releaseAcks(); err != nil {
-			return err
-		}
-	case more && !cl.Net.holding:
-		cl.Lock()
-		cl.Net.holdAcks = true
-		cl.Unlock()
-		cl.Net.holding = true
-	}
-	err = packetHandler(cl, pk) // Process inbound packet.
-	if !more || err != nil {
-		if rerr := cl.releaseAcks(); err == nil {
-			err = rerr
-		}
-	}
-	return err
-}
-
-// nextPacketBuffered reports whether the read buffer holds the whole of the
-// next packet, which the read loop then reads without waiting (flota
-// patch).
-func (cl *Client) nextPacketBuffered() bool {
-	n := cl.Net.bconn.Buffered()
-	b, _ := cl.Net.bconn.Peek(min(n, 5)) // buffered: Peek does not read
-	remaining, shift := 0, 0
-	for i := 1; i < len(b); i++ { // the remaining length, after the first byte
-		remaining |= int(b[i]&0x7f) << shift
-		if b[i]&0x80 == 0 {
-			return n >= i+1+remaining
-		}
-		shift += 7
-	}
-	return false
-}
-
-// releaseAcks ends the holding of acknowledgements that readAndHandle
-// began and writes what outbuf holds; a write error ends the client, as
-// that of an acknowledgement written at once did (flota patch).
-func (cl *Client) releaseAcks() error {
-	if !cl.Net.holding {
-		return nil
-	}
-	cl.Net.holding = false
-	cl.Lock()
-	defer cl.Unlock()
-	cl.Net.holdAcks = false
-	return cl.flushOutbuf()
-}
-
-// writeAck writes an acknowledgement that the read loop sends for a packet
-// it handles: held in outbuf while the read loop holds them (readAndHandle),
-// at once otherwise, as WritePacket writes (flota patch).
-func (cl *Client) writeAck(pk packets.Packet) error {
-	return cl.writePacket(&pk, true)
+	return packetHandler(cl, pk) // Process inbound packet.
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
@@ -839,12 +770,6 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 // WritePacket encodes and writes a packet to the client.
 func (cl *Client) WritePacket(pk packets.Packet) error {
-	return cl.writePacket(&pk, false)
-}
-
-// writePacket is WritePacket; ack says that pk is an acknowledgement the
-// read loop may hold (writeAck: flota patch).
-func (cl *Client) writePacket(pk *packets.Packet, ack bool) error {
 	if cl.Closed() {
 		return ErrConnectionClosed
 	}
@@ -855,14 +780,14 @@ func (cl *Client) writePacket(pk *packets.Packet, ack bool) error {
 
 	buf := encodeBuffers.Get()
 	defer encodeBuffers.Put(buf)
-	if err := cl.encodePacket(pk, buf); err != nil {
+	if err := cl.encodePacket(&pk, buf); err != nil {
 		return err
 	}
 
 	n, err := func() (int64, error) {
 		cl.Lock()
 		defer cl.Unlock()
-		if len(cl.State.outbound) == 0 && !(ack && cl.Net.holdAcks) {
+		if len(cl.State.outbound) == 0 {
 			if cl.Net.outbuf == nil {
 				return cl.writeEncoded(buf)
 			}
@@ -873,13 +798,12 @@ func (cl *Client) writePacket(pk *packets.Packet, ack bool) error {
 			return int64(n), err
 		}
 
-		// there are more writes in the queue, or the read loop holds its
-		// acknowledgements (flota patch)
+		// there are more writes in the queue
 		if cl.Net.outbuf == nil {
 			if buf.Len() >= cl.ops.options.ClientNetWriteBufferSize {
 				return cl.writeEncoded(buf)
 			}
-			cl.Net.outbuf = encodeBuffers.Get() // not grown afresh for every burst (flota patch)
+			cl.Net.outbuf = new(bytes.Buffer)
 		}
 
 		n, _ := cl.Net.outbuf.Write(buf.Bytes()) // will always be successful
@@ -894,7 +818,7 @@ func (cl *Client) writePacket(pk *packets.Packet, ack bool) error {
 		return err
 	}
 
-	cl.packetSent(pk, n, buf.Bytes())
+	cl.packetSent(&pk, n, buf.Bytes())
 	return nil
 }
 
@@ -998,13 +922,7 @@ func (cl *Client) flushOutbuf() (err error) {
 
 	_, err = cl.Net.outbuf.WriteTo(cl.Net.Conn)
 	if err == nil {
-		cl.putOutbuf()
+		cl.Net.outbuf = nil
 	}
 	return
-}
-
-// putOutbuf returns the emptied outbuf to encodeBuffers (flota patch).
-func (cl *Client) putOutbuf() {
-	encodeBuffers.Put(cl.Net.outbuf)
-	cl.Net.outbuf = nil
 }

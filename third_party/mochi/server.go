@@ -986,7 +986,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
 	}
 
-	err = cl.writeAck(ack) // held while more packets are buffered: flota patch
+	err = cl.WritePacket(ack)
 	if err != nil {
 		return err
 	}
@@ -1273,8 +1273,7 @@ func (s *Server) processPubrec(cl *Client, pk packets.Packet) error {
 	ack := s.buildAck(pk.PacketID, packets.Pubrel, 1, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-4] ![MQTT-4.3.3-6]
 	cl.State.Inflight.DecreaseReceiveQuota()                                              // -1 RECV QUOTA
 	cl.State.Inflight.Set(ack)                                                            // [MQTT-4.3.3-5]
-	// held while more packets are buffered: flota patch
-	return cl.writeAck(ack)
+	return cl.WritePacket(ack)
 }
 
 // processPubrel processes a Pubrel packet, denoting completion of a QOS 2 packet sent from the client.
@@ -1294,7 +1293,7 @@ func (s *Server) processPubrel(cl *Client, pk packets.Packet) error {
 	ack := s.buildAck(pk.PacketID, packets.Pubcomp, 0, pk.Properties, packets.CodeSuccess) // [MQTT-4.3.3-11]
 	cl.State.Inflight.Set(ack)
 
-	err := cl.writeAck(ack) // held while more packets are buffered: flota patch
+	err := cl.WritePacket(ack)
 	if err != nil {
 		return err
 	}
