@@ -60,9 +60,12 @@ type writerConn struct {
 // nothing to reset (database/sql.SessionResetter).
 func (c *writerConn) ResetSession(context.Context) error { return nil }
 
-// IsValid reports that the connection may be used again after a
-// transaction ended by its context (database/sql.Validator).
-func (c *writerConn) IsValid() bool { return true }
+// IsValid reports whether the connection may be used again
+// (database/sql.Validator): after a transaction ended by its context it may,
+// once the transaction is rolled back. One still in a transaction (an I/O
+// error that a rollback could not end) is not: every BEGIN on it would
+// fail.
+func (c *writerConn) IsValid() bool { return c.AutoCommit() }
 
 // own makes st finalized when the connection closes, if it is not by then.
 func (c *writerConn) own(st driver.Stmt) {
