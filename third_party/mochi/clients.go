@@ -290,10 +290,14 @@ func (cl *Client) writeQueued(pk *packets.Packet) {
 // more once they hold maxBatchBytes encoded, to write them with one system
 // call (flota patch). With outbuf ahead of them that is 16 iovecs, an
 // array of 256 bytes that the runtime keeps for each connection's next
-// writev.
+// writev. The byte bound is small because the client's lock is held for
+// the whole write, which every other write to the client (a PUBACK from
+// its read goroutine) and NextPacketID wait for, and the encoded copies of
+// the batch are live until it is written: on a slow link 64 KiB is four
+// 16 KiB chunks, as many as one device ack lets the engine send.
 const (
 	maxBatchPackets = 15
-	maxBatchBytes   = 256 << 10
+	maxBatchBytes   = 64 << 10
 )
 
 // writeBatch holds the queued packets a writer encodes and writes at once,
