@@ -1,10 +1,8 @@
 package broker
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -122,56 +120,6 @@ func BenchmarkBroker_ChunkWindowWrites(b *testing.B) {
 			require.Zero(b, br.Stats().MessagesDropped)
 		})
 	}
-}
-
-// BenchmarkBroker_ReportBurstAcks has a device send four QoS 1 reports back
-// to back, in one write as a device's MQTT client flushes them, and read
-// their four PUBACKs, over loopback TCP. writes/burst counts the broker's
-// write system calls, cpu-ns/burst the CPU time of both ends.
-func BenchmarkBroker_ReportBurstAcks(b *testing.B) {
-	const burst = 4
-	br, _ := openBroker(b, Options{RateLimit: -1}, nil)
-	c, r := connectRaw(b, br, "dev-burst", 4)
-
-	topic := protocol.UpTopic("dev-burst", protocol.KindReport)
-	var out bytes.Buffer
-	for i := range burst {
-		report := protocol.Report{V: protocol.Version, Update: "upd-0123456789", Handle: 7,
-			State: fleet.StateDownloading, Offset: int64(i) << 14}
-		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: topic,
-			PacketID: uint16(i + 1), Payload: report.AppendJSON(nil), ProtocolVersion: 4}
-		require.NoError(b, pk.PublishEncode(&out))
-	}
-	require.LessOrEqual(b, out.Len(), ClientReadBuffer, "the burst fits the broker's read buffer")
-	pc := &processCounter{tb: b, client: int64(b.N)}
-
-	b.ReportAllocs()
-	b.ResetTimer()
-	pc.begin()
-	for range b.N {
-		if _, err := c.conn.Write(out.Bytes()); err != nil {
-			b.Fatal(err)
-		}
-		for i := range burst {
-			if err := readPuback(r, uint16(i+1)); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-	b.StopTimer()
-	pc.report(b, int64(b.N), "burst")
-}
-
-// readPuback reads one packet from r and checks that it is the PUBACK of id.
-func readPuback(r *bufio.Reader, id uint16) error {
-	var ack [4]byte
-	if _, err := io.ReadFull(r, ack[:]); err != nil {
-		return err
-	}
-	if want := [4]byte{packets.Puback << 4, 2, byte(id >> 8), byte(id)}; ack != want {
-		return fmt.Errorf("got % x, want the PUBACK of %d (% x)", ack, id, want)
-	}
-	return nil
 }
 
 // BenchmarkBroker_ChunkStream streams 16 KiB chunks at QoS 0 to one device

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -13,12 +14,6 @@ import (
 // appending their fields, without reflection. The output is byte for byte
 // what encoding/json produces for the same struct (append_test.go compares
 // them on every input its fuzz test finds).
-
-// Appender is a message that appends its own JSON encoding, identical to
-// encoding/json's, to b. Encode uses it when a value has it.
-type Appender interface {
-	AppendJSON(b []byte) []byte
-}
 
 // AppendJSONString appends s as a JSON string, as encoding/json writes it
 // (HTML characters escaped, invalid UTF-8 replaced).
@@ -99,13 +94,12 @@ type Event fleet.Event
 // AppendJSON appends e's JSON encoding, as encoding/json writes a
 // fleet.Event.
 func (e Event) AppendJSON(b []byte) []byte {
-	start := len(b)
 	b = append(b, `{"seq":`...)
 	b = strconv.AppendInt(b, e.Seq, 10)
 	b = append(b, `,"time":`...)
 	b, ok := AppendJSONTime(b, e.Time)
 	if !ok {
-		return appendMarshal(b[:start], fleet.Event(e))
+		panic(fmt.Sprintf("protocol: encode event: time out of range: %v", e.Time)) // as encoding/json refuses it
 	}
 	b = append(b, `,"type":`...)
 	b = AppendJSONString(b, e.Type)
@@ -140,13 +134,4 @@ func (e Event) AppendJSON(b []byte) []byte {
 		b = strconv.AppendInt(b, int64(e.Phase), 10)
 	}
 	return append(b, '}')
-}
-
-// appendMarshal appends encoding/json's encoding of v, which must marshal.
-func appendMarshal(b []byte, v any) []byte {
-	m, err := json.Marshal(v)
-	if err != nil {
-		panic("protocol: encode " + err.Error())
-	}
-	return append(b, m...)
 }

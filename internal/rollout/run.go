@@ -175,8 +175,7 @@ type deviceStatus struct {
 	Time    time.Time         `json:"time"`
 }
 
-// AppendJSON appends st's JSON encoding (protocol.Appender), as
-// encoding/json writes it.
+// AppendJSON appends st's JSON encoding, as encoding/json writes it.
 func (st deviceStatus) AppendJSON(b []byte) []byte {
 	b = append(b, `{"device":`...)
 	b = protocol.AppendJSONString(b, st.Device)

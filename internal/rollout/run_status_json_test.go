@@ -9,7 +9,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flotaio/flota/internal/fleet"
-	"github.com/flotaio/flota/internal/protocol"
 )
 
 // plainStatus has deviceStatus's fields and tags but not its AppendJSON:
@@ -23,7 +22,7 @@ func TestDeviceStatusJSON_EqualsEncodingJSON(t *testing.T) {
 				Reason: reason, Version: s, Time: time.Date(2026, 11, 27, 11, 29, 10, 120, time.FixedZone("x", 3600))}
 			want, err := json.Marshal(plainStatus(st))
 			require.NoError(t, err)
-			assert.Equal(t, string(want), string(protocol.Encode(st)))
+			assert.Equal(t, string(want), string(st.AppendJSON(nil)))
 		}
 	}
 }

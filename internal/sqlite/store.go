@@ -84,7 +84,7 @@ type Store struct {
 	ops    chan writeOp   // the write queue, read by the writer goroutine only
 	writer *sql.DB        // one connection, used by the writer goroutine only
 	reader *sql.DB        // read-only pool
-	stmts  *writeStmts    // statements prepared on writer
+	stmts  *writeStmts    // statements prepared on writer's connection, which finalizes them
 	wg     sync.WaitGroup // the writer and the pruner goroutines
 
 	stopPrune context.CancelFunc // ends the pruner; set by Open
@@ -267,12 +267,7 @@ func (s *Store) Close() error {
 // closeDBs releases the statements and both pools, returning their errors.
 func (s *Store) closeDBs() []error {
 	var errs []error
-	if s.stmts != nil {
-		if err := s.stmts.close(s.writer); err != nil {
-			errs = append(errs, err)
-		}
-		s.stmts = nil
-	}
+	s.stmts = nil // finalized as the writer's connection closes (writerConn)
 	if s.reader != nil {
 		if err := s.reader.Close(); err != nil {
 			errs = append(errs, err)

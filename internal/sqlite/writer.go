@@ -506,13 +506,15 @@ func (o *setUpdateStateOp) attrs() []any {
 func (o *setUpdateStateOp) exec(ctx context.Context, ws *writeStmts) error {
 	st := &ws.setUpdateState
 	st.setText(0, string(o.state))
-	st.setNull(1)
 	if o.state == fleet.UpdateRunning {
 		st.setTime(1, o.at)
+	} else {
+		st.setNull(1)
 	}
-	st.setNull(2)
 	if o.state.Terminal() {
 		st.setTime(2, o.at)
+	} else {
+		st.setNull(2)
 	}
 	st.setText(3, o.id)
 	if err := st.exec(ctx); err != nil {

@@ -25,18 +25,12 @@ import (
 // with ten or eleven arguments a row, that saves about a tenth of the
 // writer's CPU time (BenchmarkStore_StateChanges).
 
-// writeConn is the driver connection of the writer: it prepares statements
-// and begins transactions (go-sqlite3's SQLiteConn does both).
-type writeConn interface {
-	driver.ConnPrepareContext
-	driver.ConnBeginTx
-}
-
 // writeStmts are the batched statements, prepared on the writer's driver
-// connection; they are used by the writer goroutine only.
+// connection, which owns them: it finalizes them when it closes
+// (writerconn.go). They are used by the writer goroutine only.
 type writeStmts struct {
-	conn  writeConn // the connection the statements are prepared on
-	times timeText  // shared by the statements' setTime
+	conn  *writerConn // the connection the statements are prepared on
+	times timeText    // shared by the statements' setTime
 
 	upsertDevice, setOnline, upsertProgress, insertEvent, setUpdateState, saveCounters writeStmt
 }
@@ -80,25 +74,23 @@ func (ws *writeStmts) raw(db *sql.DB, f func(ctx context.Context, dc any) error)
 	return errors.Join(err, conn.Close())
 }
 
-// prepare prepares every statement on dc, which becomes ws.conn. On error
-// the statements already prepared are closed.
+// prepare prepares every statement on dc, which becomes ws.conn and owns
+// them, those prepared before an error too.
 func (ws *writeStmts) prepare(ctx context.Context, dc any) error {
-	conn, ok := dc.(writeConn)
+	conn, ok := dc.(*writerConn)
 	if !ok {
-		return fmt.Errorf("driver connection %T cannot prepare and begin with a context", dc)
+		return fmt.Errorf("driver connection %T is not the writer's", dc)
 	}
 	ws.conn = conn
 	for _, p := range ws.list() {
 		st, err := conn.PrepareContext(ctx, p.sql)
 		if err != nil {
-			return errors.Join(err, ws.closeStmts())
+			return err
 		}
+		conn.own(st)
 		q, ok := st.(queryStmt)
 		if !ok {
-			return errors.Join(fmt.Errorf("driver statement %T cannot query with a context", st), st.Close(), ws.closeStmts())
-		}
-		if o, ok := dc.(interface{ own(driver.Stmt) }); ok {
-			o.own(st) // finalized before its connection closes (writerconn.go)
+			return fmt.Errorf("driver statement %T cannot query with a context", st)
 		}
 		p.st.st = q
 		p.st.times = &ws.times
@@ -110,35 +102,13 @@ func (ws *writeStmts) prepare(ctx context.Context, dc any) error {
 	return nil
 }
 
-// closeStmts closes the statements prepared on ws.conn. It must run while
-// the caller holds that connection (in raw).
-func (ws *writeStmts) closeStmts() error {
-	var errs []error
-	for _, p := range ws.list() {
-		if p.st.st == nil {
-			continue
-		}
-		if err := p.st.st.Close(); err != nil {
-			errs = append(errs, err)
-		}
-		*p.st = writeStmt{}
-	}
-	ws.conn = nil
-	return errors.Join(errs...)
-}
-
-// close closes the statements on db's connection.
-func (ws *writeStmts) close(db *sql.DB) error {
-	return ws.raw(db, func(context.Context, any) error { return ws.closeStmts() })
-}
-
 // execTx runs ops in one transaction on db's connection.
 func (ws *writeStmts) execTx(db *sql.DB, ops []batchOp) error {
 	return ws.raw(db, func(ctx context.Context, dc any) error {
 		if dc != any(ws.conn) {
 			// database/sql replaced the connection the statements were
 			// prepared on, which it does only after the driver reported
-			// it broken; they went with it.
+			// it broken; they went with it (writerConn.Close).
 			*ws = writeStmts{}
 			if err := ws.prepare(ctx, dc); err != nil {
 				return fmt.Errorf("prepare: %w", err)
