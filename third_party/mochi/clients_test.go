@@ -54,6 +54,11 @@ func newTestClient() (cl *Client, r net.Conn, w net.Conn) {
 	cl.Properties.Props.TopicAliasMaximum = 0
 	cl.Properties.Props.RequestResponseInfo = 0x1
 
+	// The write loop owns the queue from here, before its goroutine runs:
+	// a packet queued before then would otherwise start a second writer
+	// (startWriter, flota patch), and two writers can write the queue out
+	// of order.
+	cl.State.writing.Store(true)
 	go cl.WriteLoop()
 
 	return
