@@ -326,13 +326,11 @@ func TestServerServe(t *testing.T) {
 	err = s.Serve()
 	require.NoError(t, err)
 
-	time.Sleep(time.Millisecond)
-
 	require.Equal(t, 1, s.Listeners.Len())
 	listener, ok := s.Listeners.Get("t1")
 
 	require.Equal(t, true, ok)
-	require.Equal(t, true, listener.(*listeners.MockListener).IsServing())
+	requireServing(t, listener) // not a fixed sleep: it serves in a goroutine (flota patch)
 }
 
 func TestServerServeFromConfig(t *testing.T) {
@@ -351,13 +349,11 @@ func TestServerServeFromConfig(t *testing.T) {
 	err := s.Serve()
 	require.NoError(t, err)
 
-	time.Sleep(time.Millisecond)
-
 	require.Equal(t, 1, s.Listeners.Len())
 	listener, ok := s.Listeners.Get("mock")
 
 	require.Equal(t, true, ok)
-	require.Equal(t, true, listener.(*listeners.MockListener).IsServing())
+	requireServing(t, listener) // not a fixed sleep: it serves in a goroutine (flota patch)
 }
 
 func TestServerServeFromConfigListenerError(t *testing.T) {
@@ -1393,22 +1389,13 @@ func TestInjectPacketPublishAndReceive(t *testing.T) {
 
 	require.Equal(t, int64(0), atomic.LoadInt64(&s.Info.PacketsReceived))
 
-	receiverBuf := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r2)
-		require.NoError(t, err)
-		receiverBuf <- buf
-	}()
-
-	go func() {
+	buf := written(t, receiver, r2, w2, func() { // not a fixed sleep (flota patch)
 		err := s.InjectPacket(sender, *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
 		require.NoError(t, err)
-		_ = w1.Close()
-		time.Sleep(time.Millisecond * 10)
-		_ = w2.Close()
-	}()
+	})
+	_ = w1.Close()
 
-	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-receiverBuf)
+	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, buf)
 }
 
 func TestServerPublishAndReceive(t *testing.T) {
@@ -1429,23 +1416,14 @@ func TestServerPublishAndReceive(t *testing.T) {
 
 	require.Equal(t, int64(0), atomic.LoadInt64(&s.Info.PacketsReceived))
 
-	receiverBuf := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r2)
-		require.NoError(t, err)
-		receiverBuf <- buf
-	}()
-
-	go func() {
+	buf := written(t, receiver, r2, w2, func() { // not a fixed sleep (flota patch)
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		err := s.Publish(pkx.TopicName, pkx.Payload, pkx.FixedHeader.Retain, pkx.FixedHeader.Qos)
 		require.NoError(t, err)
-		_ = w1.Close()
-		time.Sleep(time.Millisecond * 10)
-		_ = w2.Close()
-	}()
+	})
+	_ = w1.Close()
 
-	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-receiverBuf)
+	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, buf)
 }
 
 func TestServerPublishNoInlineClient(t *testing.T) {
@@ -1495,22 +1473,13 @@ func TestServerProcessPacketPublishAndReceive(t *testing.T) {
 	require.Equal(t, int64(0), atomic.LoadInt64(&s.Info.PacketsReceived))
 	require.Equal(t, 0, len(s.Topics.Messages("a/b/c")))
 
-	receiverBuf := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r2)
-		require.NoError(t, err)
-		receiverBuf <- buf
-	}()
-
-	go func() {
+	buf := written(t, receiver, r2, w2, func() { // not a fixed sleep (flota patch)
 		err := s.processPacket(sender, *packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).Packet)
 		require.NoError(t, err)
-		time.Sleep(time.Millisecond * 10)
-		_ = w1.Close()
-		_ = w2.Close()
-	}()
+	})
+	_ = w1.Close()
 
-	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-receiverBuf)
+	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, buf)
 	require.Equal(t, 1, len(s.Topics.Messages("a/b/c")))
 }
 
@@ -1930,22 +1899,12 @@ func TestPublishToSubscribersSelfNoLocal(t *testing.T) {
 	subbed := s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "a/b/c", NoLocal: true})
 	require.True(t, subbed)
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pkx.Origin = cl.ID
 		s.publishToSubscribers(pkx)
-		waitWritten(cl) // not a fixed sleep: the writer starts on demand (flota patch)
-		_ = w.Close()
-	}()
-
-	receiverBuf := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r)
-		require.NoError(t, err)
-		receiverBuf <- buf
-	}()
-
-	require.Equal(t, []byte{}, <-receiverBuf)
+	})
+	require.Equal(t, []byte{}, buf)
 }
 
 func TestPublishToSubscribers(t *testing.T) {
@@ -1963,34 +1922,14 @@ func TestPublishToSubscribers(t *testing.T) {
 	require.True(t, s.Topics.Subscribe(cl2.ID, packets.Subscription{Filter: SharePrefix + "/tmp/a/b/c"}))
 	require.True(t, s.Topics.Subscribe(cl3.ID, packets.Subscription{Filter: SharePrefix + "/tmp/a/b/c"}))
 
-	cl1Recv := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r1)
-		require.NoError(t, err)
-		cl1Recv <- buf
-	}()
-
-	cl2Recv := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r2)
-		require.NoError(t, err)
-		cl2Recv <- buf
-	}()
-
-	cl3Recv := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r3)
-		require.NoError(t, err)
-		cl3Recv <- buf
-	}()
-
-	go func() {
-		s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-		time.Sleep(time.Millisecond)
-		_ = w1.Close()
-		_ = w2.Close()
-		_ = w3.Close()
-	}()
+	cl1Recv := readPipe(t, r1)
+	cl2Recv := readPipe(t, r2)
+	cl3Recv := readPipe(t, r3)
+	s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
+	requireWritten(t, cl, cl2, cl3) // not a fixed sleep (flota patch)
+	_ = w1.Close()
+	_ = w2.Close()
+	_ = w3.Close()
 
 	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-cl1Recv)
 	rcv2 := <-cl2Recv
@@ -2018,22 +1957,12 @@ func TestPublishToSubscribersMessageExpiryDelta(t *testing.T) {
 	s.Clients.Add(cl)
 	require.True(t, s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "a/b/c"}))
 
-	cl1Recv := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r1)
-		require.NoError(t, err)
-		cl1Recv <- buf
-	}()
-
-	go func() {
+	b := written(t, cl, r1, w1, func() { // not a fixed sleep (flota patch)
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pkx.Created = time.Now().Unix() - 30
 		s.publishToSubscribers(pkx)
-		time.Sleep(time.Millisecond)
-		_ = w1.Close()
-	}()
-
-	b := <-cl1Recv
+	})
+	require.Greater(t, len(b), 15)
 	pk := new(packets.Packet)
 	pk.ProtocolVersion = 5
 	require.Equal(t, uint32(s.Options.Capabilities.MaximumMessageExpiryInterval-30), binary.BigEndian.Uint32(b[11:15]))
@@ -2051,20 +1980,10 @@ func TestPublishToSubscribersIdentifiers(t *testing.T) {
 	subbed = s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "d/e/f", Identifier: 4})
 	require.True(t, subbed)
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		s.publishToSubscribers(*packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet)
-		waitWritten(cl) // not a fixed sleep: the writer starts on demand (flota patch)
-		_ = w.Close()
-	}()
-
-	receiverBuf := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r)
-		require.NoError(t, err)
-		receiverBuf <- buf
-	}()
-
-	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishSubscriberIdentifier).RawBytes, <-receiverBuf)
+	})
+	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishSubscriberIdentifier).RawBytes, buf)
 }
 
 func TestPublishToSubscribersPkIgnore(t *testing.T) {
@@ -2074,22 +1993,12 @@ func TestPublishToSubscribersPkIgnore(t *testing.T) {
 	subbed := s.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "#", Identifier: 1})
 	require.True(t, subbed)
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		pk := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).Packet
 		pk.Ignore = true
 		s.publishToSubscribers(pk)
-		waitWritten(cl) // not a fixed sleep: the writer starts on demand (flota patch)
-		_ = w.Close()
-	}()
-
-	receiverBuf := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r)
-		require.NoError(t, err)
-		receiverBuf <- buf
-	}()
-
-	require.Equal(t, []byte{}, <-receiverBuf)
+	})
+	require.Equal(t, []byte{}, buf)
 }
 
 func TestPublishToClientServerDowngradeQos(t *testing.T) {
@@ -2103,22 +2012,13 @@ func TestPublishToClientServerDowngradeQos(t *testing.T) {
 	require.False(t, ok)
 	cl.State.packetID = 6 // just to match the same packet id (7) in the fixtures
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 		pkx.FixedHeader.Qos = 2
-		_, _ = s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 2}, pkx)
-		time.Sleep(time.Microsecond * 100)
-		_ = w.Close()
-	}()
-
-	receiverBuf := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r)
+		_, err := s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 2}, pkx)
 		require.NoError(t, err)
-		receiverBuf <- buf
-	}()
-
-	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).RawBytes, <-receiverBuf)
+	})
+	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).RawBytes, buf)
 }
 
 func TestPublishToClientSubscriptionDowngradeQos(t *testing.T) {
@@ -2132,22 +2032,13 @@ func TestPublishToClientSubscriptionDowngradeQos(t *testing.T) {
 	require.False(t, ok)
 	cl.State.packetID = 6 // just to match the same packet id (7) in the fixtures
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).Packet
 		pkx.FixedHeader.Qos = 2
-		_, _ = s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 1}, pkx)
-		time.Sleep(time.Microsecond * 100)
-		_ = w.Close()
-	}()
-
-	receiverBuf := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r)
+		_, err := s.publishToClient(cl, packets.Subscription{Filter: "a/b/c", Qos: 1}, pkx)
 		require.NoError(t, err)
-		receiverBuf <- buf
-	}()
-
-	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).RawBytes, <-receiverBuf)
+	})
+	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishQos1).RawBytes, buf)
 }
 
 func TestPublishToClientExceedClientWritesPending(t *testing.T) {
@@ -2199,22 +2090,11 @@ func TestPublishToClientServerTopicAlias(t *testing.T) {
 	cl.Properties.Props.TopicAliasMaximum = 5
 	s.Clients.Add(cl)
 
-	go func() {
+	ret := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishBasicMqtt5).Packet
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
 		_, _ = s.publishToClient(cl, packets.Subscription{Filter: pkx.TopicName}, pkx)
-		waitWritten(cl) // not a fixed sleep: the writer starts on demand (flota patch)
-		_ = w.Close()
-	}()
-
-	receiverBuf := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r)
-		require.NoError(t, err)
-		receiverBuf <- buf
-	}()
-
-	ret := <-receiverBuf
+	})
 	pk1 := make([]byte, len(packets.TPacketData[packets.Publish].Get(packets.TPublishBasicMqtt5).RawBytes))
 	pk2 := make([]byte, len(packets.TPacketData[packets.Publish].Get(packets.TPublishBasicMqtt5).RawBytes)-5)
 	copy(pk1, ret[:len(packets.TPacketData[packets.Publish].Get(packets.TPublishBasicMqtt5).RawBytes)])
@@ -2308,19 +2188,14 @@ func TestProcessPublishWithTopicAlias(t *testing.T) {
 	cl2.Properties.ProtocolVersion = 5
 	cl2.State.TopicAliases.Inbound.Set(1, "a/b/c")
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		pkx := *packets.TPacketData[packets.Publish].Get(packets.TPublishMqtt5).Packet
 		pkx.Properties.SubscriptionIdentifier = []int{} // must not contain from client to server
 		pkx.TopicName = ""
 		pkx.Properties.TopicAlias = 1
 		_ = s.processPacket(cl2, pkx)
-		time.Sleep(time.Millisecond)
-		_ = w2.Close()
-		_ = w.Close()
-	}()
-
-	buf, err := io.ReadAll(r)
-	require.NoError(t, err)
+	})
+	_ = w2.Close()
 	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, buf)
 }
 
@@ -2390,14 +2265,9 @@ func TestPublishRetainedToClient(t *testing.T) {
 	retained := s.Topics.RetainMessage(*packets.TPacketData[packets.Publish].Get(packets.TPublishRetainMqtt5).Packet)
 	require.Equal(t, int64(1), retained)
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		s.publishRetainedToClient(cl, packets.Subscription{Filter: "a/b/c"}, false)
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
-	}()
-
-	buf, err := io.ReadAll(r)
-	require.NoError(t, err)
+	})
 	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).RawBytes, buf)
 }
 
@@ -2816,29 +2686,24 @@ func TestServerProcessOutboundQos2Flow(t *testing.T) {
 
 	for i, tx := range tt {
 		t.Run("qos step"+strconv.Itoa(i), func(t *testing.T) {
+			// The last step's queue is written (flota patch: was a fixed
+			// sleep), and the write loop waits for the next packet.
 			r, w := net.Pipe()
-			time.Sleep(time.Millisecond)
 			cl.Net.Conn = w
 
-			recv := make(chan []byte)
-			go func() { // receive the ack
-				buf, err := io.ReadAll(r)
-				require.NoError(t, err)
-				recv <- buf
-			}()
-
-			if i == 0 {
-				s.publishToSubscribers(*tx.in.Packet)
-			} else {
-				err := s.processPacket(cl, *tx.in.Packet)
-				require.NoError(t, err)
-			}
-
-			waitWritten(cl) // not a fixed sleep: the writer starts on demand (flota patch)
-			_ = w.Close()
+			buf := written(t, cl, r, w, func() {
+				if i == 0 {
+					s.publishToSubscribers(*tx.in.Packet)
+				} else {
+					err := s.processPacket(cl, *tx.in.Packet)
+					require.NoError(t, err)
+				}
+			})
 
 			if i != 2 {
-				require.Equal(t, tx.out.RawBytes, <-recv)
+				require.Equal(t, tx.out.RawBytes, buf)
+			} else {
+				require.Empty(t, buf)
 			}
 
 			require.Equal(t, tx.data["inflight"].(int64), atomic.LoadInt64(&s.Info.Inflight))
@@ -2934,16 +2799,10 @@ func TestServerProcessSubscribeWithRetain(t *testing.T) {
 	retained := s.Topics.RetainMessage(*packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).Packet)
 	require.Equal(t, int64(1), retained)
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribe).Packet)
 		require.NoError(t, err)
-
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
-	}()
-
-	buf, err := io.ReadAll(r)
-	require.NoError(t, err)
+	})
 	require.Equal(t, append(
 		packets.TPacketData[packets.Suback].Get(packets.TSuback).RawBytes,
 		packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).RawBytes...,
@@ -2955,16 +2814,10 @@ func TestServerProcessSubscribeDowngradeQos(t *testing.T) {
 	s.Options.Capabilities.MaximumQos = 1
 	cl, r, w := newTestClient()
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeMany).Packet)
 		require.NoError(t, err)
-
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
-	}()
-
-	buf, err := io.ReadAll(r)
-	require.NoError(t, err)
+	})
 	require.Equal(t, []byte{0, 1, 1}, buf[4:])
 }
 
@@ -2977,16 +2830,10 @@ func TestServerProcessSubscribeWithRetainHandling1(t *testing.T) {
 	retained := s.Topics.RetainMessage(*packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).Packet)
 	require.Equal(t, int64(1), retained)
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling1).Packet)
 		require.NoError(t, err)
-
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
-	}()
-
-	buf, err := io.ReadAll(r)
-	require.NoError(t, err)
+	})
 	require.Equal(t, packets.TPacketData[packets.Suback].Get(packets.TSuback).RawBytes, buf)
 }
 
@@ -2998,16 +2845,10 @@ func TestServerProcessSubscribeWithRetainHandling2(t *testing.T) {
 	retained := s.Topics.RetainMessage(*packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).Packet)
 	require.Equal(t, int64(1), retained)
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainHandling2).Packet)
 		require.NoError(t, err)
-
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
-	}()
-
-	buf, err := io.ReadAll(r)
-	require.NoError(t, err)
+	})
 	require.Equal(t, packets.TPacketData[packets.Suback].Get(packets.TSuback).RawBytes, buf)
 }
 
@@ -3019,16 +2860,10 @@ func TestServerProcessSubscribeWithNotRetainAsPublished(t *testing.T) {
 	retained := s.Topics.RetainMessage(*packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).Packet)
 	require.Equal(t, int64(1), retained)
 
-	go func() {
+	buf := written(t, cl, r, w, func() { // not a fixed sleep (flota patch)
 		err := s.processPacket(cl, *packets.TPacketData[packets.Subscribe].Get(packets.TSubscribeRetainAsPublished).Packet)
 		require.NoError(t, err)
-
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
-	}()
-
-	buf, err := io.ReadAll(r)
-	require.NoError(t, err)
+	})
 	require.Equal(t, append(
 		packets.TPacketData[packets.Suback].Get(packets.TSuback).RawBytes,
 		packets.TPacketData[packets.Publish].Get(packets.TPublishRetain).RawBytes...,
@@ -3291,21 +3126,9 @@ func TestServerSendLWT(t *testing.T) {
 	require.Equal(t, int64(0), atomic.LoadInt64(&s.Info.PacketsReceived))
 	require.Equal(t, 0, len(s.Topics.Messages("a/b/c")))
 
-	receiverBuf := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r2)
-		require.NoError(t, err)
-		receiverBuf <- buf
-	}()
-
-	go func() {
-		s.sendLWT(sender)
-		time.Sleep(time.Millisecond * 10)
-		_ = w1.Close()
-		_ = w2.Close()
-	}()
-
-	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-receiverBuf)
+	buf := written(t, receiver, r2, w2, func() { s.sendLWT(sender) }) // not a fixed sleep (flota patch)
+	_ = w1.Close()
+	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, buf)
 }
 
 func TestServerSendLWTRetain(t *testing.T) {
@@ -3331,21 +3154,9 @@ func TestServerSendLWTRetain(t *testing.T) {
 	require.Equal(t, int64(0), atomic.LoadInt64(&s.Info.PacketsReceived))
 	require.Equal(t, 0, len(s.Topics.Messages("a/b/c")))
 
-	receiverBuf := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r2)
-		require.NoError(t, err)
-		receiverBuf <- buf
-	}()
-
-	go func() {
-		s.sendLWT(sender)
-		time.Sleep(time.Millisecond * 10)
-		_ = w1.Close()
-		_ = w2.Close()
-	}()
-
-	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-receiverBuf)
+	buf := written(t, receiver, r2, w2, func() { s.sendLWT(sender) }) // not a fixed sleep (flota patch)
+	_ = w1.Close()
+	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, buf)
 }
 
 func TestServerSendLWTDelayed(t *testing.T) {
@@ -3366,7 +3177,7 @@ func TestServerSendLWTDelayed(t *testing.T) {
 	s.Clients.Add(cl2)
 	require.True(t, s.Topics.Subscribe(cl2.ID, packets.Subscription{Filter: "a/b/c"}))
 
-	go func() {
+	buf := written(t, cl2, r, w, func() { // not a fixed sleep (flota patch)
 		s.sendLWT(cl1)
 		pk, ok := s.loop.willDelayed.Get(cl1.ID)
 		require.True(t, ok)
@@ -3375,18 +3186,8 @@ func TestServerSendLWTDelayed(t *testing.T) {
 		require.Equal(t, 1, s.loop.willDelayed.Len())
 		s.sendDelayedLWT(time.Now().Unix())
 		require.Equal(t, 0, s.loop.willDelayed.Len())
-		time.Sleep(time.Millisecond)
-		_ = w.Close()
-	}()
-
-	recv := make(chan []byte)
-	go func() {
-		buf, err := io.ReadAll(r)
-		require.NoError(t, err)
-		recv <- buf
-	}()
-
-	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, <-recv)
+	})
+	require.Equal(t, packets.TPacketData[packets.Publish].Get(packets.TPublishBasic).RawBytes, buf)
 }
 
 func TestServerReadStore(t *testing.T) {
@@ -3552,15 +3353,13 @@ func TestServerClose(t *testing.T) {
 		recv <- buf
 	}()
 
-	time.Sleep(time.Millisecond)
 	require.Equal(t, 1, s.Listeners.Len())
 
 	listener, ok := s.Listeners.Get("t1")
 	require.Equal(t, true, ok)
-	require.Equal(t, true, listener.(*listeners.MockListener).IsServing())
+	requireServing(t, listener) // not a fixed sleep: it serves in a goroutine (flota patch)
 
-	_ = s.Close()
-	time.Sleep(time.Millisecond)
+	_ = s.Close() // closes the listeners before it returns
 	require.Equal(t, false, listener.(*listeners.MockListener).IsServing())
 	require.Equal(t, packets.TPacketData[packets.Disconnect].Get(packets.TDisconnectShuttingDown).RawBytes, <-recv)
 }
@@ -3999,14 +3798,4 @@ func TestMinimum(t *testing.T) {
 	require.EqualValues(t, -1, minimum(-1, 0)) // negative values are not used, but included here for completeness
 	require.EqualValues(t, -1, minimum(-1, 20))
 	require.EqualValues(t, -2, minimum(-1, -2))
-}
-
-// waitWritten waits until cl's writer has written every packet queued for
-// it. The writer goroutine starts on demand (flota patch), so a test that
-// closed the pipe a fixed millisecond after publishing could cut it off
-// on a loaded machine.
-func waitWritten(cl *Client) {
-	for deadline := time.Now().Add(10 * time.Second); atomic.LoadInt32(&cl.State.outboundQty) > 0 && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
-	}
 }
