@@ -698,9 +698,6 @@ func TestEstablishConnectionInheritExistingTrueTakeover(t *testing.T) {
 		err := s.EstablishConnection("tcp", r1)
 		o1 <- err
 	}()
-	go func() {
-		_, _ = w1.Write(cl1RawBytes)
-	}()
 
 	// receive the first connack
 	recv := make(chan []byte)
@@ -710,13 +707,23 @@ func TestEstablishConnectionInheritExistingTrueTakeover(t *testing.T) {
 		recv <- buf
 	}()
 
+	// A write to a net.Pipe returns once it has been read. The CONNECT, then
+	// the first byte of a PINGREQ, which the connection reads in its read
+	// loop only: it has added the first client and waits in its read loop
+	// for the rest, where the takeover is to find it (flota patch: fixed
+	// sleeps waited for both, and the client could still be on its way to
+	// the read loop, which returns no error for a client stopped by then).
+	require.NoError(t, w1.SetWriteDeadline(time.Now().Add(waitLimit)))
+	_, err := w1.Write(cl1RawBytes)
+	require.NoError(t, err)
+	_, err = w1.Write([]byte{packets.Pingreq << 4})
+	require.NoError(t, err)
+
 	// Get the first client pointer
-	time.Sleep(time.Millisecond * 50)
 	cl1, ok := s.Clients.Get(packets.TPacketData[packets.Connect].Get(packets.TConnectUserPass).Packet.Connect.ClientIdentifier)
 	require.True(t, ok)
 	cl1.State.Subscriptions.Add("a/b/c", packets.Subscription{Filter: "a/b/c", Qos: 1})
 	cl1.State.Subscriptions.Add("d/e/f", packets.Subscription{Filter: "d/e/f", Qos: 0})
-	time.Sleep(time.Millisecond * 50)
 
 	// Capture first Client pointer, before the second connection can take
 	// it over (flota patch: this ran after the second connection started,
