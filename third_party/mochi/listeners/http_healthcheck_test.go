@@ -61,11 +61,8 @@ func TestHTTPHealthCheckServeAndClose(t *testing.T) {
 		o <- true
 	}(o)
 
-	time.Sleep(time.Millisecond)
-
-	// call healthcheck
-	resp, err := http.Get("http://localhost" + testAddr + "/healthcheck")
-	require.NoError(t, err)
+	// call healthcheck, once served (flota patch: after a fixed sleep)
+	resp := requestServed(t, func() (*http.Response, error) { return http.Get("http://localhost" + testAddr + "/healthcheck") })
 	require.NotNil(t, resp)
 
 	defer resp.Body.Close()
@@ -97,11 +94,10 @@ func TestHTTPHealthCheckServeAndCloseMethodNotAllowed(t *testing.T) {
 		o <- true
 	}(o)
 
-	time.Sleep(time.Millisecond)
-
-	// make disallowed method type http request
-	resp, err := http.Post("http://localhost"+testAddr+"/healthcheck", "application/json", http.NoBody)
-	require.NoError(t, err)
+	// make disallowed method type http request, once served (flota patch: after a fixed sleep)
+	resp := requestServed(t, func() (*http.Response, error) {
+		return http.Post("http://localhost"+testAddr+"/healthcheck", "application/json", http.NoBody)
+	})
 	require.NotNil(t, resp)
 
 	defer resp.Body.Close()
@@ -134,4 +130,5 @@ func TestHTTPHealthCheckServeTLSAndClose(t *testing.T) {
 
 	time.Sleep(time.Millisecond)
 	l.Close(MockCloser)
+	<-o // the port is free for the next test once Serve has returned (flota patch)
 }

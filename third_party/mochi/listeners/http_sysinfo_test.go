@@ -71,11 +71,8 @@ func TestHTTPStatsServeAndClose(t *testing.T) {
 		o <- true
 	}(o)
 
-	time.Sleep(time.Millisecond)
-
-	// get body from stats address
-	resp, err := http.Get("http://localhost" + testAddr)
-	require.NoError(t, err)
+	// get body from stats address, once served (flota patch: after a fixed sleep)
+	resp := requestServed(t, func() (*http.Response, error) { return http.Get("http://localhost" + testAddr) })
 	require.NotNil(t, resp)
 
 	defer resp.Body.Close()
@@ -119,6 +116,7 @@ func TestHTTPStatsServeTLSAndClose(t *testing.T) {
 
 	time.Sleep(time.Millisecond)
 	l.Close(MockCloser)
+	<-o // the port is free for the next test once Serve has returned (flota patch)
 }
 
 func TestHTTPStatsFailedToServe(t *testing.T) {

@@ -7,6 +7,7 @@ package listeners
 import (
 	"crypto/tls"
 	"log"
+	"net/http"
 	"os"
 	"sync"
 	"testing"
@@ -118,8 +119,7 @@ func TestServeListener(t *testing.T) {
 	l := New()
 	l.Add(NewMockListener("t1", testAddr))
 	l.Serve("t1", MockEstablisher)
-	time.Sleep(time.Millisecond)
-	require.True(t, l.internal["t1"].(*MockListener).IsServing())
+	requireServing(t, l.internal["t1"].(*MockListener))
 
 	l.Close("t1", MockCloser)
 	require.False(t, l.internal["t1"].(*MockListener).IsServing())
@@ -131,11 +131,10 @@ func TestServeAllListeners(t *testing.T) {
 	l.Add(NewMockListener("t2", testAddr))
 	l.Add(NewMockListener("t3", testAddr))
 	l.ServeAll(MockEstablisher)
-	time.Sleep(time.Millisecond)
 
-	require.True(t, l.internal["t1"].(*MockListener).IsServing())
-	require.True(t, l.internal["t2"].(*MockListener).IsServing())
-	require.True(t, l.internal["t3"].(*MockListener).IsServing())
+	requireServing(t, l.internal["t1"].(*MockListener))
+	requireServing(t, l.internal["t2"].(*MockListener))
+	requireServing(t, l.internal["t3"].(*MockListener))
 
 	l.Close("t1", MockCloser)
 	l.Close("t2", MockCloser)
@@ -165,10 +164,9 @@ func TestCloseAllListeners(t *testing.T) {
 	l.Add(NewMockListener("t2", testAddr))
 	l.Add(NewMockListener("t3", testAddr))
 	l.ServeAll(MockEstablisher)
-	time.Sleep(time.Millisecond)
-	require.True(t, l.internal["t1"].(*MockListener).IsServing())
-	require.True(t, l.internal["t2"].(*MockListener).IsServing())
-	require.True(t, l.internal["t3"].(*MockListener).IsServing())
+	requireServing(t, l.internal["t1"].(*MockListener))
+	requireServing(t, l.internal["t2"].(*MockListener))
+	requireServing(t, l.internal["t3"].(*MockListener))
 
 	closed := make(map[string]bool)
 	l.CloseAll(func(id string) {
@@ -226,4 +224,28 @@ func TestClientStartedDuringCloseAll(t *testing.T) {
 		l.CloseAll(MockCloser)
 		wg.Wait()
 	}
+}
+
+// A listener serves in a goroutine of its own. The tests waited for it with
+// a fixed sleep, which a loaded machine could outlast; they now wait for it
+// to serve, with a deadline that only bounds a hang (flota patch).
+const serveWait = 10 * time.Second
+
+// requireServing waits until the mock listener l serves.
+func requireServing(t *testing.T, l *MockListener) {
+	t.Helper()
+	require.Eventually(t, l.IsServing, serveWait, time.Millisecond, "listener %q not serving", l.ID())
+}
+
+// requestServed makes the HTTP request that request makes until a listener
+// that serves in a goroutine of its own answers it, and returns its answer.
+func requestServed(t *testing.T, request func() (*http.Response, error)) *http.Response {
+	t.Helper()
+	var resp *http.Response
+	require.Eventually(t, func() bool {
+		var err error
+		resp, err = request()
+		return err == nil
+	}, serveWait, time.Millisecond, "no answer")
+	return resp
 }

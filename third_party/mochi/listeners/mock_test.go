@@ -7,7 +7,6 @@ package listeners
 import (
 	"net"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -76,8 +75,7 @@ func TestMockListenerServe(t *testing.T) {
 		o <- true
 	}(o)
 
-	time.Sleep(time.Millisecond) // easy non-channel wait for start of serving
-	require.Equal(t, true, mocked.IsServing())
+	requireServing(t, mocked) // not a fixed sleep (flota patch)
 
 	var closed bool
 	mocked.Close(func(id string) {
