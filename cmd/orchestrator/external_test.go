@@ -55,10 +55,22 @@ func startExternalFleet(t *testing.T, devices int) *externalFleet {
 	m.Config.Broker = f.broker.URL()
 	m.Config.BrokerUsername = mosquitto.OrchestratorUser
 	m.Config.BrokerPassword = f.broker.Password(mosquitto.OrchestratorUser)
-	m.Logger = slog.New(slog.DiscardHandler)
+	// Both logs, and each agent's state, are printed if the test fails.
+	orchLog, agentLog := &lockedBuffer{}, &lockedBuffer{}
+	m.Logger = slog.New(slog.NewTextHandler(orchLog, nil))
 	m.Config.APITokenFile = writeTestTokens(t)
 	require.NoError(t, m.Run(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, m.Close()) })
+	t.Cleanup(func() {
+		assert.NoError(t, m.Close())
+		if t.Failed() {
+			t.Logf("orchestrator log:\n%s", orchLog)
+			for _, a := range f.agents {
+				t.Logf("agent %+v", a.Stats())
+			}
+			t.Logf("client %+v", m.Client.Stats())
+			t.Logf("agents log:\n%s", agentLog)
+		}
+	})
 	f.main = m
 	require.Nil(t, m.Broker, "no embedded broker in external mode")
 	require.Empty(t, m.MQTTAddr())
@@ -72,6 +84,7 @@ func startExternalFleet(t *testing.T, devices int) *externalFleet {
 			Model:       "sim-a",
 			Version:     "1.0.0",
 			RebootDelay: 200 * time.Millisecond,
+			Logger:      slog.New(slog.NewTextHandler(agentLog, nil)),
 		})
 		f.agents = append(f.agents, a)
 		t.Cleanup(func() { assert.NoError(t, a.Close()) })

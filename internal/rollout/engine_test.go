@@ -6,11 +6,13 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -646,5 +648,50 @@ func TestEngine_DeviceAwayPastIdleTimeoutIsQueuedAgainNotStuck(t *testing.T) {
 	d2.downloadFrom(o2, 4096)
 	d2.hello("1.1.0", &protocol.Held{Update: u.ID, Handle: o2.Handle, Offset: fw.Size, State: fleet.StateRebooting})
 	s := h.waitEnd(u.ID, 10*time.Second)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: 1}, s.Counts)
+}
+
+// downTransport fails the chunk publishes while down is set, as an external
+// broker's client does while it reconnects (mqttclient.ErrNotConnected).
+type downTransport struct {
+	rollout.Transport
+	down   atomic.Bool
+	failed atomic.Int64 // chunk publishes refused
+}
+
+func (d *downTransport) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	if d.down.Load() && strings.HasSuffix(topic, "/"+protocol.KindChunk) {
+		d.failed.Add(1)
+		return errors.New("not connected to the broker")
+	}
+	return d.Transport.Publish(topic, payload, retain, qos)
+}
+
+// A chunk whose publish failed leaves nothing outstanding, so no ack comes
+// to send more; the resend timer sends it again once the transport is back,
+// long before the idle timeout would fail the attempt.
+func TestEngine_ChunkPublishFailureWithNothingOutstandingIsResent(t *testing.T) {
+	h := newHarness(t)
+	tr := &downTransport{Transport: h.broker}
+	require.NoError(t, h.engine.Close())
+	h.openEngineWith(func(e *rollout.Engine) { e.Transport = tr })
+	d := newScripted(t, h, "cut", "1.0.0")
+	h.waitDevices(1)
+	fw, _ := h.addFirmware(16384, "1.1.0")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 2, MaxAttempts: 1}, fleet.Selector{})
+	o := d.offer()
+
+	tr.down.Store(true)
+	d.report(o, fleet.StateAccepted, 0, "")
+	eventually(t, 10*time.Second, func() bool { return tr.failed.Load() > 0 }, "the first chunk's publish fails")
+	tr.down.Store(false) // reconnected; the device, still connected, says nothing
+
+	d.download(o) // fails after 20 s, well under the 2 minute idle timeout
+	d.report(o, fleet.StateDownloaded, fw.Size, "")
+	d.report(o, fleet.StateVerified, fw.Size, "")
+	d.report(o, fleet.StateInstalling, fw.Size, "")
+	d.report(o, fleet.StateRebooting, fw.Size, "")
+	d.hello("1.1.0", &protocol.Held{Update: u.ID, Handle: o.Handle, Offset: fw.Size, State: fleet.StateRebooting})
+	s := h.waitEnd(u.ID, 20*time.Second)
 	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: 1}, s.Counts)
 }

@@ -641,7 +641,11 @@ func (e *Engine) timers(now time.Time) {
 				if t.resentAt.After(last) {
 					last = t.resentAt
 				}
-				if t.slot && t.sent > t.acked && now.Sub(last) > e.resendTimeout(t) && t.cancelling == "" {
+				// Bytes the device lacks, not bytes outstanding: a chunk
+				// whose publish failed (an external broker's connection
+				// was down) left nothing outstanding, and no ack will
+				// come to pump again.
+				if t.slot && t.acked < r.fw.Size && now.Sub(last) > e.resendTimeout(t) && t.cancelling == "" {
 					t.recoverAt = -1
 					t.resentAt = now // a resend is not progress: the idle timeout still runs
 					t.rtt.resent(true)
