@@ -172,15 +172,26 @@ func (s *server) kill() {
 	}
 }
 
+// cliTimeout bounds an operator command (update watch runs until the update
+// ends): an update that never ends fails its test, with the orchestrator's
+// log, instead of running into the package's timeout, whose goroutine dump
+// shows neither.
+const cliTimeout = 5 * time.Minute
+
 // cli runs an operator command against the server and returns its stdout
 // and exit code.
 func (s *server) cli(args ...string) (string, int) {
 	s.t.Helper()
-	cmd := exec.Command(s.bin, append(args, "--server", s.url)...)
+	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.bin, append(args, "--server", s.url)...)
 	cmd.Env = append(os.Environ(), "FLOTA_TOKEN="+s.token)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		s.t.Fatalf("orchestrator %s: still running after %s:\n%s%s", strings.Join(args, " "), cliTimeout, out.String(), errb.String())
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
