@@ -6,7 +6,8 @@
 // one paho may still be writing to the old or the new connection, a data
 // race inside paho (eclipse-paho/paho.mqtt.golang#703, open for v1.5.1).
 // A copy per Get leaves the packet being written alone; the payload is shared
-// and never written.
+// and never written. The copy leaves out RemainingLength, the one field
+// paho's writer sets while it sends a packet (Write computes it again).
 package pahostore
 
 import (
@@ -22,12 +23,17 @@ type Store struct {
 // New returns an empty Store.
 func New() *Store { return &Store{MemoryStore: mqtt.NewMemoryStore()} }
 
-// Get returns the packet stored under key; a PUBLISH is a shallow copy.
+// Get returns the packet stored under key; a PUBLISH is a shallow copy
+// without its RemainingLength.
 func (s *Store) Get(key string) packets.ControlPacket {
 	pk := s.MemoryStore.Get(key)
 	if p, ok := pk.(*packets.PublishPacket); ok {
-		cp := *p
-		return &cp
+		return &packets.PublishPacket{
+			FixedHeader: packets.FixedHeader{MessageType: p.MessageType, Dup: p.Dup, Qos: p.Qos, Retain: p.Retain},
+			TopicName:   p.TopicName,
+			MessageID:   p.MessageID,
+			Payload:     p.Payload,
+		}
 	}
 	return pk
 }
