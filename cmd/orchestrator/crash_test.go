@@ -138,11 +138,16 @@ func TestE2E_SIGTERMShutsDownCleanly(t *testing.T) {
 	cmd := s.cmd
 	s.cmd = nil
 	s.mu.Unlock()
-	start := time.Now()
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	err := cmd.Wait()
-	assert.NoError(t, err, "exit status 0")
-	assert.Less(t, time.Since(start), 5*time.Second)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		assert.NoError(t, err, "exit status 0")
+	case <-time.After(time.Minute): // bounds a hang, not a speed
+		_ = cmd.Process.Kill()
+		t.Fatalf("still running a minute after SIGTERM")
+	}
 	assert.Contains(t, s.logString(), "shutting down")
 
 	// Everything was flushed: the log is complete and the file is sound.

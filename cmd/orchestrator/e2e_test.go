@@ -419,7 +419,7 @@ func TestE2E_FleetOf100DevicesSucceeds(t *testing.T) {
 	poll(t, 10*time.Second, func() bool {
 		return s.sqlite3("SELECT state, count(*) FROM progress WHERE update_id='"+id+"' GROUP BY state") == "succeeded|100"
 	}, "store records 100 succeeded devices")
-	poll(t, 5*time.Second, func() bool {
+	poll(t, 30*time.Second, func() bool {
 		return s.sqlite3("SELECT state FROM updates WHERE id='"+id+"'") == "completed"
 	}, "store records the update completed")
 

@@ -35,7 +35,7 @@ func TestE2E_HalfTheInstallsFailingAbortsTheUpdate(t *testing.T) {
 	n, err := strconv.Atoi(s.sqlite3("SELECT count(*) FROM progress WHERE update_id='" + id + "' AND attempts > 0"))
 	require.NoError(t, err)
 	assert.Less(t, n, 40, "far fewer devices attempted than the 100 targeted")
-	poll(t, 5*time.Second, func() bool {
+	poll(t, 30*time.Second, func() bool {
 		return s.sqlite3("SELECT reason FROM events WHERE update_id='"+id+"' AND type='update' AND state='aborted'") == "failure_threshold"
 	}, "the abort's reason is in the event log")
 	sum := sm.stop(t)
@@ -119,7 +119,7 @@ func TestE2E_FailingCanaryPhaseStopsAtItsGate(t *testing.T) {
 	st := s.status(id)
 	assert.Equal(t, "failed", st.Gate)
 	assert.Equal(t, 18, st.Counts[fleet.StateQueued], "nothing past the canary started")
-	poll(t, 5*time.Second, func() bool {
+	poll(t, 30*time.Second, func() bool {
 		return s.sqlite3("SELECT reason FROM events WHERE update_id='"+id+"' AND type='phase' AND state='failed'") == "gate_failed"
 	}, "the failed gate is in the event log")
 
