@@ -8,6 +8,9 @@
 // A copy per Get leaves the packet being written alone; the payload is shared
 // and never written. The copy leaves out RemainingLength, the one field
 // paho's writer sets while it sends a packet (Write computes it again).
+// SUBSCRIBE and UNSUBSCRIBE packets come back as stored: paho v1.5.1 stores
+// them only with ResumeSubs, which flota's clients leave off, and without it
+// resume deletes any it finds instead of sending it again.
 package pahostore
 
 import (
