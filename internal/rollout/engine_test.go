@@ -613,20 +613,44 @@ func TestEngine_ReplayedAndStaleReportsChangeNothing(t *testing.T) {
 }
 
 func TestEngine_ConfirmsBootWhenReportsWereLost(t *testing.T) {
-	h := newHarness(t)
-	d := newScripted(t, h, "lost", "1.0.0")
-	h.waitDevices(1)
-	fw, _ := h.addFirmware(8192, "1.1.0")
-	u := h.create(fw, fleet.Policy{ChunkSize: 4096}, fleet.Selector{})
-	o := d.offer()
-	d.report(o, fleet.StateAccepted, 0, "")
-	d.download(o)
-	// downloaded ... rebooting never arrive; the device comes back on the
-	// target version.
-	d.hello("1.1.0", &protocol.Held{Update: u.ID, Handle: o.Handle, Offset: fw.Size, State: fleet.StateRebooting})
-	s := h.waitEnd(u.ID, 10*time.Second)
-	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: 1}, s.Counts)
-	assert.Zero(t, h.engine.Stats().IllegalChanges)
+	for _, tc := range []struct {
+		name string
+		sent []fleet.DeviceState // reports that arrive after the download
+	}{
+		// downloaded ... rebooting never arrive; the device comes back on
+		// the target version.
+		{"no report", nil},
+		// downloaded, verified and installing were lost (the connection
+		// broke as they were sent); rebooting arrives.
+		{"rebooting only", []fleet.DeviceState{fleet.StateRebooting}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			d := newScripted(t, h, "lost", "1.0.0")
+			h.waitDevices(1)
+			fw, _ := h.addFirmware(8192, "1.1.0")
+			u := h.create(fw, fleet.Policy{ChunkSize: 4096}, fleet.Selector{})
+			o := d.offer()
+			d.report(o, fleet.StateAccepted, 0, "")
+			d.download(o)
+			for _, st := range tc.sent {
+				d.report(o, st, 0, "")
+			}
+			d.hello("1.1.0", &protocol.Held{Update: u.ID, Handle: o.Handle, Offset: fw.Size, State: fleet.StateRebooting})
+			s := h.waitEnd(u.ID, 10*time.Second)
+			assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: 1}, s.Counts)
+			assert.Zero(t, h.engine.Stats().IllegalChanges)
+
+			var path []string
+			for _, ev := range h.events(u.ID) {
+				if ev.Type == fleet.EventDevice {
+					path = append(path, ev.State)
+				}
+			}
+			assert.Equal(t, []string{"offered", "accepted", "downloading", "downloaded", "verified", "installing", "rebooting", "succeeded"}, path,
+				"the steps the device did not report are in the log, in order")
+		})
+	}
 }
 
 func TestEngine_DeviceAwayPastIdleTimeoutIsQueuedAgainNotStuck(t *testing.T) {
