@@ -35,16 +35,14 @@ func writeSyscalls(tb testing.TB) (int64, bool) {
 }
 
 // processCounter reports the write system calls made and the CPU time
-// used between begin and report, per unit of work. The process's other
-// writes count too (the test clients', the runtime's), so a benchmark
-// keeps its own few and says how many (client); the CPU time is the
-// whole process's, its clients' reads included.
+// used between begin and report, per unit of work. Both are the whole
+// process's: the benchmarks' clients only read while measured, so the
+// writes are the broker's; the CPU time includes the clients' reads.
 type processCounter struct {
 	tb     testing.TB
 	writes int64
 	ok     bool
 	cpu    time.Duration
-	client int64 // writes of the benchmark's clients, subtracted
 }
 
 func cpuTime(tb testing.TB) time.Duration {
@@ -66,7 +64,7 @@ func (c *processCounter) report(b *testing.B, units int64, unit string) {
 	}
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(units), "cpu-ns/"+unit)
 	if c.ok && ok {
-		b.ReportMetric(float64(end-c.writes-c.client)/float64(units), "writes/"+unit)
+		b.ReportMetric(float64(end-c.writes)/float64(units), "writes/"+unit)
 	}
 }
 
