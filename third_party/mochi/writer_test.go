@@ -385,3 +385,41 @@ func TestWriteQueuedBatch_WriteErrorCountsNothingAndEmptiesTheQueue(t *testing.T
 	require.Zero(t, atomic.LoadInt64(&info.BytesSent))
 	require.Zero(t, sent.packets.Load())
 }
+
+func TestWriteQueuedBatch_TakesThePacketsQueuedBehindUpToItsBounds(t *testing.T) {
+	s := New(nil)
+	w, r := tcpPair(t)
+	info := new(system.Info)
+	cl := newClient(w, &ops{info: info, hooks: new(Hooks), log: logger, options: s.Options})
+	cl.Properties.ProtocolVersion = 4
+	got := make(chan string, 64)
+	go readPublishes(r, got)
+
+	// Called as the writer calls it, with the packet it dequeued: each call
+	// takes what is queued behind, up to maxBatchPackets packets or until
+	// they hold maxBatchBytes, and leaves the rest queued.
+	write := func(queued, wantLeft, size int) {
+		t.Helper()
+		for i := 0; i < queued; i++ {
+			queuePublish(cl, []byte(fmt.Sprintf("%04d:%s", i, make([]byte, size))))
+		}
+		cl.writeQueuedBatch(<-cl.State.outbound)
+		require.Equal(t, wantLeft, len(cl.State.outbound))
+		require.EqualValues(t, wantLeft, atomic.LoadInt32(&cl.State.outboundQty))
+		cl.writeQueuedBatch(<-cl.State.outbound) // the rest
+		require.Zero(t, len(cl.State.outbound))
+		require.Zero(t, atomic.LoadInt32(&cl.State.outboundQty))
+		for i := 0; i < queued; i++ {
+			select {
+			case payload := <-got:
+				require.Equal(t, fmt.Sprintf("%04d", i), payload[:4])
+			case <-time.After(waitLimit):
+				t.Fatalf("packet %d of %d never arrived", i, queued)
+			}
+		}
+	}
+	write(maxBatchPackets+5, 5, 10)
+	// Four of a quarter of the bound each (and their headers) fill it.
+	write(6, 2, maxBatchBytes/4)
+	require.EqualValues(t, maxBatchPackets+5+6, atomic.LoadInt64(&info.MessagesSent))
+}
