@@ -65,28 +65,28 @@ func (cl *Clients) GetAll() map[string]*Client {
 	return m
 }
 
-// forEach calls fn for each client, keyed on its id, under the read lock,
-// without copying the map as GetAll does: the event loop's expiry passes
-// visit every client each second (flota patch). fn must not call a method
-// of cl, nor anything that may (a hook, DisconnectClient): a second read
-// lock waits behind a writer waiting for the first, and an Add or Delete
-// waits for fn. The callers collect the few clients that need something
-// done and do it once forEach has returned.
-func (cl *Clients) forEach(fn func(id string, client *Client)) {
+// forEach calls fn for each client under the read lock, without copying
+// the map as GetAll does: the event loop's expiry passes visit every
+// client each second (flota patch). fn must not call a method of cl, nor
+// anything that may (a hook, DisconnectClient): a second read lock waits
+// behind a writer waiting for the first, and an Add or Delete waits for
+// fn. The callers collect the few clients that need something done and do
+// it once forEach has returned.
+func (cl *Clients) forEach(fn func(client *Client)) {
 	cl.RLock()
 	defer cl.RUnlock()
-	for id, client := range cl.internal {
-		fn(id, client)
+	for _, client := range cl.internal {
+		fn(client)
 	}
 }
 
-// deleteIf removes the client with id if it is still client, not a client
-// that has taken its id over since (flota patch).
-func (cl *Clients) deleteIf(id string, client *Client) {
+// deleteIf removes client if the map still holds it under its id, not a
+// client that has taken the id over since (flota patch).
+func (cl *Clients) deleteIf(client *Client) {
 	cl.Lock()
 	defer cl.Unlock()
-	if cl.internal[id] == client {
-		delete(cl.internal, id)
+	if cl.internal[client.ID] == client {
+		delete(cl.internal, client.ID)
 	}
 }
 

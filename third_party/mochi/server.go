@@ -1781,12 +1781,8 @@ func (s *Server) clearExpiredClients(dt int64) {
 	// The clients are looked at under the map's read lock, not in a copy
 	// of it, and the expired ones dealt with afterwards, outside it: the
 	// hook and Delete must not run under it (flota patch).
-	type expiredClient struct {
-		id     string
-		client *Client
-	}
-	var expired []expiredClient
-	s.Clients.forEach(func(id string, client *Client) {
+	var expired []*Client
+	s.Clients.forEach(func(client *Client) {
 		disconnected := client.StopTime()
 		if disconnected == 0 {
 			return
@@ -1798,12 +1794,12 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		if disconnected+int64(expire) < dt {
-			expired = append(expired, expiredClient{id, client})
+			expired = append(expired, client)
 		}
 	})
-	for _, e := range expired {
-		s.hooks.OnClientExpired(e.client)
-		s.Clients.deleteIf(e.id, e.client) // [MQTT-4.1.0-2]; not a client that took its id over meanwhile (flota patch)
+	for _, client := range expired {
+		s.hooks.OnClientExpired(client)
+		s.Clients.deleteIf(client) // [MQTT-4.1.0-2]; not a client that took its id over meanwhile (flota patch)
 	}
 }
 
@@ -1831,7 +1827,7 @@ func (s *Server) clearExpiredInflights(now int64) {
 	// hooks, runs after (flota patch).
 	maximumExpiry := s.Options.Capabilities.MaximumMessageExpiryInterval
 	var expiring []*Client
-	s.Clients.forEach(func(_ string, client *Client) {
+	s.Clients.forEach(func(client *Client) {
 		if client.State.Inflight.hasExpired(now, maximumExpiry) {
 			expiring = append(expiring, client)
 		}
