@@ -49,6 +49,41 @@ func readPublishes(r io.Reader, out chan<- string) {
 	}
 }
 
+// publishInOrder publishes the payloads payload(0) to payload(n-1) to cl
+// in order, as one publisher, trying again while cl's queue is full.
+func publishInOrder(t *testing.T, s *Server, cl *Client, n int, payload func(i int) []byte) {
+	for i := 0; i < n; i++ {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t", Payload: payload(i)}
+		for {
+			_, err := s.publishToClient(cl, packets.Subscription{Filter: "t"}, pk)
+			if !errors.Is(err, packets.ErrPendingClientWritesExceeded) {
+				require.NoError(t, err)
+				break
+			}
+			time.Sleep(time.Millisecond) // queue full: try again, in order
+		}
+	}
+}
+
+// requireEachInOrder reads total payloads from got, each "p:iiii:" and
+// more, and requires every publisher p's to arrive in order, from 0.
+func requireEachInOrder(t *testing.T, got <-chan string, publishers, total int) {
+	t.Helper()
+	next := make([]int, publishers)
+	for n := 0; n < total; n++ {
+		select {
+		case payload := <-got:
+			var p, i int
+			_, err := fmt.Sscanf(payload[:6], "%d:%04d", &p, &i)
+			require.NoError(t, err)
+			require.Equal(t, next[p], i, "publisher %d out of order", p)
+			next[p]++
+		case <-time.After(10 * time.Second):
+			t.Fatalf("stalled: %v of %d in all", next, total)
+		}
+	}
+}
+
 func TestPublishToClient_OneWriterAtATimeKeepsEachPublishersOrder(t *testing.T) {
 	s := New(nil)
 	require.NoError(t, s.AddHook(new(AllowHook), nil))
@@ -67,34 +102,13 @@ func TestPublishToClient_OneWriterAtATimeKeepsEachPublishersOrder(t *testing.T) 
 		wg.Add(1)
 		go func(p int) {
 			defer wg.Done()
-			for i := 0; i < each; i++ {
-				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t",
-					Payload: []byte(fmt.Sprintf("%d:%04d:%s", p, i, string(make([]byte, 1500))))}
-				for {
-					_, err := s.publishToClient(cl, packets.Subscription{Filter: "t"}, pk)
-					if !errors.Is(err, packets.ErrPendingClientWritesExceeded) {
-						require.NoError(t, err)
-						break
-					}
-					time.Sleep(time.Millisecond) // queue full: try again, in order
-				}
-			}
+			publishInOrder(t, s, cl, each, func(i int) []byte {
+				return []byte(fmt.Sprintf("%d:%04d:%s", p, i, string(make([]byte, 1500))))
+			})
 		}(p)
 	}
 
-	next := make([]int, publishers)
-	for n := 0; n < publishers*each; n++ {
-		select {
-		case payload := <-got:
-			var p, i int
-			_, err := fmt.Sscanf(payload[:6], "%d:%04d", &p, &i)
-			require.NoError(t, err)
-			require.Equal(t, next[p], i, "publisher %d out of order", p)
-			next[p]++
-		case <-time.After(10 * time.Second):
-			t.Fatalf("stalled: %v of %d each", next, each)
-		}
-	}
+	requireEachInOrder(t, got, publishers, publishers*each)
 	wg.Wait()
 	require.Eventually(t, func() bool { return !cl.State.writing.Load() }, 5*time.Second, time.Millisecond,
 		"the writer ends once the queue is empty")
@@ -270,17 +284,7 @@ func TestWriteQueuedBatch_EveryPacketArrivesInOrderAndIsCountedOnce(t *testing.T
 		wg.Add(1)
 		go func(p int) {
 			defer wg.Done()
-			for i := 0; i < each; i++ {
-				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "t", Payload: payload(p, i)}
-				for {
-					_, err := s.publishToClient(cl, packets.Subscription{Filter: "t"}, pk)
-					if !errors.Is(err, packets.ErrPendingClientWritesExceeded) {
-						require.NoError(t, err)
-						break
-					}
-					time.Sleep(time.Millisecond) // queue full: try again, in order
-				}
-			}
+			publishInOrder(t, s, cl, each, func(i int) []byte { return payload(p, i) })
 		}(p)
 	}
 	wg.Add(1)
@@ -292,20 +296,8 @@ func TestWriteQueuedBatch_EveryPacketArrivesInOrderAndIsCountedOnce(t *testing.T
 		}
 	}()
 
-	next := make([]int, publishers+1)
 	const total = (publishers + 1) * each
-	for n := 0; n < total; n++ {
-		select {
-		case payload := <-got:
-			var p, i int
-			_, err := fmt.Sscanf(payload[:6], "%d:%04d", &p, &i)
-			require.NoError(t, err)
-			require.Equal(t, next[p], i, "publisher %d out of order", p)
-			next[p]++
-		case <-time.After(10 * time.Second):
-			t.Fatalf("stalled: %v of %d each", next, each)
-		}
-	}
+	requireEachInOrder(t, got, publishers+1, total)
 	wg.Wait()
 	require.Eventually(t, func() bool { return !cl.State.writing.Load() }, 5*time.Second, time.Millisecond,
 		"the writer ends once the queue is empty")
