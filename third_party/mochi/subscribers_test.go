@@ -257,19 +257,13 @@ func TestPublishToSubscribers_OnePlainSubscriberAllocations(t *testing.T) {
 // selectAndForgetHook selects every member of each shared group and then
 // empties Shared, which nothing reads after the hook (upstream allows it).
 type selectAndForgetHook struct {
-	HookBase
+	selectAllHook
 }
 
 func (h *selectAndForgetHook) ID() string { return "select-and-forget" }
 
-func (h *selectAndForgetHook) Provides(b byte) bool { return b == OnSelectSubscribers }
-
 func (h *selectAndForgetHook) OnSelectSubscribers(subs *Subscribers, pk packets.Packet) *Subscribers {
-	for _, group := range subs.Shared {
-		for client, sub := range group {
-			subs.SharedSelected[client] = sub
-		}
-	}
+	subs = h.selectAllHook.OnSelectSubscribers(subs, pk)
 	subs.Shared = nil
 	return subs
 }
