@@ -74,14 +74,14 @@ func (ws *writeStmts) raw(db *sql.DB, f func(ctx context.Context, dc any) error)
 	return errors.Join(err, conn.Close())
 }
 
-// prepare prepares every statement on dc, which becomes ws.conn and owns
-// them, those prepared before an error too.
+// prepare prepares every statement on dc, which owns them, those prepared
+// before an error too. dc becomes ws.conn once all are prepared, so that
+// after an error the next batch prepares them again.
 func (ws *writeStmts) prepare(ctx context.Context, dc any) error {
 	conn, ok := dc.(*writerConn)
 	if !ok {
 		return fmt.Errorf("driver connection %T is not the writer's", dc)
 	}
-	ws.conn = conn
 	for _, p := range ws.list() {
 		st, err := conn.PrepareContext(ctx, p.sql)
 		if err != nil {
@@ -99,6 +99,7 @@ func (ws *writeStmts) prepare(ctx context.Context, dc any) error {
 			p.st.args[i].Ordinal = i + 1
 		}
 	}
+	ws.conn = conn
 	return nil
 }
 
@@ -108,7 +109,8 @@ func (ws *writeStmts) execTx(db *sql.DB, ops []batchOp) error {
 		if dc != any(ws.conn) {
 			// database/sql replaced the connection the statements were
 			// prepared on, which it does only after the driver reported
-			// it broken; they went with it (writerConn.Close).
+			// it broken; they went with it (writerConn.Close). Or the
+			// last prepare failed.
 			*ws = writeStmts{}
 			if err := ws.prepare(ctx, dc); err != nil {
 				return fmt.Errorf("prepare: %w", err)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mattn/go-sqlite3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -259,4 +260,20 @@ func TestStore_WriterKeepsItsConnectionWhenATransactionsContextEnds(t *testing.T
 	require.NoError(t, err)
 	require.Len(t, rows, 1)
 	assert.Equal(t, fleet.StateOffered, rows[0].State)
+}
+
+func TestWriteStmts_PrepareThatFailedIsRetriedOnTheNextBatch(t *testing.T) {
+	db := sql.OpenDB(writerConnector{dsn: filepath.Join(t.TempDir(), DBFile) + "?" + writerPragmas, drv: &sqlite3.SQLiteDriver{}})
+	db.SetMaxOpenConns(1)
+	t.Cleanup(func() { assert.NoError(t, db.Close()) })
+	ws := &writeStmts{}
+	op := &appendEventOp{e: fleet.Event{Seq: 1, Time: time.Unix(1, 0), Type: fleet.EventUpdate, State: "running"}}
+
+	// No tables yet: the statements cannot be prepared.
+	require.ErrorContains(t, ws.execTx(db, []batchOp{op}), "no such table")
+	require.NoError(t, migrate(context.Background(), db, migrations))
+	require.NoError(t, ws.execTx(db, []batchOp{op}), "prepared on the same connection this time")
+	var n int
+	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM events").Scan(&n))
+	assert.Equal(t, 1, n)
 }
