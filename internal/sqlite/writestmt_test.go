@@ -149,20 +149,11 @@ func TestStore_WritesAfterWriterConnectionReplaced(t *testing.T) {
 	require.NoError(t, s.Flush(ctx))
 
 	var old any
-	require.NoError(t, s.doSync(ctx, func() error {
-		conn, err := s.writer.Conn(ctx)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		// database/sql closes a connection whose driver reports it bad.
-		err = conn.Raw(func(dc any) error {
-			old = dc
-			return driver.ErrBadConn
-		})
-		assert.ErrorIs(t, err, driver.ErrBadConn)
-		return nil
-	}))
+	// database/sql closes a connection whose driver reports it bad.
+	assert.ErrorIs(t, onWriterConn(t, s, func(dc any) error {
+		old = dc
+		return driver.ErrBadConn
+	}), driver.ErrBadConn)
 
 	require.NoError(t, s.SaveProgress(fleet.Progress{UpdateID: "up", DeviceID: "d1", State: fleet.StateAccepted}, 2))
 	require.NoError(t, s.AppendEvent(fleet.Event{Seq: 1, Type: fleet.EventDevice, UpdateID: "up", DeviceID: "d1"}))
@@ -177,21 +168,29 @@ func TestStore_WritesAfterWriterConnectionReplaced(t *testing.T) {
 	assert.Len(t, evs, 1)
 }
 
-// replaceWriterConn makes database/sql close the writer's connection, as it
-// does one whose driver reports it bad; the next write opens another.
-func replaceWriterConn(t *testing.T, s *Store) {
+// onWriterConn runs f with the writer's driver connection, between two
+// batches, and returns what sql.Conn.Raw returned.
+func onWriterConn(t *testing.T, s *Store, f func(dc any) error) error {
 	t.Helper()
 	ctx := context.Background()
+	var rawErr error
 	require.NoError(t, s.doSync(ctx, func() error {
 		conn, err := s.writer.Conn(ctx)
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		err = conn.Raw(func(any) error { return driver.ErrBadConn })
-		assert.ErrorIs(t, err, driver.ErrBadConn)
+		rawErr = conn.Raw(f)
 		return nil
 	}))
+	return rawErr
+}
+
+// replaceWriterConn makes database/sql close the writer's connection, as it
+// does one whose driver reports it bad; the next write opens another.
+func replaceWriterConn(t *testing.T, s *Store) {
+	t.Helper()
+	assert.ErrorIs(t, onWriterConn(t, s, func(any) error { return driver.ErrBadConn }), driver.ErrBadConn)
 }
 
 // storeFiles counts this process's open files under dir (Linux), which a
@@ -276,4 +275,25 @@ func TestWriteStmts_PrepareThatFailedIsRetriedOnTheNextBatch(t *testing.T) {
 	var n int
 	require.NoError(t, db.QueryRow("SELECT COUNT(*) FROM events").Scan(&n))
 	assert.Equal(t, 1, n)
+}
+
+func TestStore_WriterReplacesAConnectionLeftInATransaction(t *testing.T) {
+	s := newTestStore(t, "")
+	ctx := context.Background()
+	addUpdate(t, s, "up", "d1")
+	require.NoError(t, s.Flush(ctx))
+	var left any
+	// As an I/O error that the rollback could not end leaves it.
+	require.NoError(t, onWriterConn(t, s, func(dc any) error {
+		left = dc
+		_, err := dc.(*writerConn).ExecContext(ctx, "BEGIN", nil)
+		return err
+	}))
+	require.NoError(t, s.SaveProgress(fleet.Progress{UpdateID: "up", DeviceID: "d1", State: fleet.StateOffered}, 1))
+	require.NoError(t, s.Flush(ctx), "written on a new connection")
+	assert.NotSame(t, left, s.stmts.conn)
+	rows, err := s.AllProgress(ctx, "up")
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	assert.Equal(t, fleet.StateOffered, rows[0].State)
 }
