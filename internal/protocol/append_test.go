@@ -55,6 +55,8 @@ func TestAppendJSON_EventTimeThatEncodingJSONRefusesStillPanics(t *testing.T) {
 		time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC),
 		time.Date(2026, 1, 1, 0, 0, 0, 0, time.FixedZone("far", 25*3600)),
 		time.Date(2026, 1, 1, 0, 0, 0, 0, time.FixedZone("far", -24*3600)),
+		time.Date(2026, 1, 1, 0, 0, 0, 0, time.FixedZone("three digits", 100*3600)), // "+100:00"
+		time.Date(2026, 1, 1, 0, 0, 0, 0, time.FixedZone("three digits", -123*3600)),
 	} {
 		e := fleet.Event{Seq: 1, Time: tm, Type: fleet.EventDevice, State: "queued"}
 		_, err := json.Marshal(e)
