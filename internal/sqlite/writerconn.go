@@ -5,7 +5,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -48,11 +47,11 @@ func (c writerConnector) Connect(context.Context) (driver.Conn, error) {
 func (c writerConnector) Driver() driver.Driver { return c.drv }
 
 // writerConn is the writer's connection: go-sqlite3's, which it embeds for
-// everything else.
+// everything else. Like any driver.Conn, it is not used by two goroutines
+// at once.
 type writerConn struct {
 	*sqlite3.SQLiteConn
 
-	mu    sync.Mutex
 	owned []driver.Stmt // statements finalized before the connection closes
 }
 
@@ -68,21 +67,14 @@ func (c *writerConn) ResetSession(context.Context) error { return nil }
 func (c *writerConn) IsValid() bool { return c.AutoCommit() }
 
 // own makes st finalized when the connection closes, if it is not by then.
-func (c *writerConn) own(st driver.Stmt) {
-	c.mu.Lock()
-	c.owned = append(c.owned, st)
-	c.mu.Unlock()
-}
+func (c *writerConn) own(st driver.Stmt) { c.owned = append(c.owned, st) }
 
 // Close finalizes the statements the connection owns, then closes it.
 func (c *writerConn) Close() error {
-	c.mu.Lock()
-	owned := c.owned
-	c.owned = nil
-	c.mu.Unlock()
 	var errs []error
-	for _, st := range owned {
+	for _, st := range c.owned {
 		errs = append(errs, st.Close()) // nil for one closed already
 	}
+	c.owned = nil
 	return errors.Join(append(errs, c.SQLiteConn.Close())...)
 }
