@@ -57,13 +57,26 @@ type (
 	}
 	// Health is the body of GET /api/v1/health.
 	Health struct {
-		Status  string `json:"status"`
-		Version string `json:"version"`
+		Status  string   `json:"status"` // "ok" or "degraded"
+		Version string   `json:"version"`
+		Reasons []string `json:"reasons,omitempty"` // why it is degraded
 	}
 )
 
+// health answers 200 "ok", or 503 "degraded" with the reasons of every
+// HealthChecks function that reported one.
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, Health{Status: "ok", Version: s.version()})
+	h := Health{Status: "ok", Version: s.version()}
+	for _, check := range s.HealthChecks {
+		if reason := check(); reason != "" {
+			h.Reasons = append(h.Reasons, reason)
+		}
+	}
+	code := http.StatusOK
+	if len(h.Reasons) > 0 {
+		h.Status, code = "degraded", http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, h)
 }
 
 func (s *Server) stats(w http.ResponseWriter, r *http.Request) {

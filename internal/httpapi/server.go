@@ -83,6 +83,10 @@ type Server struct {
 	StreamBuffer int
 	// StreamHeartbeat is DefaultStreamHeartbeat when 0.
 	StreamHeartbeat time.Duration
+	// HealthChecks are asked at every GET /api/v1/health; each returns the
+	// reason its part is degraded, or "" when it is well. Any reason makes
+	// the status "degraded" (HTTP 503) and is listed in the answer.
+	HealthChecks []func() string
 
 	initOnce sync.Once
 	initErr  error // the subscription's error, returned by Open

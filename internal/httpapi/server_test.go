@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,6 +103,36 @@ func TestServer_Health(t *testing.T) {
 	resp := call(t, "GET", base+"/api/v1/health", nil, &h)
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, Health{Status: "ok", Version: "v9.9.9"}, h)
+}
+
+func TestServer_HealthIsDegradedWithTheReasonsOfFailingChecks(t *testing.T) {
+	var listener, store atomic.Value
+	listener.Store("")
+	store.Store("")
+	base := newTestAPI(t, &Server{Version: "v9.9.9", HealthChecks: []func() string{
+		func() string { return listener.Load().(string) },
+		func() string { return store.Load().(string) },
+	}})
+	var h Health
+	resp := call(t, "GET", base+"/api/v1/health", nil, &h)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, Health{Status: "ok", Version: "v9.9.9"}, h)
+
+	listener.Store("mqtt listener refusing connections: too many open files")
+	store.Store("store cannot write: database or disk is full")
+	h = Health{}
+	resp = call(t, "GET", base+"/api/v1/health", nil, &h)
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	assert.Equal(t, Health{Status: "degraded", Version: "v9.9.9", Reasons: []string{
+		"mqtt listener refusing connections: too many open files",
+		"store cannot write: database or disk is full",
+	}}, h)
+
+	listener.Store("")
+	h = Health{}
+	resp = call(t, "GET", base+"/api/v1/health", nil, &h)
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	assert.Equal(t, []string{"store cannot write: database or disk is full"}, h.Reasons)
 }
 
 func TestServer_OpenCloseIdempotent(t *testing.T) {
