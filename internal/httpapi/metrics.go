@@ -37,7 +37,7 @@ var (
 	descAcks        = desc("flota_transfer_acks_total", "Chunk acknowledgements received from devices.")
 	descBadMsgs     = desc("flota_device_messages_bad_total", "Device messages that could not be decoded or were invalid.")
 	descStaleMsgs   = desc("flota_device_messages_stale_total", "Valid device messages for another update, handle or attempt.")
-	descQueueDrops  = desc("flota_device_messages_dropped_total", "Device messages dropped on a full engine queue.")
+	descQueueDrops  = desc("flota_device_messages_dropped_total", "Device messages dropped before the engine: reason queue_full (its queue was full), device_quota (that device had its quota of messages waiting).", "reason")
 	descIllegal     = desc("flota_device_illegal_transitions_total", "Device state changes refused by the state machine.")
 	descStoreTx     = desc("flota_store_transactions_total", "Write transactions committed by the store.")
 	descStoreRows   = desc("flota_store_writes_total", "Write operations committed by the store.")
@@ -118,7 +118,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		put(descAcks, prometheus.CounterValue, float64(es.Acks))
 		put(descBadMsgs, prometheus.CounterValue, float64(es.BadMessages))
 		put(descStaleMsgs, prometheus.CounterValue, float64(es.StaleMessages))
-		put(descQueueDrops, prometheus.CounterValue, float64(es.QueueDrops))
+		put(descQueueDrops, prometheus.CounterValue, float64(es.QueueDrops), "queue_full")
+		put(descQueueDrops, prometheus.CounterValue, float64(es.QuotaDrops), "device_quota")
 		put(descIllegal, prometheus.CounterValue, float64(es.IllegalChanges))
 	}
 

@@ -33,7 +33,8 @@ type Stats struct {
 	Acks           int64 `json:"acks"`
 	BadMessages    int64 `json:"bad_messages"`    // undecodable or invalid device messages
 	StaleMessages  int64 `json:"stale_messages"`  // valid but for another update, handle or attempt
-	QueueDrops     int64 `json:"queue_drops"`     // device messages dropped on a full inbound queue
+	QueueDrops     int64 `json:"queue_drops"`     // device messages and presence changes dropped on a full inbound queue
+	QuotaDrops     int64 `json:"quota_drops"`     // device messages dropped because that device had its quota waiting
 	IllegalChanges int64 `json:"illegal_changes"` // state changes refused by the state machine
 }
 

@@ -51,19 +51,29 @@ type Engine struct {
 	// Checkpoint is how often acknowledged offsets of in-flight devices are
 	// written to the store.
 	Checkpoint time.Duration
-	// QueueSize bounds the device messages waiting for the loop.
+	// QueueSize bounds the device messages waiting for the loop; its last
+	// quarter is kept for presence changes.
 	QueueSize int
+	// AckQuota and MessageQuota bound the acks and the other messages one
+	// device may have waiting for the loop (fair.go); over them, that
+	// device's messages are dropped (Stats.QuotaDrops).
+	AckQuota     int
+	MessageQuota int
 
 	inbox  chan inbound
-	cmds   chan func()
-	cancel context.CancelCauseFunc
-	wg     sync.WaitGroup
-	once   sync.Once
-	closed atomic.Bool
-	opened atomic.Bool // inbox and cmds exist: presence and commands may flow
+	shared int    // how full device messages may make the inbox (fair.go)
+	quotas quotas // device ID -> its messages waiting (fair.go)
+	// presenceDrops throttles the log of dropped presence changes.
+	presenceDrops quota
+	cmds          chan func()
+	cancel        context.CancelCauseFunc
+	wg            sync.WaitGroup
+	once          sync.Once
+	closed        atomic.Bool
+	opened        atomic.Bool // inbox and cmds exist: presence and commands may flow
 
 	stats struct {
-		chunks, bytes, resends, acks, bad, stale, drops, illegal atomic.Int64
+		chunks, bytes, resends, acks, bad, stale, drops, quotaDrops, illegal atomic.Int64
 	}
 
 	// Loop-owned state.
@@ -82,6 +92,7 @@ type Engine struct {
 type inbound struct {
 	device, kind string
 	payload      []byte
+	q            *quota // the device's quota it counts in; nil for presence
 }
 
 // New returns an engine with default settings.
@@ -100,6 +111,8 @@ func New(store *sqlite.Store, tr Transport, logger *slog.Logger) *Engine {
 		StatusInterval: DefaultStatusInterval,
 		Checkpoint:     DefaultCheckpoint,
 		QueueSize:      DefaultQueueSize,
+		AckQuota:       DefaultAckQuota,
+		MessageQuota:   DefaultMessageQuota,
 	}
 }
 
@@ -109,7 +122,10 @@ func (e *Engine) Open(ctx context.Context) error {
 	if e.Store == nil || e.Transport == nil {
 		return errors.New("rollout: engine needs a store and a transport")
 	}
+	e.QueueSize = max(e.QueueSize, 4)
+	e.AckQuota, e.MessageQuota = max(e.AckQuota, 1), max(e.MessageQuota, 1)
 	e.inbox = make(chan inbound, e.QueueSize)
+	e.shared = e.QueueSize - e.QueueSize/4
 	e.cmds = make(chan func())
 	e.runs = map[string]*run{}
 	e.active = map[string]*target{}
@@ -164,9 +180,10 @@ func (e *Engine) Close() error {
 }
 
 // handle is the transport's handler. It runs on a device connection's read
-// goroutine, so it only hands the message to the loop, never blocking: a full
-// queue drops the message (acks are recovered by the resend timer, reports
-// and hellos by the device's own retries and the offer timer).
+// goroutine, so it only hands the message to the loop, never blocking: a
+// device over its quota, or a full queue, drops the message (acks are
+// recovered by the resend timer, reports and hellos by the device's own
+// retries and the offer timer). See enqueue.
 func (e *Engine) handle(topic string, payload []byte) {
 	id, kind, ok := protocol.ParseUpTopic(topic)
 	if !ok {
@@ -174,11 +191,13 @@ func (e *Engine) handle(topic string, payload []byte) {
 		e.Logger.Warn("bad device topic", "topic", topic)
 		return
 	}
-	select {
-	case e.inbox <- inbound{device: id, kind: kind, payload: payload}:
-	default:
-		e.stats.drops.Add(1)
+	if kind == protocol.KindStatus {
+		// A device's retained online/offline status: presence comes from
+		// the transport (broker hooks, or the transport reading these), so
+		// it need not wait in the inbox.
+		return
 	}
+	e.enqueue(id, kind, payload)
 }
 
 // DevicePresence tells the engine a device connected or disconnected. It is
@@ -191,10 +210,12 @@ func (e *Engine) DevicePresence(deviceID string, online bool) {
 	if online {
 		kind = kindOnline
 	}
+	// Presence may fill the whole inbox; device messages stop at e.shared.
 	select {
 	case e.inbox <- inbound{device: deviceID, kind: kind}:
 	default:
 		e.stats.drops.Add(1)
+		e.logDrop(deviceID, &e.presenceDrops, dropFull)
 	}
 }
 
@@ -225,7 +246,7 @@ func (e *Engine) do(ctx context.Context, fn func()) error {
 func (e *Engine) loop(ctx context.Context) {
 	tick := time.NewTicker(e.TickInterval)
 	defer tick.Stop()
-	lastStatus, lastCheckpoint := e.now(), e.now()
+	lastStatus, lastCheckpoint, lastSweep := e.now(), e.now(), time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -233,12 +254,14 @@ func (e *Engine) loop(ctx context.Context) {
 		case fn := <-e.cmds:
 			fn()
 		case m := <-e.inbox:
+			e.taken(m)
 			e.dispatch(m)
 			// Drain what is waiting before looking at timers: acks come in
 			// bursts and each one may release more chunks.
 			for i := 0; i < 256; i++ {
 				select {
 				case m = <-e.inbox:
+					e.taken(m)
 					e.dispatch(m)
 					continue
 				default:
@@ -264,6 +287,10 @@ func (e *Engine) loop(ctx context.Context) {
 				for _, r := range e.runs {
 					r.checkpoint(e, false)
 				}
+			}
+			if wall := time.Now(); wall.Sub(lastSweep) >= quotaSweepInterval {
+				lastSweep = wall
+				e.quotas.sweep(wall)
 			}
 		}
 	}
@@ -328,6 +355,7 @@ func (e *Engine) Stats() Stats {
 		BadMessages:    e.stats.bad.Load(),
 		StaleMessages:  e.stats.stale.Load(),
 		QueueDrops:     e.stats.drops.Load(),
+		QuotaDrops:     e.stats.quotaDrops.Load(),
 		IllegalChanges: e.stats.illegal.Load(),
 	}
 }
