@@ -15,7 +15,7 @@ import (
 	"github.com/flotaio/flota/internal/fleet"
 )
 
-// Defaults of the per-client rate limit of publishes (Options.RateLimit).
+// Defaults of the per-client-ID rate limit of publishes (Options.RateLimit).
 // A device at full speed sends one cumulative ack per half window, far below
 // this even for one device taking the broker's whole chunk rate (about
 // 25,000 chunks/s, so at most 6,250 acks/s at window 8).
@@ -30,13 +30,11 @@ const authTimeout = 30 * time.Second
 
 // clientState is what the broker knows about one connection: its role,
 // resolved once at connect so that the ACL check is a map read, and its
-// publish token bucket, touched only by the connection's read goroutine.
+// client ID's limits (identity.go), set when its session is established
+// and used by the connection's own goroutine only.
 type clientState struct {
 	role fleet.Role
-
-	tokens  float64
-	last    time.Time
-	limited bool // the offence was logged for this connection
+	id   *identity
 }
 
 // states maps *mqtt.Client to *clientState.
@@ -83,32 +81,6 @@ func (b *Broker) authenticate(cl *mqtt.Client, pk packets.Packet) (fleet.Role, e
 		return "", errors.New("a monitor may not set a will")
 	}
 	return role, nil
-}
-
-// allowPublish applies cl's token bucket to one inbound publish.
-func (b *Broker) allowPublish(cl *mqtt.Client, st *clientState) bool {
-	if b.opts.RateLimit < 0 {
-		return true
-	}
-	now := time.Now()
-	burst := float64(b.opts.RateBurst)
-	if st.last.IsZero() {
-		st.tokens = burst
-	} else {
-		st.tokens = min(burst, st.tokens+now.Sub(st.last).Seconds()*b.opts.RateLimit)
-	}
-	st.last = now
-	if st.tokens >= 1 {
-		st.tokens--
-		return true
-	}
-	b.rateLimited.Add(1)
-	if !st.limited {
-		st.limited = true
-		b.log.Warn("client over its publish rate limit: dropping its messages", "client", cl.ID,
-			"remote", cl.Net.Remote, "limit_per_s", b.opts.RateLimit, "burst", b.opts.RateBurst)
-	}
-	return false
 }
 
 // Disconnect ends the connection of clientID at once, if it has one (a

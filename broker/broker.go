@@ -41,8 +41,10 @@
 // Authenticate makes every valid client ID a device (tests, benchmarks).
 //
 // Disconnect closes a client's connection at once (a revoked account). Each
-// connection's publishes pass a token bucket (Options.RateLimit); over it,
-// messages are acknowledged and dropped.
+// client ID's publishes pass a token bucket (Options.RateLimit) that
+// survives its reconnections; over it, messages are acknowledged and
+// dropped. A client ID that connects more than Options.ConnectRate times a
+// minute is refused for Options.ConnectBan (identity.go).
 package broker
 
 import (
@@ -54,6 +56,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -104,6 +107,14 @@ type Options struct {
 	// the limit.
 	RateLimit float64
 	RateBurst int
+	// ConnectRate is how many established connections one client ID may
+	// make in a minute (the burst, refilled at that rate); over it, its
+	// connections are refused for ConnectBan (Stats.ConnectRateLimited).
+	// Zero values take DefaultConnectRate and DefaultConnectBan; a
+	// negative ConnectRate disables the limit. The rate limit and this
+	// limit are kept per client ID, across its connections (identity.go).
+	ConnectRate int
+	ConnectBan  time.Duration
 	// TLSAddr, when set with TLSConfig, adds a TLS listener. A TLSConfig
 	// that verifies client certificates (ClientCAs and
 	// RequireAndVerifyClientCert) makes it mutual TLS: the certificate's
@@ -119,6 +130,10 @@ type Stats struct {
 	AuthRefused     int64 `json:"auth_refused"`     // connections refused
 	ACLDenied       int64 `json:"acl_denied"`       // publishes, subscriptions and deliveries denied by the ACL
 	RateLimited     int64 `json:"rate_limited"`     // publishes dropped by the per-client rate limit
+	// ConnectRateLimited counts connections refused by the reconnect limit.
+	ConnectRateLimited int64 `json:"connect_rate_limited"`
+	// Identities is the number of client IDs whose limits are kept.
+	Identities int `json:"identities"`
 }
 
 // Broker is the embedded MQTT broker. It implements the engine's transport
@@ -135,7 +150,10 @@ type Broker struct {
 	queueDrops  atomic.Int64 // deliveries dropped on a full outbound queue (OnPublishDropped)
 	rateLimited atomic.Int64
 
-	clients states // per-connection role and rate limit
+	connectLimited atomic.Int64 // connections refused by the reconnect limit
+
+	clients states     // per-connection role and identity
+	ids     identities // per-client-ID limits (identity.go)
 
 	onPresence func(clientID string, online bool) // set before Open, read-only after
 
@@ -182,6 +200,12 @@ func New(opts Options) *Broker {
 	}
 	if opts.RateBurst <= 0 {
 		opts.RateBurst = DefaultRateBurst
+	}
+	if opts.ConnectRate == 0 {
+		opts.ConnectRate = DefaultConnectRate
+	}
+	if opts.ConnectBan <= 0 {
+		opts.ConnectBan = DefaultConnectBan
 	}
 	if opts.MaxPacketSize == 0 {
 		opts.MaxPacketSize = DefaultMaxPacketSize
@@ -448,6 +472,9 @@ func (b *Broker) Stats() Stats {
 		AuthRefused: b.authRefused.Load(),
 		ACLDenied:   b.aclDenied.Load(),
 		RateLimited: b.rateLimited.Load(),
+
+		ConnectRateLimited: b.connectLimited.Load(),
+		Identities:         b.identityCount(),
 	}
 }
 

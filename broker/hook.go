@@ -45,11 +45,16 @@ func (h *hook) Provides(event byte) bool {
 
 // OnConnect refuses an invalid client ID with CONNACK "identifier rejected"
 // (0x02 in MQTT 3.1.1), which tells a firmware author more than the "not
-// authorised" that mochi sends when OnConnectAuthenticate says no, and a
-// will topic the client could not publish to itself with "not authorised".
+// authorised" that mochi sends when OnConnectAuthenticate says no, a will
+// topic the client could not publish to itself with "not authorised", and
+// a client ID over its reconnect limit with "server unavailable" (0x03;
+// 0x9F "connection rate exceeded" in MQTT 5) before any password is
+// checked (identity.go).
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	code := packets.CodeSuccess
 	switch {
+	case fleet.ValidDeviceID(cl.ID) && !h.b.connectAllowed(cl):
+		return h.b.refuseConnect(cl)
 	case !fleet.ValidDeviceID(cl.ID):
 		code = packets.ErrClientIdentifierNotValid
 	case pk.Connect.WillFlag && !canWrite(cl.ID, pk.Connect.WillTopic):
@@ -125,8 +130,12 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	return unretainPresence(pk), nil
 }
 
-// OnSessionEstablished reports the client online.
+// OnSessionEstablished counts the connection against its client ID's
+// limits and reports the client online.
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if st := h.b.clients.get(cl); st != nil {
+		h.b.attachIdentity(cl, st)
+	}
 	h.b.sessionUp(cl)
 }
 
@@ -134,6 +143,9 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 // over, and ends its deliveries of stored statuses.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	h.b.endFeeds(cl)
+	if st := h.b.clients.get(cl); st != nil {
+		h.b.detachIdentity(st)
+	}
 	h.b.clients.drop(cl)
 	h.b.sessionDown(cl, err)
 }

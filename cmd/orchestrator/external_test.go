@@ -9,10 +9,8 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -172,14 +170,7 @@ func TestMain_ExternalBrokerFleetUpdateSucceeds(t *testing.T) {
 			Received  int64 `json:"received"`
 		} `json:"broker"`
 	}
-	req, err := http.NewRequest("GET", f.main.HTTPURL()+"/api/v1/stats", nil)
-	require.NoError(t, err)
-	req.Header.Set("Authorization", "Bearer "+testReadToken)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&stats))
+	getStats(t, f.main.HTTPURL(), &stats)
 	assert.True(t, stats.Broker.Connected)
 	assert.Positive(t, stats.Broker.Received)
 }

@@ -84,6 +84,11 @@ type Config struct {
 	// the broker's default, negative: no limit); RateBurst its burst.
 	RateLimit float64
 	RateBurst int
+	// ConnectRate is the connections per minute one MQTT client ID may make
+	// (0: the broker's default, negative: no limit); over it, the client ID
+	// is refused for ConnectBan (0: the broker's default).
+	ConnectRate int
+	ConnectBan  time.Duration
 	// EventRetention and EventMaxRows bound the event log: events older than
 	// EventRetention, and all but the newest EventMaxRows, are deleted
 	// periodically in small batches (sqlite.Retention). 0 disables a bound.

@@ -24,12 +24,20 @@ func securityFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.TLSClientCA, "tls-client-ca", "", "PEM CA of client certificates: mutual TLS on --mqtt-tls, certificate common name = client ID")
 	fs.Float64Var(&c.RateLimit, "mqtt-rate-limit", 0, "messages per second one MQTT client may publish; over it they are dropped (0: default 10000, -1: no limit)")
 	fs.IntVar(&c.RateBurst, "mqtt-rate-burst", 0, "burst of --mqtt-rate-limit (0: default 10000)")
+	fs.IntVar(&c.ConnectRate, "mqtt-connect-rate", 0, "connections one MQTT client ID may make per minute; over it they are refused for --mqtt-connect-ban (0: default 30, -1: no limit)")
+	fs.DurationVar(&c.ConnectBan, "mqtt-connect-ban", 0, "how long a client ID over --mqtt-connect-rate is refused (0: default 1m)")
 }
 
 // checkSecurity validates the combination of security flags.
 func (c *Config) checkSecurity() error {
 	if c.Broker != "" && (c.AllowAnonymous || c.EnrollTokenFile != "" || c.MQTTTLSAddr != "" || c.RateLimit != 0) {
 		return errors.New("--allow-anonymous, --enroll-token-file, --mqtt-tls and --mqtt-rate-limit configure the embedded broker, not --broker")
+	}
+	if c.Broker != "" && (c.ConnectRate != 0 || c.ConnectBan != 0) {
+		return errors.New("--mqtt-connect-rate and --mqtt-connect-ban configure the embedded broker, not --broker")
+	}
+	if c.ConnectBan < 0 {
+		return errors.New("--mqtt-connect-ban must not be negative")
 	}
 	if c.AutoApprove && c.EnrollTokenFile == "" {
 		return errors.New("--auto-approve needs --enroll-token-file")
@@ -119,6 +127,8 @@ func (m *Main) brokerOptions() (broker.Options, error) {
 		Authenticate: m.Accounts.Authenticate,
 		RateLimit:    c.RateLimit,
 		RateBurst:    c.RateBurst,
+		ConnectRate:  c.ConnectRate,
+		ConnectBan:   c.ConnectBan,
 		TLSAddr:      c.MQTTTLSAddr,
 		TLSConfig:    tlsCfg,
 	}, nil

@@ -51,6 +51,8 @@ var (
 	descBrokerAuth    = desc("flota_broker_auth_refused_total", "MQTT connections refused.")
 	descBrokerACL     = desc("flota_broker_acl_denied_total", "MQTT publishes, subscriptions and deliveries denied by the ACL.")
 	descBrokerRate    = desc("flota_broker_rate_limited_total", "MQTT publishes dropped by the per-client rate limit.")
+	descBrokerConnRL  = desc("flota_broker_connect_rate_limited_total", "MQTT connections refused because their client ID connected too often.")
+	descBrokerIDs     = desc("flota_broker_identities", "MQTT client IDs whose rate and reconnect limits the broker keeps.")
 
 	descStreamClients = desc("flota_http_stream_clients", "Connected event stream (SSE) clients.")
 	descStreamDropped = desc("flota_http_stream_dropped_messages_total", "Messages dropped for slow event stream clients (they catch up from the store).")
@@ -67,6 +69,8 @@ var brokerMetrics = []struct {
 	{"auth_refused", descBrokerAuth, prometheus.CounterValue},
 	{"acl_denied", descBrokerACL, prometheus.CounterValue},
 	{"rate_limited", descBrokerRate, prometheus.CounterValue},
+	{"connect_rate_limited", descBrokerConnRL, prometheus.CounterValue},
+	{"identities", descBrokerIDs, prometheus.GaugeValue},
 }
 
 // collector reads the server's components on every scrape.
@@ -76,7 +80,8 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
 		descIllegal, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
-		descBrokerClients, descBrokerDropped, descBrokerAuth, descBrokerACL, descBrokerRate, descStreamClients, descStreamDropped} {
+		descBrokerClients, descBrokerDropped, descBrokerAuth, descBrokerACL, descBrokerRate, descBrokerConnRL, descBrokerIDs,
+		descStreamClients, descStreamDropped} {
 		ch <- d
 	}
 }
