@@ -32,9 +32,18 @@ func (s *logStore) count(msg string) int {
 	return n
 }
 
-// hangUp disconnects c and waits until the broker has seen the connection end.
+// waitOnline waits until the broker has established id's session: a
+// client has its CONNACK a moment before.
+func waitOnline(t *testing.T, b *Broker, id string) {
+	t.Helper()
+	require.Eventually(t, func() bool { return b.Online(id) }, waitFor, tick, "%s online", id)
+}
+
+// hangUp disconnects c once its session is established and waits until
+// the broker has seen the connection end.
 func hangUp(t *testing.T, b *Broker, id string, c interface{ Disconnect(uint) }) {
 	t.Helper()
+	waitOnline(t, b, id)
 	c.Disconnect(50)
 	require.Eventually(t, func() bool { return !b.Online(id) }, waitFor, tick, "%s offline", id)
 }
@@ -134,6 +143,7 @@ func TestBroker_ReconnectLimitRefusesAFlappingClientIDOnly(t *testing.T) {
 		require.Error(t, err)
 	}
 	dial(t, b, "victim")
+	waitOnline(t, b, "victim")
 	assert.EqualValues(t, 7, b.Stats().ConnectRateLimited)
 	assert.Positive(t, b.Stats().Identities)
 }
@@ -151,6 +161,7 @@ func TestBroker_IdleIdentitiesAreForgotten(t *testing.T) {
 
 	// A connected one is kept however long it is idle.
 	dial(t, b, "dev-b")
+	waitOnline(t, b, "dev-b")
 	b.ids.mu.Lock()
 	b.sweepIdentities(time.Now().Add(time.Hour))
 	b.ids.mu.Unlock()
