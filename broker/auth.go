@@ -37,6 +37,8 @@ type clientState struct {
 	tokens  float64
 	last    time.Time
 	limited bool // the offence was logged for this connection
+
+	subs subscribeState // limits.go
 }
 
 // states maps *mqtt.Client to *clientState.

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"slices"
 	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -37,6 +38,7 @@ func (h *hook) Provides(event byte) bool {
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped,
 		mqtt.OnPublish, mqtt.OnWill, // OnPublish, OnWill: retain.go
 		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnPacketSent,
+		mqtt.OnUnsubscribe,     // limits.go
 		mqtt.OnPacketProcessed: // status.go
 		return true
 	}
@@ -52,7 +54,13 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	switch {
 	case !fleet.ValidDeviceID(cl.ID):
 		code = packets.ErrClientIdentifierNotValid
-	case pk.Connect.WillFlag && !canWrite(cl.ID, pk.Connect.WillTopic):
+	case pk.Connect.WillFlag && !h.b.topicFits(pk.Connect.WillTopic):
+		h.b.refuseTopic(cl, "will", pk.Connect.WillTopic)
+		code = packets.ErrNotAuthorized
+		if cl.Properties.ProtocolVersion < 5 {
+			code = packets.ErrBadUsernameOrPassword // the one mochi maps to 3.1.1's 0x05 "not authorised"
+		}
+	case pk.Connect.WillFlag && !canWrite(cl.ID, pk.Connect.WillTopic, h.b.opts.UpKinds):
 		code = packets.ErrNotAuthorized
 		if cl.Properties.ProtocolVersion < 5 {
 			code = packets.ErrBadUsernameOrPassword // the one mochi maps to 3.1.1's 0x05 "not authorised"
@@ -89,10 +97,17 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 // aclCheck is OnACLCheck; the delivery of stored device statuses
-// (status.go) asks it too.
+// (status.go) asks it too. A publish over the topic limits is refused
+// first, and counted as such; the filters of a subscription were checked
+// against them before (limitSubscribe), and a delivery's topic was
+// published within them.
 func (b *Broker) aclCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if cl.Net.Inline {
 		return true
+	}
+	if write && !b.topicFits(topic) {
+		b.refuseTopic(cl, "publish", topic)
+		return false
 	}
 	var ok bool
 	if st := b.clients.get(cl); st != nil {
@@ -100,7 +115,7 @@ func (b *Broker) aclCheck(cl *mqtt.Client, topic string, write bool) bool {
 		case st.role == fleet.RoleMonitor:
 			ok = !write && monitorCanRead(topic)
 		case write:
-			ok = canWrite(cl.ID, topic)
+			ok = canWrite(cl.ID, topic, b.opts.UpKinds)
 		default:
 			ok = canRead(cl.ID, topic)
 		}
@@ -114,7 +129,7 @@ func (b *Broker) aclCheck(cl *mqtt.Client, topic string, write bool) bool {
 
 // OnPublish applies the per-client rate limit to a publish the ACL allowed
 // (over the limit, the message is acknowledged and dropped) and keeps
-// presence messages from being retained (retain.go).
+// every client's message from being retained (retain.go).
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
@@ -122,7 +137,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if st := h.b.clients.get(cl); st != nil && !h.b.allowPublish(cl, st) {
 		return pk, packets.CodeSuccessIgnore
 	}
-	return unretainPresence(pk), nil
+	return h.b.unretain(pk), nil
 }
 
 // OnSessionEstablished reports the client online.
@@ -145,9 +160,9 @@ func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // canWrite reports whether client id may publish to topic: only
-// flota/devices/{id}/up/ followed by at least one character, without
-// wildcards.
-func canWrite(id, topic string) bool {
+// flota/devices/{id}/up/{kind} with kind one of kinds, which are few
+// (Options.UpKinds), so this stays a few string comparisons.
+func canWrite(id, topic string, kinds []string) bool {
 	rest, ok := strings.CutPrefix(topic, devicesPrefix)
 	if !ok {
 		return false
@@ -157,7 +172,7 @@ func canWrite(id, topic string) bool {
 		return false
 	}
 	rest, ok = strings.CutPrefix(rest, upLevel)
-	return ok && rest != "" && !strings.ContainsAny(rest, "+#")
+	return ok && slices.Contains(kinds, rest)
 }
 
 // canRead reports whether client id may receive topic, or subscribe to it as

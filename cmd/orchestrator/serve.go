@@ -84,6 +84,10 @@ type Config struct {
 	// the broker's default, negative: no limit); RateBurst its burst.
 	RateLimit float64
 	RateBurst int
+	// TopicLimits bound each MQTT client's topics, filters, subscriptions
+	// and SUBSCRIBE rate (serve_limits.go); zero fields take the broker's
+	// defaults.
+	TopicLimits broker.TopicLimits
 	// EventRetention and EventMaxRows bound the event log: events older than
 	// EventRetention, and all but the newest EventMaxRows, are deleted
 	// periodically in small batches (sqlite.Retention). 0 disables a bound.

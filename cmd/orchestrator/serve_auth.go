@@ -119,6 +119,7 @@ func (m *Main) brokerOptions() (broker.Options, error) {
 		Authenticate: m.Accounts.Authenticate,
 		RateLimit:    c.RateLimit,
 		RateBurst:    c.RateBurst,
+		Topics:       c.TopicLimits,
 		TLSAddr:      c.MQTTTLSAddr,
 		TLSConfig:    tlsCfg,
 	}, nil

@@ -52,6 +52,11 @@ var (
 	descBrokerACL     = desc("flota_broker_acl_denied_total", "MQTT publishes, subscriptions and deliveries denied by the ACL.")
 	descBrokerRate    = desc("flota_broker_rate_limited_total", "MQTT publishes dropped by the per-client rate limit.")
 
+	descBrokerTopic   = desc("flota_broker_topic_refused_total", "MQTT publishes, wills and (un)subscribe filters refused for their topic length or depth.")
+	descBrokerRetain  = desc("flota_broker_retain_refused_total", "MQTT client publishes and wills delivered without their retain flag.")
+	descBrokerSubs    = desc("flota_broker_subscriptions_refused_total", "MQTT subscribe filters refused over a client's subscription quota.")
+	descBrokerSubRate = desc("flota_broker_subscribe_rate_limited_total", "MQTT SUBSCRIBE packets refused over a connection's SUBSCRIBE rate.")
+
 	descStreamClients = desc("flota_http_stream_clients", "Connected event stream (SSE) clients.")
 	descStreamDropped = desc("flota_http_stream_dropped_messages_total", "Messages dropped for slow event stream clients (they catch up from the store).")
 )
@@ -67,6 +72,10 @@ var brokerMetrics = []struct {
 	{"auth_refused", descBrokerAuth, prometheus.CounterValue},
 	{"acl_denied", descBrokerACL, prometheus.CounterValue},
 	{"rate_limited", descBrokerRate, prometheus.CounterValue},
+	{"topic_refused", descBrokerTopic, prometheus.CounterValue},
+	{"retain_refused", descBrokerRetain, prometheus.CounterValue},
+	{"subscriptions_refused", descBrokerSubs, prometheus.CounterValue},
+	{"subscribe_rate_limited", descBrokerSubRate, prometheus.CounterValue},
 }
 
 // collector reads the server's components on every scrape.
@@ -76,7 +85,8 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
 		descIllegal, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
-		descBrokerClients, descBrokerDropped, descBrokerAuth, descBrokerACL, descBrokerRate, descStreamClients, descStreamDropped} {
+		descBrokerClients, descBrokerDropped, descBrokerAuth, descBrokerACL, descBrokerRate, descStreamClients, descStreamDropped,
+		descBrokerTopic, descBrokerRetain, descBrokerSubs, descBrokerSubRate} {
 		ch <- d
 	}
 }
