@@ -54,13 +54,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	switch {
 	case !fleet.ValidDeviceID(cl.ID):
 		code = packets.ErrClientIdentifierNotValid
-	case pk.Connect.WillFlag && !h.b.topicFits(pk.Connect.WillTopic):
-		h.b.refuseTopic(cl, "will", pk.Connect.WillTopic)
-		code = packets.ErrNotAuthorized
-		if cl.Properties.ProtocolVersion < 5 {
-			code = packets.ErrBadUsernameOrPassword // the one mochi maps to 3.1.1's 0x05 "not authorised"
-		}
-	case pk.Connect.WillFlag && !canWrite(cl.ID, pk.Connect.WillTopic, h.b.opts.UpKinds):
+	case pk.Connect.WillFlag && !h.b.willAllowed(cl, pk.Connect.WillTopic):
 		code = packets.ErrNotAuthorized
 		if cl.Properties.ProtocolVersion < 5 {
 			code = packets.ErrBadUsernameOrPassword // the one mochi maps to 3.1.1's 0x05 "not authorised"
@@ -74,6 +68,16 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		h.b.log.Debug("send connack", "client", cl.ID, "error", err)
 	}
 	return code
+}
+
+// willAllowed reports whether cl may set a will on topic: one within the
+// topic limits (a refusal counted as such) that it could publish to itself.
+func (b *Broker) willAllowed(cl *mqtt.Client, topic string) bool {
+	if !b.topicFits(topic) {
+		b.refuseTopic(cl, "will", topic)
+		return false
+	}
+	return canWrite(cl.ID, topic, b.opts.UpKinds)
 }
 
 // OnConnectAuthenticate accepts a valid client ID with credentials that
