@@ -35,6 +35,7 @@ const authTimeout = 30 * time.Second
 type clientState struct {
 	role fleet.Role
 	id   *identity
+	subs subscribeState // limits.go
 }
 
 // states maps *mqtt.Client to *clientState.

@@ -11,7 +11,8 @@
 // with a clean session gets a valid one assigned). With {id} the connection's
 // own client ID:
 //
-//	write  flota/devices/{id}/up/<at least one more level>
+//	write  flota/devices/{id}/up/{kind}, kind one of hello, report, ack
+//	       and status (Options.UpKinds)
 //	read   flota/devices/{id}/down    and everything below it
 //	       flota/events               and everything below it
 //	       flota/status               and everything below it
@@ -29,6 +30,20 @@
 // message is a publish too: a connection whose will topic it may not write is
 // refused at connect. The inline client (the orchestrator itself) bypasses the
 // ACL.
+//
+// # Limits
+//
+// Only the inline client retains: a client's retained publish or will is
+// delivered without the retain flag (retain.go), so no client makes the
+// broker hold a message. Every topic a client publishes to, its will topic
+// and every filter it subscribes or unsubscribes are bounded in length and
+// levels (Options.Topics, 256 bytes and 16 levels by default), checked
+// before mochi's topic index sees them: a publish over them is refused like
+// one the ACL denies, a connection with such a will is refused, such a filter
+// gets SUBACK or UNSUBACK 0x8F (0x80 in MQTT 3.1.1). A client holds at most
+// Options.Topics.MaxSubscriptions filters, a persistent session included,
+// and each connection's SUBSCRIBE packets pass a token bucket; a filter over
+// either gets SUBACK 0x97 (0x80). limits.go holds them.
 //
 // # Authentication and roles
 //
@@ -121,6 +136,13 @@ type Options struct {
 	// common name must be the client ID, and stands for the secret.
 	TLSAddr   string
 	TLSConfig *tls.Config
+	// Topics bounds topics, filters, subscriptions and the SUBSCRIBE rate
+	// of each client (limits.go); zero fields take their defaults.
+	Topics TopicLimits
+	// UpKinds are the message kinds a device may publish, each on
+	// flota/devices/{id}/up/{kind}; nil means the protocol's hello, report,
+	// ack and status.
+	UpKinds []string
 }
 
 // Stats are the broker's counters since it opened.
@@ -134,6 +156,18 @@ type Stats struct {
 	ConnectRateLimited int64 `json:"connect_rate_limited"`
 	// Identities is the number of client IDs whose limits are kept.
 	Identities int `json:"identities"`
+	// TopicRefused counts publishes, wills and (un)subscribe filters
+	// refused for their length or depth (Options.Topics).
+	TopicRefused int64 `json:"topic_refused"`
+	// RetainRefused counts client publishes and wills delivered without
+	// their retain flag (a device's presence excepted, which the protocol
+	// retains and the broker never keeps).
+	RetainRefused int64 `json:"retain_refused"`
+	// SubscriptionsRefused counts filters refused over a client's
+	// subscription quota, SubscribeRateLimited SUBSCRIBE packets refused
+	// over its SUBSCRIBE rate.
+	SubscriptionsRefused int64 `json:"subscriptions_refused"`
+	SubscribeRateLimited int64 `json:"subscribe_rate_limited"`
 }
 
 // Broker is the embedded MQTT broker. It implements the engine's transport
@@ -152,7 +186,13 @@ type Broker struct {
 
 	connectLimited atomic.Int64 // connections refused by the reconnect limit
 
-	clients states     // per-connection role and identity
+	// Refusals of limits.go and retain.go.
+	topicRefused   atomic.Int64
+	retainRefused  atomic.Int64
+	subsRefused    atomic.Int64
+	subRateLimited atomic.Int64
+
+	clients states     // per-connection role, identity and subscription limits
 	ids     identities // per-client-ID limits (identity.go)
 
 	onPresence func(clientID string, online bool) // set before Open, read-only after
@@ -209,6 +249,10 @@ func New(opts Options) *Broker {
 	}
 	if opts.MaxPacketSize == 0 {
 		opts.MaxPacketSize = DefaultMaxPacketSize
+	}
+	opts.Topics = opts.Topics.withDefaults()
+	if opts.UpKinds == nil {
+		opts.UpKinds = defaultUpKinds
 	}
 	log := opts.Logger
 	if log == nil {
@@ -473,8 +517,12 @@ func (b *Broker) Stats() Stats {
 		ACLDenied:   b.aclDenied.Load(),
 		RateLimited: b.rateLimited.Load(),
 
-		ConnectRateLimited: b.connectLimited.Load(),
-		Identities:         b.identityCount(),
+		ConnectRateLimited:   b.connectLimited.Load(),
+		Identities:           b.identityCount(),
+		TopicRefused:         b.topicRefused.Load(),
+		RetainRefused:        b.retainRefused.Load(),
+		SubscriptionsRefused: b.subsRefused.Load(),
+		SubscribeRateLimited: b.subRateLimited.Load(),
 	}
 }
 

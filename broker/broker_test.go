@@ -166,7 +166,11 @@ func TestBroker_WillTopicConfined(t *testing.T) {
 	assert.ErrorIs(t, err, pahopackets.ErrorRefusedNotAuthorised)
 
 	_, err = tryDial(t, clientOptions(b, "dev-1").SetWill(protocol.UpTopic("dev-1", "gone"), "bye", 1, false))
+	assert.ErrorIs(t, err, pahopackets.ErrorRefusedNotAuthorised, "a kind the protocol does not have")
+
+	_, err = tryDial(t, clientOptions(b, "dev-1").SetWill(protocol.UpTopic("dev-1", protocol.KindStatus), `{"v":1,"online":false}`, 1, true))
 	assert.NoError(t, err)
+	assert.EqualValues(t, 2, b.Stats().AuthRefused)
 }
 
 func TestBroker_Presence(t *testing.T) {
@@ -236,9 +240,9 @@ func TestBroker_MonitorIsReadOnly(t *testing.T) {
 
 	// In order on the monitor's connection: the forged event, then a marker.
 	publish(t, m, "flota/events/x", 0, false, "forged")
-	publish(t, m, protocol.UpTopic("monitor-1", "marker"), 0, false, "marker")
-	seen.waitTopic(t, protocol.UpTopic("monitor-1", "marker"))
-	assert.Equal(t, []string{event, protocol.UpTopic("monitor-1", "marker")}, seen.topics())
+	publish(t, m, protocol.UpTopic("monitor-1", protocol.KindHello), 0, false, "marker")
+	seen.waitTopic(t, protocol.UpTopic("monitor-1", protocol.KindHello))
+	assert.Equal(t, []string{event, protocol.UpTopic("monitor-1", protocol.KindHello)}, seen.topics())
 	assert.Equal(t, []string{event}, mon.topics())
 	assert.EqualValues(t, 1, b.Stats().ACLDenied)
 }

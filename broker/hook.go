@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"slices"
 	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -37,6 +38,7 @@ func (h *hook) Provides(event byte) bool {
 		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnPublishDropped,
 		mqtt.OnPublish, mqtt.OnWill, // OnPublish, OnWill: retain.go
 		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnPacketSent,
+		mqtt.OnUnsubscribe,     // limits.go
 		mqtt.OnPacketProcessed: // status.go
 		return true
 	}
@@ -57,7 +59,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return h.b.refuseConnect(cl)
 	case !fleet.ValidDeviceID(cl.ID):
 		code = packets.ErrClientIdentifierNotValid
-	case pk.Connect.WillFlag && !canWrite(cl.ID, pk.Connect.WillTopic):
+	case pk.Connect.WillFlag && !h.b.willAllowed(cl, pk.Connect.WillTopic):
 		code = packets.ErrNotAuthorized
 		if cl.Properties.ProtocolVersion < 5 {
 			code = packets.ErrBadUsernameOrPassword // the one mochi maps to 3.1.1's 0x05 "not authorised"
@@ -71,6 +73,16 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		h.b.log.Debug("send connack", "client", cl.ID, "error", err)
 	}
 	return code
+}
+
+// willAllowed reports whether cl may set a will on topic: one within the
+// topic limits (a refusal counted as such) that it could publish to itself.
+func (b *Broker) willAllowed(cl *mqtt.Client, topic string) bool {
+	if !b.topicFits(topic) {
+		b.refuseTopic(cl, "will", topic)
+		return false
+	}
+	return canWrite(cl.ID, topic, b.opts.UpKinds)
 }
 
 // OnConnectAuthenticate accepts a valid client ID with credentials that
@@ -94,10 +106,17 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 }
 
 // aclCheck is OnACLCheck; the delivery of stored device statuses
-// (status.go) asks it too.
+// (status.go) asks it too. A publish over the topic limits is refused
+// first, and counted as such; the filters of a subscription were checked
+// against them before (limitSubscribe), and a delivery's topic was
+// published within them.
 func (b *Broker) aclCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if cl.Net.Inline {
 		return true
+	}
+	if write && !b.topicFits(topic) {
+		b.refuseTopic(cl, "publish", topic)
+		return false
 	}
 	var ok bool
 	if st := b.clients.get(cl); st != nil {
@@ -105,7 +124,7 @@ func (b *Broker) aclCheck(cl *mqtt.Client, topic string, write bool) bool {
 		case st.role == fleet.RoleMonitor:
 			ok = !write && monitorCanRead(topic)
 		case write:
-			ok = canWrite(cl.ID, topic)
+			ok = canWrite(cl.ID, topic, b.opts.UpKinds)
 		default:
 			ok = canRead(cl.ID, topic)
 		}
@@ -119,7 +138,7 @@ func (b *Broker) aclCheck(cl *mqtt.Client, topic string, write bool) bool {
 
 // OnPublish applies the per-client rate limit to a publish the ACL allowed
 // (over the limit, the message is acknowledged and dropped) and keeps
-// presence messages from being retained (retain.go).
+// every client's message from being retained (retain.go).
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
@@ -127,7 +146,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if st := h.b.clients.get(cl); st != nil && !h.b.allowPublish(cl, st) {
 		return pk, packets.CodeSuccessIgnore
 	}
-	return unretainPresence(pk), nil
+	return h.b.unretain(pk), nil
 }
 
 // OnSessionEstablished counts the connection against its client ID's
@@ -157,9 +176,9 @@ func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 }
 
 // canWrite reports whether client id may publish to topic: only
-// flota/devices/{id}/up/ followed by at least one character, without
-// wildcards.
-func canWrite(id, topic string) bool {
+// flota/devices/{id}/up/{kind} with kind one of kinds, which are few
+// (Options.UpKinds), so this stays a few string comparisons.
+func canWrite(id, topic string, kinds []string) bool {
 	rest, ok := strings.CutPrefix(topic, devicesPrefix)
 	if !ok {
 		return false
@@ -169,7 +188,7 @@ func canWrite(id, topic string) bool {
 		return false
 	}
 	rest, ok = strings.CutPrefix(rest, upLevel)
-	return ok && rest != "" && !strings.ContainsAny(rest, "+#")
+	return ok && slices.Contains(kinds, rest)
 }
 
 // canRead reports whether client id may receive topic, or subscribe to it as

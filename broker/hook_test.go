@@ -17,7 +17,13 @@ func TestACL_CanWrite(t *testing.T) {
 	}{
 		{"flota/devices/A/up/ack", true},
 		{"flota/devices/A/up/report", true},
-		{"flota/devices/A/up/x/y", true},
+		{"flota/devices/A/up/hello", true},
+		{"flota/devices/A/up/status", true},
+		{"flota/devices/A/up/x/y", false},
+		{"flota/devices/A/up/anything-else", false},
+		{"flota/devices/A/up/ack/x", false},
+		{"flota/devices/A/up/acks", false},
+		{"flota/devices/A/up/hell", false},
 		{"flota/devices/A/up/", false},
 		{"flota/devices/A/up", false},
 		{"flota/devices/A/upx/ack", false},
@@ -32,7 +38,7 @@ func TestACL_CanWrite(t *testing.T) {
 		{"$SYS/x", false},
 		{"", false},
 	} {
-		assert.Equal(t, tc.want, canWrite("A", tc.topic), "write %q", tc.topic)
+		assert.Equal(t, tc.want, canWrite("A", tc.topic, defaultUpKinds), "write %q", tc.topic)
 	}
 }
 

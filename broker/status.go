@@ -221,10 +221,12 @@ type delivery struct {
 // subscription is new") into 2 ("do not send") for a filter the client is
 // already subscribed to. This is the question mochi asks itself, and it can
 // no longer be asked once the subscription is made, when OnSubscribed runs.
+// First, it refuses the filters over the client's limits (limits.go).
 func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if cl.Net.Inline {
 		return pk
 	}
+	pk = h.b.limitSubscribe(cl, pk)
 	copied := false
 	for i, sub := range pk.Filters {
 		if sub.RetainHandling != 1 {

@@ -328,15 +328,19 @@ func dialRaw(t testing.TB, b *Broker, id string, version byte) *rawClient {
 // the caller to read from the returned reader.
 func connectRaw(t testing.TB, b *Broker, id string, version byte) (*rawClient, *bufio.Reader) {
 	t.Helper()
+	return connectRawWith(t, b, packets.ConnectParams{Clean: true, ClientIdentifier: id}, version)
+}
+
+// connectRawWith is connectRaw with the CONNECT's parameters (protocol name
+// and keepalive filled in).
+func connectRawWith(t testing.TB, b *Broker, params packets.ConnectParams, version byte) (*rawClient, *bufio.Reader) {
+	t.Helper()
 	conn, err := net.Dial("tcp", b.Addr())
 	require.NoError(t, err)
 	c := &rawClient{t: t, conn: conn, version: version, done: make(chan struct{})}
 	t.Cleanup(func() { _ = conn.Close() })
-	c.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60,
-			ClientIdentifier: id},
-	})
+	params.ProtocolName, params.Keepalive = []byte("MQTT"), 60
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: params})
 	r := bufio.NewReader(conn)
 	require.NoError(t, conn.SetReadDeadline(time.Now().Add(waitFor)))
 	ack, err := c.read(r)
@@ -363,6 +367,8 @@ func (c *rawClient) send(pk packets.Packet) {
 		err = pk.UnsubscribeEncode(&buf)
 	case packets.Puback:
 		err = pk.PubackEncode(&buf)
+	case packets.Publish:
+		err = pk.PublishEncode(&buf)
 	}
 	require.NoError(c.t, err)
 	c.wmu.Lock()

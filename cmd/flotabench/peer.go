@@ -25,7 +25,8 @@ type peerBroker struct {
 }
 
 func openPeerBroker(o options) (*peerBroker, error) {
-	b := broker.New(broker.Options{Addr: "127.0.0.1:0", Window: o.Window})
+	// The raw and stop-and-wait devices publish kinds of their own.
+	b := broker.New(broker.Options{Addr: "127.0.0.1:0", Window: o.Window, UpKinds: []string{rawDoneKind, sawReqKind}})
 	if err := b.Open(); err != nil {
 		return nil, err
 	}

@@ -397,6 +397,7 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.BrokerClientID, "broker-client-id", mqttclient.DefaultClientID, "MQTT client ID at the external broker: unique, and no device's ID")
 	fs.StringVar(&m.Config.FirmwarePublicKey, "firmware-public-key", "", "PEM ed25519 public key: refuse firmware uploads not signed with its private key")
 	securityFlags(fs, &m.Config)
+	topicLimitFlags(fs, &m.Config)
 	memLimit := fs.String("memory-limit", "", "soft memory limit of the Go runtime, e.g. 400MiB, or off; raised while live data needs more (default: $GOMEMLIMIT as is, else 320MiB)")
 	fs.StringVar(&m.Config.DebugAddr, "debug-addr", "", "serve Go runtime profiles (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060")
 	fs.DurationVar(&m.Config.EventRetention, "event-retention", 0, "delete events older than this from the event log, e.g. 720h (0: keep)")
@@ -405,6 +406,9 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 		return err
 	}
 	if err := m.Config.checkSecurity(); err != nil {
+		return &usageError{msg: err.Error(), spec: sp}
+	}
+	if err := m.Config.checkTopicLimits(); err != nil {
 		return &usageError{msg: err.Error(), spec: sp}
 	}
 	limit, err := parseMemoryLimit(*memLimit)

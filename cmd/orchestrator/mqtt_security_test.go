@@ -90,7 +90,7 @@ func runTool(t *testing.T, bin string, args ...string) (string, bool) {
 // the broker routed it: the control case of every refusal test.
 func publishOwn(t *testing.T, m *Main, r *routed, id, secret string) {
 	t.Helper()
-	topic := protocol.UpTopic(id, "probe")
+	topic := protocol.UpTopic(id, protocol.KindAck)
 	before := r.count(topic)
 	out, ok := mosq(t, m, "mosquitto_pub", "-i", id, "-u", id, "-P", secret, "-q", "1", "-t", topic, "-m", "x")
 	require.True(t, ok, "own publish refused: %s", out)
@@ -103,7 +103,7 @@ func TestMQTTAuth_RefusesWrongMissingAndForeignCredentials(t *testing.T) {
 	m, r := secureMain(t, nil)
 	secret := account(t, m, fleet.RoleDevice, "dev-a")
 	account(t, m, fleet.RoleDevice, "dev-b")
-	topic := protocol.UpTopic("dev-a", "probe")
+	topic := protocol.UpTopic("dev-a", protocol.KindAck)
 
 	for name, args := range map[string][]string{
 		"no credentials":      {"-i", "dev-a"},
@@ -296,7 +296,7 @@ func TestMQTTAuth_RevokedDeviceIsDisconnectedAndRefused(t *testing.T) {
 
 	require.Eventually(t, s.exited, waitFor, 10*time.Millisecond, "mosquitto_sub still connected")
 	assert.False(t, m.Broker.Online("dev-a"))
-	out, ok := mosq(t, m, "mosquitto_pub", "-i", "dev-a", "-u", "dev-a", "-P", secret, "-t", protocol.UpTopic("dev-a", "probe"), "-m", "x")
+	out, ok := mosq(t, m, "mosquitto_pub", "-i", "dev-a", "-u", "dev-a", "-P", secret, "-t", protocol.UpTopic("dev-a", protocol.KindAck), "-m", "x")
 	assert.False(t, ok, "revoked device connected: %s", out)
 	assert.Zero(t, m.Accounts.Cached())
 }
@@ -308,7 +308,7 @@ func TestMQTTAuth_EnrolledDeviceWaitsForApproval(t *testing.T) {
 	m, r := secureMain(t, func(c *Config) { c.EnrollTokenFile = tokenFile })
 	secret := "device-chosen-secret-0123456789"
 	pw := protocol.EnrollPassword(token, secret)
-	topic := protocol.UpTopic("new-1", "probe")
+	topic := protocol.UpTopic("new-1", protocol.KindAck)
 	pub := func(password string) (string, bool) {
 		return mosq(t, m, "mosquitto_pub", "-i", "new-1", "-u", "new-1", "-P", password, "-q", "1", "-t", topic, "-m", "x")
 	}
@@ -343,17 +343,17 @@ func TestMQTTAuth_AutoApproveAndAnonymousModes(t *testing.T) {
 	require.NoError(t, os.WriteFile(tokenFile, []byte("fleet-token-0123456789abcdef"), 0o600))
 	m, r := secureMain(t, func(c *Config) { c.EnrollTokenFile, c.AutoApprove = tokenFile, true })
 	pw := protocol.EnrollPassword("fleet-token-0123456789abcdef", "device-chosen-secret-0123456789")
-	out, ok := mosq(t, m, "mosquitto_pub", "-i", "auto-1", "-u", "auto-1", "-P", pw, "-q", "1", "-t", protocol.UpTopic("auto-1", "probe"), "-m", "x")
+	out, ok := mosq(t, m, "mosquitto_pub", "-i", "auto-1", "-u", "auto-1", "-P", pw, "-q", "1", "-t", protocol.UpTopic("auto-1", protocol.KindAck), "-m", "x")
 	require.True(t, ok, out)
-	routedOnce(t, r, protocol.UpTopic("auto-1", "probe"))
+	routedOnce(t, r, protocol.UpTopic("auto-1", protocol.KindAck))
 
 	anon, r2 := secureMain(t, func(c *Config) { c.AllowAnonymous = true })
-	out, ok = mosq(t, anon, "mosquitto_pub", "-i", "dev-x", "-q", "1", "-t", protocol.UpTopic("dev-x", "probe"), "-m", "x")
+	out, ok = mosq(t, anon, "mosquitto_pub", "-i", "dev-x", "-q", "1", "-t", protocol.UpTopic("dev-x", protocol.KindAck), "-m", "x")
 	require.True(t, ok, out)
-	_, ok = mosq(t, anon, "mosquitto_pub", "-i", "dev-x", "-q", "1", "-t", protocol.UpTopic("dev-y", "probe"), "-m", "x")
+	_, ok = mosq(t, anon, "mosquitto_pub", "-i", "dev-x", "-q", "1", "-t", protocol.UpTopic("dev-y", protocol.KindAck), "-m", "x")
 	assert.False(t, ok, "the client-ID ACL still applies without authentication")
-	routedOnce(t, r2, protocol.UpTopic("dev-x", "probe"))
-	assert.Zero(t, r2.count(protocol.UpTopic("dev-y", "probe")))
+	routedOnce(t, r2, protocol.UpTopic("dev-x", protocol.KindAck))
+	assert.Zero(t, r2.count(protocol.UpTopic("dev-y", protocol.KindAck)))
 }
 
 func TestMQTTAuth_RateLimitDropsAFloodAndKeepsTheClient(t *testing.T) {

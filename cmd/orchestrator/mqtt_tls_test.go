@@ -101,7 +101,7 @@ func TestMQTTTLS_ServerCertificateAndPassword(t *testing.T) {
 	cert, key := ca.issue("broker", true)
 	m, r := secureMain(t, func(c *Config) { c.MQTTTLSAddr, c.TLSCert, c.TLSKey = "127.0.0.1:0", cert, key })
 	secret := account(t, m, fleet.RoleDevice, "dev-a")
-	topic := protocol.UpTopic("dev-a", "probe")
+	topic := protocol.UpTopic("dev-a", protocol.KindAck)
 	creds := []string{"-i", "dev-a", "-u", "dev-a", "-P", secret, "-t", topic}
 
 	out, ok := tlsPub(t, m, append(creds, "--cafile", ca.file)...)
@@ -125,13 +125,13 @@ func TestMQTTTLS_MutualTLSNeedsTheClientIDInTheCommonName(t *testing.T) {
 	account(t, m, fleet.RoleDevice, "dev-a")
 	account(t, m, fleet.RoleDevice, "dev-b")
 	devA, devAKey := ca.issue("dev-a", false)
-	topic := protocol.UpTopic("dev-a", "probe")
+	topic := protocol.UpTopic("dev-a", protocol.KindAck)
 
 	out, ok := tlsPub(t, m, "--cafile", ca.file, "--cert", devA, "--key", devAKey, "-i", "dev-a", "-t", topic)
 	require.True(t, ok, "a verified certificate replaces the password: %s", out)
 	routedOnce(t, r, topic)
 
-	_, ok = tlsPub(t, m, "--cafile", ca.file, "--cert", devA, "--key", devAKey, "-i", "dev-b", "-t", protocol.UpTopic("dev-b", "probe"))
+	_, ok = tlsPub(t, m, "--cafile", ca.file, "--cert", devA, "--key", devAKey, "-i", "dev-b", "-t", protocol.UpTopic("dev-b", protocol.KindAck))
 	assert.False(t, ok, "dev-a's certificate connected as dev-b")
 	_, ok = tlsPub(t, m, "--cafile", ca.file, "-i", "dev-a", "-t", topic)
 	assert.False(t, ok, "no client certificate accepted")
@@ -140,7 +140,7 @@ func TestMQTTTLS_MutualTLSNeedsTheClientIDInTheCommonName(t *testing.T) {
 	_, ok = tlsPub(t, m, "--cafile", ca.file, "--cert", rc, "--key", rk, "-i", "dev-a", "-t", topic)
 	assert.False(t, ok, "a certificate from another CA accepted")
 	assert.Equal(t, 1, r.count(topic))
-	assert.Zero(t, r.count(protocol.UpTopic("dev-b", "probe")))
+	assert.Zero(t, r.count(protocol.UpTopic("dev-b", protocol.KindAck)))
 
 	// Revocation applies to certificates too.
 	res := runCLI(t, m.HTTPURL(), "device", "revoke", "dev-a")
@@ -191,7 +191,7 @@ func TestE2E_ServeWithMutualTLSFlags(t *testing.T) {
 	host, port, _ := strings.Cut(tlsAddr, ":")
 	pub := func() (string, bool) {
 		return runTool(t, requireTool(t, "mosquitto_pub"), "-h", host, "-p", port, "--cafile", ca.file,
-			"--cert", devA, "--key", devAKey, "-i", "dev-a", "-q", "1", "-t", protocol.UpTopic("dev-a", "probe"), "-m", "x")
+			"--cert", devA, "--key", devAKey, "-i", "dev-a", "-q", "1", "-t", protocol.UpTopic("dev-a", protocol.KindAck), "-m", "x")
 	}
 	out, ok := pub()
 	require.True(t, ok, "mTLS publish refused: %s", out)

@@ -89,6 +89,10 @@ type Config struct {
 	// is refused for ConnectBan (0: the broker's default).
 	ConnectRate int
 	ConnectBan  time.Duration
+	// TopicLimits bound each MQTT client's topics, filters, subscriptions
+	// and SUBSCRIBE rate (serve_limits.go); zero fields take the broker's
+	// defaults.
+	TopicLimits broker.TopicLimits
 	// EventRetention and EventMaxRows bound the event log: events older than
 	// EventRetention, and all but the newest EventMaxRows, are deleted
 	// periodically in small batches (sqlite.Retention). 0 disables a bound.

@@ -129,6 +129,7 @@ func (m *Main) brokerOptions() (broker.Options, error) {
 		RateBurst:    c.RateBurst,
 		ConnectRate:  c.ConnectRate,
 		ConnectBan:   c.ConnectBan,
+		Topics:       c.TopicLimits,
 		TLSAddr:      c.MQTTTLSAddr,
 		TLSConfig:    tlsCfg,
 	}, nil

@@ -54,6 +54,11 @@ var (
 	descBrokerConnRL  = desc("flota_broker_connect_rate_limited_total", "MQTT connections refused because their client ID connected too often.")
 	descBrokerIDs     = desc("flota_broker_identities", "MQTT client IDs whose rate and reconnect limits the broker keeps.")
 
+	descBrokerTopic   = desc("flota_broker_topic_refused_total", "MQTT publishes, wills and (un)subscribe filters refused for their topic length or depth.")
+	descBrokerRetain  = desc("flota_broker_retain_refused_total", "MQTT client publishes and wills delivered without their retain flag.")
+	descBrokerSubs    = desc("flota_broker_subscriptions_refused_total", "MQTT subscribe filters refused over a client's subscription quota.")
+	descBrokerSubRate = desc("flota_broker_subscribe_rate_limited_total", "MQTT SUBSCRIBE packets refused over a connection's SUBSCRIBE rate.")
+
 	descStreamClients = desc("flota_http_stream_clients", "Connected event stream (SSE) clients.")
 	descStreamDropped = desc("flota_http_stream_dropped_messages_total", "Messages dropped for slow event stream clients (they catch up from the store).")
 )
@@ -71,6 +76,10 @@ var brokerMetrics = []struct {
 	{"rate_limited", descBrokerRate, prometheus.CounterValue},
 	{"connect_rate_limited", descBrokerConnRL, prometheus.CounterValue},
 	{"identities", descBrokerIDs, prometheus.GaugeValue},
+	{"topic_refused", descBrokerTopic, prometheus.CounterValue},
+	{"retain_refused", descBrokerRetain, prometheus.CounterValue},
+	{"subscriptions_refused", descBrokerSubs, prometheus.CounterValue},
+	{"subscribe_rate_limited", descBrokerSubRate, prometheus.CounterValue},
 }
 
 // collector reads the server's components on every scrape.
@@ -81,6 +90,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
 		descIllegal, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
 		descBrokerClients, descBrokerDropped, descBrokerAuth, descBrokerACL, descBrokerRate, descBrokerConnRL, descBrokerIDs,
+		descBrokerTopic, descBrokerRetain, descBrokerSubs, descBrokerSubRate,
 		descStreamClients, descStreamDropped} {
 		ch <- d
 	}

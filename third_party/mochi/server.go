@@ -1335,6 +1335,8 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 		if code != packets.CodeSuccess {
 			reasonCodes[i] = code.Code // NB 3.9.3 Non-normative 0x91
 			continue
+		} else if refused, ok := hookRefused(pk, i); ok {
+			reasonCodes[i] = refused // flota patch
 		} else if !IsValidFilter(sub.Filter, false) {
 			reasonCodes[i] = packets.ErrTopicFilterInvalid.Code
 		} else if sub.NoLocal && IsSharedFilter(sub.Filter) {
@@ -1396,6 +1398,20 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	return nil
 }
 
+// hookRefused reports the failure reason code (0x80 or above) that an
+// OnSubscribe or OnUnsubscribe hook set for filter i of a SUBSCRIBE or
+// UNSUBSCRIBE in its ReasonCodes, which the decoder leaves empty for these
+// packets: the filter is then answered with that code and left alone (no
+// subscription made or removed), so that a hook can refuse a filter (too
+// long, too deep, over a quota) before it reaches the topic index (flota
+// patch).
+func hookRefused(pk packets.Packet, i int) (byte, bool) {
+	if i < len(pk.ReasonCodes) && pk.ReasonCodes[i] >= packets.ErrUnspecifiedError.Code {
+		return pk.ReasonCodes[i], true
+	}
+	return 0, false
+}
+
 // processUnsubscribe processes an unsubscribe packet.
 func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 	code := packets.CodeSuccess
@@ -1408,6 +1424,11 @@ func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 	for i, sub := range pk.Filters { // [MQTT-3.10.4-6] [MQTT-3.11.3-1]
 		if code != packets.CodeSuccess {
 			reasonCodes[i] = code.Code // NB 3.11.3 Non-normative 0x91
+			continue
+		}
+
+		if refused, ok := hookRefused(pk, i); ok {
+			reasonCodes[i] = refused // flota patch
 			continue
 		}
 

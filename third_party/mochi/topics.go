@@ -540,13 +540,15 @@ func (x *TopicsIndex) RetainMessage(pk packets.Packet) int64 {
 }
 
 // set creates a topic address in the index and returns the final particle.
+// It walks the topic once from level d (flota patch; it isolated each level
+// from the start of the topic again, quadratic in the depth).
 func (x *TopicsIndex) set(topic string, d int) *particle {
 	var key string
 	var hasNext = true
+	rest := skipLevels(topic, d)
 	n := x.root
 	for hasNext {
-		key, hasNext = isolateParticle(topic, d)
-		d++
+		key, rest, hasNext = strings.Cut(rest, "/")
 
 		p := n.particles.get(key)
 		if p == nil {
@@ -559,15 +561,16 @@ func (x *TopicsIndex) set(topic string, d int) *particle {
 	return n
 }
 
-// seek finds the particle at a specific index in a topic filter.
+// seek finds the particle at a specific index in a topic filter, walking
+// the filter once from level d (flota patch, as set).
 func (x *TopicsIndex) seek(filter string, d int) *particle {
 	var key string
 	var hasNext = true
+	rest := skipLevels(filter, d)
 	n := x.root
 	for hasNext {
-		key, hasNext = isolateParticle(filter, d)
+		key, rest, hasNext = strings.Cut(rest, "/")
 		n = n.particles.get(key)
-		d++
 		if n == nil {
 			return nil
 		}
@@ -604,8 +607,19 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 		return x.appendRetained(pks, filter)
 	}
 
-	key, hasNext := isolateParticle(filter, d)
-	if key == "#" && d > 0 && d == strings.Count(filter, "/") && n.retainPath != "" {
+	return x.scanMessageLevels(skipLevels(filter, d), d, false, n, pks)
+}
+
+// scanMessageLevels is scanMessages from level d of a filter with
+// wildcards, rest being the filter from that level on; belowHash is set on
+// the levels that a final "#" walks below its own. Each level takes the next
+// one from rest, so a filter is read once however deep it is (flota patch:
+// each level isolated its key from the start of the filter again and
+// counted the filter's levels and looked for its wildcards again, quadratic
+// in the depth).
+func (x *TopicsIndex) scanMessageLevels(rest string, d int, belowHash bool, n *particle, pks []packets.Packet) []packets.Packet {
+	key, rest, hasNext := strings.Cut(rest, "/")
+	if key == "#" && d > 0 && !belowHash && n.retainPath != "" {
 		// "#" matches its parent level too (4.7.1.2): "a/#" gets the
 		// message retained on "a" (flota patch). Only at the level of the
 		// "#" itself: the walk below it calls this again deeper with the
@@ -624,8 +638,10 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 				}
 			}
 
-			if hasNext || (d >= 0 && key == "#") {
-				pks = x.scanMessages(filter, d+1, adjacent, pks)
+			if hasNext {
+				pks = x.scanMessageLevels(rest, d+1, false, adjacent, pks)
+			} else if d >= 0 && key == "#" {
+				pks = x.scanMessageLevels(key, d+1, true, adjacent, pks) // "#" again, a level deeper
 			}
 		}
 		return pks
@@ -633,7 +649,7 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 
 	if particle := n.particles.get(key); particle != nil {
 		if hasNext {
-			return x.scanMessages(filter, d+1, particle, pks)
+			return x.scanMessageLevels(rest, d+1, false, particle, pks)
 		}
 
 		pks = x.appendRetained(pks, particle.retainPath)
@@ -704,11 +720,19 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 		return subs
 	}
 
-	key, hasNext := isolateParticle(topic, d)
+	return x.scanSubscriberLevels(topic, skipLevels(topic, d), n, subs)
+}
+
+// scanSubscriberLevels is scanSubscribers from the level of topic that
+// rest starts at: each level takes the next one from rest, so a topic is
+// read once however deep it is (flota patch: each level isolated its key
+// from the start of the topic again, quadratic in the depth).
+func (x *TopicsIndex) scanSubscriberLevels(topic, rest string, n *particle, subs *Subscribers) *Subscribers {
+	key, rest, hasNext := strings.Cut(rest, "/")
 	for _, partKey := range []string{key, "+"} {
 		if particle := n.particles.get(partKey); particle != nil { // [MQTT-3.3.2-3]
 			if hasNext {
-				x.scanSubscribers(topic, d+1, particle, subs)
+				x.scanSubscriberLevels(topic, rest, particle, subs)
 			} else {
 				x.gatherSubscriptions(topic, particle, subs)
 				x.gatherSharedSubscriptions(particle, subs)
@@ -779,6 +803,19 @@ func (x *TopicsIndex) gatherInlineSubscriptions(particle *particle, subs *Subscr
 		}
 		subs.InlineSubscriptions[id] = inline
 	}
+}
+
+// skipLevels returns topic from its level d on (from its last level if it has
+// fewer), as isolateParticle finds level d (flota patch).
+func skipLevels(topic string, d int) string {
+	for ; d > 0; d-- {
+		i := strings.IndexByte(topic, '/')
+		if i < 0 {
+			break
+		}
+		topic = topic[i+1:]
+	}
+	return topic
 }
 
 // isolateParticle extracts a particle between d / and d+1 / without allocations.
