@@ -35,6 +35,10 @@ type Stats struct {
 	StaleMessages  int64 `json:"stale_messages"`  // valid but for another update, handle or attempt
 	QueueDrops     int64 `json:"queue_drops"`     // device messages dropped on a full inbound queue
 	IllegalChanges int64 `json:"illegal_changes"` // state changes refused by the state machine
+
+	// AcksBeyondSent counts acks refused because they acknowledge bytes
+	// never sent (a lying or broken device).
+	AcksBeyondSent int64 `json:"acks_beyond_sent"`
 }
 
 // Engine API used by the HTTP API (see engine.go for the implementation):

@@ -64,6 +64,8 @@ type Engine struct {
 
 	stats struct {
 		chunks, bytes, resends, acks, bad, stale, drops, illegal atomic.Int64
+
+		beyondSent atomic.Int64 // acks refused past the bytes sent
 	}
 
 	// Loop-owned state.
@@ -329,6 +331,7 @@ func (e *Engine) Stats() Stats {
 		StaleMessages:  e.stats.stale.Load(),
 		QueueDrops:     e.stats.drops.Load(),
 		IllegalChanges: e.stats.illegal.Load(),
+		AcksBeyondSent: e.stats.beyondSent.Load(),
 	}
 }
 
