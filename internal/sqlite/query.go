@@ -169,10 +169,12 @@ func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.
 		if err != nil {
 			return nil, fmt.Errorf("select devices: %w", err)
 		}
-		// A device's tags have distinct keys: it matches when every
-		// wanted pair is among them.
-		w.add(`(SELECT count(*) FROM json_each(?) AS want JOIN json_each(devices.tags) AS have
-			ON have.key = want.key AND have.value = want.value) = ?`, string(js), len(want))
+		// A device's tags have distinct keys: it matches when as many of
+		// them as are wanted are wanted pairs. The IN list does not depend
+		// on the device: SQLite builds its index once per query, and each
+		// device's tags are looked up in it.
+		w.add(`(SELECT count(*) FROM json_each(devices.tags) AS have
+			WHERE (have.key, have.value) IN (SELECT key, value FROM json_each(?))) = ?`, string(js), len(want))
 	}
 	if len(absent) > 0 {
 		slices.Sort(absent)
@@ -180,8 +182,8 @@ func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.
 		if err != nil {
 			return nil, fmt.Errorf("select devices: %w", err)
 		}
-		w.add(`NOT EXISTS (SELECT 1 FROM json_each(?) AS k JOIN json_each(devices.tags) AS have
-			ON have.key = k.value WHERE have.value != '')`, string(js))
+		w.add(`NOT EXISTS (SELECT 1 FROM json_each(devices.tags) AS have
+			WHERE have.value != '' AND have.key IN (SELECT value FROM json_each(?)))`, string(js))
 	}
 	if len(sel.Devices) > 0 {
 		ids, err := json.Marshal(sel.Devices)
