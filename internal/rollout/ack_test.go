@@ -73,19 +73,25 @@ func TestEngine_AckBeyondBytesSentIsRefusedAndCounted(t *testing.T) {
 }
 
 func TestEngine_DownloadedReportCountsOnlyBytesSentAsAcked(t *testing.T) {
-	h := newHarness(t)
-	d := newScripted(t, h, "skipper", "1.0.0")
-	h.waitDevices(1)
-	fw, _ := h.addFirmware(64*1024, "1.1.0")
-	u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 2}, fleet.Selector{})
-	o := d.offer()
-	d.report(o, fleet.StateAccepted, 0, "")
-	d.firstChunk(o)
-	// Claims the whole image after one chunk: the state machine follows
-	// (the boot confirms or refutes it), the byte counters do not.
-	d.finish(o, u)
-	s := h.waitEnd(u.ID, 20*time.Second)
-	assert.Equal(t, fleet.UpdateCompleted, s.State)
-	assert.LessOrEqual(t, s.BytesAcked, s.BytesSent, "acked bytes never exceed the bytes sent")
-	assert.Less(t, s.BytesAcked, fw.Size)
+	for _, accept := range []bool{true, false} {
+		t.Run(map[bool]string{true: "after one chunk", false: "in answer to the offer"}[accept], func(t *testing.T) {
+			h := newHarness(t)
+			d := newScripted(t, h, "skipper", "1.0.0")
+			h.waitDevices(1)
+			fw, _ := h.addFirmware(64*1024, "1.1.0")
+			u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 2}, fleet.Selector{})
+			o := d.offer()
+			if accept {
+				d.report(o, fleet.StateAccepted, 0, "")
+				d.firstChunk(o)
+			}
+			// Claims the whole image: the state machine follows (the
+			// boot confirms or refutes it), the byte counters do not.
+			d.finish(o, u)
+			s := h.waitEnd(u.ID, 20*time.Second)
+			assert.Equal(t, fleet.UpdateCompleted, s.State)
+			assert.LessOrEqual(t, s.BytesAcked, s.BytesSent, "acked bytes never exceed the bytes sent")
+			assert.Less(t, s.BytesAcked, fw.Size)
+		})
+	}
 }

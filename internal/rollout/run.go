@@ -69,8 +69,8 @@ type target struct {
 
 	sent, acked int64 // next offset to send; every byte before acked is held
 	// sentHigh: no byte at or past it was sent under the current handle,
-	// so no ack may pass it. The accept's offset starts it; a target
-	// restored from the store has the image size until its next accept.
+	// so no ack may pass it. An offer and the accept's offset start it; a
+	// target restored from the store has the image size until its offer.
 	sentHigh  int64
 	recoverAt int64 // acked offset of the last go-back on a duplicate ack; -1 none
 	saved     int64 // offset last written to the store
@@ -230,6 +230,7 @@ func (e *Engine) offer(t *target) {
 	now := e.now()
 	t.offerAt, t.progress = now, now
 	t.recoverAt = -1
+	t.sentHigh = t.acked // nothing sent under the new handle yet
 	t.rtt.reset()
 	if t.p.State != fleet.StateOffered {
 		if !e.setState(t, fleet.StateOffered, "") {
