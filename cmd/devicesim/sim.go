@@ -177,6 +177,15 @@ func parseFlags(args []string) (options, error) {
 	if o.tags, err = fleet.ParseTags(tags); err != nil {
 		return o, usagef("--tags: %v", err)
 	}
+	// What the orchestrator would refuse in every hello (docs/PROTOCOL.md §4).
+	for k, v := range o.tags {
+		if !protocol.ValidIdent(k) || !protocol.ValidIdent(v) {
+			return o, usagef("--tags: %q=%q: keys and values are at most %d bytes of printable ASCII", k, v, protocol.MaxIdentLen)
+		}
+	}
+	if len(o.tags) > protocol.MaxTags || !protocol.ValidIdent(o.model) || !protocol.ValidIdent(o.version) || o.version == "" {
+		return o, usagef("--model, --version (not empty) and --tags (at most %d): at most %d bytes of printable ASCII each", protocol.MaxTags, protocol.MaxIdentLen)
+	}
 	if o.publicKeyFile != "" {
 		if o.publicKey, err = protocol.ReadPublicKeyFile(o.publicKeyFile); err != nil {
 			return o, usagef("--public-key: %v", err)

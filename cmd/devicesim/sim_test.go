@@ -41,6 +41,10 @@ func TestParseFlags_Validation(t *testing.T) {
 		"empty version":      {"--version", ""},
 		"too many devices":   {"--devices", "100000"},
 		"prefix too long ID": {"--id-prefix", string(bytes.Repeat([]byte("a"), 60))},
+		"tag with ESC":       {"--tags", "site=a\x1b[2J"},
+		"tag value too long": {"--tags", "site=" + string(bytes.Repeat([]byte("a"), 65))},
+		"model not ASCII":    {"--model", "capteur-é"},
+		"version too long":   {"--version", string(bytes.Repeat([]byte("1"), 65))},
 	}
 	for name, args := range bad {
 		t.Run(name, func(t *testing.T) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -168,7 +167,7 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		}
 		return exitUsage
 	case errors.As(err, &apiErr):
-		fmt.Fprintf(c.stderr, "error: %s (%s)\n", apiErr.Message, apiErr.Code)
+		fmt.Fprintf(c.stderr, "error: %s (%s)\n", termSafe(apiErr.Message), termSafe(apiErr.Code))
 		return exitFail
 	default:
 		fmt.Fprintf(c.stderr, "error: %v\n", err)
@@ -351,18 +350,9 @@ func required(sp *spec, name, value string) error {
 }
 
 // printJSONLine prints v as one line of JSON.
-func (c *cli) printJSONLine(v any) error {
-	enc := json.NewEncoder(c.stdout)
-	enc.SetEscapeHTML(false)
-	return enc.Encode(v)
-}
+func (c *cli) printJSONLine(v any) error { return writeJSON(c.stdout, v, "") }
 
-func (c *cli) printJSON(v any) error {
-	enc := json.NewEncoder(c.stdout)
-	enc.SetIndent("", "  ")
-	enc.SetEscapeHTML(false)
-	return enc.Encode(v)
-}
+func (c *cli) printJSON(v any) error { return writeJSON(c.stdout, v, "  ") }
 
 func (c *cli) version(args []string) error {
 	fs, sp := c.newFlags("version")
@@ -525,13 +515,12 @@ func (c *cli) firmwareList(ctx context.Context, args []string) error {
 	if *asJSON {
 		return c.printJSON(nonNilSlice(fws))
 	}
-	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tNAME\tVERSION\tMODEL\tSIZE\tSHA256\tSIGNED\tCREATED")
+	t := newTable(c.stdout, "ID", "NAME", "VERSION", "MODEL", "SIZE", "SHA256", "SIGNED", "CREATED")
 	for _, fw := range fws {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", fw.ID, fw.Name, fw.Version, orDash(fw.Model),
+		t.row(fw.ID, fw.Name, fw.Version, orDash(fw.Model),
 			humanBytes(fw.Size), shortHash(fw.SHA256), signedColumn(fw), fw.CreatedAt.Local().Format(time.DateTime))
 	}
-	return tw.Flush()
+	return t.flush()
 }
 
 func (c *cli) updateCreate(ctx context.Context, args []string) error {
@@ -629,18 +618,18 @@ func (c *cli) updateStatus(ctx context.Context, args []string) error {
 
 // writeStatus prints a summary for people.
 func writeStatus(w io.Writer, s fleet.UpdateSummary) {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "update\t%s\n", s.ID)
-	fmt.Fprintf(tw, "state\t%s\n", s.State)
-	fmt.Fprintf(tw, "firmware\t%s (%s %s, %s)\n", s.FirmwareID, s.Firmware.Name, s.Firmware.Version, humanBytes(s.Firmware.Size))
-	fmt.Fprintf(tw, "devices\t%d/%d finished, %d in flight\n", s.Finished(), s.Total, s.InFlight)
-	fmt.Fprintf(tw, "states\t%s\n", formatCounts(s.Counts))
-	fmt.Fprintf(tw, "bytes\t%s acked, %s sent, %d resends\n", humanBytes(s.BytesAcked), humanBytes(s.BytesSent), s.Resends)
-	fmt.Fprintf(tw, "rate\t%s/s\n", humanBytes(int64(s.RateBps)))
+	t := newTable(w)
+	t.row("update", s.ID)
+	t.row("state", s.State)
+	t.row("firmware", fmt.Sprintf("%s (%s %s, %s)", s.FirmwareID, termSafe(s.Firmware.Name), termSafe(s.Firmware.Version), humanBytes(s.Firmware.Size)))
+	t.row("devices", fmt.Sprintf("%d/%d finished, %d in flight", s.Finished(), s.Total, s.InFlight))
+	t.row("states", formatCounts(s.Counts))
+	t.row("bytes", fmt.Sprintf("%s acked, %s sent, %d resends", humanBytes(s.BytesAcked), humanBytes(s.BytesSent), s.Resends))
+	t.row("rate", humanBytes(int64(s.RateBps))+"/s")
 	if !s.State.Terminal() {
-		fmt.Fprintf(tw, "eta\t%s\n", formatETA(s.ETASeconds))
+		t.row("eta", formatETA(s.ETASeconds))
 	}
-	_ = tw.Flush() // stdout; nothing to report to
+	_ = t.flush() // stdout; nothing to report to
 }
 
 func (c *cli) updateWatch(ctx context.Context, args []string) error {
@@ -767,13 +756,12 @@ func (c *cli) updateList(ctx context.Context, args []string) error {
 	if *asJSON {
 		return c.printJSON(nonNilSlice(ups))
 	}
-	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tFIRMWARE\tDONE\tIN FLIGHT\tCREATED")
+	t := newTable(c.stdout, "ID", "STATE", "FIRMWARE", "DONE", "IN FLIGHT", "CREATED")
 	for _, u := range ups {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%d\t%s\n", u.ID, u.State, u.FirmwareID, u.Finished(), u.Total,
+		t.row(u.ID, u.State, u.FirmwareID, fmt.Sprintf("%d/%d", u.Finished(), u.Total),
 			u.InFlight, u.CreatedAt.Local().Format(time.DateTime))
 	}
-	return tw.Flush()
+	return t.flush()
 }
 
 func (c *cli) updateDevices(ctx context.Context, args []string) error {
@@ -795,13 +783,12 @@ func (c *cli) updateDevices(ctx context.Context, args []string) error {
 	if *asJSON {
 		return c.printJSON(nonNilSlice(ps))
 	}
-	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tSTATE\tOFFSET\tATTEMPTS\tREASON\tUPDATED")
+	t := newTable(c.stdout, "DEVICE", "STATE", "OFFSET", "ATTEMPTS", "REASON", "UPDATED")
 	for _, p := range ps {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", p.DeviceID, p.State, p.Offset, p.Attempts, orDash(string(p.Reason)),
+		t.row(p.DeviceID, p.State, p.Offset, p.Attempts, orDash(string(p.Reason)),
 			p.UpdatedAt.Local().Format(time.DateTime))
 	}
-	return tw.Flush()
+	return t.flush()
 }
 
 func (c *cli) updateEvents(ctx context.Context, args []string) error {
@@ -840,24 +827,23 @@ func (c *cli) updateEvents(ctx context.Context, args []string) error {
 	if *asJSON {
 		return c.printJSON(nonNilSlice(all))
 	}
-	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, eventHeader)
+	t := newTable(c.stdout, eventHeader...)
 	for _, e := range all {
-		fmt.Fprintln(tw, eventRow(e))
+		t.row(eventCells(e)...)
 	}
-	return tw.Flush()
+	return t.flush()
 }
 
-const eventHeader = "SEQ\tTIME\tTYPE\tDEVICE\tSTATE\tREASON\tOFFSET\tATTEMPT"
+var eventHeader = []string{"SEQ", "TIME", "TYPE", "DEVICE", "STATE", "REASON", "OFFSET", "ATTEMPT"}
 
-// eventRow is an event as tab-separated columns of eventHeader.
-func eventRow(e fleet.Event) string {
+// eventCells is an event as the columns of eventHeader.
+func eventCells(e fleet.Event) []any {
 	state := e.State
 	if e.From != "" {
 		state = e.From + " -> " + e.State
 	}
-	return fmt.Sprintf("%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d", e.Seq, e.Time.Local().Format("15:04:05.000"), e.Type,
-		orDash(e.DeviceID), state, orDash(string(e.Reason)), e.Offset, e.Attempt)
+	return []any{e.Seq, e.Time.Local().Format("15:04:05.000"), e.Type,
+		orDash(e.DeviceID), state, orDash(string(e.Reason)), e.Offset, e.Attempt}
 }
 
 // followEvents prints the update's events after seq as they are stored,
@@ -868,7 +854,7 @@ func (c *cli) followEvents(ctx context.Context, client *Client, id string, seq i
 	defer ticker.Stop()
 	var end fleet.UpdateState
 	if !asJSON {
-		fmt.Fprintln(c.stdout, strings.ReplaceAll(eventHeader, "\t", "  "))
+		fmt.Fprintln(c.stdout, strings.Join(eventHeader, "  "))
 	}
 	for {
 		page, err := client.Events(ctx, id, seq, httpapi.MaxPageSize)
@@ -883,7 +869,7 @@ func (c *cli) followEvents(ctx context.Context, client *Client, id string, seq i
 			if asJSON {
 				err = c.printJSONLine(e)
 			} else {
-				_, err = fmt.Fprintln(c.stdout, strings.ReplaceAll(eventRow(e), "\t", "  "))
+				_, err = fmt.Fprintln(c.stdout, cellsLine(eventCells(e), "  "))
 			}
 			if err != nil {
 				return err
@@ -958,12 +944,11 @@ func (c *cli) deviceSummary(ctx context.Context, args []string) error {
 		return c.printJSON(sum)
 	}
 	fmt.Fprintf(c.stdout, "%d devices: %d online, %d offline\n\n", sum.Total, sum.Online, sum.Offline)
-	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MODEL\tVERSION\tDEVICES\tONLINE")
+	t := newTable(c.stdout, "MODEL", "VERSION", "DEVICES", "ONLINE")
 	for _, v := range sum.Versions {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\n", orDash(v.Model), orDash(v.Version), v.Devices, v.Online)
+		t.row(orDash(v.Model), orDash(v.Version), v.Devices, v.Online)
 	}
-	return tw.Flush()
+	return t.flush()
 }
 
 func (c *cli) deviceList(ctx context.Context, args []string) error {
@@ -987,13 +972,12 @@ func (c *cli) deviceList(ctx context.Context, args []string) error {
 	if *asJSON {
 		return c.printJSON(nonNilSlice(devs))
 	}
-	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tMODEL\tVERSION\tONLINE\tLAST SEEN\tTAGS")
+	t := newTable(c.stdout, "ID", "MODEL", "VERSION", "ONLINE", "LAST SEEN", "TAGS")
 	for _, d := range devs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%s\n", d.ID, d.Model, d.Version, d.Online,
+		t.row(d.ID, d.Model, d.Version, d.Online,
 			d.LastSeen.Local().Format(time.DateTime), formatTags(d.Tags))
 	}
-	return tw.Flush()
+	return t.flush()
 }
 
 // selectorFlag is --select: comma-separated criteria merged into a selector.

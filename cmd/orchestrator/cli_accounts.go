@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/flotaio/flota/internal/auth"
@@ -219,10 +218,9 @@ func (c *cli) accountList(ctx context.Context, name string, role fleet.Role, arg
 	if *asJSON {
 		return c.printJSON(out.Accounts)
 	}
-	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATUS\tCREATED\tCHANGED")
+	t := newTable(c.stdout, "ID", "STATUS", "CREATED", "CHANGED")
 	for _, a := range out.Accounts {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.ID, a.Status, a.CreatedAt.Local().Format(time.DateTime), a.UpdatedAt.Local().Format(time.DateTime))
+		t.row(a.ID, a.Status, a.CreatedAt.Local().Format(time.DateTime), a.UpdatedAt.Local().Format(time.DateTime))
 	}
-	return tw.Flush()
+	return t.flush()
 }

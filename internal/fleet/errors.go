@@ -20,6 +20,10 @@ var (
 	ErrInvalidPolicy = errors.New("invalid policy")
 	// ErrInvalidInput: a request or flag is malformed.
 	ErrInvalidInput = errors.New("invalid input")
+	// ErrSelectorTooLarge: an update's selector is over one of the limits
+	// of selector.go (tags, device IDs, string lengths), which keep every
+	// selector within what the store can evaluate.
+	ErrSelectorTooLarge = errors.New("selector too large")
 	// ErrIllegalTransition: a device or update state change that the state
 	// machine does not allow.
 	ErrIllegalTransition = errors.New("illegal state transition")

@@ -28,15 +28,57 @@ func (s Selector) ExactVersion() (string, bool) {
 	return v, true
 }
 
-// Validate reports a selector that cannot match anything sensibly: a
-// malformed version range or device ID.
+// Limits of a selector. Each is far above what an update needs, and the
+// store evaluates a selector at all of them at once (one query, whatever
+// the number of tags or IDs): a larger selector is refused with
+// ErrSelectorTooLarge, never left to fail in the store.
+const (
+	// MaxSelectorTags bounds the tags of a selector (a device that
+	// registers itself holds at most 32).
+	MaxSelectorTags = 256
+	// MaxSelectorDevices bounds the explicit device IDs of a selector.
+	MaxSelectorDevices = 10_000
+	// MaxSelectorString bounds the model, the version or range, and each
+	// tag key and value of a selector, in bytes.
+	MaxSelectorString = 256
+)
+
+// Validate reports a selector that cannot match anything sensibly (a
+// malformed version range or device ID: ErrInvalidInput) or that is over
+// a limit (ErrSelectorTooLarge).
 func (s Selector) Validate() error {
+	if err := s.checkSize(); err != nil {
+		return err
+	}
 	if _, err := s.Compile(); err != nil {
 		return err
 	}
 	for _, id := range s.Devices {
 		if !ValidDeviceID(id) {
 			return Errorf(ErrInvalidInput, "device ID %q", id)
+		}
+	}
+	return nil
+}
+
+// checkSize returns ErrSelectorTooLarge naming the first limit s is over.
+func (s Selector) checkSize() error {
+	tooLarge := func(what string, n, limit int) error {
+		return Errorf(ErrSelectorTooLarge, "%s: %d, at most %d", what, n, limit)
+	}
+	switch {
+	case len(s.Tags) > MaxSelectorTags:
+		return tooLarge("tags", len(s.Tags), MaxSelectorTags)
+	case len(s.Devices) > MaxSelectorDevices:
+		return tooLarge("device IDs", len(s.Devices), MaxSelectorDevices)
+	case len(s.Model) > MaxSelectorString:
+		return tooLarge("model bytes", len(s.Model), MaxSelectorString)
+	case len(s.Version) > MaxSelectorString:
+		return tooLarge("version bytes", len(s.Version), MaxSelectorString)
+	}
+	for k, v := range s.Tags {
+		if n := max(len(k), len(v)); n > MaxSelectorString {
+			return tooLarge("bytes of a tag key or value", n, MaxSelectorString)
 		}
 	}
 	return nil

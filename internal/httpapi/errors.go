@@ -41,6 +41,7 @@ var sentinels = []struct {
 	{fleet.ErrInvalidPolicy, http.StatusBadRequest, CodeInvalidPolicy},
 	{fleet.ErrNoTargets, http.StatusBadRequest, "no_targets"},
 	{fleet.ErrInvalidInput, http.StatusBadRequest, CodeInvalidInput},
+	{fleet.ErrSelectorTooLarge, http.StatusBadRequest, "selector_too_large"},
 	{fleet.ErrUpdateFinished, http.StatusConflict, "update_finished"},
 	{fleet.ErrDeviceBusy, http.StatusConflict, "device_busy"},
 	{fleet.ErrIllegalTransition, http.StatusConflict, "illegal_transition"},

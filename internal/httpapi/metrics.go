@@ -39,6 +39,7 @@ var (
 	descStaleMsgs   = desc("flota_device_messages_stale_total", "Valid device messages for another update, handle or attempt.")
 	descQueueDrops  = desc("flota_device_messages_dropped_total", "Device messages dropped before the engine: reason queue_full (its queue was full), device_quota (that device had its quota of messages waiting).", "reason")
 	descIllegal     = desc("flota_device_illegal_transitions_total", "Device state changes refused by the state machine.")
+	descBeyondSent  = desc("flota_transfer_acks_beyond_sent_total", "Acks refused because they acknowledge bytes never sent.")
 	descStoreTx     = desc("flota_store_transactions_total", "Write transactions committed by the store.")
 	descStoreRows   = desc("flota_store_writes_total", "Write operations committed by the store.")
 	descStoreDrop   = desc("flota_store_writes_dropped_total", "Write operations that failed and were dropped.")
@@ -88,7 +89,7 @@ type collector struct{ s *Server }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
-		descIllegal, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
+		descIllegal, descBeyondSent, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
 		descBrokerClients, descBrokerDropped, descBrokerAuth, descBrokerACL, descBrokerRate, descBrokerConnRL, descBrokerIDs,
 		descBrokerTopic, descBrokerRetain, descBrokerSubs, descBrokerSubRate,
 		descStreamClients, descStreamDropped} {
@@ -136,6 +137,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		put(descQueueDrops, prometheus.CounterValue, float64(es.QueueDrops), "queue_full")
 		put(descQueueDrops, prometheus.CounterValue, float64(es.QuotaDrops), "device_quota")
 		put(descIllegal, prometheus.CounterValue, float64(es.IllegalChanges))
+		put(descBeyondSent, prometheus.CounterValue, float64(es.AcksBeyondSent))
 	}
 
 	if s.BrokerStats != nil {

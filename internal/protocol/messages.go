@@ -139,8 +139,8 @@ func DecodeHello(b []byte) (Hello, error) {
 	if m.Version == "" {
 		return Hello{}, invalid(KindHello, ErrMissing, "version")
 	}
-	if len(m.Model) > MaxIdentLen || len(m.Version) > MaxIdentLen || len(m.Tags) > 32 {
-		return Hello{}, invalid(KindHello, ErrBadValue, "model, version or tags too long")
+	if f := checkHelloFields(&m); f != "" {
+		return Hello{}, invalid(KindHello, ErrBadValue, "%s: over %d bytes, or not printable ASCII", f, MaxIdentLen)
 	}
 	if t := m.Transfer; t != nil {
 		if t.Update == "" || t.Offset < 0 || !t.State.Valid() {
@@ -172,9 +172,9 @@ func DecodeReport(b []byte) (Report, error) {
 	if m.Offset < 0 {
 		return Report{}, invalid(KindReport, ErrBadValue, "offset %d", m.Offset)
 	}
-	// Both are stored with the device's progress and its events.
-	if len(m.Reason) > MaxIdentLen || len(m.Version) > MaxIdentLen {
-		return Report{}, invalid(KindReport, ErrBadValue, "reason or version over %d bytes", MaxIdentLen)
+	// They are stored with the device's progress and its events.
+	if f := checkReportFields(&m); f != "" {
+		return Report{}, invalid(KindReport, ErrBadValue, "%s: too long or outside its charset", f)
 	}
 	return m, nil
 }

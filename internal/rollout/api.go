@@ -36,6 +36,10 @@ type Stats struct {
 	QueueDrops     int64 `json:"queue_drops"`     // device messages and presence changes dropped on a full inbound queue
 	QuotaDrops     int64 `json:"quota_drops"`     // device messages dropped because that device had its quota waiting
 	IllegalChanges int64 `json:"illegal_changes"` // state changes refused by the state machine
+
+	// AcksBeyondSent counts acks refused because they acknowledge bytes
+	// never sent (a lying or broken device).
+	AcksBeyondSent int64 `json:"acks_beyond_sent"`
 }
 
 // Engine API used by the HTTP API (see engine.go for the implementation):

@@ -74,6 +74,8 @@ type Engine struct {
 
 	stats struct {
 		chunks, bytes, resends, acks, bad, stale, drops, quotaDrops, illegal atomic.Int64
+
+		beyondSent atomic.Int64 // acks refused past the bytes sent
 	}
 
 	// Loop-owned state.
@@ -357,6 +359,7 @@ func (e *Engine) Stats() Stats {
 		QueueDrops:     e.stats.drops.Load(),
 		QuotaDrops:     e.stats.quotaDrops.Load(),
 		IllegalChanges: e.stats.illegal.Load(),
+		AcksBeyondSent: e.stats.beyondSent.Load(),
 	}
 }
 

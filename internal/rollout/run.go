@@ -68,8 +68,12 @@ type target struct {
 	deadline   time.Time // confirm deadline while rebooting
 
 	sent, acked int64 // next offset to send; every byte before acked is held
-	recoverAt   int64 // acked offset of the last go-back on a duplicate ack; -1 none
-	saved       int64 // offset last written to the store
+	// sentHigh: no byte at or past it was sent under the current handle,
+	// so no ack may pass it. An offer and the accept's offset start it; a
+	// target restored from the store has the image size until its offer.
+	sentHigh  int64
+	recoverAt int64 // acked offset of the last go-back on a duplicate ack; -1 none
+	saved     int64 // offset last written to the store
 
 	rtt rttClock // ack round trip and resend backoff (rto.go)
 }
@@ -97,7 +101,7 @@ func (r *run) closeBlob() {
 
 // add registers a target with its stored progress.
 func (r *run) add(p fleet.Progress, handle uint32) *target {
-	t := &target{r: r, p: p, handle: handle, recoverAt: -1, acked: p.Offset, sent: p.Offset, saved: p.Offset}
+	t := &target{r: r, p: p, handle: handle, recoverAt: -1, acked: p.Offset, sent: p.Offset, saved: p.Offset, sentHigh: r.fw.Size}
 	r.targets[p.DeviceID] = t
 	r.counts[p.State]++
 	r.track(t)
@@ -226,6 +230,7 @@ func (e *Engine) offer(t *target) {
 	now := e.now()
 	t.offerAt, t.progress = now, now
 	t.recoverAt = -1
+	t.sentHigh = t.acked // nothing sent under the new handle yet
 	t.rtt.reset()
 	if t.p.State != fleet.StateOffered {
 		if !e.setState(t, fleet.StateOffered, "") {
@@ -274,6 +279,7 @@ func (e *Engine) pump(t *target) {
 			return
 		}
 		t.sent += n
+		t.sentHigh = max(t.sentHigh, t.sent)
 		t.rtt.sent(now, t.sent)
 		r.bytesSent += n
 		e.stats.chunks.Add(1)
@@ -317,6 +323,14 @@ func (e *Engine) onAck(device string, a protocol.Ack) {
 	}
 	if t.p.State != fleet.StateAccepted && t.p.State != fleet.StateDownloading || t.cancelling != "" {
 		e.stale(device, "ack outside a download", "state", t.p.State)
+		return
+	}
+	if a.Offset > t.sentHigh {
+		// The device cannot hold bytes it was never sent: applied, the
+		// ack would inflate bytes acked, the rate and the ETA. The
+		// transfer goes on from the last true ack.
+		e.stats.beyondSent.Add(1)
+		e.Logger.Debug("ack beyond the bytes sent", "device", device, "offset", a.Offset, "sent", t.sentHigh)
 		return
 	}
 	if t.p.State == fleet.StateAccepted {
@@ -368,7 +382,7 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 			return
 		}
 		// The device's offset is authoritative.
-		t.acked, t.sent, t.recoverAt = rep.Offset, rep.Offset, -1
+		t.acked, t.sent, t.sentHigh, t.recoverAt = rep.Offset, rep.Offset, rep.Offset, -1
 		t.progress = e.now()
 		t.rtt.reset()
 		if !e.setState(t, fleet.StateAccepted, "") {
@@ -420,7 +434,12 @@ func (e *Engine) advance(t *target, to fleet.DeviceState) {
 		return
 	}
 	if want >= happyIndex(fleet.StateDownloaded) && t.acked < t.r.fw.Size {
-		t.r.bytesAcked += t.r.fw.Size - t.acked
+		// Counted as acked: the bytes sent that no ack covered (lost
+		// acks), not the ones the device says it holds without having
+		// been sent them.
+		if sent := min(t.sentHigh, t.r.fw.Size); sent > t.acked {
+			t.r.bytesAcked += sent - t.acked
+		}
 		t.acked = t.r.fw.Size
 	}
 	for i := from + 1; i <= want; i++ {

@@ -52,6 +52,8 @@ func BenchmarkStore_SelectDevices100k(b *testing.B) {
 		{"version_range", fleet.Selector{Version: ">=1.1.0 <2.0.0"}, fleet100k / 2},
 		{"tag_site", fleet.Selector{Tags: map[string]string{"site": "site-07"}}, fleet100k / 50},
 		{"tag_canary", fleet.Selector{Model: "sim-a", Tags: map[string]string{"ring": "canary"}}, fleet100k / 100},
+		{"tags_max", fleet.Selector{Tags: maxSelector().Tags}, 0},
+		{"max", maxSelector(), 0},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			for b.Loop() {
