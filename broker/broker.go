@@ -43,6 +43,16 @@
 // Disconnect closes a client's connection at once (a revoked account). Each
 // connection's publishes pass a token bucket (Options.RateLimit); over it,
 // messages are acknowledged and dropped.
+//
+// # Connection limits
+//
+// The listeners are the broker's own (conns.go): a failed accept (out of
+// file descriptors) is retried after a backoff and reported by Degraded;
+// connections over Options.MaxConnections, or over the caps on those not
+// authenticated yet (MaxUnauthenticated, MaxUnauthenticatedPerIP), are
+// closed at accept; a connection must send its CONNECT within
+// ConnectTimeout, and one larger than MaxConnectSize is refused before its
+// body is read.
 package broker
 
 import (

@@ -84,6 +84,8 @@ type Config struct {
 	// the broker's default, negative: no limit); RateBurst its burst.
 	RateLimit float64
 	RateBurst int
+	// Conns are the embedded broker's connection limits (serve_conns.go).
+	Conns ConnLimits
 	// EventRetention and EventMaxRows bound the event log: events older than
 	// EventRetention, and all but the newest EventMaxRows, are deleted
 	// periodically in small batches (sqlite.Retention). 0 disables a bound.
@@ -224,6 +226,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}
 	}
 
+	var health []func() string
+	if m.Broker != nil {
+		health = append(health, m.Broker.Degraded)
+	}
 	m.HTTP = &httpapi.Server{
 		Addr:        m.Config.HTTPAddr,
 		Store:       m.Store,
@@ -234,6 +240,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Logger:      m.Logger.With("component", "http"),
 		Version:     version,
 		Tokens:      tokens,
+		// A listener that cannot accept (out of file descriptors) or a
+		// full connection limit: devices cannot connect.
+		HealthChecks: health,
 
 		MaxFirmwareSize:   m.Config.MaxFirmwareSize,
 		FirmwarePublicKey: fwKey,

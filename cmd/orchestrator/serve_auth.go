@@ -112,7 +112,7 @@ func (m *Main) brokerOptions() (broker.Options, error) {
 	if c.AllowAnonymous {
 		m.Logger.Warn(anonymousWarning)
 	}
-	return broker.Options{
+	opts := broker.Options{
 		Addr:         c.MQTTAddr,
 		Window:       c.Window,
 		Logger:       m.Logger.With("component", "broker"),
@@ -121,5 +121,9 @@ func (m *Main) brokerOptions() (broker.Options, error) {
 		RateBurst:    c.RateBurst,
 		TLSAddr:      c.MQTTTLSAddr,
 		TLSConfig:    tlsCfg,
-	}, nil
+	}
+	if err := c.Conns.apply(&opts); err != nil {
+		return broker.Options{}, err
+	}
+	return opts, nil
 }
