@@ -16,7 +16,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/httpapi"
+	"github.com/flotaio/flota/internal/protocol"
 )
 
 // healthOf asks GET /api/v1/health through client.
@@ -131,4 +133,35 @@ func TestE2E_DefaultConnectionLimitKeepsFilesForTheAPI(t *testing.T) {
 	t.Logf("a device connected %s after the attackers left", time.Since(left).Round(time.Millisecond))
 	assert.Equal(t, "ok", s.healthOf(&http.Client{Timeout: 30 * time.Second}).Status)
 	assert.Contains(t, s.logString(), "mqtt connection refused: connection limit")
+}
+
+func TestMQTTTLS_StalledHandshakeIsClosedAfterConnectTimeout(t *testing.T) {
+	ca := newTestCA(t, "flota-test-ca")
+	cert, key := ca.issue("broker", true)
+	m, r := secureMain(t, func(c *Config) {
+		c.MQTTTLSAddr, c.TLSCert, c.TLSKey = "127.0.0.1:0", cert, key
+		c.Conns.ConnectTimeout = 300 * time.Millisecond
+	})
+	silent, err := net.Dial("tcp", m.MQTTTLSAddr())
+	require.NoError(t, err)
+	defer silent.Close()
+	partial, err := net.Dial("tcp", m.MQTTTLSAddr())
+	require.NoError(t, err)
+	defer partial.Close()
+	_, err = partial.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}) // the start of a ClientHello
+	require.NoError(t, err)
+
+	for _, c := range []net.Conn{silent, partial} {
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(waitFor)))
+		_, err := io.ReadAll(c)
+		require.NoError(t, err, "closed by the broker, not by the read deadline")
+	}
+	require.Eventually(t, func() bool { return m.Broker.Stats().ConnectTimeouts == 2 }, waitFor, 10*time.Millisecond)
+
+	// A client that completes its handshake and CONNECT in time is served.
+	secret := account(t, m, fleet.RoleDevice, "dev-a")
+	topic := protocol.UpTopic("dev-a", "probe")
+	out, ok := tlsPub(t, m, "--cafile", ca.file, "-i", "dev-a", "-u", "dev-a", "-P", secret, "-t", topic)
+	require.True(t, ok, "TLS publish refused: %s", out)
+	routedOnce(t, r, topic)
 }
