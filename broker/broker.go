@@ -60,6 +60,16 @@
 // survives its reconnections; over it, messages are acknowledged and
 // dropped. A client ID that connects more than Options.ConnectRate times a
 // minute is refused for Options.ConnectBan (identity.go).
+//
+// # Connection limits
+//
+// The listeners are the broker's own (conns.go): a failed accept (out of
+// file descriptors) is retried after a backoff and reported by Degraded;
+// connections over Options.MaxConnections, or over the caps on those not
+// authenticated yet (MaxUnauthenticated, MaxUnauthenticatedPerIP), are
+// closed at accept; a connection must send its CONNECT within
+// ConnectTimeout, and one larger than MaxConnectSize is refused before its
+// body is read.
 package broker
 
 import (
@@ -74,7 +84,6 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/flotaio/flota/internal/auth"
@@ -143,6 +152,27 @@ type Options struct {
 	// flota/devices/{id}/up/{kind}; nil means the protocol's hello, report,
 	// ack and status.
 	UpKinds []string
+
+	// Connection limits, on both listeners together (conns.go). Zero
+	// values take the defaults; a negative value disables a limit.
+	//
+	// ConnectTimeout closes a connection that has not sent a complete
+	// CONNECT this long after it was accepted. Default
+	// DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// MaxConnections caps the open connections; over it a new one is
+	// closed at once. Default DefaultMaxConnections of the process's
+	// RLIMIT_NOFILE.
+	MaxConnections int
+	// MaxUnauthenticated caps the connections that have not authenticated
+	// yet, MaxUnauthenticatedPerIP those of one source address (IPv6: one
+	// /64). Defaults DefaultMaxUnauthenticated, DefaultMaxUnauthenticatedPerIP.
+	MaxUnauthenticated      int
+	MaxUnauthenticatedPerIP int
+	// MaxConnectSize is the largest CONNECT packet (remaining length)
+	// read; a larger one closes the connection before its body is read.
+	// Default DefaultMaxConnectSize.
+	MaxConnectSize uint32
 }
 
 // Stats are the broker's counters since it opened.
@@ -168,6 +198,15 @@ type Stats struct {
 	// over its SUBSCRIBE rate.
 	SubscriptionsRefused int64 `json:"subscriptions_refused"`
 	SubscribeRateLimited int64 `json:"subscribe_rate_limited"`
+
+	Connections     int   `json:"connections"`       // open connections, unauthenticated ones included
+	Unauthenticated int   `json:"unauthenticated"`   // connections that have not authenticated yet
+	ConnRefused     int64 `json:"conn_refused"`      // connections closed at accept: MaxConnections reached
+	UnauthRefused   int64 `json:"unauth_refused"`    // connections closed at accept: MaxUnauthenticated reached
+	UnauthIPRefused int64 `json:"unauth_ip_refused"` // connections closed at accept: MaxUnauthenticatedPerIP reached
+	ConnectTimeouts int64 `json:"connect_timeouts"`  // connections closed for sending no CONNECT within ConnectTimeout
+	ConnectTooLarge int64 `json:"connect_too_large"` // connections closed for a CONNECT over MaxConnectSize
+	AcceptErrors    int64 `json:"accept_errors"`     // failed accepts (e.g. out of file descriptors), retried
 }
 
 // Broker is the embedded MQTT broker. It implements the engine's transport
@@ -194,6 +233,7 @@ type Broker struct {
 
 	clients states     // per-connection role, identity and subscription limits
 	ids     identities // per-client-ID limits (identity.go)
+	gate    *gate      // connection limits of the listeners (conns.go)
 
 	onPresence func(clientID string, online bool) // set before Open, read-only after
 
@@ -254,6 +294,7 @@ func New(opts Options) *Broker {
 	if opts.UpKinds == nil {
 		opts.UpKinds = defaultUpKinds
 	}
+	connLimitDefaults(&opts)
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -291,6 +332,7 @@ func New(opts Options) *Broker {
 		log:   log,
 		conns: make(map[string]*mqtt.Client),
 		feeds: make(map[*mqtt.Client]*feed),
+		gate:  newGate(opts, log),
 	}
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities: caps,
@@ -301,6 +343,7 @@ func New(opts Options) *Broker {
 		InlineClient:            true,
 		SysTopicResendInterval:  10,
 		Logger:                  slog.New(minLevel{h: log.Handler(), min: slog.LevelWarn}).With("component", "mqtt"),
+		MaximumConnectSize:      opts.MaxConnectSize,
 	})
 	return b
 }
@@ -337,10 +380,10 @@ func (b *Broker) Open() error {
 		return fmt.Errorf("open broker: %w", fleet.ErrClosed)
 	}
 
-	tcp := listeners.NewTCP(listeners.Config{ID: listenerID, Address: b.opts.Addr})
-	var tlsLn *listeners.TCP
+	tcp := newListener(listenerID, b.opts.Addr, nil, b.gate)
+	var tlsLn *listener
 	if b.opts.TLSAddr != "" && b.opts.TLSConfig != nil {
-		tlsLn = listeners.NewTCP(listeners.Config{ID: tlsListenerID, Address: b.opts.TLSAddr, TLSConfig: b.opts.TLSConfig})
+		tlsLn = newListener(tlsListenerID, b.opts.TLSAddr, b.opts.TLSConfig, b.gate)
 	}
 	if err := b.start(tcp, tlsLn); err != nil {
 		// A failed Open leaves a broker that cannot be opened again: mochi
@@ -355,11 +398,12 @@ func (b *Broker) Open() error {
 		b.log.Info("mqtt tls listening", "addr", b.tlsAddr, "mutual", b.opts.TLSConfig.ClientAuth == tls.RequireAndVerifyClientCert)
 	}
 	b.state = stateOpen
-	b.log.Info("mqtt broker listening", "addr", b.addr, "client_queue", b.srv.Options.Capabilities.MaximumClientWritesPending)
+	b.log.Info("mqtt broker listening", "addr", b.addr, "client_queue", b.srv.Options.Capabilities.MaximumClientWritesPending,
+		"max_connections", b.gate.maxTotal, "max_unauthenticated", b.gate.maxUnauth, "max_unauthenticated_per_ip", b.gate.maxPerIP)
 	return nil
 }
 
-func (b *Broker) start(tcp, tlsLn *listeners.TCP) error {
+func (b *Broker) start(tcp, tlsLn *listener) error {
 	if err := b.srv.AddHook(&hook{b: b}, nil); err != nil {
 		return fmt.Errorf("add broker hook: %w", err)
 	}
@@ -507,7 +551,7 @@ func (b *Broker) Connected() int {
 // Stats returns the broker's counters.
 func (b *Broker) Stats() Stats {
 	info := b.srv.Info
-	return Stats{
+	s := Stats{
 		Clients: b.Connected(),
 		// The hook counts the same queue drops as info.MessagesDropped;
 		// InflightDropped (inflight store full) reaches no hook.
@@ -524,6 +568,8 @@ func (b *Broker) Stats() Stats {
 		SubscriptionsRefused: b.subsRefused.Load(),
 		SubscribeRateLimited: b.subRateLimited.Load(),
 	}
+	b.gate.stats(&s)
+	return s
 }
 
 // sessionUp records cl as clientID's current connection and reports it online.

@@ -46,6 +46,19 @@ func (s *logStore) dump() string {
 	return strings.Join(s.recs, "\n")
 }
 
+// count returns how many records start with msg.
+func (s *logStore) count(msg string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, r := range s.recs {
+		if strings.HasPrefix(r, msg) {
+			n++
+		}
+	}
+	return n
+}
+
 // logHandler is a slog.Handler feeding a logStore.
 type logHandler struct {
 	store *logStore

@@ -95,6 +95,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return false
 	}
 	h.b.clients.set(cl, &clientState{role: role})
+	h.b.gate.authenticated(cl.Net.Conn)
 	return true
 }
 

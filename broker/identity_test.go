@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,19 +17,6 @@ import (
 	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/fleet"
 )
-
-// count returns how many records start with msg.
-func (s *logStore) count(msg string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, r := range s.recs {
-		if strings.HasPrefix(r, msg) {
-			n++
-		}
-	}
-	return n
-}
 
 // waitOnline waits until the broker has established id's session: a
 // client has its CONNACK a moment before.

@@ -79,7 +79,7 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--mqtt-connect-rate N] [--mqtt-connect-ban D] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT] [--event-retention D] [--event-max-rows N]",
+	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--mqtt-connect-rate N] [--mqtt-connect-ban D] [--mqtt-connect-timeout D] [--mqtt-max-connections N] [--mqtt-max-unauthenticated N] [--mqtt-max-unauthenticated-per-ip N] [--mqtt-max-connect-size BYTES] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT] [--event-retention D] [--event-max-rows N]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
 	{name: "keys generate", args: "[--out DIR]",
@@ -388,6 +388,7 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.FirmwarePublicKey, "firmware-public-key", "", "PEM ed25519 public key: refuse firmware uploads not signed with its private key")
 	securityFlags(fs, &m.Config)
 	topicLimitFlags(fs, &m.Config)
+	connLimitFlags(fs, &m.Config.Conns)
 	memLimit := fs.String("memory-limit", "", "soft memory limit of the Go runtime, e.g. 400MiB, or off; raised while live data needs more (default: $GOMEMLIMIT as is, else 320MiB)")
 	fs.StringVar(&m.Config.DebugAddr, "debug-addr", "", "serve Go runtime profiles (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060")
 	fs.DurationVar(&m.Config.EventRetention, "event-retention", 0, "delete events older than this from the event log, e.g. 720h (0: keep)")

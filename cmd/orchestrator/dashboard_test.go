@@ -281,6 +281,8 @@ func TestMetrics_KeySeriesMoveDuringUpdate(t *testing.T) {
 	assert.Equal(t, 20.0, value(before, "flota_devices_registered"))
 	assert.Equal(t, 20.0, value(before, "flota_devices_connected"))
 	assert.GreaterOrEqual(t, value(before, "flota_broker_clients"), 20.0)
+	assert.GreaterOrEqual(t, value(before, "flota_broker_connections"), 20.0)
+	assert.Equal(t, 0.0, value(before, "flota_broker_connect_timeouts_total"))
 	assert.Equal(t, 0.0, value(before, "flota_transfer_chunks_sent_total"))
 	assert.Equal(t, 0.0, value(before, "flota_updates", "state", "running"))
 

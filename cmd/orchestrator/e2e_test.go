@@ -80,12 +80,22 @@ type server struct {
 	// listener's address when they ask for one.
 	serveArgs []string
 	tlsAddr   string
+	// under is a command line the server runs under (such as prlimit and
+	// its arguments), or nil.
+	under []string
 }
 
 func startServer(t *testing.T, serveArgs ...string) *server {
 	t.Helper()
+	return startServerUnder(t, nil, serveArgs...)
+}
+
+// startServerUnder starts the server as the last argument of the command
+// line under.
+func startServerUnder(t *testing.T, under []string, serveArgs ...string) *server {
+	t.Helper()
 	orch, _ := binaries(t)
-	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data"), serveArgs: serveArgs}
+	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data"), serveArgs: serveArgs, under: under}
 	t.Cleanup(func() {
 		s.kill()
 		if t.Failed() {
@@ -101,7 +111,9 @@ func startServer(t *testing.T, serveArgs ...string) *server {
 func (s *server) start(mqttAddr, httpAddr string) {
 	t := s.t
 	t.Helper()
-	cmd := exec.Command(s.bin, append([]string{"serve", "--data", s.data, "--mqtt", mqttAddr, "--http", httpAddr}, s.serveArgs...)...)
+	args := append([]string{s.bin, "serve", "--data", s.data, "--mqtt", mqttAddr, "--http", httpAddr}, s.serveArgs...)
+	args = append(append([]string(nil), s.under...), args...)
+	cmd := exec.Command(args[0], args[1:]...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())

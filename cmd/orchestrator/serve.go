@@ -93,6 +93,8 @@ type Config struct {
 	// and SUBSCRIBE rate (serve_limits.go); zero fields take the broker's
 	// defaults.
 	TopicLimits broker.TopicLimits
+	// Conns are the embedded broker's connection limits (serve_conns.go).
+	Conns ConnLimits
 	// EventRetention and EventMaxRows bound the event log: events older than
 	// EventRetention, and all but the newest EventMaxRows, are deleted
 	// periodically in small batches (sqlite.Retention). 0 disables a bound.
@@ -233,6 +235,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		}
 	}
 
+	var health []func() string
+	if m.Broker != nil {
+		health = append(health, m.Broker.Degraded)
+	}
 	m.HTTP = &httpapi.Server{
 		Addr:        m.Config.HTTPAddr,
 		Store:       m.Store,
@@ -243,6 +249,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Logger:      m.Logger.With("component", "http"),
 		Version:     version,
 		Tokens:      tokens,
+		// A listener that cannot accept (out of file descriptors) or a
+		// full connection limit: devices cannot connect.
+		HealthChecks: health,
 
 		MaxFirmwareSize:   m.Config.MaxFirmwareSize,
 		FirmwarePublicKey: fwKey,

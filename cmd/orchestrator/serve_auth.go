@@ -120,7 +120,7 @@ func (m *Main) brokerOptions() (broker.Options, error) {
 	if c.AllowAnonymous {
 		m.Logger.Warn(anonymousWarning)
 	}
-	return broker.Options{
+	opts := broker.Options{
 		Addr:         c.MQTTAddr,
 		Window:       c.Window,
 		Logger:       m.Logger.With("component", "broker"),
@@ -132,5 +132,9 @@ func (m *Main) brokerOptions() (broker.Options, error) {
 		Topics:       c.TopicLimits,
 		TLSAddr:      c.MQTTTLSAddr,
 		TLSConfig:    tlsCfg,
-	}, nil
+	}
+	if err := c.Conns.apply(&opts); err != nil {
+		return broker.Options{}, err
+	}
+	return opts, nil
 }

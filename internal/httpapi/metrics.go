@@ -60,6 +60,16 @@ var (
 	descBrokerSubs    = desc("flota_broker_subscriptions_refused_total", "MQTT subscribe filters refused over a client's subscription quota.")
 	descBrokerSubRate = desc("flota_broker_subscribe_rate_limited_total", "MQTT SUBSCRIBE packets refused over a connection's SUBSCRIBE rate.")
 
+	// Connection limits (broker.Options; docs/SECURITY.md).
+	descBrokerConns       = desc("flota_broker_connections", "Open MQTT connections, unauthenticated ones included.")
+	descBrokerUnauth      = desc("flota_broker_connections_unauthenticated", "MQTT connections that have not authenticated yet.")
+	descBrokerConnRefused = desc("flota_broker_connections_refused_total", "MQTT connections closed at accept: the connection limit was reached.")
+	descBrokerUnauthRef   = desc("flota_broker_unauthenticated_refused_total", "MQTT connections closed at accept: the limit of unauthenticated connections was reached.")
+	descBrokerUnauthIPRef = desc("flota_broker_unauthenticated_ip_refused_total", "MQTT connections closed at accept: their address's limit of unauthenticated connections was reached.")
+	descBrokerConnTimeout = desc("flota_broker_connect_timeouts_total", "MQTT connections closed for sending no complete CONNECT in time.")
+	descBrokerConnLarge   = desc("flota_broker_connect_too_large_total", "MQTT connections closed for a CONNECT over the size limit.")
+	descBrokerAcceptErrs  = desc("flota_broker_accept_errors_total", "Failed accepts of MQTT connections (e.g. out of file descriptors), retried.")
+
 	descStreamClients = desc("flota_http_stream_clients", "Connected event stream (SSE) clients.")
 	descStreamDropped = desc("flota_http_stream_dropped_messages_total", "Messages dropped for slow event stream clients (they catch up from the store).")
 )
@@ -81,6 +91,14 @@ var brokerMetrics = []struct {
 	{"retain_refused", descBrokerRetain, prometheus.CounterValue},
 	{"subscriptions_refused", descBrokerSubs, prometheus.CounterValue},
 	{"subscribe_rate_limited", descBrokerSubRate, prometheus.CounterValue},
+	{"connections", descBrokerConns, prometheus.GaugeValue},
+	{"unauthenticated", descBrokerUnauth, prometheus.GaugeValue},
+	{"conn_refused", descBrokerConnRefused, prometheus.CounterValue},
+	{"unauth_refused", descBrokerUnauthRef, prometheus.CounterValue},
+	{"unauth_ip_refused", descBrokerUnauthIPRef, prometheus.CounterValue},
+	{"connect_timeouts", descBrokerConnTimeout, prometheus.CounterValue},
+	{"connect_too_large", descBrokerConnLarge, prometheus.CounterValue},
+	{"accept_errors", descBrokerAcceptErrs, prometheus.CounterValue},
 }
 
 // collector reads the server's components on every scrape.
@@ -90,10 +108,11 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
 		descIllegal, descBeyondSent, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
-		descBrokerClients, descBrokerDropped, descBrokerAuth, descBrokerACL, descBrokerRate, descBrokerConnRL, descBrokerIDs,
-		descBrokerTopic, descBrokerRetain, descBrokerSubs, descBrokerSubRate,
 		descStreamClients, descStreamDropped} {
 		ch <- d
+	}
+	for _, m := range brokerMetrics {
+		ch <- m.desc
 	}
 }
 

@@ -713,15 +713,28 @@ func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
 
 // ReadPacket reads the remaining buffer into an MQTT packet.
 func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err error) {
+	return cl.readPacket(fh, false)
+}
+
+// readPacket is ReadPacket; with grow, the body is read into a buffer
+// that grows as the bytes arrive (readGrowing) instead of one of the
+// announced size made up front (flota patch).
+func (cl *Client) readPacket(fh *packets.FixedHeader, grow bool) (pk packets.Packet, err error) {
 	atomic.AddInt64(&cl.ops.info.PacketsReceived, 1)
 
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
-	p := make([]byte, pk.FixedHeader.Remaining)
-	n, err := io.ReadFull(cl.Net.bconn, p)
+	var p []byte
+	if grow {
+		p, err = readGrowing(cl.Net.bconn, pk.FixedHeader.Remaining)
+	} else {
+		p = make([]byte, pk.FixedHeader.Remaining)
+		_, err = io.ReadFull(cl.Net.bconn, p)
+	}
 	if err != nil {
 		return pk, err
 	}
+	n := len(p)
 
 	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
 
@@ -770,6 +783,35 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 	pk, err = cl.ops.hooks.OnPacketRead(cl, pk)
 	return
+}
+
+// readGrowingStart is the first buffer size of readGrowing.
+const readGrowingStart = 512
+
+// readGrowing reads exactly n bytes from r, as io.ReadFull does, into a
+// buffer that starts at readGrowingStart bytes and doubles as it fills, so
+// that it never holds more than twice what arrived (flota patch).
+func readGrowing(r io.Reader, n int) ([]byte, error) {
+	p := make([]byte, 0, min(n, readGrowingStart))
+	for len(p) < n {
+		if len(p) == cap(p) {
+			q := make([]byte, len(p), min(n, 2*cap(p)))
+			copy(q, p)
+			p = q
+		}
+		m, err := r.Read(p[len(p):cap(p)])
+		p = p[:len(p)+m]
+		if len(p) == n {
+			break
+		}
+		if err == io.EOF {
+			return nil, io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
 }
 
 // WritePacket encodes and writes a packet to the client.

@@ -128,6 +128,13 @@ type Options struct {
 	// Enable Inline client to allow direct subscribing and publishing from the parent codebase,
 	// with negligible performance difference (disabled by default to prevent confusion in statistics).
 	InlineClient bool `yaml:"inline_client" json:"inline_client"`
+
+	// MaximumConnectSize, when above 0, is the largest remaining length of
+	// a CONNECT packet, checked before its body is read; a larger one
+	// ends the connection with packets.ErrPacketTooLarge. A CONNECT is
+	// read before the client has authenticated, so this bounds what an
+	// anonymous peer can make the server hold (flota patch).
+	MaximumConnectSize uint32 `yaml:"maximum_connect_size" json:"maximum_connect_size"`
 }
 
 // Server is an MQTT broker server. It should be created with server.New()
@@ -527,7 +534,14 @@ func (s *Server) readConnectionPacket(cl *Client) (pk packets.Packet, err error)
 		return pk, packets.ErrProtocolViolationRequireFirstConnect // [MQTT-3.1.0-1]
 	}
 
-	pk, err = cl.ReadPacket(fh)
+	// Refused before a byte of the body is read, and the body read into a
+	// buffer that grows as it arrives: a peer that announces a large
+	// CONNECT and sends little of it makes the server hold what it sent,
+	// not what it announced (flota patch).
+	if limit := s.Options.MaximumConnectSize; limit > 0 && uint32(fh.Remaining) > limit {
+		return pk, packets.ErrPacketTooLarge
+	}
+	pk, err = cl.readPacket(fh, true)
 	if err != nil {
 		return
 	}
