@@ -35,6 +35,12 @@ type Stats struct {
 	StaleMessages  int64 `json:"stale_messages"`  // valid but for another update, handle or attempt
 	QueueDrops     int64 `json:"queue_drops"`     // device messages dropped on a full inbound queue
 	IllegalChanges int64 `json:"illegal_changes"` // state changes refused by the state machine
+	// IllegalEventsSuppressed counts the illegal changes not recorded as
+	// events (Engine.IllegalEventInterval).
+	IllegalEventsSuppressed int64 `json:"illegal_events_suppressed"`
+	// LogLinesSuppressed counts the log lines dropped by the per-device
+	// log limit (Engine.LogLimit).
+	LogLinesSuppressed int64 `json:"log_lines_suppressed"`
 }
 
 // Engine API used by the HTTP API (see engine.go for the implementation):

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/logsafe"
 	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/sqlite"
 )
@@ -25,6 +26,9 @@ const (
 	DefaultStatusInterval = 250 * time.Millisecond
 	DefaultCheckpoint     = 2 * time.Second
 	DefaultQueueSize      = 64 * 1024
+	// DefaultIllegalEventInterval: a device's illegal state changes in an
+	// update are recorded as an event at most once per interval.
+	DefaultIllegalEventInterval = time.Minute
 )
 
 // Engine runs updates. Create it with New, start it with Open, stop it with
@@ -53,6 +57,13 @@ type Engine struct {
 	Checkpoint time.Duration
 	// QueueSize bounds the device messages waiting for the loop.
 	QueueSize int
+	// IllegalEventInterval bounds the event log rows a device can cause
+	// with illegal state changes: one event per device and update per
+	// interval, the rest only counted (Stats.IllegalEventsSuppressed).
+	IllegalEventInterval time.Duration
+	// LogLimit bounds the log lines (info and above) each device causes
+	// (logsafe.Limiter); Open wraps Logger with it.
+	LogLimit logsafe.Limit
 
 	inbox  chan inbound
 	cmds   chan func()
@@ -61,9 +72,11 @@ type Engine struct {
 	once   sync.Once
 	closed atomic.Bool
 	opened atomic.Bool // inbox and cmds exist: presence and commands may flow
+	logs   *logsafe.Limiter
 
 	stats struct {
 		chunks, bytes, resends, acks, bad, stale, drops, illegal atomic.Int64
+		illegalSuppressed                                        atomic.Int64 // illegal changes not recorded as events
 	}
 
 	// Loop-owned state.
@@ -100,6 +113,8 @@ func New(store *sqlite.Store, tr Transport, logger *slog.Logger) *Engine {
 		StatusInterval: DefaultStatusInterval,
 		Checkpoint:     DefaultCheckpoint,
 		QueueSize:      DefaultQueueSize,
+
+		IllegalEventInterval: DefaultIllegalEventInterval,
 	}
 }
 
@@ -109,6 +124,9 @@ func (e *Engine) Open(ctx context.Context) error {
 	if e.Store == nil || e.Transport == nil {
 		return errors.New("rollout: engine needs a store and a transport")
 	}
+	e.logs = logsafe.NewLimiter(e.LogLimit)
+	e.logs.Now = e.now
+	e.Logger = e.logs.Logger(e.Logger)
 	e.inbox = make(chan inbound, e.QueueSize)
 	e.cmds = make(chan func())
 	e.runs = map[string]*run{}
@@ -171,7 +189,7 @@ func (e *Engine) handle(topic string, payload []byte) {
 	id, kind, ok := protocol.ParseUpTopic(topic)
 	if !ok {
 		e.stats.bad.Add(1)
-		e.Logger.Warn("bad device topic", "topic", topic)
+		e.Logger.Warn("bad device topic", "topic", logsafe.Clean(topic, 128))
 		return
 	}
 	select {
@@ -248,6 +266,7 @@ func (e *Engine) loop(ctx context.Context) {
 			e.finishRuns()
 		case <-tick.C:
 			now := e.now()
+			e.logs.Sweep()
 			e.timers(now)
 			for _, r := range e.runs {
 				e.checkRun(r, now)
@@ -308,7 +327,7 @@ func (e *Engine) dispatch(m inbound) {
 // bad counts and logs a device message that could not be used.
 func (e *Engine) bad(m inbound, err error) {
 	e.stats.bad.Add(1)
-	e.Logger.Warn("bad device message", "device", m.device, "kind", m.kind, "size", len(m.payload), "err", err)
+	e.Logger.Warn("bad device message", "device", m.device, "kind", logsafe.Clean(m.kind, 32), "size", len(m.payload), "err", logsafe.Clean(err.Error(), 200))
 }
 
 // stale counts a valid message that belongs to another update, handle or
@@ -329,6 +348,9 @@ func (e *Engine) Stats() Stats {
 		StaleMessages:  e.stats.stale.Load(),
 		QueueDrops:     e.stats.drops.Load(),
 		IllegalChanges: e.stats.illegal.Load(),
+
+		IllegalEventsSuppressed: e.stats.illegalSuppressed.Load(),
+		LogLinesSuppressed:      e.logLinesSuppressed(),
 	}
 }
 

@@ -72,6 +72,8 @@ type target struct {
 	saved       int64 // offset last written to the store
 
 	rtt rttClock // ack round trip and resend backoff (rto.go)
+
+	illegalAt int64 // unix nanoseconds of its last illegal change recorded as an event; 0 none
 }
 
 func newRun(u fleet.Update, fw fleet.Firmware, b blob, m *fleet.Matcher) *run {
@@ -111,7 +113,7 @@ func (e *Engine) setState(t *target, to fleet.DeviceState, reason fleet.Reason) 
 	if _, err := fleet.Transition(from, to); err != nil {
 		e.stats.illegal.Add(1)
 		e.Logger.Warn("illegal device transition", "update", t.r.u.ID, "device", t.p.DeviceID, "from", from, "to", to)
-		e.emit(fleet.Event{Type: fleet.EventIllegal, UpdateID: t.r.u.ID, DeviceID: t.p.DeviceID, From: string(from), State: string(to), Reason: reason})
+		e.recordIllegal(t, from, to, reason)
 		return false
 	}
 	now := e.now().UTC()
