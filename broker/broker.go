@@ -61,6 +61,7 @@ import (
 
 	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/logsafe"
 )
 
 // Defaults of Options.
@@ -110,6 +111,9 @@ type Options struct {
 	// common name must be the client ID, and stands for the secret.
 	TLSAddr   string
 	TLSConfig *tls.Config
+	// LogLimit bounds the log lines (info and above) each client causes,
+	// mochi's included (logsafe.Limiter, Stats.LogLinesSuppressed).
+	LogLimit logsafe.Limit
 }
 
 // Stats are the broker's counters since it opened.
@@ -119,6 +123,8 @@ type Stats struct {
 	AuthRefused     int64 `json:"auth_refused"`     // connections refused
 	ACLDenied       int64 `json:"acl_denied"`       // publishes, subscriptions and deliveries denied by the ACL
 	RateLimited     int64 `json:"rate_limited"`     // publishes dropped by the per-client rate limit
+	// LogLinesSuppressed counts log lines dropped by the per-client log limit.
+	LogLinesSuppressed int64 `json:"log_lines_suppressed"`
 }
 
 // Broker is the embedded MQTT broker. It implements the engine's transport
@@ -134,6 +140,7 @@ type Broker struct {
 	aclDenied   atomic.Int64
 	queueDrops  atomic.Int64 // deliveries dropped on a full outbound queue (OnPublishDropped)
 	rateLimited atomic.Int64
+	logs        *logsafe.Limiter // per-client log limit under log
 
 	clients states // per-connection role and rate limit
 
@@ -190,6 +197,8 @@ func New(opts Options) *Broker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	logs := logsafe.NewLimiter(opts.LogLimit)
+	log = logs.Logger(log)
 
 	caps := mqtt.NewDefaultServerCapabilities()
 	pending := writesPending(opts.Window)
@@ -221,6 +230,7 @@ func New(opts Options) *Broker {
 	b := &Broker{
 		opts:  opts,
 		log:   log,
+		logs:  logs,
 		conns: make(map[string]*mqtt.Client),
 		feeds: make(map[*mqtt.Client]*feed),
 	}
@@ -448,6 +458,8 @@ func (b *Broker) Stats() Stats {
 		AuthRefused: b.authRefused.Load(),
 		ACLDenied:   b.aclDenied.Load(),
 		RateLimited: b.rateLimited.Load(),
+
+		LogLinesSuppressed: b.logs.Suppressed(),
 	}
 }
 
@@ -486,7 +498,8 @@ func (b *Broker) sessionDown(cl *mqtt.Client, cause error) {
 }
 
 // minLevel is a slog.Handler that passes on records at min or above only; it
-// quiets mochi, which logs every connection at info.
+// quiets mochi, which logs every connection at info. It also redacts what
+// mochi may log of a client's packets (logs.go).
 type minLevel struct {
 	h   slog.Handler
 	min slog.Level
@@ -507,11 +520,11 @@ func (m minLevel) Handle(ctx context.Context, r slog.Record) error {
 		}
 		r.Level, r.Message = slog.LevelDebug, "connection ended"
 	}
-	return m.h.Handle(ctx, r)
+	return m.h.Handle(ctx, redactRecord(r))
 }
 
 func (m minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return minLevel{h: m.h.WithAttrs(attrs), min: m.min}
+	return minLevel{h: m.h.WithAttrs(redactAttrs(attrs)), min: m.min}
 }
 
 func (m minLevel) WithGroup(name string) slog.Handler {
