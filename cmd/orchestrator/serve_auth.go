@@ -121,5 +121,6 @@ func (m *Main) brokerOptions() (broker.Options, error) {
 		RateBurst:    c.RateBurst,
 		TLSAddr:      c.MQTTTLSAddr,
 		TLSConfig:    tlsCfg,
+		LogLimit:     c.LogLimit,
 	}, nil
 }

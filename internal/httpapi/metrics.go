@@ -54,6 +54,10 @@ var (
 
 	descStreamClients = desc("flota_http_stream_clients", "Connected event stream (SSE) clients.")
 	descStreamDropped = desc("flota_http_stream_dropped_messages_total", "Messages dropped for slow event stream clients (they catch up from the store).")
+
+	descIllegalSuppressed = desc("flota_device_illegal_events_suppressed_total", "Refused device state changes counted but not recorded as events (--illegal-event-interval).")
+	descEngineLogDropped  = desc("flota_engine_log_lines_suppressed_total", "Engine log lines about a device dropped by the per-client log limit.")
+	descBrokerLogDropped  = desc("flota_broker_log_lines_suppressed_total", "Broker log lines about a client dropped by the per-client log limit.")
 )
 
 // brokerMetrics maps the JSON names of BrokerStats to metrics.
@@ -67,6 +71,7 @@ var brokerMetrics = []struct {
 	{"auth_refused", descBrokerAuth, prometheus.CounterValue},
 	{"acl_denied", descBrokerACL, prometheus.CounterValue},
 	{"rate_limited", descBrokerRate, prometheus.CounterValue},
+	{"log_lines_suppressed", descBrokerLogDropped, prometheus.CounterValue},
 }
 
 // collector reads the server's components on every scrape.
@@ -76,7 +81,8 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
 		descIllegal, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
-		descBrokerClients, descBrokerDropped, descBrokerAuth, descBrokerACL, descBrokerRate, descStreamClients, descStreamDropped} {
+		descBrokerClients, descBrokerDropped, descBrokerAuth, descBrokerACL, descBrokerRate, descStreamClients, descStreamDropped,
+		descIllegalSuppressed, descEngineLogDropped, descBrokerLogDropped} {
 		ch <- d
 	}
 }
@@ -120,6 +126,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		put(descStaleMsgs, prometheus.CounterValue, float64(es.StaleMessages))
 		put(descQueueDrops, prometheus.CounterValue, float64(es.QueueDrops))
 		put(descIllegal, prometheus.CounterValue, float64(es.IllegalChanges))
+		put(descIllegalSuppressed, prometheus.CounterValue, float64(es.IllegalEventsSuppressed))
+		put(descEngineLogDropped, prometheus.CounterValue, float64(es.LogLinesSuppressed))
 	}
 
 	if s.BrokerStats != nil {
