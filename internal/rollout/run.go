@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/logsafe"
 	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/sqlite"
 )
@@ -351,7 +352,7 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 			e.bad(inbound{device: device, kind: protocol.KindReport}, fleet.Errorf(fleet.ErrUpdateNotFound, "report for unknown update %q", rep.Update))
 			return
 		}
-		e.stale(device, "report for an update the device is not active in", "update", rep.Update)
+		e.stale(device, "report for an update the device is not active in", "update", logsafe.Clean(rep.Update, 64))
 		return
 	}
 	if rep.Handle != t.handle {
