@@ -189,7 +189,7 @@ func (e *Engine) handle(topic string, payload []byte) {
 	id, kind, ok := protocol.ParseUpTopic(topic)
 	if !ok {
 		e.stats.bad.Add(1)
-		e.Logger.Warn("bad device topic", "topic", logsafe.Clean(topic, 128))
+		e.Logger.Warn("bad device topic", "device", topicDevice(topic), "topic", logsafe.Clean(topic, 128))
 		return
 	}
 	select {

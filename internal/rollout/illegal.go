@@ -1,7 +1,11 @@
 package rollout
 
 import (
+	"strings"
+
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/logsafe"
+	"github.com/flotaio/flota/internal/protocol"
 )
 
 // recordIllegal records an illegal change of t as an event, unless one of
@@ -26,4 +30,17 @@ func (e *Engine) logLinesSuppressed() int64 {
 		return 0
 	}
 	return e.logs.Suppressed()
+}
+
+// topicDevice returns the device level of a topic under the devices tree,
+// cleaned, for the log limit's key: a device that floods a topic the engine
+// cannot parse (its ACL lets it publish below its up tree) is limited as
+// itself. "" when there is none.
+func topicDevice(topic string) string {
+	rest, ok := strings.CutPrefix(topic, protocol.DevicesRoot)
+	if !ok {
+		return ""
+	}
+	id, _, _ := strings.Cut(rest, "/")
+	return logsafe.Clean(id, 64)
 }

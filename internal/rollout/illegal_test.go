@@ -134,7 +134,8 @@ func TestEngine_BadMessageFloodLogsBoundedLinesAndASummary(t *testing.T) {
 }
 
 // TestEngine_BadTopicIsLoggedQuotedAndCut: a topic the engine cannot parse
-// is logged escaped and cut, not as the device sent it.
+// is logged escaped and cut, not as the device sent it, under the device's
+// log limit.
 func TestEngine_BadTopicIsLoggedQuotedAndCut(t *testing.T) {
 	var logs logBuffer
 	h := newHarnessWith(t, capturedLogger(&logs), nil)
@@ -144,4 +145,12 @@ func TestEngine_BadTopicIsLoggedQuotedAndCut(t *testing.T) {
 	out := logs.String()
 	assert.NotContains(t, out, "\x1b")
 	assert.NotContains(t, out, strings.Repeat("z", 200))
+	assert.Contains(t, out, "device=x ")
+
+	// A flood of them is limited as the device's own lines.
+	for i := 0; i < 100; i++ {
+		require.NoError(t, h.broker.Publish(topic, []byte("{}"), false, 0))
+	}
+	eventually(t, 5*time.Second, func() bool { return h.engine.Stats().BadMessages == 101 }, "counted")
+	assert.Equal(t, 20, logs.count("bad device topic"))
 }
