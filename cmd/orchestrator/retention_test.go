@@ -95,6 +95,7 @@ func TestServe_BadLogAndEventLimitsAreUsageErrors(t *testing.T) {
 		{"serve", "--log-client-lines", "0"},
 		{"serve", "--log-client-lines", "-2"},
 		{"serve", "--log-client-interval", "0s"},
+		{"serve", "--log-clients-total", "0"},
 	} {
 		r := runCLI(t, "", args...)
 		assert.Equal(t, exitUsage, r.code, "%v", args)

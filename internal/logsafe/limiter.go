@@ -21,6 +21,10 @@ const (
 	// DefaultMaxKeys bounds the clients tracked at once; beyond it, lines of
 	// new clients share one budget, OthersKey.
 	DefaultMaxKeys = 10000
+	// DefaultTotal bounds the lines of all clients together per interval
+	// (100 a second), so that many clients, or one client under many IDs,
+	// cannot flood the log either.
+	DefaultTotal = 6000
 )
 
 // OthersKey is the key under which lines of clients beyond Limit.MaxKeys are
@@ -41,6 +45,7 @@ type Limit struct {
 	Lines    int           // lines per client per Interval
 	Interval time.Duration // window and summary period
 	MaxKeys  int           // clients tracked at once
+	Total    int           // lines of all clients together per Interval
 }
 
 func (l Limit) withDefaults() Limit {
@@ -52,6 +57,9 @@ func (l Limit) withDefaults() Limit {
 	}
 	if l.MaxKeys <= 0 {
 		l.MaxKeys = DefaultMaxKeys
+	}
+	if l.Total <= 0 {
+		l.Total = DefaultTotal
 	}
 	return l
 }
@@ -65,7 +73,9 @@ func (l Limit) withDefaults() Limit {
 // who turns on debug asked for volume, and lines of the orchestrator's own
 // doing are not a client's to flood.
 //
-// Memory is bounded: at most MaxKeys windows are kept, each removed (and
+// All clients together pass at most Total lines per interval; past it, a
+// client's lines are counted under OthersKey. Memory is bounded: at most
+// MaxKeys windows are kept, each removed (and
 // summarised) once it ends. Summaries are written when the limiter next sees
 // a line after the window ended, or by Sweep, which owners call from a timer
 // so that a client that went quiet still gets its summary.
@@ -76,9 +86,11 @@ type Limiter struct {
 
 	suppressed atomic.Int64
 
-	mu        sync.Mutex         // guards windows and lastSweep
-	windows   map[string]*window // by client
-	lastSweep time.Time
+	mu         sync.Mutex         // guards windows, lastSweep, totalStart and total
+	windows    map[string]*window // by client
+	lastSweep  time.Time
+	totalStart time.Time // start of the interval total counts
+	total      int       // lines of all clients passed since totalStart
 }
 
 // window is one client's budget in the current interval.
@@ -151,9 +163,22 @@ func (l *Limiter) allow(key, keyAttr string, h slog.Handler, now time.Time) (boo
 			l.windows[key] = w
 		}
 	}
+	if now.Sub(l.totalStart) >= l.limit.Interval {
+		l.totalStart, l.total = now, 0
+	}
 	w.lines++
 	if w.lines <= l.limit.Lines {
-		return true, due
+		if l.total < l.limit.Total {
+			l.total++
+			return true, due
+		}
+		// Within its own budget, over everyone's: counted with the others.
+		if o := l.windows[OthersKey]; o != nil {
+			w = o
+		} else {
+			w = &window{start: now, keyAttr: "client", lines: l.limit.Lines}
+			l.windows[OthersKey] = w
+		}
 	}
 	w.suppressed++
 	w.h = h

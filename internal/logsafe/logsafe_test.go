@@ -130,3 +130,22 @@ func TestLimiter_NegativeLinesDisables(t *testing.T) {
 	}
 	assert.Len(t, lines(), 100)
 }
+
+func TestLimiter_TotalBoundsManyClients(t *testing.T) {
+	h, lines := captured(slog.LevelInfo)
+	clk := newClock()
+	l := NewLimiter(Limit{Lines: 5, Interval: time.Minute, Total: 50})
+	l.Now = clk.now
+	log := l.Logger(slog.New(h))
+	for i := 0; i < 1000; i++ {
+		log.Info("authentication refused", "client", fmt.Sprintf("c%d", i))
+	}
+	assert.Len(t, lines(), 50, "one client under many IDs gets the total")
+	assert.EqualValues(t, 950, l.Suppressed())
+	clk.add(time.Minute)
+	l.Sweep()
+	got := lines()
+	assert.Contains(t, got[len(got)-1], "client="+OthersKey+" suppressed=950")
+	log.Info("authentication refused", "client", "c1")
+	assert.Len(t, lines(), 52, "a new interval, a new total")
+}
