@@ -88,6 +88,7 @@ import (
 
 	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/logsafe"
 )
 
 // Defaults of Options.
@@ -173,6 +174,9 @@ type Options struct {
 	// read; a larger one closes the connection before its body is read.
 	// Default DefaultMaxConnectSize.
 	MaxConnectSize uint32
+	// LogLimit bounds the log lines (info and above) each client causes,
+	// mochi's included (logsafe.Limiter, Stats.LogLinesSuppressed).
+	LogLimit logsafe.Limit
 }
 
 // Stats are the broker's counters since it opened.
@@ -207,6 +211,8 @@ type Stats struct {
 	ConnectTimeouts int64 `json:"connect_timeouts"`  // connections closed for sending no CONNECT within ConnectTimeout
 	ConnectTooLarge int64 `json:"connect_too_large"` // connections closed for a CONNECT over MaxConnectSize
 	AcceptErrors    int64 `json:"accept_errors"`     // failed accepts (e.g. out of file descriptors), retried
+	// LogLinesSuppressed counts log lines dropped by the per-client log limit.
+	LogLinesSuppressed int64 `json:"log_lines_suppressed"`
 }
 
 // Broker is the embedded MQTT broker. It implements the engine's transport
@@ -222,6 +228,7 @@ type Broker struct {
 	aclDenied   atomic.Int64
 	queueDrops  atomic.Int64 // deliveries dropped on a full outbound queue (OnPublishDropped)
 	rateLimited atomic.Int64
+	logs        *logsafe.Limiter // per-client log limit under log
 
 	connectLimited atomic.Int64 // connections refused by the reconnect limit
 
@@ -299,6 +306,8 @@ func New(opts Options) *Broker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	logs := logsafe.NewLimiter(opts.LogLimit)
+	log = logs.Logger(log)
 
 	caps := mqtt.NewDefaultServerCapabilities()
 	pending := writesPending(opts.Window)
@@ -330,6 +339,7 @@ func New(opts Options) *Broker {
 	b := &Broker{
 		opts:  opts,
 		log:   log,
+		logs:  logs,
 		conns: make(map[string]*mqtt.Client),
 		feeds: make(map[*mqtt.Client]*feed),
 		gate:  newGate(opts, log),
@@ -567,6 +577,7 @@ func (b *Broker) Stats() Stats {
 		RetainRefused:        b.retainRefused.Load(),
 		SubscriptionsRefused: b.subsRefused.Load(),
 		SubscribeRateLimited: b.subRateLimited.Load(),
+		LogLinesSuppressed:   b.logs.Suppressed(),
 	}
 	b.gate.stats(&s)
 	return s
@@ -607,7 +618,8 @@ func (b *Broker) sessionDown(cl *mqtt.Client, cause error) {
 }
 
 // minLevel is a slog.Handler that passes on records at min or above only; it
-// quiets mochi, which logs every connection at info.
+// quiets mochi, which logs every connection at info. It also redacts what
+// mochi may log of a client's packets (logs.go).
 type minLevel struct {
 	h   slog.Handler
 	min slog.Level
@@ -628,11 +640,11 @@ func (m minLevel) Handle(ctx context.Context, r slog.Record) error {
 		}
 		r.Level, r.Message = slog.LevelDebug, "connection ended"
 	}
-	return m.h.Handle(ctx, r)
+	return m.h.Handle(ctx, redactRecord(r))
 }
 
 func (m minLevel) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return minLevel{h: m.h.WithAttrs(attrs), min: m.min}
+	return minLevel{h: m.h.WithAttrs(redactAttrs(attrs)), min: m.min}
 }
 
 func (m minLevel) WithGroup(name string) slog.Handler {

@@ -8,6 +8,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/logsafe"
 )
 
 // Topic trees of the ACL (see the package comment).
@@ -39,7 +40,8 @@ func (h *hook) Provides(event byte) bool {
 		mqtt.OnPublish, mqtt.OnWill, // OnPublish, OnWill: retain.go
 		mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnPacketSent,
 		mqtt.OnUnsubscribe,     // limits.go
-		mqtt.OnPacketProcessed: // status.go
+		mqtt.OnPacketProcessed, // status.go
+		mqtt.OnSysInfoTick:     // logs.go
 		return true
 	}
 	return false
@@ -68,7 +70,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return nil
 	}
 	h.b.authRefused.Add(1)
-	h.b.log.Debug("connection refused", "client", cl.ID, "remote", cl.Net.Remote, "reason", code.Reason)
+	h.b.log.Debug("connection refused", "client", logsafe.Clean(cl.ID, 64), "remote", cl.Net.Remote, "reason", code.Reason)
 	if err := h.b.srv.SendConnack(cl, code, false, nil); err != nil {
 		h.b.log.Debug("send connack", "client", cl.ID, "error", err)
 	}
@@ -132,7 +134,7 @@ func (b *Broker) aclCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	if !ok {
 		b.aclDenied.Add(1)
-		b.log.Debug("acl denied", "client", cl.ID, "topic", topic, "write", write)
+		b.log.Debug("acl denied", "client", cl.ID, "topic", logsafe.Clean(topic, 128), "write", write)
 	}
 	return ok
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/httpapi"
+	"github.com/flotaio/flota/internal/logsafe"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/mqttclient"
 )
@@ -79,7 +80,7 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--mqtt-connect-rate N] [--mqtt-connect-ban D] [--mqtt-connect-timeout D] [--mqtt-max-connections N] [--mqtt-max-unauthenticated N] [--mqtt-max-unauthenticated-per-ip N] [--mqtt-max-connect-size BYTES] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT] [--event-retention D] [--event-max-rows N]",
+	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--mqtt-connect-rate N] [--mqtt-connect-ban D] [--mqtt-connect-timeout D] [--mqtt-max-connections N] [--mqtt-max-unauthenticated N] [--mqtt-max-unauthenticated-per-ip N] [--mqtt-max-connect-size BYTES] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT] [--event-retention D] [--event-max-rows N] [--illegal-event-interval D] [--log-client-lines N] [--log-clients-total N] [--log-client-interval D]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
 	{name: "keys generate", args: "[--out DIR]",
@@ -391,8 +392,12 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	connLimitFlags(fs, &m.Config.Conns)
 	memLimit := fs.String("memory-limit", "", "soft memory limit of the Go runtime, e.g. 400MiB, or off; raised while live data needs more (default: $GOMEMLIMIT as is, else 320MiB)")
 	fs.StringVar(&m.Config.DebugAddr, "debug-addr", "", "serve Go runtime profiles (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060")
-	fs.DurationVar(&m.Config.EventRetention, "event-retention", 0, "delete events older than this from the event log, e.g. 720h (0: keep)")
-	fs.Int64Var(&m.Config.EventMaxRows, "event-max-rows", 0, "keep at most this many of the newest events in the event log (0: no limit)")
+	fs.DurationVar(&m.Config.EventRetention, "event-retention", m.Config.EventRetention, "delete events older than this from the event log (0: keep)")
+	fs.Int64Var(&m.Config.EventMaxRows, "event-max-rows", m.Config.EventMaxRows, "keep at most this many of the newest events in the event log (0: no limit)")
+	fs.DurationVar(&m.Config.IllegalEventInterval, "illegal-event-interval", m.Config.IllegalEventInterval, "record a device's refused state changes as an event at most once per interval; the rest are counted (0: every one)")
+	fs.IntVar(&m.Config.LogLimit.Lines, "log-client-lines", logsafe.DefaultLines, "log lines (info and above) one MQTT client may cause per --log-client-interval; the rest are counted and summarised (-1: no limit)")
+	fs.DurationVar(&m.Config.LogLimit.Interval, "log-client-interval", logsafe.DefaultInterval, "window of --log-client-lines and --log-clients-total")
+	fs.IntVar(&m.Config.LogLimit.Total, "log-clients-total", logsafe.DefaultTotal, "log lines (info and above) all MQTT clients together may cause per --log-client-interval")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
@@ -408,6 +413,9 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	}
 	if m.Config.EventRetention < 0 || m.Config.EventMaxRows < 0 {
 		return &usageError{msg: "--event-retention and --event-max-rows must not be negative", spec: sp}
+	}
+	if m.Config.IllegalEventInterval < 0 || m.Config.LogLimit.Interval <= 0 || m.Config.LogLimit.Lines == 0 || m.Config.LogLimit.Lines < -1 || m.Config.LogLimit.Total <= 0 {
+		return &usageError{msg: "--illegal-event-interval must not be negative, --log-client-interval and --log-clients-total must be positive, --log-client-lines positive or -1", spec: sp}
 	}
 	if _, err := parseLogLevel(m.Config.LogLevel); err != nil {
 		return &usageError{msg: err.Error(), spec: sp}

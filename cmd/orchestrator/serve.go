@@ -14,6 +14,7 @@ import (
 	"github.com/flotaio/flota/broker"
 	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/httpapi"
+	"github.com/flotaio/flota/internal/logsafe"
 	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/internal/sqlite"
@@ -26,6 +27,12 @@ const (
 	DefaultMQTTAddr = "127.0.0.1:1883"
 	DefaultHTTPAddr = "127.0.0.1:8080"
 	DefaultLogLevel = "info"
+
+	// DefaultEventRetention and DefaultEventMaxRows bound the event log
+	// by default (docs/ARCHITECTURE.md, "Retention of the event log"): a
+	// month of history, and at most about 280 MB of rows.
+	DefaultEventRetention = 30 * 24 * time.Hour
+	DefaultEventMaxRows   = 2_000_000
 )
 
 // Config is what serve is told by its flags.
@@ -100,6 +107,12 @@ type Config struct {
 	// periodically in small batches (sqlite.Retention). 0 disables a bound.
 	EventRetention time.Duration
 	EventMaxRows   int64
+	// LogLimit bounds the log lines each MQTT client causes in the broker
+	// and the engine (logsafe.Limit; zero fields take its defaults).
+	LogLimit logsafe.Limit
+	// IllegalEventInterval: a device's illegal state changes are recorded
+	// as an event at most once per interval (0: every one).
+	IllegalEventInterval time.Duration
 }
 
 // Main is the orchestrator with its production wiring, so that tests run
@@ -139,6 +152,10 @@ func NewMain() *Main {
 		MQTTAddr: DefaultMQTTAddr,
 		HTTPAddr: DefaultHTTPAddr,
 		LogLevel: DefaultLogLevel,
+
+		EventRetention:       DefaultEventRetention,
+		EventMaxRows:         DefaultEventMaxRows,
+		IllegalEventInterval: rollout.DefaultIllegalEventInterval,
 	}}
 }
 
@@ -209,7 +226,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		m.Broker = broker.New(opts)
 		brk := m.Broker
 		m.Accounts.Disconnect = func(id string) { brk.Disconnect(id) }
-		m.Engine = rollout.New(m.Store, m.Broker, m.Logger.With("component", "engine"))
+		m.Engine = m.newEngine(m.Broker)
 		engine := m.Engine
 		m.Broker.OnPresence(func(id string, online bool) { engine.DevicePresence(id, online) })
 		// The engine subscribes before the broker accepts a connection:
@@ -302,7 +319,7 @@ func (m *Main) openClient() error {
 		KeyFile:  m.Config.BrokerKey,
 		Logger:   m.Logger.With("component", "mqttclient"),
 	})
-	m.Engine = rollout.New(m.Store, m.Client, m.Logger.With("component", "engine"))
+	m.Engine = m.newEngine(m.Client)
 	engine := m.Engine
 	m.Client.OnPresence(func(id string, online bool) { engine.DevicePresence(id, online) })
 	if err := m.Client.Open(); err != nil {
@@ -310,6 +327,15 @@ func (m *Main) openClient() error {
 	}
 	m.closers = append(m.closers, m.Client.Close)
 	return nil
+}
+
+// newEngine returns the engine on transport tr, with the limits of the
+// configuration.
+func (m *Main) newEngine(tr rollout.Transport) *rollout.Engine {
+	e := rollout.New(m.Store, tr, m.Logger.With("component", "engine"))
+	e.LogLimit = m.Config.LogLimit
+	e.IllegalEventInterval = m.Config.IllegalEventInterval
+	return e
 }
 
 // MQTTTLSAddr returns the embedded broker's bound TLS address, or "".

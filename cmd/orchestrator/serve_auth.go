@@ -132,6 +132,7 @@ func (m *Main) brokerOptions() (broker.Options, error) {
 		Topics:       c.TopicLimits,
 		TLSAddr:      c.MQTTTLSAddr,
 		TLSConfig:    tlsCfg,
+		LogLimit:     c.LogLimit,
 	}
 	if err := c.Conns.apply(&opts); err != nil {
 		return broker.Options{}, err

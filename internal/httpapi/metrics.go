@@ -72,6 +72,10 @@ var (
 
 	descStreamClients = desc("flota_http_stream_clients", "Connected event stream (SSE) clients.")
 	descStreamDropped = desc("flota_http_stream_dropped_messages_total", "Messages dropped for slow event stream clients (they catch up from the store).")
+
+	descIllegalSuppressed = desc("flota_device_illegal_events_suppressed_total", "Refused device state changes counted but not recorded as events (--illegal-event-interval).")
+	descEngineLogDropped  = desc("flota_engine_log_lines_suppressed_total", "Engine log lines about a device dropped by the per-client log limit.")
+	descBrokerLogDropped  = desc("flota_broker_log_lines_suppressed_total", "Broker log lines about a client dropped by the per-client log limit.")
 )
 
 // brokerMetrics maps the JSON names of BrokerStats to metrics.
@@ -99,6 +103,7 @@ var brokerMetrics = []struct {
 	{"connect_timeouts", descBrokerConnTimeout, prometheus.CounterValue},
 	{"connect_too_large", descBrokerConnLarge, prometheus.CounterValue},
 	{"accept_errors", descBrokerAcceptErrs, prometheus.CounterValue},
+	{"log_lines_suppressed", descBrokerLogDropped, prometheus.CounterValue},
 }
 
 // collector reads the server's components on every scrape.
@@ -107,7 +112,7 @@ type collector struct{ s *Server }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
-		descIllegal, descBeyondSent, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
+		descIllegal, descBeyondSent, descIllegalSuppressed, descEngineLogDropped, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
 		descStreamClients, descStreamDropped} {
 		ch <- d
 	}
@@ -157,6 +162,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		put(descQueueDrops, prometheus.CounterValue, float64(es.QuotaDrops), "device_quota")
 		put(descIllegal, prometheus.CounterValue, float64(es.IllegalChanges))
 		put(descBeyondSent, prometheus.CounterValue, float64(es.AcksBeyondSent))
+		put(descIllegalSuppressed, prometheus.CounterValue, float64(es.IllegalEventsSuppressed))
+		put(descEngineLogDropped, prometheus.CounterValue, float64(es.LogLinesSuppressed))
 	}
 
 	if s.BrokerStats != nil {

@@ -40,6 +40,12 @@ type Stats struct {
 	// AcksBeyondSent counts acks refused because they acknowledge bytes
 	// never sent (a lying or broken device).
 	AcksBeyondSent int64 `json:"acks_beyond_sent"`
+	// IllegalEventsSuppressed counts the illegal changes not recorded as
+	// events (Engine.IllegalEventInterval).
+	IllegalEventsSuppressed int64 `json:"illegal_events_suppressed"`
+	// LogLinesSuppressed counts the log lines dropped by the per-device
+	// log limit (Engine.LogLimit).
+	LogLinesSuppressed int64 `json:"log_lines_suppressed"`
 }
 
 // Engine API used by the HTTP API (see engine.go for the implementation):

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/logsafe"
 	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/sqlite"
 )
@@ -25,6 +26,9 @@ const (
 	DefaultStatusInterval = 250 * time.Millisecond
 	DefaultCheckpoint     = 2 * time.Second
 	DefaultQueueSize      = 64 * 1024
+	// DefaultIllegalEventInterval: a device's illegal state changes in an
+	// update are recorded as an event at most once per interval.
+	DefaultIllegalEventInterval = time.Minute
 )
 
 // Engine runs updates. Create it with New, start it with Open, stop it with
@@ -54,6 +58,13 @@ type Engine struct {
 	// QueueSize bounds the device messages waiting for the loop; its last
 	// quarter is kept for presence changes.
 	QueueSize int
+	// IllegalEventInterval bounds the event log rows a device can cause
+	// with illegal state changes: one event per device and update per
+	// interval, the rest only counted (Stats.IllegalEventsSuppressed).
+	IllegalEventInterval time.Duration
+	// LogLimit bounds the log lines (info and above) each device causes
+	// (logsafe.Limiter); Open wraps Logger with it.
+	LogLimit logsafe.Limit
 	// AckQuota and MessageQuota bound the acks and the other messages one
 	// device may have waiting for the loop (fair.go); over them, that
 	// device's messages are dropped (Stats.QuotaDrops).
@@ -71,11 +82,13 @@ type Engine struct {
 	once          sync.Once
 	closed        atomic.Bool
 	opened        atomic.Bool // inbox and cmds exist: presence and commands may flow
+	logs          *logsafe.Limiter
 
 	stats struct {
 		chunks, bytes, resends, acks, bad, stale, drops, quotaDrops, illegal atomic.Int64
 
-		beyondSent atomic.Int64 // acks refused past the bytes sent
+		beyondSent        atomic.Int64 // acks refused past the bytes sent
+		illegalSuppressed atomic.Int64 // illegal changes not recorded as events
 	}
 
 	// Loop-owned state.
@@ -115,6 +128,8 @@ func New(store *sqlite.Store, tr Transport, logger *slog.Logger) *Engine {
 		QueueSize:      DefaultQueueSize,
 		AckQuota:       DefaultAckQuota,
 		MessageQuota:   DefaultMessageQuota,
+
+		IllegalEventInterval: DefaultIllegalEventInterval,
 	}
 }
 
@@ -126,6 +141,9 @@ func (e *Engine) Open(ctx context.Context) error {
 	}
 	e.QueueSize = max(e.QueueSize, 4)
 	e.AckQuota, e.MessageQuota = max(e.AckQuota, 1), max(e.MessageQuota, 1)
+	e.logs = logsafe.NewLimiter(e.LogLimit)
+	e.logs.Now = e.now
+	e.Logger = e.logs.Logger(e.Logger)
 	e.inbox = make(chan inbound, e.QueueSize)
 	e.shared = e.QueueSize - e.QueueSize/4
 	e.cmds = make(chan func())
@@ -190,7 +208,7 @@ func (e *Engine) handle(topic string, payload []byte) {
 	id, kind, ok := protocol.ParseUpTopic(topic)
 	if !ok {
 		e.stats.bad.Add(1)
-		e.Logger.Warn("bad device topic", "topic", topic)
+		e.Logger.Warn("bad device topic", "device", topicDevice(topic), "topic", logsafe.Clean(topic, 128))
 		return
 	}
 	if kind == protocol.KindStatus {
@@ -273,6 +291,7 @@ func (e *Engine) loop(ctx context.Context) {
 			e.finishRuns()
 		case <-tick.C:
 			now := e.now()
+			e.logs.Sweep()
 			e.timers(now)
 			for _, r := range e.runs {
 				e.checkRun(r, now)
@@ -337,7 +356,7 @@ func (e *Engine) dispatch(m inbound) {
 // bad counts and logs a device message that could not be used.
 func (e *Engine) bad(m inbound, err error) {
 	e.stats.bad.Add(1)
-	e.Logger.Warn("bad device message", "device", m.device, "kind", m.kind, "size", len(m.payload), "err", err)
+	e.Logger.Warn("bad device message", "device", m.device, "kind", logsafe.Clean(m.kind, 32), "size", len(m.payload), "err", logsafe.Clean(err.Error(), 200))
 }
 
 // stale counts a valid message that belongs to another update, handle or
@@ -360,6 +379,9 @@ func (e *Engine) Stats() Stats {
 		QuotaDrops:     e.stats.quotaDrops.Load(),
 		IllegalChanges: e.stats.illegal.Load(),
 		AcksBeyondSent: e.stats.beyondSent.Load(),
+
+		IllegalEventsSuppressed: e.stats.illegalSuppressed.Load(),
+		LogLinesSuppressed:      e.logLinesSuppressed(),
 	}
 }
 

@@ -49,14 +49,21 @@ func testLogger(t *testing.T) *slog.Logger {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	h := &harness{t: t, dir: t.TempDir(), log: testLogger(t)}
+	return newHarnessWith(t, testLogger(t), nil)
+}
+
+// newHarnessWith is newHarness with every component logging to log and
+// the engine configured by configure before it opens.
+func newHarnessWith(t *testing.T, log *slog.Logger, configure func(*rollout.Engine)) *harness {
+	t.Helper()
+	h := &harness{t: t, dir: t.TempDir(), log: log}
 	h.store = sqlite.New(h.dir)
 	h.store.Logger = h.log
 	require.NoError(t, h.store.Open())
 	t.Cleanup(func() { h.store.Close() })
 
 	h.broker = broker.New(broker.Options{Addr: "127.0.0.1:0", Logger: h.log})
-	h.openEngine()
+	h.openEngineWith(configure)
 	require.NoError(t, h.broker.Open())
 	t.Cleanup(func() { h.broker.Close() })
 	return h

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/logsafe"
 	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/sqlite"
 )
@@ -76,6 +77,8 @@ type target struct {
 	saved     int64 // offset last written to the store
 
 	rtt rttClock // ack round trip and resend backoff (rto.go)
+
+	illegalAt int64 // unix nanoseconds of its last illegal change recorded as an event; 0 none
 }
 
 func newRun(u fleet.Update, fw fleet.Firmware, b blob, m *fleet.Matcher) *run {
@@ -115,7 +118,7 @@ func (e *Engine) setState(t *target, to fleet.DeviceState, reason fleet.Reason) 
 	if _, err := fleet.Transition(from, to); err != nil {
 		e.stats.illegal.Add(1)
 		e.Logger.Warn("illegal device transition", "update", t.r.u.ID, "device", t.p.DeviceID, "from", from, "to", to)
-		e.emit(fleet.Event{Type: fleet.EventIllegal, UpdateID: t.r.u.ID, DeviceID: t.p.DeviceID, From: string(from), State: string(to), Reason: reason})
+		e.recordIllegal(t, from, to, reason)
 		return false
 	}
 	now := e.now().UTC()
@@ -363,7 +366,7 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 			e.bad(inbound{device: device, kind: protocol.KindReport}, fleet.Errorf(fleet.ErrUpdateNotFound, "report for unknown update %q", rep.Update))
 			return
 		}
-		e.stale(device, "report for an update the device is not active in", "update", rep.Update)
+		e.stale(device, "report for an update the device is not active in", "update", logsafe.Clean(rep.Update, 64))
 		return
 	}
 	if rep.Handle != t.handle {

@@ -433,7 +433,7 @@ func (cl *Client) writeBatched(wb *writeBatch) (int64, error) {
 func (cl *Client) queuedDone(pk *packets.Packet, err error) {
 	if err != nil {
 		// The packet is logged by value: pk goes back to its pool.
-		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", *pk)
+		cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", packets.PacketNames[pk.FixedHeader.Type]) // flota patch: no payload
 	}
 	putPayload(pk.Mods.PooledPayload)
 	putQueued(pk)

@@ -272,7 +272,7 @@ func (h *Hooks) OnPacketRead(cl *Client, pk packets.Packet) (pkx packets.Packet,
 		if hook.Provides(OnPacketRead) {
 			npk, err := hook.OnPacketRead(cl, pkx)
 			if err != nil && errors.Is(err, packets.ErrRejectPacket) {
-				h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", pkx)
+				h.Log.Debug("packet rejected", "hook", hook.ID(), "packet", packets.PacketNames[pkx.FixedHeader.Type]) // flota patch: no payload or password
 				return pk, err
 			} else if err != nil {
 				continue
@@ -403,7 +403,7 @@ func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, er
 					h.Log.Debug("publish packet rejected",
 						"error", err,
 						"hook", hook.ID(),
-						"packet", pkx)
+						"packet", packets.PacketNames[pkx.FixedHeader.Type]) // flota patch: no payload
 					return pk, err
 				} else if errors.Is(err, packets.CodeSuccessIgnore) {
 					return pk, err
@@ -411,7 +411,7 @@ func (h *Hooks) OnPublish(cl *Client, pk packets.Packet) (pkx packets.Packet, er
 				h.Log.Error("publish packet error",
 					"error", err,
 					"hook", hook.ID(),
-					"packet", pkx)
+					"packet", packets.PacketNames[pkx.FixedHeader.Type]) // flota patch: no payload
 				return pk, err
 			}
 			pkx = npk
@@ -512,8 +512,7 @@ func (h *Hooks) OnWill(cl *Client, will Will) Will {
 			if err != nil {
 				h.Log.Error("parse will error",
 					"error", err,
-					"hook", hook.ID(),
-					"will", will)
+					"hook", hook.ID()) // flota patch: not the will, its payload
 				continue
 			}
 			will = mlwt

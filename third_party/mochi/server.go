@@ -560,7 +560,9 @@ func (s *Server) receivePacket(cl *Client, pk packets.Packet) error {
 			_ = s.DisconnectClient(cl, code)
 		}
 
-		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", pk)
+		// flota patch: the packet's type only; the packet would print a
+		// CONNECT's password and a PUBLISH's payload.
+		s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", packets.PacketNames[pk.FixedHeader.Type])
 
 		return err
 	}
@@ -1069,7 +1071,7 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 		if cl, ok := s.Clients.Get(id); ok {
 			_, err := s.publishToSubscriber(cl, subs, pk) // flota patch
 			if err != nil {
-				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+				s.Log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", packets.PacketNames[pk.FixedHeader.Type]) // flota patch: no payload
 			}
 		}
 	}
@@ -1224,7 +1226,7 @@ func (s *Server) sendRetained(cl *Client, sub packets.Subscription, pks []packet
 	for _, pkv := range pks {
 		_, err := s.publishToClient(cl, sub, pkv)
 		if err != nil {
-			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", pkv)
+			s.Log.Debug("failed to publish retained message", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "packet", packets.PacketNames[pkv.FixedHeader.Type]) // flota patch: no payload
 			continue
 		}
 		s.hooks.OnRetainPublished(cl, pkv)
