@@ -34,11 +34,12 @@ var AllDeviceStates = []DeviceState{
 // transitions is the whole state machine: from -> allowed next states.
 // A transfer may be offered again (resume after a disconnect or a restart)
 // from any state before installing; a failed device may be queued again for
-// another attempt. Once a device installs, only the boot confirmation (or its
+// another attempt; an offered device that declines to reinstall the version
+// it runs (a forced update) is skipped. Once a device installs, only the boot confirmation (or its
 // absence) decides.
 var transitions = map[DeviceState][]DeviceState{
 	StateQueued:      {StateOffered, StateSkipped, StateCancelled, StateFailed},
-	StateOffered:     {StateOffered, StateAccepted, StateRejected, StateFailed, StateCancelled, StateQueued},
+	StateOffered:     {StateOffered, StateAccepted, StateRejected, StateFailed, StateCancelled, StateQueued, StateSkipped},
 	StateAccepted:    {StateOffered, StateDownloading, StateDownloaded, StateFailed, StateCancelled, StateQueued},
 	StateDownloading: {StateOffered, StateDownloaded, StateFailed, StateCancelled, StateQueued},
 	StateDownloaded:  {StateOffered, StateVerified, StateFailed, StateCancelled, StateQueued},

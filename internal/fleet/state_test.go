@@ -31,7 +31,7 @@ const (
 // docs/PROTOCOL.md with it.
 var wantTransitions = map[DeviceState][]DeviceState{
 	qu: {of, sk, ca, fa},
-	of: {of, ac, rj, fa, ca, qu},
+	of: {of, ac, rj, fa, ca, qu, sk},
 	ac: {of, dl, dd, fa, ca, qu},
 	dl: {of, dd, fa, ca, qu},
 	dd: {of, ve, fa, ca, qu},

@@ -66,6 +66,7 @@ type target struct {
 	progress   time.Time // last ack progress, or the offer
 	resentAt   time.Time // last resend on the ack timeout
 	deadline   time.Time // confirm deadline while rebooting
+	declined   int       // hellos that answered a forced offer of the running version (liveness.go)
 
 	sent, acked int64 // next offset to send; every byte before acked is held
 	recoverAt   int64 // acked offset of the last go-back on a duplicate ack; -1 none
@@ -489,6 +490,9 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 	r := t.r
 	holds := h.Transfer != nil && h.Transfer.Update == r.u.ID
 	confirmed := h.Version == r.fw.Version && (!r.u.Policy.Force || (holds && h.Transfer.State == fleet.StateRebooting))
+	if !holds && e.declinedReinstall(t, h) {
+		return
+	}
 	switch st := t.p.State; {
 	case st != fleet.StateQueued && confirmed:
 		// Running the target: a confirmed boot, also when the reports in
