@@ -139,3 +139,15 @@ func TestProtocolDoc_ReasonTable(t *testing.T) {
 		assert.Equal(t, byDevice, strings.HasPrefix(row[0], "device"), "who sends %s", r)
 	}
 }
+
+func TestProtocolDoc_RetryTable(t *testing.T) {
+	rows := tableRows(t, protocolDoc(t), "### 12.1 Retries", "| Reason | Retried |")
+	assert.Len(t, rows, len(Retries), "one row per entry of fleet.Retries")
+	for r, rule := range Retries {
+		row, ok := rows[string(r)]
+		if !assert.True(t, ok, "reason %s missing from the retry table", r) {
+			continue
+		}
+		assert.Equal(t, string(rule), row[0], "retry of %s", r)
+	}
+}

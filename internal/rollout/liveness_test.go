@@ -1,12 +1,16 @@
 package rollout_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
+	"github.com/flotaio/flota/internal/agent"
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/protocol"
 )
 
 // A device that already runs the target answers a forced offer with its
@@ -31,4 +35,82 @@ func TestEngine_ForcedOfferAnsweredWithHelloEndsSkipped(t *testing.T) {
 	assert.Equal(t, fleet.ReasonAlreadyCurrent, p.Reason)
 	assert.Empty(t, d.offers, "no offer after the device was skipped")
 	assert.Zero(t, h.engine.Stats().IllegalChanges)
+}
+
+// installThenReboot takes o through the download and the install reports,
+// up to rebooting, as a device does before it reboots.
+func (s *scripted) installThenReboot(o protocol.Offer) {
+	s.t.Helper()
+	s.report(o, fleet.StateAccepted, 0, "")
+	s.download(o)
+	for _, st := range []fleet.DeviceState{fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling, fleet.StateRebooting} {
+		s.report(o, st, o.Firmware.Size, "")
+	}
+}
+
+// A device that reboots and never comes back ends failed with
+// confirm_timeout, and the update ends, instead of going back to queued
+// for an attempt that can never start.
+func TestEngine_DeviceThatNeverComesBackFromItsRebootEndsFailed(t *testing.T) {
+	h := newHarness(t)
+	gone := newScripted(t, h, "gone", "1.0.0")
+	h.startAgents(2, "ok", agent.Config{})
+	h.waitDevices(3)
+	fw, _ := h.addFirmware(8192, "1.1.0")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096, MaxAttempts: 3, ConfirmTimeout: fleet.Duration(300 * time.Millisecond)}, fleet.Selector{})
+
+	gone.installThenReboot(gone.offer())
+	eventually(t, 5*time.Second, func() bool { return h.deviceState(u.ID, "gone").State == fleet.StateRebooting }, "rebooting")
+	gone.c.Disconnect(0) // and never back
+
+	s := h.waitEnd(u.ID, 15*time.Second)
+	assert.Equal(t, fleet.UpdateCompletedWithFailures, s.State)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: 2, fleet.StateFailed: 1}, s.Counts)
+	p := h.deviceState(u.ID, "gone")
+	assert.Equal(t, fleet.ReasonConfirmTimeout, p.Reason)
+	assert.Equal(t, 1, p.Attempts)
+}
+
+// A device that comes back on its old version after its confirm timeout is
+// retried while attempts remain, and ends failed with its last reason when
+// they are spent.
+func TestEngine_ConfirmTimeoutIsRetriedWhenTheDeviceReturnsUntilAttemptsAreSpent(t *testing.T) {
+	h := newHarness(t)
+	d := newScripted(t, h, "late", "1.0.0")
+	h.waitDevices(1)
+	fw, _ := h.addFirmware(8192, "1.1.0")
+	// A companion that never connects keeps the update from ending while the
+	// device is away.
+	h.registerOffline("never")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096, MaxAttempts: 2, RetryBackoff: fleet.Duration(time.Millisecond),
+		ConfirmTimeout: fleet.Duration(300 * time.Millisecond)}, fleet.Selector{})
+
+	d.installThenReboot(d.offer())
+	d.c.Disconnect(0)
+	eventually(t, 5*time.Second, func() bool { return h.deviceState(u.ID, "late").State == fleet.StateFailed }, "confirm timeout")
+
+	d = newScripted(t, h, "late", "1.0.0") // back, on the old version
+	o := d.offer()
+	assert.Equal(t, 2, o.Attempt)
+	d.installThenReboot(o)
+	d.c.Disconnect(0)
+	eventually(t, 5*time.Second, func() bool { return h.deviceState(u.ID, "late").State == fleet.StateFailed }, "second confirm timeout")
+
+	d = newScripted(t, h, "late", "1.0.0") // back again: no attempt left
+	select {
+	case o := <-d.offers:
+		t.Fatalf("offered attempt %d after max_attempts", o.Attempt)
+	case <-time.After(time.Second):
+	}
+	p := h.deviceState(u.ID, "late")
+	assert.Equal(t, fleet.StateFailed, p.State)
+	assert.Equal(t, fleet.ReasonConfirmTimeout, p.Reason, "failed with the reason of its last attempt")
+	assert.Equal(t, 2, p.Attempts)
+}
+
+// registerOffline registers a device that never connects.
+func (h *harness) registerOffline(id string) {
+	h.t.Helper()
+	require.NoError(h.t, h.store.SaveDevice(fleet.Device{ID: id, Model: "m1", Version: "1.0.0", FirstSeen: time.Now(), LastSeen: time.Now()}))
+	require.NoError(h.t, h.store.Flush(context.Background()))
 }

@@ -431,9 +431,9 @@ func (e *Engine) advance(t *target, to fleet.DeviceState) {
 	}
 }
 
-// fail ends the current attempt. Transfer problems are retried while
-// attempts remain, after a backoff; a device's own install or boot failure
-// is final.
+// fail ends the current attempt. fleet.Retries says which reasons are
+// retried while attempts remain, after a backoff; a device that exhausts its
+// attempts ends failed with the reason of its last one.
 func (e *Engine) fail(t *target, reason fleet.Reason) {
 	r := t.r
 	wasTransferring := t.p.State.Transferring() && t.p.State != fleet.StateInstalling
@@ -441,18 +441,15 @@ func (e *Engine) fail(t *target, reason fleet.Reason) {
 		return
 	}
 	t.resume = false // a retry is a new attempt, after its backoff
-	switch reason {
-	case fleet.ReasonBadDigest, fleet.ReasonStorageError, fleet.ReasonTransferTimeout,
-		fleet.ReasonDeviceReset, fleet.ReasonConfirmTimeout:
-		if t.p.Attempts < r.u.Policy.MaxAttempts && r.u.State.Active() {
-			t.acked, t.sent = 0, 0
-			t.notBefore = e.now().Add(fleet.Backoff(r.u.Policy.RetryBackoff.D(), t.p.Attempts, e.rng))
-			e.active[t.p.DeviceID] = t
-			e.setState(t, fleet.StateQueued, reason)
-			r.enqueue(t, false)
+	if reason.Retried() && t.p.Attempts < r.u.Policy.MaxAttempts && r.u.State.Active() {
+		if !e.ready[t.p.DeviceID] {
+			// A retry needs the device: it stays failed until it says
+			// hello again (retryReturned), and the update can end.
 			e.admit(r)
 			return
 		}
+		e.requeue(t, reason)
+		return
 	}
 	if wasTransferring {
 		// Given up for good: the device must not keep a transfer it
@@ -480,6 +477,9 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 				e.Logger.Warn("publish cancel", "device", device, "err", err)
 			}
 		}
+	}
+	if t == nil {
+		t = e.retryReturned(device)
 	}
 	if t == nil {
 		t = e.join(d)
