@@ -84,7 +84,7 @@ func TestProtocolDoc_TransitionMatrix(t *testing.T) {
 	}
 	require.Len(t, matrix, len(AllDeviceStates))
 	// Rows and columns follow the order of the table header.
-	order := []DeviceState{qu, sk, of, ac, rj, dl, dd, ve, in, rb, su, fa, ca}
+	order := []DeviceState{qu, sk, of, ac, rj, dl, dd, ve, in, rb, su, fa, ca, ol}
 	for i, line := range matrix {
 		fields := strings.Fields(line)
 		require.Len(t, fields, 1+len(order), line)

@@ -36,9 +36,15 @@ type UpdateSummary struct {
 	Phases []int  `json:"phases,omitempty"`
 	Gate   string `json:"gate,omitempty"`
 	// Waiting says why no device is being started now, if so:
-	// "scheduled", "paused", "maintenance_window", "rate", "gate".
-	Waiting string    `json:"waiting,omitempty"`
-	Time    time.Time `json:"time"`
+	// "scheduled", "paused", "maintenance_window", "rate", "gate", or
+	// "offline_devices" (nothing moves; only devices not connected remain).
+	Waiting string `json:"waiting,omitempty"`
+	// Unseen counts the queued devices that are not connected: the update
+	// waits for them until UnseenUntil (at the latest), when those still
+	// away end offline.
+	Unseen      int        `json:"unseen,omitempty"`
+	UnseenUntil *time.Time `json:"unseen_until,omitempty"`
+	Time        time.Time  `json:"time"`
 }
 
 // Finished counts the devices in terminal states.

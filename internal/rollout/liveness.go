@@ -1,6 +1,8 @@
 package rollout
 
 import (
+	"time"
+
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
 )
@@ -63,4 +65,82 @@ func (e *Engine) retryReturned(device string) *target {
 		return t
 	}
 	return nil
+}
+
+// unseenScan bounds how often a run's queued devices are checked against
+// its offline_after: the check walks every target.
+const unseenScan = time.Second
+
+// expireUnseen ends offline (not_seen) the queued devices of a running
+// update that are not connected and have not been for the update's
+// offline_after, counted from when the update last started running in this
+// process (created, resumed, restarted) or from when the device went away,
+// whichever is later. Without it, an update with a target that never
+// connects would never end. It also counts, for the summary, the devices
+// still awaited and when the last of them would end offline.
+func (e *Engine) expireUnseen(r *run, now time.Time) {
+	if r.u.State != fleet.UpdateRunning {
+		// Paused or scheduled: nobody is waited for; the clock starts
+		// again when the update runs.
+		r.seenFrom, r.unseenAt, r.unseen, r.unseenUntil = time.Time{}, time.Time{}, 0, time.Time{}
+		return
+	}
+	if r.seenFrom.IsZero() {
+		r.seenFrom = now
+	}
+	if !r.unseenAt.IsZero() && now.Sub(r.unseenAt) < unseenScan && now.After(r.unseenAt) {
+		return
+	}
+	r.unseenAt = now
+	after := r.u.Policy.OfflineAfter.D()
+	if after <= 0 {
+		after = fleet.DefaultOfflineAfter // an update stored before the setting
+	}
+	n, until := 0, time.Time{}
+	for _, t := range r.targets {
+		if t.p.State != fleet.StateQueued || e.ready[t.p.DeviceID] || e.active[t.p.DeviceID] != t {
+			continue
+		}
+		since := r.seenFrom
+		if t.leftAt.After(since) {
+			since = t.leftAt
+		}
+		deadline := since.Add(after)
+		if now.Before(deadline) {
+			n++
+			if deadline.After(until) {
+				until = deadline
+			}
+			continue
+		}
+		if !t.started {
+			// It takes its place in the current phase, so that the phase
+			// can fill and its gate be decided without it.
+			t.started, t.phase = true, r.phase
+			r.started++
+		}
+		e.setState(t, fleet.StateOffline, fleet.ReasonNotSeen)
+	}
+	if n != r.unseen || !until.Equal(r.unseenUntil) {
+		r.dirty = true
+	}
+	r.unseen, r.unseenUntil = n, until
+}
+
+// explain fills what the summary says about waiting: the devices still
+// awaited, and an ETA only while something moves (a transfer holds a slot):
+// a rate measured before a pause, or while the last devices are away,
+// promises nothing.
+func (e *Engine) explain(r *run, s *fleet.UpdateSummary) {
+	if r.unseen > 0 {
+		s.Unseen = r.unseen
+		until := r.unseenUntil.UTC()
+		s.UnseenUntil = &until
+	}
+	if r.rate > 0 && r.slots > 0 && r.u.State == fleet.UpdateRunning {
+		s.ETASeconds = eta(r.remainingBytes(s.Time, e.StatusInterval), r.rate)
+	}
+	if s.Waiting == "" && r.slots == 0 && len(r.readyQ) == 0 && len(r.againQ) == 0 && r.unseen > 0 {
+		s.Waiting = "offline_devices"
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/flotaio/flota/internal/agent"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
+	"github.com/flotaio/flota/internal/rollout"
 )
 
 // A device that already runs the target answers a forced offer with its
@@ -113,4 +114,55 @@ func (h *harness) registerOffline(id string) {
 	h.t.Helper()
 	require.NoError(h.t, h.store.SaveDevice(fleet.Device{ID: id, Model: "m1", Version: "1.0.0", FirstSeen: time.Now(), LastSeen: time.Now()}))
 	require.NoError(h.t, h.store.Flush(context.Background()))
+}
+
+// An update whose targets include a device that never connects ends once
+// that device has not been seen for offline_after: it ends offline, the
+// update completed_with_failures, and retry-failed takes it when it is back.
+func TestEngine_TargetThatNeverConnectsEndsOfflineAndTheUpdateEnds(t *testing.T) {
+	h := newHarness(t)
+	h.startAgents(2, "here", agent.Config{})
+	h.waitDevices(2)
+	h.registerOffline("boiler-7")
+	fw, _ := h.addFirmware(8192, "1.1.0")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096, OfflineAfter: fleet.Duration(time.Second)}, fleet.Selector{Model: "m1"})
+
+	eventually(t, 10*time.Second, func() bool {
+		s := h.summary(u.ID)
+		return s.Counts[fleet.StateSucceeded] == 2 && s.Unseen == 1 && s.UnseenUntil != nil || s.State.Terminal()
+	}, "the summary says one device is awaited")
+	s := h.waitEnd(u.ID, 15*time.Second)
+	assert.Equal(t, fleet.UpdateCompletedWithFailures, s.State)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: 2, fleet.StateOffline: 1}, s.Counts)
+	assert.Equal(t, fleet.ReasonNotSeen, h.deviceState(u.ID, "boiler-7").Reason)
+
+	// It connects later: retry-failed takes it, and the update completes.
+	late := agent.New(agent.Config{Broker: "tcp://" + h.broker.Addr(), ID: "boiler-7", Model: "m1", Version: "1.0.0",
+		RebootDelay: 50 * time.Millisecond, Logger: h.log})
+	require.NoError(t, late.Start(context.Background()))
+	t.Cleanup(func() { late.Close() })
+	eventually(t, 10*time.Second, func() bool {
+		n, err := h.engine.RetryFailed(context.Background(), u.ID)
+		return err == nil && n == 1
+	}, "retry-failed takes the offline device")
+	s = h.waitEnd(u.ID, 15*time.Second)
+	assert.Equal(t, fleet.UpdateCompleted, s.State)
+	assert.Equal(t, 3, s.Counts[fleet.StateSucceeded])
+}
+
+// The online selector takes only the devices connected at creation.
+func TestEngine_OnlineSelectorLeavesDisconnectedDevicesOut(t *testing.T) {
+	h := newHarness(t)
+	h.startAgents(2, "here", agent.Config{})
+	h.waitDevices(2)
+	h.registerOffline("away")
+	fw, _ := h.addFirmware(8192, "1.1.0")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096}, fleet.Selector{Model: "m1", Online: true})
+	s := h.waitEnd(u.ID, 15*time.Second)
+	assert.Equal(t, fleet.UpdateCompleted, s.State)
+	assert.Equal(t, 2, s.Total)
+
+	_, err := h.engine.CreateUpdate(context.Background(), rollout.CreateRequest{FirmwareID: fw.ID,
+		Selector: fleet.Selector{Devices: []string{"away"}, Online: true}})
+	assert.ErrorIs(t, err, fleet.ErrNoTargets)
 }

@@ -161,8 +161,8 @@ func (e *Engine) checkGate(r *run, now time.Time) {
 	}
 	size, ok, lost := 0, 0, 0
 	for _, t := range r.targets {
-		if !t.started || t.phase != r.phase {
-			continue
+		if !t.started || t.phase != r.phase || t.p.State == fleet.StateOffline {
+			continue // an offline device never took part
 		}
 		size++
 		switch {

@@ -30,6 +30,12 @@ type run struct {
 	rateAt    time.Time
 	rate      float64
 
+	// offline_after (liveness.go): the clock's start, the last scan, and
+	// the queued devices not connected with the latest of their deadlines
+	seenFrom, unseenAt time.Time
+	unseen             int
+	unseenUntil        time.Time
+
 	remaining   int64     // bytes the unfinished devices still need, as of remainingAt
 	remainingAt time.Time // zero: never counted
 
@@ -67,6 +73,7 @@ type target struct {
 	resentAt   time.Time // last resend on the ack timeout
 	deadline   time.Time // confirm deadline while rebooting
 	declined   int       // hellos that answered a forced offer of the running version (liveness.go)
+	leftAt     time.Time // when its device last went away during this run
 
 	sent, acked int64 // next offset to send; every byte before acked is held
 	recoverAt   int64 // acked offset of the last go-back on a duplicate ack; -1 none
@@ -604,6 +611,7 @@ func (e *Engine) deviceOffline(device string) {
 	if t == nil {
 		return
 	}
+	t.leftAt = e.now()
 	// A transfer whose device went away gives its slot to a device that is
 	// here; it resumes from the device's offset when the device says hello.
 	if t.slot && t.p.State != fleet.StateInstalling {
@@ -625,6 +633,7 @@ func (e *Engine) knownFinished(id string) bool {
 // timers resends, re-offers and fails what waited too long.
 func (e *Engine) timers(now time.Time) {
 	for _, r := range e.runs {
+		e.expireUnseen(r, now)
 		for t := range r.live {
 			if t.p.State.Terminal() || t.p.State == fleet.StateQueued {
 				continue

@@ -67,6 +67,9 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 		// pair's versions once, not once per device.
 		skips := map[[2]string]fleet.Reason{}
 		for _, d := range devices {
+			if req.Selector.Online && !e.ready[d.ID] {
+				continue
+			}
 			p := fleet.Progress{UpdateID: u.ID, DeviceID: d.ID, State: fleet.StateQueued, UpdatedAt: now}
 			key := [2]string{d.Model, d.Version}
 			reason, ok := skips[key]
@@ -93,6 +96,10 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 			slices.Sort(ids)
 			createErr = fleet.Errorf(fleet.ErrDeviceBusy, "%d selected device(s) are in active update(s) %s: wait for it to end, cancel it, or narrow the selector",
 				n, strings.Join(ids, ", "))
+			return
+		}
+		if len(targets) == 0 && !pol.Dynamic {
+			createErr = fleet.Errorf(fleet.ErrNoTargets, "no selected device is online")
 			return
 		}
 		phases, err := fleet.ResolvePhases(pol.Phases, queued)
@@ -268,7 +275,7 @@ func (e *Engine) finishRuns() {
 		state := r.u.State
 		if !state.Terminal() {
 			state = fleet.UpdateCompleted
-			if r.counts[fleet.StateFailed] > 0 || r.counts[fleet.StateRejected] > 0 {
+			if r.counts[fleet.StateFailed] > 0 || r.counts[fleet.StateRejected] > 0 || r.counts[fleet.StateOffline] > 0 {
 				state = fleet.UpdateCompletedWithFailures
 			}
 			e.setUpdateState(r, state, "")
@@ -379,9 +386,7 @@ func (e *Engine) summary(r *run, now time.Time) fleet.UpdateSummary {
 	if len(r.phases) <= 1 {
 		s.Phase, s.Phases = 0, nil
 	}
-	if r.rate > 0 {
-		s.ETASeconds = eta(r.remainingBytes(now, e.StatusInterval), r.rate)
-	}
+	e.explain(r, &s)
 	return s
 }
 
@@ -558,7 +563,7 @@ func (e *Engine) RetryFailed(ctx context.Context, updateID string) (int, error) 
 			}
 		}
 		for _, t := range r.targets {
-			if t.p.State != fleet.StateFailed || e.active[t.p.DeviceID] != nil {
+			if t.p.State != fleet.StateFailed && t.p.State != fleet.StateOffline || e.active[t.p.DeviceID] != nil {
 				continue
 			}
 			t.p.Attempts, t.notBefore, t.acked, t.sent = 0, time.Time{}, 0, 0
