@@ -644,7 +644,7 @@ func (e *Engine) timers(now time.Time) {
 			}
 			switch t.p.State {
 			case fleet.StateOffered:
-				if t.slot && now.Sub(t.offerAt) > e.OfferTimeout && t.cancelling == "" {
+				if t.slot && e.ready[t.p.DeviceID] && now.Sub(t.offerAt) > e.OfferTimeout && t.cancelling == "" {
 					progress := t.progress // a re-offer is not progress
 					e.offer(t)
 					t.progress = progress
@@ -658,7 +658,7 @@ func (e *Engine) timers(now time.Time) {
 				// whose publish failed (an external broker's connection
 				// was down) left nothing outstanding, and no ack will
 				// come to pump again.
-				if t.slot && t.acked < r.fw.Size && now.Sub(last) > e.resendTimeout(t) && t.cancelling == "" {
+				if t.slot && e.ready[t.p.DeviceID] && t.acked < r.fw.Size && now.Sub(last) > e.resendTimeout(t) && t.cancelling == "" {
 					t.recoverAt = -1
 					t.resentAt = now // a resend is not progress: the idle timeout still runs
 					t.rtt.resent(true)

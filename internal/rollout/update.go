@@ -238,6 +238,7 @@ func (e *Engine) restore(ctx context.Context) error {
 				t.resume = true
 			}
 		}
+		e.restoreSlots(r)
 		if !u.State.Active() {
 			r.stopReason = fleet.ReasonOperator
 			if u.State == fleet.UpdateAborted {
