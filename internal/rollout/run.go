@@ -77,6 +77,7 @@ type target struct {
 
 	sent, acked int64 // next offset to send; every byte before acked is held
 	recoverAt   int64 // acked offset of the last go-back on a duplicate ack; -1 none
+	dups        dupAcks
 	saved       int64 // offset last written to the store
 
 	rtt rttClock // ack round trip and resend backoff (rto.go)
@@ -343,8 +344,9 @@ func (e *Engine) onAck(device string, a protocol.Ack) {
 		}
 		r.dirty = true
 		e.pump(t)
-	case a.Offset == t.acked && t.sent > t.acked && t.recoverAt != a.Offset:
-		// A duplicate ack: the device saw a gap. Go back once per gap.
+	case a.Offset == t.acked && t.sent > t.acked && t.recoverAt != a.Offset && e.gapSignalled(t):
+		// Duplicate acks enough to mean a gap (dupacks.go). Go back once
+		// per gap.
 		t.recoverAt = a.Offset
 		e.goBack(t)
 	}
