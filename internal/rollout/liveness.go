@@ -144,3 +144,15 @@ func (e *Engine) explain(r *run, s *fleet.UpdateSummary) {
 		s.Waiting = "offline_devices"
 	}
 }
+
+// emitSkipped records a device event for every target of a new update that
+// was skipped at its creation (already_current, version_not_newer,
+// incompatible_model): the event stream holds every device's part, also of
+// the devices that were never offered.
+func (e *Engine) emitSkipped(r *run) {
+	for _, t := range r.targets {
+		if t.p.State == fleet.StateSkipped {
+			e.emit(fleet.Event{Type: fleet.EventDevice, UpdateID: r.u.ID, DeviceID: t.p.DeviceID, State: string(fleet.StateSkipped), Reason: t.p.Reason})
+		}
+	}
+}

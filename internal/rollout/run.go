@@ -422,8 +422,11 @@ func happyIndex(s fleet.DeviceState) int {
 func (e *Engine) advance(t *target, to fleet.DeviceState) {
 	from, want := happyIndex(t.p.State), happyIndex(to)
 	if from < 0 || want <= from {
-		if t.p.State == to {
-			e.stale(t.p.DeviceID, "duplicate report", "state", to)
+		if from >= 0 {
+			// A state the device has passed already: a duplicate, or a
+			// QoS 1 report the device's client sent again after a
+			// reconnect (its PUBACK was lost with the connection).
+			e.stale(t.p.DeviceID, "report of a state already passed", "state", to, "current", t.p.State)
 			return
 		}
 		e.setState(t, to, "") // refused and recorded as illegal

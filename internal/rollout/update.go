@@ -123,6 +123,7 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 			}
 		}
 		e.emit(fleet.Event{Type: fleet.EventUpdate, UpdateID: u.ID, State: string(u.State)})
+		e.emitSkipped(r)
 		if len(phases) > 1 {
 			e.emit(fleet.Event{Type: fleet.EventPhase, UpdateID: u.ID, State: "started", Phase: 1})
 		}
