@@ -639,7 +639,7 @@ func writeStatus(w io.Writer, s fleet.UpdateSummary) {
 	if !s.State.Terminal() {
 		fmt.Fprintf(tw, "eta\t%s\n", formatETA(s.ETASeconds))
 	}
-	if w := waitingText(s); w != "" {
+	if w := s.Explain(); w != "" {
 		fmt.Fprintf(tw, "waiting\t%s\n", w)
 	}
 	_ = tw.Flush() // stdout; nothing to report to
@@ -725,7 +725,7 @@ func (c *cli) watch(ctx context.Context, client *Client, id string, interval tim
 // changeKey identifies what a non-terminal watcher reports a change of: the
 // progress line without the rate and the ETA, which change on every poll.
 func changeKey(s fleet.UpdateSummary) string {
-	return progressCore(s) + "  " + string(s.State) + "  " + waitingText(s)
+	return progressCore(s) + "  " + string(s.State) + "  " + s.Explain()
 }
 
 // progressLine renders a summary as one line with a progress bar.
@@ -735,7 +735,7 @@ func progressLine(s fleet.UpdateSummary) string {
 		line += "  ETA " + formatETA(s.ETASeconds)
 	}
 	line += "  " + string(s.State)
-	if w := waitingText(s); w != "" {
+	if w := s.Explain(); w != "" {
 		line += " (" + w + ")"
 	}
 	return line

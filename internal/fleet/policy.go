@@ -342,6 +342,28 @@ func (w MaintenanceWindow) Contains(t time.Time) bool {
 	return m >= s || m < e
 }
 
+// NextOpen returns the first time at or after t inside the window, to the
+// second; t itself when t is inside, the zero time for a malformed window.
+func (w MaintenanceWindow) NextOpen(t time.Time) time.Time {
+	s, err := parseClock(w.Start)
+	loc, err2 := time.LoadLocation(w.TimeZone)
+	if err != nil || err2 != nil {
+		return time.Time{}
+	}
+	if w.Contains(t) {
+		return t
+	}
+	lt := t.In(loc)
+	day := time.Date(lt.Year(), lt.Month(), lt.Day(), 0, 0, 0, 0, loc)
+	for i := 0; i < 3; i++ { // today's start, else tomorrow's (or the day after, across a DST change)
+		open := day.AddDate(0, 0, i).Add(time.Duration(s) * time.Second)
+		if !open.Before(t) {
+			return open
+		}
+	}
+	return time.Time{}
+}
+
 // Backoff is the delay before attempt n+1 after n failed attempts: base
 // doubled per attempt, capped at MaxRetryBackoff, with ±50% jitter from r.
 func Backoff(base time.Duration, attempts int, r *rand.Rand) time.Duration {

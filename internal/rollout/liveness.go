@@ -143,6 +143,27 @@ func (e *Engine) explain(r *run, s *fleet.UpdateSummary) {
 	if s.Waiting == "" && r.slots == 0 && len(r.readyQ) == 0 && len(r.againQ) == 0 && r.unseen > 0 {
 		s.Waiting = "offline_devices"
 	}
+	if r.u.State == fleet.UpdatePaused {
+		s.PausedReason = r.pausedBy
+	}
+	s.GateFigures = r.gateSeen
+	var until time.Time
+	pol := r.u.Policy
+	switch {
+	case r.gate == gateSoak:
+		until = r.gateUntil
+	case s.Waiting == "scheduled" && pol.StartAt != nil:
+		until = *pol.StartAt
+	case s.Waiting == "maintenance_window":
+		until = pol.Maintenance.NextOpen(s.Time)
+	case s.Waiting == "rate":
+		until = r.nextStart
+	}
+	if !until.IsZero() {
+		until = until.UTC()
+		s.WaitingUntil = &until
+	}
+	s.WaitingDetail = s.Explain()
 }
 
 // emitSkipped records a device event for every target of a new update that

@@ -42,14 +42,16 @@ type run struct {
 	dirty     bool // summary changed since the last status publish
 	maybeDone bool // a target ended: check whether the whole run did
 
-	matcher    *fleet.Matcher // the selector, for devices joining a dynamic update
-	phases     []int          // cumulative device counts of the phases
-	phase      int            // index of the current phase
-	started    int            // targets ever offered in this update
-	gate       string         // the current phase's gate (gateOpen, gateSoak, ...)
-	stopReason fleet.Reason   // why a cancelled or aborted update stopped its devices
-	gateUntil  time.Time      // end of the soak
-	nextStart  time.Time      // earliest start of the next new device (rate)
+	matcher    *fleet.Matcher     // the selector, for devices joining a dynamic update
+	phases     []int              // cumulative device counts of the phases
+	phase      int                // index of the current phase
+	started    int                // targets ever offered in this update
+	gate       string             // the current phase's gate (gateOpen, gateSoak, ...)
+	stopReason fleet.Reason       // why a cancelled or aborted update stopped its devices
+	gateUntil  time.Time          // end of the soak
+	gateSeen   *fleet.GateFigures // the figures the current gate was decided on
+	pausedBy   fleet.Reason       // who paused the update (operator, manual_gate, gate_failed)
+	nextStart  time.Time          // earliest start of the next new device (rate)
 }
 
 // target is one device of a run: its progress and, while it transfers, its

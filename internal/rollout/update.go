@@ -303,6 +303,9 @@ func (e *Engine) setUpdateState(r *run, state fleet.UpdateState, reason fleet.Re
 	now := e.now().UTC()
 	from := r.u.State
 	r.u.State = state
+	if state == fleet.UpdatePaused {
+		r.pausedBy = reason
+	}
 	if state == fleet.UpdateRunning && r.u.StartedAt == nil {
 		r.u.StartedAt = &now
 	}
