@@ -91,7 +91,7 @@ var commands = []*spec{
 		example: "orchestrator firmware add build/sensor-2.1.0.bin --version 2.1.0 --model sensor-v2 --sign-key firmware.key"},
 	{name: "firmware list", args: "[--json]", summary: "list stored firmware",
 		example: "orchestrator firmware list --json"},
-	{name: "update create", args: "--firmware ID [--select model=M,version=V,tag:K=V,device=ID] [--max-in-flight N] [--window W] [--chunk-size B] [--max-attempts N] [--rate N] [--phases LIST] [--success-threshold F] [--soak D] [--manual-gates] [--failure-threshold T] [--failure-min N] [--idle-timeout D] [--confirm-timeout D] [--retry-backoff D] [--start-at TIME] [--maintenance HH:MM-HH:MM] [--timezone TZ] [--allow-downgrade] [--force] [--dynamic]",
+	{name: "update create", args: "--firmware ID [--select model=M,version=V,tag:K=V,device=ID] [--max-in-flight N] [--window W] [--chunk-size B] [--max-attempts N] [--rate N] [--phases LIST] [--success-threshold F] [--soak D] [--manual-gates] [--failure-threshold T] [--failure-min N] [--idle-timeout D] [--confirm-timeout D] [--offline-after D] [--retry-backoff D] [--start-at TIME] [--maintenance HH:MM-HH:MM] [--timezone TZ] [--allow-downgrade] [--force] [--dynamic] [--online]",
 		summary: "start an update and print its ID",
 		example: "orchestrator update create --firmware fw-1a2b3c4d5e6f --select 'model=sensor-v2,version=<1.2.0,tag:site=lyon' --phases 1%,10%,100% --soak 30m --failure-threshold 5% --failure-min 20 --maintenance 22:00-04:00 --timezone Europe/Paris"},
 	{name: "update status", args: "ID [--json]", summary: "show an update's state, counts, bytes, rate and ETA",
@@ -553,6 +553,8 @@ func (c *cli) updateCreate(ctx context.Context, args []string) error {
 	fs.IntVar(&pol.FailureMinFinished, "failure-min", 0, "apply --failure-threshold once at least `N` devices finished")
 	idle := fs.Duration("idle-timeout", 0, fmt.Sprintf("fail a transfer's attempt after no progress for this long (default %s)", fleet.DefaultIdleTimeout))
 	confirm := fs.Duration("confirm-timeout", 0, fmt.Sprintf("fail a device that does not come back on the target within this long after installing (default %s)", fleet.DefaultConfirmTimeout))
+	offlineAfter := fs.Duration("offline-after", 0, fmt.Sprintf("a target not seen for this long while the update runs ends offline (default %s)", fleet.DefaultOfflineAfter))
+	fs.BoolVar(&req.Selector.Online, "online", false, "target only the selected devices connected now")
 	backoff := fs.Duration("retry-backoff", 0, fmt.Sprintf("first retry delay, doubled per attempt, with jitter (default %s)", fleet.DefaultRetryBackoff))
 	startAt := fs.String("start-at", "", "schedule the update: RFC 3339 `time`, e.g. 2026-12-01T02:00:00Z")
 	maint := fs.String("maintenance", "", "start devices only inside this daily `window`, HH:MM-HH:MM (may span midnight)")
@@ -576,6 +578,7 @@ func (c *cli) updateCreate(ctx context.Context, args []string) error {
 		}
 	}
 	pol.Soak, pol.IdleTimeout, pol.ConfirmTimeout, pol.RetryBackoff = fleet.Duration(*soak), fleet.Duration(*idle), fleet.Duration(*confirm), fleet.Duration(*backoff)
+	pol.OfflineAfter = fleet.Duration(*offlineAfter)
 	th, err := fleet.ParseThreshold(*failTh)
 	if err != nil {
 		return &usageError{msg: "--failure-threshold: " + err.Error(), spec: sp}
@@ -637,6 +640,9 @@ func writeStatus(w io.Writer, s fleet.UpdateSummary) {
 	t.row("rate", humanBytes(int64(s.RateBps))+"/s")
 	if !s.State.Terminal() {
 		t.row("eta", formatETA(s.ETASeconds))
+	}
+	if w := s.Explain(); w != "" {
+		t.row("waiting", w)
 	}
 	_ = t.flush() // stdout; nothing to report to
 }
@@ -721,7 +727,7 @@ func (c *cli) watch(ctx context.Context, client *Client, id string, interval tim
 // changeKey identifies what a non-terminal watcher reports a change of: the
 // progress line without the rate and the ETA, which change on every poll.
 func changeKey(s fleet.UpdateSummary) string {
-	return progressCore(s) + "  " + string(s.State)
+	return progressCore(s) + "  " + string(s.State) + "  " + s.Explain()
 }
 
 // progressLine renders a summary as one line with a progress bar.
@@ -730,7 +736,11 @@ func progressLine(s fleet.UpdateSummary) string {
 	if !s.State.Terminal() {
 		line += "  ETA " + formatETA(s.ETASeconds)
 	}
-	return line + "  " + string(s.State)
+	line += "  " + string(s.State)
+	if w := s.Explain(); w != "" {
+		line += " (" + w + ")"
+	}
+	return line
 }
 
 // progressCore is the bar and the device counts of a progress line.

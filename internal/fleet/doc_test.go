@@ -84,7 +84,7 @@ func TestProtocolDoc_TransitionMatrix(t *testing.T) {
 	}
 	require.Len(t, matrix, len(AllDeviceStates))
 	// Rows and columns follow the order of the table header.
-	order := []DeviceState{qu, sk, of, ac, rj, dl, dd, ve, in, rb, su, fa, ca}
+	order := []DeviceState{qu, sk, of, ac, rj, dl, dd, ve, in, rb, su, fa, ca, ol}
 	for i, line := range matrix {
 		fields := strings.Fields(line)
 		require.Len(t, fields, 1+len(order), line)
@@ -137,5 +137,17 @@ func TestProtocolDoc_ReasonTable(t *testing.T) {
 			continue
 		}
 		assert.Equal(t, byDevice, strings.HasPrefix(row[0], "device"), "who sends %s", r)
+	}
+}
+
+func TestProtocolDoc_RetryTable(t *testing.T) {
+	rows := tableRows(t, protocolDoc(t), "### 12.1 Retries", "| Reason | Retried |")
+	assert.Len(t, rows, len(Retries), "one row per entry of fleet.Retries")
+	for r, rule := range Retries {
+		row, ok := rows[string(r)]
+		if !assert.True(t, ok, "reason %s missing from the retry table", r) {
+			continue
+		}
+		assert.Equal(t, string(rule), row[0], "retry of %s", r)
 	}
 }

@@ -81,6 +81,7 @@ func TestPolicy_WithDefaults(t *testing.T) {
 		IdleTimeout:      Duration(DefaultIdleTimeout),
 		ConfirmTimeout:   Duration(DefaultConfirmTimeout),
 		RetryBackoff:     Duration(DefaultRetryBackoff),
+		OfflineAfter:     Duration(DefaultOfflineAfter),
 	}
 	assert.Equal(t, defaults, Policy{}.WithDefaults())
 

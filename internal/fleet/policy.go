@@ -18,6 +18,7 @@ const (
 	MaxRetryBackoff         = 10 * time.Minute
 	DefaultIdleTimeout      = 2 * time.Minute
 	DefaultConfirmTimeout   = 10 * time.Minute
+	DefaultOfflineAfter     = 10 * time.Minute
 )
 
 // Policy is how an update is carried out. Zero fields take defaults
@@ -52,6 +53,11 @@ type Policy struct {
 	// on the target version within this long fails (confirm_timeout).
 	IdleTimeout    Duration `json:"idle_timeout,omitempty"`
 	ConfirmTimeout Duration `json:"confirm_timeout,omitempty"`
+	// OfflineAfter: a queued device that has not been seen for this long
+	// while the update runs (since the update started running here, or
+	// since the device went away) ends offline, so that the update ends
+	// even when some targets never show up.
+	OfflineAfter Duration `json:"offline_after,omitempty"`
 	// RetryBackoff is the first delay before a failed attempt is retried;
 	// it doubles per attempt up to MaxRetryBackoff, with ±50% jitter.
 	RetryBackoff Duration `json:"retry_backoff,omitempty"`
@@ -100,6 +106,9 @@ func (p Policy) WithDefaults() Policy {
 	if p.RetryBackoff == 0 {
 		p.RetryBackoff = Duration(DefaultRetryBackoff)
 	}
+	if p.OfflineAfter == 0 {
+		p.OfflineAfter = Duration(DefaultOfflineAfter)
+	}
 	return p
 }
 
@@ -118,7 +127,7 @@ func (p Policy) Validate() error {
 		return Errorf(ErrInvalidPolicy, "rate must not be negative")
 	case p.SuccessThreshold < 0 || p.SuccessThreshold > 1:
 		return Errorf(ErrInvalidPolicy, "success_threshold must be 0..1")
-	case p.Soak < 0 || p.IdleTimeout < 0 || p.ConfirmTimeout < 0 || p.RetryBackoff < 0:
+	case p.Soak < 0 || p.IdleTimeout < 0 || p.ConfirmTimeout < 0 || p.RetryBackoff < 0 || p.OfflineAfter < 0:
 		return Errorf(ErrInvalidPolicy, "durations must not be negative")
 	case p.FailureMinFinished < 0:
 		return Errorf(ErrInvalidPolicy, "failure_min_finished must not be negative")
@@ -331,6 +340,28 @@ func (w MaintenanceWindow) Contains(t time.Time) bool {
 		return m >= s && m < e
 	}
 	return m >= s || m < e
+}
+
+// NextOpen returns the first time at or after t inside the window, to the
+// second; t itself when t is inside, the zero time for a malformed window.
+func (w MaintenanceWindow) NextOpen(t time.Time) time.Time {
+	s, err := parseClock(w.Start)
+	loc, err2 := time.LoadLocation(w.TimeZone)
+	if err != nil || err2 != nil {
+		return time.Time{}
+	}
+	if w.Contains(t) {
+		return t
+	}
+	lt := t.In(loc)
+	day := time.Date(lt.Year(), lt.Month(), lt.Day(), 0, 0, 0, 0, loc)
+	for i := 0; i < 3; i++ { // today's start, else tomorrow's (or the day after, across a DST change)
+		open := day.AddDate(0, 0, i).Add(time.Duration(s) * time.Second)
+		if !open.Before(t) {
+			return open
+		}
+	}
+	return time.Time{}
 }
 
 // Backoff is the delay before attempt n+1 after n failed attempts: base

@@ -190,3 +190,14 @@ func TestUpdateStateMachine(t *testing.T) {
 		assert.Equal(t, !s.Active(), s.Terminal(), s)
 	}
 }
+
+func TestMaintenanceWindow_NextOpen(t *testing.T) {
+	w := MaintenanceWindow{Start: "22:00", End: "04:00", TimeZone: "Europe/Berlin"}
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	require.NoError(t, err)
+	inside := time.Date(2026, 3, 1, 23, 0, 0, 0, berlin)
+	assert.Equal(t, inside, w.NextOpen(inside), "inside: now")
+	assert.True(t, time.Date(2026, 3, 1, 22, 0, 0, 0, berlin).Equal(w.NextOpen(time.Date(2026, 3, 1, 12, 0, 0, 0, berlin))), "later today")
+	assert.True(t, time.Date(2026, 3, 1, 22, 0, 0, 0, berlin).Equal(w.NextOpen(time.Date(2026, 3, 1, 4, 0, 0, 0, berlin))), "at the end: tonight")
+	assert.True(t, MaintenanceWindow{Start: "bad"}.NextOpen(inside).IsZero())
+}

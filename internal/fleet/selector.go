@@ -16,6 +16,9 @@ type Selector struct {
 	Version string            `json:"version,omitempty"`
 	Tags    map[string]string `json:"tags,omitempty"`    // every tag must match
 	Devices []string          `json:"devices,omitempty"` // explicit IDs
+	// Online takes only the devices connected (said hello) when the update
+	// is created; the others are not targets at all.
+	Online bool `json:"online,omitempty"`
 }
 
 // ExactVersion returns the version when the selector names one version

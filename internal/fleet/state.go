@@ -22,23 +22,25 @@ const (
 	StateSucceeded   DeviceState = "succeeded"   // device came back running the target version
 	StateFailed      DeviceState = "failed"      // gave up, with a reason
 	StateCancelled   DeviceState = "cancelled"   // stopped by the operator
+	StateOffline     DeviceState = "offline"     // not seen for the update's offline_after; retry-failed takes it again
 )
 
 // AllDeviceStates lists every state in the order of the happy path.
 var AllDeviceStates = []DeviceState{
 	StateQueued, StateOffered, StateAccepted, StateDownloading, StateDownloaded,
 	StateVerified, StateInstalling, StateRebooting, StateSucceeded,
-	StateRejected, StateFailed, StateCancelled, StateSkipped,
+	StateRejected, StateFailed, StateCancelled, StateSkipped, StateOffline,
 }
 
 // transitions is the whole state machine: from -> allowed next states.
 // A transfer may be offered again (resume after a disconnect or a restart)
 // from any state before installing; a failed device may be queued again for
-// another attempt. Once a device installs, only the boot confirmation (or its
+// another attempt; an offered device that declines to reinstall the version
+// it runs (a forced update) is skipped. Once a device installs, only the boot confirmation (or its
 // absence) decides.
 var transitions = map[DeviceState][]DeviceState{
-	StateQueued:      {StateOffered, StateSkipped, StateCancelled, StateFailed},
-	StateOffered:     {StateOffered, StateAccepted, StateRejected, StateFailed, StateCancelled, StateQueued},
+	StateQueued:      {StateOffered, StateSkipped, StateCancelled, StateFailed, StateOffline},
+	StateOffered:     {StateOffered, StateAccepted, StateRejected, StateFailed, StateCancelled, StateQueued, StateSkipped},
 	StateAccepted:    {StateOffered, StateDownloading, StateDownloaded, StateFailed, StateCancelled, StateQueued},
 	StateDownloading: {StateOffered, StateDownloaded, StateFailed, StateCancelled, StateQueued},
 	StateDownloaded:  {StateOffered, StateVerified, StateFailed, StateCancelled, StateQueued},
@@ -46,6 +48,7 @@ var transitions = map[DeviceState][]DeviceState{
 	StateInstalling:  {StateRebooting, StateSucceeded, StateFailed},
 	StateRebooting:   {StateSucceeded, StateFailed},
 	StateFailed:      {StateQueued},
+	StateOffline:     {StateQueued},
 	StateSucceeded:   nil,
 	StateRejected:    nil,
 	StateCancelled:   nil,
@@ -58,11 +61,11 @@ func (s DeviceState) Valid() bool {
 	return ok
 }
 
-// Terminal reports whether s ends the device's part in an update. Failed is
-// terminal unless the device is queued again for another attempt.
+// Terminal reports whether s ends the device's part in an update. Failed and
+// offline are terminal unless the device is queued again (a retry).
 func (s DeviceState) Terminal() bool {
 	switch s {
-	case StateSucceeded, StateRejected, StateCancelled, StateSkipped, StateFailed:
+	case StateSucceeded, StateRejected, StateCancelled, StateSkipped, StateFailed, StateOffline:
 		return true
 	}
 	return false
@@ -124,6 +127,7 @@ const (
 	ReasonOperator          Reason = "operator"           // cancelled by an operator
 	ReasonAborted           Reason = "aborted"            // the update's failure threshold tripped
 	ReasonRetry             Reason = "retry"              // an operator re-admitted a failed device
+	ReasonNotSeen           Reason = "not_seen"           // the device did not show up within the update's offline_after
 
 	// Reasons of update and phase events.
 	ReasonFailureThreshold Reason = "failure_threshold" // failures reached the update's threshold

@@ -24,14 +24,15 @@ const (
 	su = StateSucceeded
 	fa = StateFailed
 	ca = StateCancelled
+	ol = StateOffline
 )
 
 // wantTransitions is the device state machine written out independently of
 // state.go: a change to the machine must change this table too, and
 // docs/PROTOCOL.md with it.
 var wantTransitions = map[DeviceState][]DeviceState{
-	qu: {of, sk, ca, fa},
-	of: {of, ac, rj, fa, ca, qu},
+	qu: {of, sk, ca, fa, ol},
+	of: {of, ac, rj, fa, ca, qu, sk},
 	ac: {of, dl, dd, fa, ca, qu},
 	dl: {of, dd, fa, ca, qu},
 	dd: {of, ve, fa, ca, qu},
@@ -39,6 +40,7 @@ var wantTransitions = map[DeviceState][]DeviceState{
 	in: {rb, su, fa},
 	rb: {su, fa},
 	fa: {qu},
+	ol: {qu},
 	su: {},
 	rj: {},
 	ca: {},
@@ -128,6 +130,7 @@ func TestDeviceState_TerminalAndTransferring(t *testing.T) {
 		{fa, true, false},
 		{ca, true, false},
 		{sk, true, false},
+		{ol, true, false},
 	}
 	require.Len(t, tests, len(AllDeviceStates))
 	for _, tt := range tests {
@@ -139,14 +142,15 @@ func TestDeviceState_TerminalAndTransferring(t *testing.T) {
 }
 
 func TestDeviceState_TerminalHasNoWayOutButRetry(t *testing.T) {
-	// Terminal states lead nowhere, except failed, which may be queued again.
+	// Terminal states lead nowhere, except failed and offline, which may be
+	// queued again.
 	for _, s := range AllDeviceStates {
 		if !s.Terminal() {
 			continue
 		}
 		for _, to := range AllDeviceStates {
 			if CanTransition(s, to) {
-				assert.Equal(t, StateFailed, s, "%s -> %s", s, to)
+				assert.Contains(t, []DeviceState{StateFailed, StateOffline}, s, "%s -> %s", s, to)
 				assert.Equal(t, StateQueued, to, "%s -> %s", s, to)
 			}
 		}

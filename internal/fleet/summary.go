@@ -36,9 +36,34 @@ type UpdateSummary struct {
 	Phases []int  `json:"phases,omitempty"`
 	Gate   string `json:"gate,omitempty"`
 	// Waiting says why no device is being started now, if so:
-	// "scheduled", "paused", "maintenance_window", "rate", "gate".
-	Waiting string    `json:"waiting,omitempty"`
-	Time    time.Time `json:"time"`
+	// "scheduled", "paused", "maintenance_window", "rate", "gate", or
+	// "offline_devices" (nothing moves; only devices not connected remain).
+	Waiting string `json:"waiting,omitempty"`
+	// Unseen counts the queued devices that are not connected: the update
+	// waits for them until UnseenUntil (at the latest), when those still
+	// away end offline.
+	Unseen      int        `json:"unseen,omitempty"`
+	UnseenUntil *time.Time `json:"unseen_until,omitempty"`
+	// WaitingUntil is when what Waiting names ends, when known: the
+	// scheduled start, the maintenance window's next opening, the next
+	// start the rate allows, the end of a soak.
+	WaitingUntil *time.Time `json:"waiting_until,omitempty"`
+	// PausedReason says who paused a paused update: operator, manual_gate
+	// or gate_failed.
+	PausedReason Reason `json:"paused_reason,omitempty"`
+	// GateFigures are the current phase's gate figures once decided.
+	GateFigures *GateFigures `json:"gate_figures,omitempty"`
+	// WaitingDetail is Explain's sentence, for dashboards.
+	WaitingDetail string    `json:"waiting_detail,omitempty"`
+	Time          time.Time `json:"time"`
+}
+
+// GateFigures are the figures a phase gate was decided on: Succeeded of
+// the phase's Size devices succeeded, Needed had to.
+type GateFigures struct {
+	Succeeded int `json:"succeeded"`
+	Needed    int `json:"needed"`
+	Size      int `json:"size"`
 }
 
 // Finished counts the devices in terminal states.

@@ -383,6 +383,10 @@ func TestEngine_PauseStopsAdmissionAndResumeFinishes(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, fleet.UpdatePaused, s.State)
 	assert.GreaterOrEqual(t, s.Counts[fleet.StateQueued], 5)
+	assert.Equal(t, fleet.ReasonOperator, s.PausedReason)
+	assert.Equal(t, "paused by an operator: 'update resume' goes on", s.WaitingDetail)
+	eventually(t, 5*time.Second, func() bool { return h.summary(u.ID).RateBps > 0 }, "a rate measured")
+	assert.Zero(t, h.summary(u.ID).ETASeconds, "a rate but nothing moves: no ETA")
 
 	require.NoError(t, h.engine.Resume(context.Background(), u.ID))
 	s = h.waitEnd(u.ID, 30*time.Second)

@@ -161,8 +161,8 @@ func (e *Engine) checkGate(r *run, now time.Time) {
 	}
 	size, ok, lost := 0, 0, 0
 	for _, t := range r.targets {
-		if !t.started || t.phase != r.phase {
-			continue
+		if !t.started || t.phase != r.phase || t.p.State == fleet.StateOffline {
+			continue // an offline device never took part
 		}
 		size++
 		switch {
@@ -174,6 +174,9 @@ func (e *Engine) checkGate(r *run, now time.Time) {
 	}
 	need := int(math.Ceil(pol.SuccessThreshold * float64(size)))
 	phase := r.phase + 1
+	if ok >= need || size-lost < need {
+		r.gateSeen = &fleet.GateFigures{Succeeded: ok, Needed: need, Size: size}
+	}
 	switch {
 	case ok >= need:
 		e.emit(fleet.Event{Type: fleet.EventPhase, UpdateID: r.u.ID, State: "passed", Reason: fleet.ReasonGatePassed, Phase: phase})
@@ -199,7 +202,7 @@ func (e *Engine) checkGate(r *run, now time.Time) {
 // nextPhase opens the next phase.
 func (e *Engine) nextPhase(r *run) {
 	r.phase++
-	r.gate = gateOpen
+	r.gate, r.gateSeen = gateOpen, nil
 	r.dirty = true
 	e.emit(fleet.Event{Type: fleet.EventPhase, UpdateID: r.u.ID, State: "started", Phase: r.phase + 1})
 	e.Logger.Info("phase started", "update", r.u.ID, "phase", r.phase+1, "devices", r.phases[r.phase])

@@ -103,6 +103,14 @@ func TestEngine_FailingCanaryStopsAtItsGate(t *testing.T) {
 	assert.Positive(t, s.Counts[fleet.StateFailed], "the gate fails as soon as its threshold is out of reach")
 	assert.Equal(t, 8, s.Counts[fleet.StateQueued], "no device past the canary was started")
 	assert.Equal(t, 2, attempted(h, u.ID))
+	// The summary says why it stopped, with the gate's figures, and
+	// promises no ETA.
+	assert.Equal(t, fleet.ReasonGateFailed, s.PausedReason)
+	if assert.NotNil(t, s.GateFigures) {
+		assert.Equal(t, fleet.GateFigures{Succeeded: 0, Needed: 2, Size: 2}, *s.GateFigures)
+	}
+	assert.Contains(t, s.WaitingDetail, "phase 1 gate failed (succeeded=0 needed=2 of 2)")
+	assert.Zero(t, s.ETASeconds)
 
 	// An operator decides to go on anyway.
 	require.NoError(t, h.engine.Resume(context.Background(), u.ID))
@@ -204,10 +212,15 @@ func TestEngine_MaintenanceWindowWithAFakeClock(t *testing.T) {
 		assert.Equal(t, "maintenance_window", h.summary(u.ID).Waiting)
 		time.Sleep(50 * time.Millisecond) // several engine ticks pass
 	}
+	s := h.summary(u.ID)
+	if assert.NotNil(t, s.WaitingUntil) {
+		assert.Equal(t, time.Date(2026, 3, 1, 2, 0, 0, 0, time.UTC), *s.WaitingUntil, "the window opens at 02:00")
+	}
+	assert.Contains(t, s.WaitingDetail, "outside the maintenance window 02:00-03:00 UTC: opens 2026-03-01 02:00:00 UTC")
 	assert.Zero(t, attempted(h, u.ID))
 
 	clock.Set(time.Date(2026, 3, 1, 2, 30, 0, 0, time.UTC))
-	s := h.waitEnd(u.ID, 20*time.Second)
+	s = h.waitEnd(u.ID, 20*time.Second)
 	assert.Equal(t, 3, s.Counts[fleet.StateSucceeded])
 }
 

@@ -79,6 +79,7 @@ func newTimedTarget(t *testing.T, now *time.Time) (*Engine, *countingTransport, 
 	require.Equal(t, 4, tr.chunks, "a window of chunks")
 	e.runs = map[string]*run{r.u.ID: r}
 	e.active = map[string]*target{"d-1": tg}
+	e.ready = map[string]bool{"d-1": true} // connected: resends go to a device that is here
 	return e, tr, tg
 }
 

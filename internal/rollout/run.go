@@ -31,20 +31,28 @@ type run struct {
 	rateAt    time.Time
 	rate      float64
 
+	// offline_after (liveness.go): the clock's start, the last scan, and
+	// the queued devices not connected with the latest of their deadlines
+	seenFrom, unseenAt time.Time
+	unseen             int
+	unseenUntil        time.Time
+
 	remaining   int64     // bytes the unfinished devices still need, as of remainingAt
 	remainingAt time.Time // zero: never counted
 
 	dirty     bool // summary changed since the last status publish
 	maybeDone bool // a target ended: check whether the whole run did
 
-	matcher    *fleet.Matcher // the selector, for devices joining a dynamic update
-	phases     []int          // cumulative device counts of the phases
-	phase      int            // index of the current phase
-	started    int            // targets ever offered in this update
-	gate       string         // the current phase's gate (gateOpen, gateSoak, ...)
-	stopReason fleet.Reason   // why a cancelled or aborted update stopped its devices
-	gateUntil  time.Time      // end of the soak
-	nextStart  time.Time      // earliest start of the next new device (rate)
+	matcher    *fleet.Matcher     // the selector, for devices joining a dynamic update
+	phases     []int              // cumulative device counts of the phases
+	phase      int                // index of the current phase
+	started    int                // targets ever offered in this update
+	gate       string             // the current phase's gate (gateOpen, gateSoak, ...)
+	stopReason fleet.Reason       // why a cancelled or aborted update stopped its devices
+	gateUntil  time.Time          // end of the soak
+	gateSeen   *fleet.GateFigures // the figures the current gate was decided on
+	pausedBy   fleet.Reason       // who paused the update (operator, manual_gate, gate_failed)
+	nextStart  time.Time          // earliest start of the next new device (rate)
 }
 
 // target is one device of a run: its progress and, while it transfers, its
@@ -67,12 +75,15 @@ type target struct {
 	progress   time.Time // last ack progress, or the offer
 	resentAt   time.Time // last resend on the ack timeout
 	deadline   time.Time // confirm deadline while rebooting
+	declined   int       // hellos that answered a forced offer of the running version (liveness.go)
+	leftAt     time.Time // when its device last went away during this run
 
 	sent, acked int64 // next offset to send; every byte before acked is held
 	// sentHigh: no byte at or past it was sent under the current handle,
 	// so no ack may pass it. An offer and the accept's offset start it; a
 	// target restored from the store has the image size until its offer.
 	sentHigh  int64
+	dups      dupAcks
 	recoverAt int64 // acked offset of the last go-back on a duplicate ack; -1 none
 	saved     int64 // offset last written to the store
 
@@ -352,8 +363,9 @@ func (e *Engine) onAck(device string, a protocol.Ack) {
 		}
 		r.dirty = true
 		e.pump(t)
-	case a.Offset == t.acked && t.sent > t.acked && t.recoverAt != a.Offset:
-		// A duplicate ack: the device saw a gap. Go back once per gap.
+	case a.Offset == t.acked && t.sent > t.acked && t.recoverAt != a.Offset && e.gapSignalled(t):
+		// Duplicate acks enough to mean a gap (dupacks.go). Go back once
+		// per gap.
 		t.recoverAt = a.Offset
 		e.goBack(t)
 	}
@@ -429,8 +441,11 @@ func happyIndex(s fleet.DeviceState) int {
 func (e *Engine) advance(t *target, to fleet.DeviceState) {
 	from, want := happyIndex(t.p.State), happyIndex(to)
 	if from < 0 || want <= from {
-		if t.p.State == to {
-			e.stale(t.p.DeviceID, "duplicate report", "state", to)
+		if from >= 0 {
+			// A state the device has passed already: a duplicate, or a
+			// QoS 1 report the device's client sent again after a
+			// reconnect (its PUBACK was lost with the connection).
+			e.stale(t.p.DeviceID, "report of a state already passed", "state", to, "current", t.p.State)
 			return
 		}
 		e.setState(t, to, "") // refused and recorded as illegal
@@ -452,9 +467,9 @@ func (e *Engine) advance(t *target, to fleet.DeviceState) {
 	}
 }
 
-// fail ends the current attempt. Transfer problems are retried while
-// attempts remain, after a backoff; a device's own install or boot failure
-// is final.
+// fail ends the current attempt. fleet.Retries says which reasons are
+// retried while attempts remain, after a backoff; a device that exhausts its
+// attempts ends failed with the reason of its last one.
 func (e *Engine) fail(t *target, reason fleet.Reason) {
 	r := t.r
 	wasTransferring := t.p.State.Transferring() && t.p.State != fleet.StateInstalling
@@ -462,18 +477,15 @@ func (e *Engine) fail(t *target, reason fleet.Reason) {
 		return
 	}
 	t.resume = false // a retry is a new attempt, after its backoff
-	switch reason {
-	case fleet.ReasonBadDigest, fleet.ReasonStorageError, fleet.ReasonTransferTimeout,
-		fleet.ReasonDeviceReset, fleet.ReasonConfirmTimeout:
-		if t.p.Attempts < r.u.Policy.MaxAttempts && r.u.State.Active() {
-			t.acked, t.sent = 0, 0
-			t.notBefore = e.now().Add(fleet.Backoff(r.u.Policy.RetryBackoff.D(), t.p.Attempts, e.rng))
-			e.active[t.p.DeviceID] = t
-			e.setState(t, fleet.StateQueued, reason)
-			r.enqueue(t, false)
+	if reason.Retried() && t.p.Attempts < r.u.Policy.MaxAttempts && r.u.State.Active() {
+		if !e.ready[t.p.DeviceID] {
+			// A retry needs the device: it stays failed until it says
+			// hello again (retryReturned), and the update can end.
 			e.admit(r)
 			return
 		}
+		e.requeue(t, reason)
+		return
 	}
 	if wasTransferring {
 		// Given up for good: the device must not keep a transfer it
@@ -503,6 +515,9 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 		}
 	}
 	if t == nil {
+		t = e.retryReturned(device)
+	}
+	if t == nil {
 		t = e.join(d)
 		if t == nil {
 			return
@@ -511,6 +526,9 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 	r := t.r
 	holds := h.Transfer != nil && h.Transfer.Update == r.u.ID
 	confirmed := h.Version == r.fw.Version && (!r.u.Policy.Force || (holds && h.Transfer.State == fleet.StateRebooting))
+	if !holds && e.declinedReinstall(t, h) {
+		return
+	}
 	switch st := t.p.State; {
 	case st != fleet.StateQueued && confirmed:
 		// Running the target: a confirmed boot, also when the reports in
@@ -622,6 +640,7 @@ func (e *Engine) deviceOffline(device string) {
 	if t == nil {
 		return
 	}
+	t.leftAt = e.now()
 	// A transfer whose device went away gives its slot to a device that is
 	// here; it resumes from the device's offset when the device says hello.
 	if t.slot && t.p.State != fleet.StateInstalling {
@@ -643,6 +662,7 @@ func (e *Engine) knownFinished(id string) bool {
 // timers resends, re-offers and fails what waited too long.
 func (e *Engine) timers(now time.Time) {
 	for _, r := range e.runs {
+		e.expireUnseen(r, now)
 		for t := range r.live {
 			if t.p.State.Terminal() || t.p.State == fleet.StateQueued {
 				continue
@@ -653,7 +673,7 @@ func (e *Engine) timers(now time.Time) {
 			}
 			switch t.p.State {
 			case fleet.StateOffered:
-				if t.slot && now.Sub(t.offerAt) > e.OfferTimeout && t.cancelling == "" {
+				if t.slot && e.ready[t.p.DeviceID] && now.Sub(t.offerAt) > e.OfferTimeout && t.cancelling == "" {
 					progress := t.progress // a re-offer is not progress
 					e.offer(t)
 					t.progress = progress
@@ -667,7 +687,7 @@ func (e *Engine) timers(now time.Time) {
 				// whose publish failed (an external broker's connection
 				// was down) left nothing outstanding, and no ack will
 				// come to pump again.
-				if t.slot && t.acked < r.fw.Size && now.Sub(last) > e.resendTimeout(t) && t.cancelling == "" {
+				if t.slot && e.ready[t.p.DeviceID] && t.acked < r.fw.Size && now.Sub(last) > e.resendTimeout(t) && t.cancelling == "" {
 					t.recoverAt = -1
 					t.resentAt = now // a resend is not progress: the idle timeout still runs
 					t.rtt.resent(true)

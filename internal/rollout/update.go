@@ -67,6 +67,9 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 		// pair's versions once, not once per device.
 		skips := map[[2]string]fleet.Reason{}
 		for _, d := range devices {
+			if req.Selector.Online && !e.ready[d.ID] {
+				continue
+			}
 			p := fleet.Progress{UpdateID: u.ID, DeviceID: d.ID, State: fleet.StateQueued, UpdatedAt: now}
 			key := [2]string{d.Model, d.Version}
 			reason, ok := skips[key]
@@ -95,6 +98,10 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 				n, strings.Join(ids, ", "))
 			return
 		}
+		if len(targets) == 0 && !pol.Dynamic {
+			createErr = fleet.Errorf(fleet.ErrNoTargets, "no selected device is online")
+			return
+		}
 		phases, err := fleet.ResolvePhases(pol.Phases, queued)
 		if err != nil {
 			createErr = err
@@ -116,6 +123,7 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 			}
 		}
 		e.emit(fleet.Event{Type: fleet.EventUpdate, UpdateID: u.ID, State: string(u.State)})
+		e.emitSkipped(r)
 		if len(phases) > 1 {
 			e.emit(fleet.Event{Type: fleet.EventPhase, UpdateID: u.ID, State: "started", Phase: 1})
 		}
@@ -231,6 +239,7 @@ func (e *Engine) restore(ctx context.Context) error {
 				t.resume = true
 			}
 		}
+		e.restoreSlots(r)
 		if !u.State.Active() {
 			r.stopReason = fleet.ReasonOperator
 			if u.State == fleet.UpdateAborted {
@@ -268,7 +277,7 @@ func (e *Engine) finishRuns() {
 		state := r.u.State
 		if !state.Terminal() {
 			state = fleet.UpdateCompleted
-			if r.counts[fleet.StateFailed] > 0 || r.counts[fleet.StateRejected] > 0 {
+			if r.counts[fleet.StateFailed] > 0 || r.counts[fleet.StateRejected] > 0 || r.counts[fleet.StateOffline] > 0 {
 				state = fleet.UpdateCompletedWithFailures
 			}
 			e.setUpdateState(r, state, "")
@@ -294,6 +303,9 @@ func (e *Engine) setUpdateState(r *run, state fleet.UpdateState, reason fleet.Re
 	now := e.now().UTC()
 	from := r.u.State
 	r.u.State = state
+	if state == fleet.UpdatePaused {
+		r.pausedBy = reason
+	}
 	if state == fleet.UpdateRunning && r.u.StartedAt == nil {
 		r.u.StartedAt = &now
 	}
@@ -379,9 +391,7 @@ func (e *Engine) summary(r *run, now time.Time) fleet.UpdateSummary {
 	if len(r.phases) <= 1 {
 		s.Phase, s.Phases = 0, nil
 	}
-	if r.rate > 0 {
-		s.ETASeconds = eta(r.remainingBytes(now, e.StatusInterval), r.rate)
-	}
+	e.explain(r, &s)
 	return s
 }
 
@@ -558,7 +568,7 @@ func (e *Engine) RetryFailed(ctx context.Context, updateID string) (int, error) 
 			}
 		}
 		for _, t := range r.targets {
-			if t.p.State != fleet.StateFailed || e.active[t.p.DeviceID] != nil {
+			if t.p.State != fleet.StateFailed && t.p.State != fleet.StateOffline || e.active[t.p.DeviceID] != nil {
 				continue
 			}
 			t.p.Attempts, t.notBefore, t.acked, t.sent = 0, time.Time{}, 0, 0

@@ -11,8 +11,8 @@ const API = "/api/v1";
 const PAGE = 50;
 
 const STATES = ["queued", "offered", "accepted", "downloading", "downloaded", "verified",
-  "installing", "rebooting", "succeeded", "rejected", "failed", "cancelled", "skipped"];
-const TERMINAL = new Set(["succeeded", "rejected", "failed", "cancelled", "skipped"]);
+  "installing", "rebooting", "succeeded", "rejected", "failed", "cancelled", "skipped", "offline"];
+const TERMINAL = new Set(["succeeded", "rejected", "failed", "cancelled", "skipped", "offline"]);
 const UPDATE_TERMINAL = new Set(["completed", "completed_with_failures", "aborted", "cancelled"]);
 
 // Chart groups: devices per state over time, stacked.
@@ -22,7 +22,7 @@ const GROUPS = [
   { name: "transferring", color: "#2f6fde", states: ["offered", "accepted", "downloading"] },
   { name: "queued", color: "#c3cad6", states: ["queued"] },
   { name: "failed", color: "#d64545", states: ["failed", "rejected"] },
-  { name: "other", color: "#888888", states: ["cancelled", "skipped"] },
+  { name: "other", color: "#888888", states: ["cancelled", "skipped", "offline"] },
 ];
 const STATE_COLOR = {};
 for (const g of GROUPS) for (const s of g.states) STATE_COLOR[s] = g.color;
@@ -301,7 +301,8 @@ function updatePage(view, id) {
     $("#u-bytes").textContent = `${bytes(s.bytes_acked)} / ${bytes(s.bytes_sent)}`;
     $("#u-resends").textContent = String(s.resends);
     let phase = s.phase ? `${s.phase} of ${(s.phases || []).length || s.phase}` + (s.gate ? ` (${s.gate.replaceAll("_", " ")})` : "") : "—";
-    if (s.waiting && active) phase += ` · waiting: ${s.waiting.replaceAll("_", " ")}`;
+    if (s.waiting_detail && active) phase += ` · ${s.waiting_detail}`;
+    else if (s.waiting && active) phase += ` · waiting: ${s.waiting.replaceAll("_", " ")}`;
     $("#u-phase").textContent = phase;
     const fw = s.firmware || {};
     $("#u-fw").textContent = `${fw.name || s.firmware_id} ${fw.version || ""} (${bytes(fw.size)})`;
