@@ -59,7 +59,7 @@ func deviceFrom(t testing.TB, b *Broker, id, ip string) (paho.Client, error) {
 func requireWorks(t testing.TB, b *Broker, c paho.Client, id string) {
 	t.Helper()
 	var in inbox
-	topic := "flota/devices/" + id + "/up/probe"
+	topic := "flota/devices/" + id + "/up/ack"
 	require.NoError(t, b.Subscribe(topic, in.inline))
 	publish(t, c, topic, 1, false, "x")
 	in.waitTopic(t, topic)

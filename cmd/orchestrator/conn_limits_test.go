@@ -40,7 +40,7 @@ func (s *server) deviceConnects(id string) bool {
 	s.t.Helper()
 	host, port, _ := strings.Cut(s.mqttAddr, ":")
 	_, ok := runTool(s.t, requireTool(s.t, "mosquitto_pub"), "-h", host, "-p", port, "-i", id,
-		"-q", "1", "-t", "flota/devices/"+id+"/up/probe", "-m", "x")
+		"-q", "1", "-t", "flota/devices/"+id+"/up/ack", "-m", "x")
 	return ok
 }
 
@@ -160,7 +160,7 @@ func TestMQTTTLS_StalledHandshakeIsClosedAfterConnectTimeout(t *testing.T) {
 
 	// A client that completes its handshake and CONNECT in time is served.
 	secret := account(t, m, fleet.RoleDevice, "dev-a")
-	topic := protocol.UpTopic("dev-a", "probe")
+	topic := protocol.UpTopic("dev-a", protocol.KindAck)
 	out, ok := tlsPub(t, m, "--cafile", ca.file, "-i", "dev-a", "-u", "dev-a", "-P", secret, "-t", topic)
 	require.True(t, ok, "TLS publish refused: %s", out)
 	routedOnce(t, r, topic)

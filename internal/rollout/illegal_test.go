@@ -54,7 +54,8 @@ func downloadingDevice(h *harness, id string) (*scripted, fleet.Update, protocol
 
 func TestEngine_IllegalTransitionsFloodBoundsEventRowsAndCountsAll(t *testing.T) {
 	var logs logBuffer
-	h := newHarnessWith(t, capturedLogger(&logs), nil)
+	// The flood must reach the loop whole: no per-device quota (fair.go).
+	h := newHarnessWith(t, capturedLogger(&logs), func(e *rollout.Engine) { e.MessageQuota = 1 << 20 })
 	d, u, o := downloadingDevice(h, "evil")
 
 	// A device downloading cannot reject its offer: each report is an illegal
@@ -109,7 +110,10 @@ func TestEngine_IllegalTransitionRecordedAgainAfterTheInterval(t *testing.T) {
 func TestEngine_BadMessageFloodLogsBoundedLinesAndASummary(t *testing.T) {
 	var logs logBuffer
 	clock := &fakeClock{now: time.Now()}
-	h := newHarnessWith(t, capturedLogger(&logs), func(e *rollout.Engine) { e.Now = clock.Now })
+	h := newHarnessWith(t, capturedLogger(&logs), func(e *rollout.Engine) {
+		e.Now = clock.Now
+		e.MessageQuota = 1 << 20 // the flood must reach the loop whole (fair.go)
+	})
 	d := newScripted(t, h, "noisy", "1.0.0")
 	h.waitDevices(1)
 
