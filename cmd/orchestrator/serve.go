@@ -234,6 +234,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Logger:      m.Logger.With("component", "http"),
 		Version:     version,
 		Tokens:      tokens,
+		// Degraded while the store cannot write (full disk, read-only).
+		HealthChecks: []func() string{m.Store.HealthReason},
 
 		MaxFirmwareSize:   m.Config.MaxFirmwareSize,
 		FirmwarePublicKey: fwKey,

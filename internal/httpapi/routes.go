@@ -63,7 +63,7 @@ func (s *Server) Handler() http.Handler {
 	// The dashboard answers every other GET; it sends unknown API paths a
 	// JSON error.
 	mux.Handle(dashboardPattern, s.dashboard())
-	return s.logRequests(s.authenticate(apiErrors(mux)))
+	return s.logRequests(s.authenticate(s.storeGuard(apiErrors(mux))))
 }
 
 // apiPath reports whether a request path belongs to the JSON API.

@@ -35,6 +35,7 @@ type Stats struct {
 	StaleMessages  int64 `json:"stale_messages"`  // valid but for another update, handle or attempt
 	QueueDrops     int64 `json:"queue_drops"`     // device messages dropped on a full inbound queue
 	IllegalChanges int64 `json:"illegal_changes"` // state changes refused by the state machine
+	StoreHolds     int64 `json:"store_holds"`     // times the engine held still because the store could not write
 }
 
 // Engine API used by the HTTP API (see engine.go for the implementation):

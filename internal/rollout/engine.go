@@ -63,7 +63,7 @@ type Engine struct {
 	opened atomic.Bool // inbox and cmds exist: presence and commands may flow
 
 	stats struct {
-		chunks, bytes, resends, acks, bad, stale, drops, illegal atomic.Int64
+		chunks, bytes, resends, acks, bad, stale, drops, illegal, storeHolds atomic.Int64
 	}
 
 	// Loop-owned state.
@@ -76,6 +76,7 @@ type Engine struct {
 	frame      []byte                         // chunk frame buffer, reused for every chunk
 	fleetRTT   rttEstimator                   // ack round trip over all devices, for devices without samples yet
 	rng        *rand.Rand
+	heldSince  time.Time // when the store stopped writing; zero while it writes (storehold.go)
 }
 
 // inbound is one device message handed from the broker to the loop.
@@ -151,8 +152,11 @@ func (e *Engine) Close() error {
 		}
 		e.cancel(fleet.ErrClosed)
 		e.wg.Wait()
+		held := e.Store.Unavailable() != nil // a checkpoint could block on the full write queue
 		for _, r := range e.runs {
-			r.checkpoint(e, true)
+			if !held {
+				r.checkpoint(e, true)
+			}
 			r.closeBlob()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -227,12 +231,16 @@ func (e *Engine) loop(ctx context.Context) {
 	defer tick.Stop()
 	lastStatus, lastCheckpoint := e.now(), e.now()
 	for {
+		inbox := e.inbox
+		if e.storeHeld() {
+			inbox = nil // device messages wait while the store cannot record them
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case fn := <-e.cmds:
 			fn()
-		case m := <-e.inbox:
+		case m := <-inbox:
 			e.dispatch(m)
 			// Drain what is waiting before looking at timers: acks come in
 			// bursts and each one may release more chunks.
@@ -248,6 +256,15 @@ func (e *Engine) loop(ctx context.Context) {
 			e.finishRuns()
 		case <-tick.C:
 			now := e.now()
+			if inbox == nil {
+				if now.Sub(lastStatus) >= e.StatusInterval {
+					lastStatus = now
+					for _, r := range e.runs {
+						r.publishStatus(e, now, false)
+					}
+				}
+				continue
+			}
 			e.timers(now)
 			for _, r := range e.runs {
 				e.checkRun(r, now)
@@ -329,6 +346,7 @@ func (e *Engine) Stats() Stats {
 		StaleMessages:  e.stats.stale.Load(),
 		QueueDrops:     e.stats.drops.Load(),
 		IllegalChanges: e.stats.illegal.Load(),
+		StoreHolds:     e.stats.storeHolds.Load(),
 	}
 }
 

@@ -37,6 +37,8 @@ func (r *run) enqueue(t *target, front bool) {
 func (e *Engine) waiting(r *run, now time.Time) string {
 	pol := r.u.Policy
 	switch {
+	case e.storeWaiting() != "":
+		return waitingStore
 	case r.u.State == fleet.UpdateScheduled:
 		return "scheduled"
 	case r.u.State != fleet.UpdateRunning:

@@ -24,6 +24,9 @@ var contextBG = context.Background()
 // the update is refused with fleet.ErrDeviceBusy. A selector that matches no
 // device is refused with fleet.ErrNoTargets.
 func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Update, error) {
+	if err := e.refuseWhileHeld(); err != nil {
+		return fleet.Update{}, err
+	}
 	pol := req.Policy.WithDefaults()
 	if err := pol.Validate(); err != nil {
 		return fleet.Update{}, err
@@ -532,6 +535,9 @@ func (e *Engine) sendCancel(t *target, reason fleet.Reason) {
 // now in another active update are left failed. It returns how many devices
 // were re-admitted.
 func (e *Engine) RetryFailed(ctx context.Context, updateID string) (int, error) {
+	if err := e.refuseWhileHeld(); err != nil {
+		return 0, err
+	}
 	// An update that just ended may still have writes queued: the run is
 	// rebuilt from the store.
 	if err := e.Store.Flush(ctx); err != nil {
@@ -595,6 +601,9 @@ func (e *Engine) RetryFailed(ctx context.Context, updateID string) (int, error) 
 
 // control runs fn on an active update in the loop.
 func (e *Engine) control(ctx context.Context, updateID string, fn func(*run) error) error {
+	if err := e.refuseWhileHeld(); err != nil {
+		return err
+	}
 	var ferr error
 	found := false
 	if err := e.do(ctx, func() {
