@@ -401,6 +401,8 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.StringVar(&m.Config.DebugAddr, "debug-addr", "", "serve Go runtime profiles (/debug/pprof/) on this private address, e.g. 127.0.0.1:6060")
 	fs.DurationVar(&m.Config.EventRetention, "event-retention", 0, "delete events older than this from the event log, e.g. 720h (0: keep)")
 	fs.Int64Var(&m.Config.EventMaxRows, "event-max-rows", 0, "keep at most this many of the newest events in the event log (0: no limit)")
+	fs.BoolVar(&m.Config.NewDatabase, "new-database", false, "start an empty database although the data directory holds an earlier run's state but no database (everything it held is forgotten)")
+	fs.BoolVar(&m.Config.SkipIntegrityCheck, "skip-integrity-check", false, "skip the quick check of the database at start (for very large databases)")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
@@ -635,6 +637,13 @@ func writeStatus(w io.Writer, s fleet.UpdateSummary) {
 	fmt.Fprintf(tw, "rate\t%s/s\n", humanBytes(int64(s.RateBps)))
 	if !s.State.Terminal() {
 		fmt.Fprintf(tw, "eta\t%s\n", formatETA(s.ETASeconds))
+	}
+	switch s.Waiting {
+	case "":
+	case "store":
+		fmt.Fprintf(tw, "waiting\tstore: it cannot write (see orchestrator health); the update goes on when it can\n")
+	default:
+		fmt.Fprintf(tw, "waiting\t%s\n", s.Waiting)
 	}
 	_ = tw.Flush() // stdout; nothing to report to
 }

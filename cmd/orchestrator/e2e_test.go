@@ -84,8 +84,14 @@ type server struct {
 
 func startServer(t *testing.T, serveArgs ...string) *server {
 	t.Helper()
+	return startServerIn(t, filepath.Join(t.TempDir(), "data"), serveArgs...)
+}
+
+// startServerIn starts a server on the data directory data.
+func startServerIn(t *testing.T, data string, serveArgs ...string) *server {
+	t.Helper()
 	orch, _ := binaries(t)
-	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data"), serveArgs: serveArgs}
+	s := &server{t: t, bin: orch, data: data, serveArgs: serveArgs}
 	t.Cleanup(func() {
 		s.kill()
 		if t.Failed() {

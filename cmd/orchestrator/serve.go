@@ -89,6 +89,10 @@ type Config struct {
 	// periodically in small batches (sqlite.Retention). 0 disables a bound.
 	EventRetention time.Duration
 	EventMaxRows   int64
+	// NewDatabase starts an empty database where an earlier run left state
+	// but no database; SkipIntegrityCheck skips the database's quick_check
+	// at start (sqlite.Store).
+	NewDatabase, SkipIntegrityCheck bool
 }
 
 // Main is the orchestrator with its production wiring, so that tests run
@@ -170,6 +174,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.Store = sqlite.New(m.Config.DataDir)
 	m.Store.Logger = m.Logger.With("component", "store")
 	m.Store.Retention = sqlite.Retention{MaxAge: m.Config.EventRetention, MaxRows: m.Config.EventMaxRows}
+	m.Store.NewDatabase, m.Store.SkipIntegrityCheck = m.Config.NewDatabase, m.Config.SkipIntegrityCheck
 	if err := m.Store.Open(); err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}

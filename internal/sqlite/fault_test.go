@@ -2,13 +2,9 @@ package sqlite
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/tmpfs"
 )
 
 // openFaultStore opens a store on dir that retries quickly, with update
@@ -159,52 +156,15 @@ func TestStore_CloseGivesUpHeldWritesAfterCloseGrace(t *testing.T) {
 	assert.Less(t, time.Since(start), 20*time.Second)
 }
 
-// mountTmpfs mounts a tmpfs of size bytes on a new directory, unmounted at
-// the end of the test. It needs root (CI runs tests as root).
-func mountTmpfs(t *testing.T, size int) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs (CI runs as root)")
-	}
-	dir := t.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d", size), "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
-
-// fillDisk writes a file in dir until the file system is full, and returns
-// its path.
-func fillDisk(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	require.NoError(t, err)
-	defer f.Close()
-	buf := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			require.True(t, errors.Is(err, syscall.ENOSPC), "fill: %v", err)
-			return path
-		}
-	}
-}
-
 func TestStore_FullDiskHoldsWritesUntilSpaceReturns(t *testing.T) {
-	dir := mountTmpfs(t, 8<<20)
+	dir := tmpfs.Mount(t, 8<<20)
 	s := openFaultStore(t, dir)
 	t.Cleanup(func() { assert.NoError(t, s.Close()) })
 	ctx := context.Background()
 	queueRows(t, s, 1, 100)
 	require.NoError(t, s.Flush(ctx))
 
-	filler := fillDisk(t, dir)
+	filler := tmpfs.Fill(t, dir)
 	// Write until a batch fails: the WAL must grow past what it holds.
 	var n int64 = 100
 	for s.Unavailable() == nil && n < 200_000 {

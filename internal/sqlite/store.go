@@ -79,6 +79,10 @@ type Store struct {
 	// batch that failed on a disk fault (fault.go); CloseGrace is how long
 	// Close keeps retrying before it gives the held writes up.
 	RetryMin, RetryMax, CloseGrace time.Duration
+	// NewDatabase lets Open start an empty database where an earlier run
+	// left state but no database (startup.go); SkipIntegrityCheck skips
+	// the quick_check of the database at Open.
+	NewDatabase, SkipIntegrityCheck bool
 
 	// mu guards state, and is read-held while sending on ops so that Close
 	// (which write-holds it) never closes ops under a sender.
@@ -222,6 +226,9 @@ func (s *Store) Open() (err error) {
 	if s.CloseGrace <= 0 {
 		s.CloseGrace = DefaultCloseGrace
 	}
+	if err := s.checkDataDir(); err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
 	if err := os.MkdirAll(filepath.Join(s.DataDir, FirmwareDir), 0o755); err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
@@ -239,6 +246,11 @@ func (s *Store) Open() (err error) {
 	s.writer.SetMaxIdleConns(1)
 	s.writer.SetConnMaxLifetime(0)
 	s.writer.SetConnMaxIdleTime(0)
+	if !s.SkipIntegrityCheck {
+		if err := s.quickCheck(context.Background()); err != nil {
+			return fmt.Errorf("open store: %w", err)
+		}
+	}
 	if err := migrate(context.Background(), s.writer, migrations); err != nil {
 		return fmt.Errorf("open store %s: %w", s.Path(), err)
 	}

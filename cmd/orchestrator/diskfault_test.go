@@ -1,0 +1,204 @@
+package main
+
+// Disk fault tests with real processes on real file systems: a tmpfs the
+// test mounts (root only; CI runs as root) and fills.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/httpapi"
+	"github.com/flotaio/flota/internal/tmpfs"
+)
+
+// health returns the server's health answer and status code.
+func (s *server) health() (httpapi.Health, int) {
+	s.t.Helper()
+	resp, err := http.Get(s.url + "/api/v1/health")
+	require.NoError(s.t, err)
+	defer resp.Body.Close()
+	var h httpapi.Health
+	require.NoError(s.t, json.NewDecoder(resp.Body).Decode(&h))
+	return h, resp.StatusCode
+}
+
+// post sends an authenticated POST and returns the status and error body.
+func (s *server) post(path string) (int, httpapi.Error) {
+	s.t.Helper()
+	req, err := http.NewRequest("POST", s.url+path, nil)
+	require.NoError(s.t, err)
+	req.Header.Set("Authorization", "Bearer "+s.token)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(s.t, err)
+	defer resp.Body.Close()
+	var e httpapi.Error
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	return resp.StatusCode, e
+}
+
+// requireConsistentEnd checks the end of an update of n devices: every
+// progress row succeeded, the event log without a gap in seq, one
+// succeeded event per device, and every device installed the image once.
+func requireConsistentEnd(t *testing.T, s *server, sm *sim, id, digest string, n int) {
+	t.Helper()
+	_, code := s.cli("update", "watch", id, "--interval", "250ms")
+	require.Zero(t, code, "the update completes")
+	st := s.status(id)
+	assert.Equal(t, fleet.UpdateCompleted, st.State)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: n}, st.Counts)
+
+	var rows []struct {
+		Device string            `json:"device_id"`
+		State  fleet.DeviceState `json:"state"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(s.mustCLI("update", "devices", id, "--json")), &rows))
+	require.Len(t, rows, n)
+	for _, r := range rows {
+		assert.Equal(t, fleet.StateSucceeded, r.State, r.Device)
+	}
+
+	sum := sm.stop(t)
+	require.Len(t, sum.DevicesDetail, n)
+	for _, d := range sum.DevicesDetail {
+		assert.Equal(t, 1, d.Installs, d.ID)
+		assert.Equal(t, digest, d.ImageSHA256, d.ID)
+	}
+
+	require.NoError(t, s.cmdTerm())
+	assert.Equal(t, "ok", s.sqlite3("PRAGMA integrity_check"))
+	gaps := s.sqlite3("SELECT count(*), min(seq), max(seq) FROM events")
+	f := strings.Split(gaps, "|")
+	require.Len(t, f, 3, gaps)
+	count, _ := strconv.Atoi(f[0])
+	lo, _ := strconv.Atoi(f[1])
+	hi, _ := strconv.Atoi(f[2])
+	assert.Equal(t, hi-lo+1, count, "event seqs %d..%d without a gap", lo, hi)
+	assert.Equal(t, strconv.Itoa(n), s.sqlite3("SELECT count(*) FROM events WHERE update_id='"+id+"' AND state='succeeded'"),
+		"one succeeded event per device")
+	assert.Equal(t, strconv.Itoa(n), s.sqlite3("SELECT count(*) FROM progress WHERE update_id='"+id+"' AND state='succeeded'"))
+}
+
+func TestE2E_FullDiskHoldsTheUpdateAndLosesNothing(t *testing.T) {
+	for _, kill := range []bool{false, true} {
+		name := "freed"
+		if kill {
+			name = "killed_while_full"
+		}
+		t.Run(name, func(t *testing.T) { testFullDisk(t, kill) })
+	}
+}
+
+// testFullDisk fills the data directory's file system mid-update, checks
+// that the orchestrator holds still and says why, then frees it (after a
+// SIGKILL and a restart, when kill) and checks that the update completes
+// with nothing lost.
+func testFullDisk(t *testing.T, kill bool) {
+	const devices = 100
+	mnt := tmpfs.Mount(t, 8<<20)
+	s := startServerIn(t, filepath.Join(mnt, "data"))
+	sm := startSim(t, s, "--devices", strconv.Itoa(devices), "--id-prefix", "full-", "--model", "sim-a",
+		"--reboot-delay", "200ms")
+	s.waitOnline(devices)
+	fw, digest := s.firmware(256<<10, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "10", "--window", "4"))
+	poll(t, time.Minute, func() bool { return s.status(id).Counts[fleet.StateSucceeded] >= 10 }, "10 devices succeeded")
+
+	filler := tmpfs.Fill(t, mnt)
+	poll(t, time.Minute, func() bool { _, code := s.health(); return code == http.StatusServiceUnavailable },
+		"health degraded")
+	h, _ := s.health()
+	assert.Equal(t, "degraded", h.Status)
+	require.NotEmpty(t, h.Reasons)
+	assert.Contains(t, h.Reasons[0], "store unavailable")
+	assert.Contains(t, h.Reasons[0], "full")
+	st := s.status(id)
+	require.False(t, st.State.Terminal(), "the update ended before the disk filled; it must be slower for this test")
+	assert.Equal(t, "store", st.Waiting)
+	assert.Contains(t, s.mustCLI("update", "status", id), "store: it cannot write")
+
+	code, e := s.post("/api/v1/updates/" + id + "/pause")
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Equal(t, httpapi.CodeStoreUnavailable, e.Code)
+
+	// Nothing moves while the store cannot record it.
+	before := s.status(id).Counts
+	time.Sleep(time.Second)
+	assert.Equal(t, before, s.status(id).Counts, "device states held while the store cannot write")
+
+	if kill {
+		s.kill()
+	}
+	require.NoError(t, os.Remove(filler))
+	if kill {
+		s.restart()
+	}
+	requireConsistentEnd(t, s, sm, id, digest, devices)
+	if !kill {
+		assert.NotContains(t, s.logString(), "store write dropped")
+	}
+}
+
+// serveFails runs `orchestrator serve` on the server's data directory with
+// args, expecting it to exit, and returns its stderr and exit code.
+func (s *server) serveFails(args ...string) (string, int) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.bin, append([]string{"serve", "--data", s.data, "--mqtt", "127.0.0.1:0", "--http", "127.0.0.1:0"}, args...)...)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	err := cmd.Run()
+	require.NoError(s.t, ctx.Err(), "serve kept running on a data directory it must refuse:\n%s", errb.String())
+	var ee *exec.ExitError
+	require.ErrorAs(s.t, err, &ee, "serve exits with an error:\n%s", errb.String())
+	return errb.String(), ee.ExitCode()
+}
+
+func TestE2E_ServeRefusesAnEmptiedDatabaseAndAReadOnlyDataDirectory(t *testing.T) {
+	mnt := tmpfs.Mount(t, 16<<20)
+	s := startServerIn(t, filepath.Join(mnt, "data"))
+	s.firmware(64<<10, "1.1.0")
+	require.NoError(t, s.cmdTerm())
+	db := filepath.Join(s.data, "flota.db")
+
+	t.Run("read_only", func(t *testing.T) {
+		tmpfs.Remount(t, mnt, true)
+		defer tmpfs.Remount(t, mnt, false)
+		msg, code := s.serveFails()
+		assert.NotZero(t, code)
+		assert.Contains(t, msg, "data directory "+s.data+" is not writable")
+	})
+
+	t.Run("emptied", func(t *testing.T) {
+		require.NoError(t, os.Truncate(db, 0))
+		msg, code := s.serveFails()
+		assert.NotZero(t, code)
+		for _, want := range []string{db + " is empty", "api-tokens", "orchestrator backup", "--new-database"} {
+			assert.Contains(t, msg, want)
+		}
+		fi, err := os.Stat(db)
+		require.NoError(t, err)
+		assert.Zero(t, fi.Size(), "the refused start wrote nothing")
+	})
+
+	t.Run("damaged", func(t *testing.T) {
+		require.NoError(t, os.WriteFile(db, bytes.Repeat([]byte("not a database "), 1000), 0o600))
+		msg, code := s.serveFails("--new-database")
+		assert.NotZero(t, code)
+		assert.Contains(t, msg, db)
+		assert.Contains(t, msg, "restore the data directory from a backup")
+	})
+}
