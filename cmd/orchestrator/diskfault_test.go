@@ -35,10 +35,11 @@ func (s *server) health() (httpapi.Health, int) {
 	return h, resp.StatusCode
 }
 
-// post sends an authenticated POST and returns the status and error body.
-func (s *server) post(path string) (int, httpapi.Error) {
+// post sends an authenticated POST of body and returns the status and
+// error body.
+func (s *server) post(path, body string) (int, httpapi.Error) {
 	s.t.Helper()
-	req, err := http.NewRequest("POST", s.url+path, nil)
+	req, err := http.NewRequest("POST", s.url+path, strings.NewReader(body))
 	require.NoError(s.t, err)
 	req.Header.Set("Authorization", "Bearer "+s.token)
 	resp, err := http.DefaultClient.Do(req)
@@ -129,7 +130,7 @@ func testFullDisk(t *testing.T, kill bool) {
 	assert.Equal(t, "store", st.Waiting)
 	assert.Contains(t, s.mustCLI("update", "status", id), "store: it cannot write")
 
-	code, e := s.post("/api/v1/updates/" + id + "/pause")
+	code, e := s.post("/api/v1/updates/"+id+"/pause", "")
 	assert.Equal(t, http.StatusServiceUnavailable, code)
 	assert.Equal(t, httpapi.CodeStoreUnavailable, e.Code)
 
@@ -201,4 +202,42 @@ func TestE2E_ServeRefusesAnEmptiedDatabaseAndAReadOnlyDataDirectory(t *testing.T
 		assert.Contains(t, msg, db)
 		assert.Contains(t, msg, "restore the data directory from a backup")
 	})
+}
+
+func TestE2E_FirmwareCutShortPausesTheUpdateUntilRestored(t *testing.T) {
+	const devices = 10
+	s := startServer(t)
+	sm := startSim(t, s, "--devices", strconv.Itoa(devices), "--id-prefix", "cut-", "--model", "sim-a")
+	s.waitOnline(devices)
+	fw, digest := s.firmware(2<<20, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "2", "--chunk-size", "4096", "--window", "2"))
+	poll(t, time.Minute, func() bool { return s.status(id).BytesAcked > 0 }, "a transfer under way")
+	s.kill()
+
+	image := filepath.Join(s.data, "firmware", digest)
+	whole, err := os.ReadFile(image)
+	require.NoError(t, err)
+	require.NoError(t, os.Truncate(image, int64(len(whole)/2)))
+	s.restart()
+
+	st := s.status(id)
+	assert.Equal(t, fleet.UpdatePaused, st.State, "paused, not crashed")
+	assert.Equal(t, "firmware_damaged", st.Waiting)
+	assert.Contains(t, s.logString(), "firmware image damaged")
+	var evs []fleet.Event
+	require.NoError(t, json.Unmarshal([]byte(s.mustCLI("update", "events", id, "--json")), &evs))
+	require.NotEmpty(t, evs)
+	last := evs[len(evs)-1]
+	assert.Equal(t, fleet.ReasonFirmwareDamaged, last.Reason)
+	assert.Equal(t, string(fleet.UpdatePaused), last.State)
+
+	out, code := s.cli("update", "resume", id)
+	assert.NotZero(t, code, "resume refused while the image is damaged: %s", out)
+	code, e := s.post("/api/v1/updates", `{"firmware":"`+fw+`"}`)
+	assert.Equal(t, http.StatusConflict, code)
+	assert.Equal(t, "firmware_damaged", e.Code, "a new update of the damaged image is refused: %s", e.Message)
+
+	require.NoError(t, os.WriteFile(image, whole, 0o644))
+	s.mustCLI("update", "resume", id)
+	requireConsistentEnd(t, s, sm, id, digest, devices)
 }

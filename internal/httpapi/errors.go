@@ -49,6 +49,7 @@ var sentinels = []struct {
 	{fleet.ErrIllegalTransition, http.StatusConflict, "illegal_transition"},
 	{fleet.ErrCredentialNotFound, http.StatusNotFound, "credential_not_found"},
 	{fleet.ErrCredentialExists, http.StatusConflict, "credential_exists"},
+	{fleet.ErrFirmwareDamaged, http.StatusConflict, "firmware_damaged"},
 	{fleet.ErrStoreUnavailable, http.StatusServiceUnavailable, CodeStoreUnavailable},
 	{fleet.ErrClosed, http.StatusServiceUnavailable, CodeUnavailable},
 	{protocol.ErrBadSignature, http.StatusBadRequest, "bad_signature"},

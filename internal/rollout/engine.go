@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -417,21 +418,27 @@ type memBlob struct{ *bytes.Reader }
 func (memBlob) Close() error { return nil }
 
 // openBlob opens a firmware image for ReadAt by every session of a run, in
-// memory when it is at most memBlobMax bytes and reads whole. A file that
-// does not (shorter than its recorded size) stays a file, as a larger one:
-// its chunk reads fail as they would have, and the run and every other
-// update still load.
+// memory when it is at most memBlobMax bytes. An image whose file is
+// missing, or whose size or SHA-256 differs from the stored firmware's, is
+// refused with fleet.ErrFirmwareDamaged (checkImage): no device is sent
+// bytes that do not match.
 func (e *Engine) openBlob(ctx context.Context, id string) (blob, fleet.Firmware, error) {
 	f, fw, err := e.Store.OpenFirmware(ctx, id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fw, fleet.Errorf(fleet.ErrFirmwareDamaged, "firmware %s: %v", id, err)
+	}
 	if err != nil {
 		return nil, fleet.Firmware{}, err
 	}
-	if fw.Size > memBlobMax {
-		return f, fw, nil
+	var b []byte
+	if fw.Size <= memBlobMax {
+		b = make([]byte, fw.Size)
 	}
-	b := make([]byte, fw.Size)
-	if n, err := f.ReadAt(b, 0); n < len(b) {
-		e.Logger.Error("read firmware into memory", "firmware", id, "read", n, "size", fw.Size, "err", err)
+	if err := checkImage(f, fw, b); err != nil {
+		f.Close()
+		return nil, fw, err
+	}
+	if b == nil {
 		return f, fw, nil
 	}
 	f.Close()

@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -140,9 +141,12 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 // progress, its counters, and the phase it reached (devices are assigned to
 // phases in the order they started).
 func (e *Engine) loadRun(ctx context.Context, u fleet.Update) (*run, error) {
-	blob, fw, err := e.openBlob(ctx, u.FirmwareID)
-	if err != nil {
-		return nil, err
+	blob, fw, blobErr := e.openBlob(ctx, u.FirmwareID)
+	switch {
+	case errors.Is(blobErr, fleet.ErrFirmwareDamaged):
+		blob = brokenBlob{blobErr} // the run loads, paused (damagedRun)
+	case blobErr != nil:
+		return nil, blobErr
 	}
 	fail := func(err error) (*run, error) {
 		blob.Close()
@@ -161,6 +165,7 @@ func (e *Engine) loadRun(ctx context.Context, u fleet.Update) (*run, error) {
 		return fail(err)
 	}
 	r := newRun(u, fw, blob, matcher)
+	r.blobErr = blobErr
 	r.bytesSent, r.bytesAcked, r.resends, r.savedCounters = c.BytesSent, c.BytesAcked, c.Resends, c
 	r.rateBytes = c.BytesAcked
 	need := 0
@@ -242,6 +247,9 @@ func (e *Engine) restore(ctx context.Context) error {
 		}
 		r.maybeDone = true
 		e.runs[u.ID] = r
+		if r.blobErr != nil {
+			e.damagedRun(r)
+		}
 		e.Logger.Info("resumed update", "update", u.ID, "state", u.State, "devices", len(r.targets), "phase", r.phase+1)
 	}
 	return nil
@@ -487,6 +495,9 @@ func (e *Engine) Resume(ctx context.Context, updateID string) error {
 	return e.control(ctx, updateID, func(r *run) error {
 		if r.u.State != fleet.UpdatePaused {
 			return fleet.Errorf(fleet.ErrIllegalTransition, "update is %s", r.u.State)
+		}
+		if err := e.reopenBlob(r); err != nil {
+			return err
 		}
 		atGate := r.gate == gateApproval || r.gate == gateFailed ||
 			(r.gate == gateOpen && r.phase < len(r.phases)-1 && r.started >= r.phases[r.phase] && e.phaseSettled(r))
