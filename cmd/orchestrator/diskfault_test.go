@@ -241,3 +241,44 @@ func TestE2E_FirmwareCutShortPausesTheUpdateUntilRestored(t *testing.T) {
 	s.mustCLI("update", "resume", id)
 	requireConsistentEnd(t, s, sm, id, digest, devices)
 }
+
+func TestE2E_BackupTakenMidUpdateRestoresAndTheUpdateCompletesExactlyOnce(t *testing.T) {
+	const devices = 60
+	s := startServer(t)
+	sm := startSim(t, s, "--devices", strconv.Itoa(devices), "--id-prefix", "rewind-", "--model", "sim-a",
+		"--reboot-delay", "300ms")
+	s.waitOnline(devices)
+	fw, digest := s.firmware(1<<20, "1.1.0")
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "4", "--window", "2"))
+	poll(t, time.Minute, func() bool { return s.status(id).Counts[fleet.StateSucceeded] >= 5 }, "5 devices succeeded")
+
+	backup := filepath.Join(t.TempDir(), "backup")
+	out := s.mustCLI("backup", "--out", backup)
+	assert.Contains(t, out, "backup written to "+backup)
+	for _, f := range []string{"flota.db", "api-tokens", filepath.Join("firmware", digest)} {
+		assert.FileExists(t, filepath.Join(backup, f))
+	}
+	// The update goes on past the snapshot: the restored database is
+	// behind the devices.
+	atBackup, err := strconv.Atoi(strings.TrimSpace(
+		runSQLite(t, filepath.Join(backup, "flota.db"), "SELECT count(*) FROM progress WHERE state='succeeded'")))
+	require.NoError(t, err)
+	poll(t, time.Minute, func() bool { return s.status(id).Counts[fleet.StateSucceeded] >= atBackup+5 },
+		"5 more devices succeeded after the backup")
+	st := s.status(id)
+	require.False(t, st.State.Terminal(), "the update ended before the kill; it must be slower for this test")
+	t.Logf("backup at %d succeeded; killed at %d", atBackup, st.Counts[fleet.StateSucceeded])
+	s.kill()
+
+	s.data = backup // the restore: serve --data on the backup
+	s.restart()
+	requireConsistentEnd(t, s, sm, id, digest, devices)
+}
+
+// runSQLite runs a query with the sqlite3 CLI on the database at path.
+func runSQLite(t *testing.T, path, query string) string {
+	t.Helper()
+	out, err := exec.Command(requireTool(t, "sqlite3"), path, query).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	return string(out)
+}

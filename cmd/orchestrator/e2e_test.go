@@ -360,9 +360,7 @@ func (s *server) status(id string) fleet.UpdateSummary {
 // sqlite3 runs a query with the sqlite3 CLI on the server's database.
 func (s *server) sqlite3(query string) string {
 	s.t.Helper()
-	out, err := exec.Command(requireTool(s.t, "sqlite3"), filepath.Join(s.data, "flota.db"), query).CombinedOutput()
-	require.NoError(s.t, err, "%s", out)
-	return strings.TrimSpace(string(out))
+	return strings.TrimSpace(runSQLite(s.t, filepath.Join(s.data, "flota.db"), query))
 }
 
 func TestE2E_FleetOf100DevicesSucceeds(t *testing.T) {

@@ -47,6 +47,7 @@ func (s *Server) routes() []route {
 		{"POST", "/api/v1/updates/{id}/retry-failed", s.retryFailed},
 
 		{"GET", "/api/v1/events/stream", s.eventStream},
+		{"POST", "/api/v1/backup", s.backup},
 	}, s.accountRoutes()...)
 }
 

@@ -6,6 +6,10 @@ import (
 	"time"
 )
 
+// backupPath changes nothing: a backup is taken while the store cannot
+// write too.
+const backupPath = APIPrefix + "/backup"
+
 // storeRetryAfter is the Retry-After of a change refused while the store
 // cannot write: the store retries its writes at least this often.
 const storeRetryAfter = 2 * time.Second
@@ -16,7 +20,7 @@ const storeRetryAfter = 2 * time.Second
 // queue behind the writes the store holds. Reads are served.
 func (s *Server) storeGuard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead && apiPath(r.URL.Path) && s.Store != nil {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && apiPath(r.URL.Path) && r.URL.Path != backupPath && s.Store != nil {
 			if err := s.Store.Unavailable(); err != nil {
 				w.Header().Set("Retry-After", strconv.Itoa(int(storeRetryAfter.Seconds())))
 				s.writeError(w, r, err)

@@ -3,9 +3,9 @@ package rollout
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
-	"crypto/rand"
 	"log/slog"
 	"os"
 	"testing"
