@@ -139,6 +139,17 @@ func testFullDisk(t *testing.T, kill bool) {
 	time.Sleep(time.Second)
 	assert.Equal(t, before, s.status(id).Counts, "device states held while the store cannot write")
 
+	var stats struct {
+		Store  map[string]float64 `json:"store"`
+		Engine map[string]float64 `json:"engine"`
+	}
+	s.getJSON("/api/v1/stats", &stats)
+	assert.Positive(t, stats.Store["write_failures"], "failed attempts are counted")
+	assert.Positive(t, stats.Store["held_writes"])
+	assert.Zero(t, stats.Store["dropped"])
+	t.Logf("while full: %d succeeded, write_failures %v, held_writes %v, engine store_holds %v",
+		before[fleet.StateSucceeded], stats.Store["write_failures"], stats.Store["held_writes"], stats.Engine["store_holds"])
+
 	if kill {
 		s.kill()
 	}
