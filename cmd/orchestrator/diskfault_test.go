@@ -6,6 +6,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -117,6 +118,16 @@ func testFullDisk(t *testing.T, kill bool) {
 	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "10", "--window", "4"))
 	poll(t, time.Minute, func() bool { return s.status(id).Counts[fleet.StateSucceeded] >= 10 }, "10 devices succeeded")
 
+	// A reader that holds a snapshot (a dashboard's query, a backup) keeps
+	// SQLite from starting the WAL over: every commit must grow the files,
+	// so the full disk fails the next one whatever room the WAL had.
+	rdb, err := sql.Open("sqlite3", "file:"+filepath.Join(s.data, "flota.db")+"?mode=ro")
+	require.NoError(t, err)
+	defer rdb.Close()
+	rtx, err := rdb.Begin()
+	require.NoError(t, err)
+	var seen int
+	require.NoError(t, rtx.QueryRow(`SELECT count(*) FROM events`).Scan(&seen))
 	filler := tmpfs.Fill(t, mnt)
 	poll(t, time.Minute, func() bool { _, code := s.health(); return code == http.StatusServiceUnavailable },
 		"health degraded")
@@ -150,6 +161,7 @@ func testFullDisk(t *testing.T, kill bool) {
 	t.Logf("while full: %d succeeded, write_failures %v, held_writes %v, engine store_holds %v",
 		before[fleet.StateSucceeded], stats.Store["write_failures"], stats.Store["held_writes"], stats.Engine["store_holds"])
 
+	require.NoError(t, rtx.Rollback())
 	if kill {
 		s.kill()
 	}
