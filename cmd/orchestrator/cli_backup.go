@@ -17,7 +17,7 @@ import (
 	"github.com/flotaio/flota/internal/sqlite"
 )
 
-var backupSpec = &spec{name: "backup", args: "--out DIR",
+var backupSpec = &spec{name: "backup", args: "--out DIR [--server URL] [--token T]",
 	summary: "write a consistent snapshot of the database, firmware images and token file to DIR while serving; restore with serve --data DIR",
 	example: "orchestrator backup --out /srv/backups/flota-$(date +%F)"}
 

@@ -247,12 +247,16 @@ func TestE2E_FirmwareCutShortPausesTheUpdateUntilRestored(t *testing.T) {
 	assert.Equal(t, fleet.UpdatePaused, st.State, "paused, not crashed")
 	assert.Equal(t, "firmware_damaged", st.Waiting)
 	assert.Contains(t, s.logString(), "firmware image damaged")
-	var evs []fleet.Event
-	require.NoError(t, json.Unmarshal([]byte(s.mustCLI("update", "events", id, "--json")), &evs))
-	require.NotEmpty(t, evs)
-	last := evs[len(evs)-1]
-	assert.Equal(t, fleet.ReasonFirmwareDamaged, last.Reason)
-	assert.Equal(t, string(fleet.UpdatePaused), last.State)
+	poll(t, time.Minute, func() bool {
+		var evs []fleet.Event
+		require.NoError(t, json.Unmarshal([]byte(s.mustCLI("update", "events", id, "--json")), &evs))
+		for _, ev := range evs {
+			if ev.Type == fleet.EventUpdate && ev.State == string(fleet.UpdatePaused) && ev.Reason == fleet.ReasonFirmwareDamaged {
+				return true
+			}
+		}
+		return false
+	}, "an update event: paused, firmware_damaged")
 
 	out, code := s.cli("update", "resume", id)
 	assert.NotZero(t, code, "resume refused while the image is damaged: %s", out)
