@@ -282,6 +282,23 @@ func (c *Client) newRequest(ctx context.Context, method, path string, body io.Re
 	return req, nil
 }
 
+// stream sends req and hands a 2xx answer's body to read; any other
+// answer becomes an *APIError, as with send.
+func (c *Client) stream(req *http.Request, read func(io.Reader) error) error {
+	hc := *c.HTTP
+	hc.Timeout = 0 // a backup takes as long as it takes; ctx bounds it
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20)) // an error body; what was read decides
+		return answerError(resp.StatusCode, data)
+	}
+	return read(resp.Body)
+}
+
 // send sends req; a 2xx answer is decoded into out, any other becomes an
 // *APIError.
 func (c *Client) send(req *http.Request, out any) error {
@@ -299,21 +316,7 @@ func (c *Client) send(req *http.Request, out any) error {
 		return fmt.Errorf("%s %s: read answer: %w", req.Method, req.URL.Path, err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		apiErr := &APIError{Status: resp.StatusCode}
-		var body httpapi.Error
-		if json.Unmarshal(data, &body) == nil && body.Code != "" {
-			apiErr.Code, apiErr.Message = body.Code, body.Message
-			if body.Code == httpapi.CodeUnauthorized {
-				apiErr.Message += " (see --token or FLOTA_TOKEN)"
-			}
-		} else {
-			apiErr.Code = "http_" + strconv.Itoa(resp.StatusCode)
-			apiErr.Message = strings.TrimSpace(string(data))
-			if apiErr.Message == "" {
-				apiErr.Message = http.StatusText(resp.StatusCode)
-			}
-		}
-		return apiErr
+		return answerError(resp.StatusCode, data)
 	}
 	if out == nil {
 		return nil
@@ -322,4 +325,23 @@ func (c *Client) send(req *http.Request, out any) error {
 		return fmt.Errorf("%s %s: decode answer: %w", req.Method, req.URL.Path, err)
 	}
 	return nil
+}
+
+// answerError is the *APIError of an answer with status and body data.
+func answerError(status int, data []byte) error {
+	apiErr := &APIError{Status: status}
+	var body httpapi.Error
+	if json.Unmarshal(data, &body) == nil && body.Code != "" {
+		apiErr.Code, apiErr.Message = body.Code, body.Message
+		if body.Code == httpapi.CodeUnauthorized {
+			apiErr.Message += " (see --token or FLOTA_TOKEN)"
+		}
+	} else {
+		apiErr.Code = "http_" + strconv.Itoa(status)
+		apiErr.Message = strings.TrimSpace(string(data))
+		if apiErr.Message == "" {
+			apiErr.Message = http.StatusText(status)
+		}
+	}
+	return apiErr
 }

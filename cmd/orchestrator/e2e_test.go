@@ -87,15 +87,28 @@ type server struct {
 
 func startServer(t *testing.T, serveArgs ...string) *server {
 	t.Helper()
-	return startServerUnder(t, nil, serveArgs...)
+	return startServerAt(t, filepath.Join(t.TempDir(), "data"), nil, serveArgs...)
+}
+
+// startServerIn starts a server on the data directory data.
+func startServerIn(t *testing.T, data string, serveArgs ...string) *server {
+	t.Helper()
+	return startServerAt(t, data, nil, serveArgs...)
 }
 
 // startServerUnder starts the server as the last argument of the command
 // line under.
 func startServerUnder(t *testing.T, under []string, serveArgs ...string) *server {
 	t.Helper()
+	return startServerAt(t, filepath.Join(t.TempDir(), "data"), under, serveArgs...)
+}
+
+// startServerAt starts a server on the data directory data, under the
+// command line under if it is not nil.
+func startServerAt(t *testing.T, data string, under []string, serveArgs ...string) *server {
+	t.Helper()
 	orch, _ := binaries(t)
-	s := &server{t: t, bin: orch, data: filepath.Join(t.TempDir(), "data"), serveArgs: serveArgs, under: under}
+	s := &server{t: t, bin: orch, data: data, serveArgs: serveArgs, under: under}
 	t.Cleanup(func() {
 		s.kill()
 		if t.Failed() {
@@ -366,9 +379,7 @@ func (s *server) status(id string) fleet.UpdateSummary {
 // sqlite3 runs a query with the sqlite3 CLI on the server's database.
 func (s *server) sqlite3(query string) string {
 	s.t.Helper()
-	out, err := exec.Command(requireTool(s.t, "sqlite3"), filepath.Join(s.data, "flota.db"), query).CombinedOutput()
-	require.NoError(s.t, err, "%s", out)
-	return strings.TrimSpace(string(out))
+	return strings.TrimSpace(runSQLite(s.t, filepath.Join(s.data, "flota.db"), query))
 }
 
 func TestE2E_FleetOf100DevicesSucceeds(t *testing.T) {

@@ -113,6 +113,10 @@ type Config struct {
 	// IllegalEventInterval: a device's illegal state changes are recorded
 	// as an event at most once per interval (0: every one).
 	IllegalEventInterval time.Duration
+	// NewDatabase starts an empty database where an earlier run left state
+	// but no database; SkipIntegrityCheck skips the database's quick_check
+	// at start (sqlite.Store).
+	NewDatabase, SkipIntegrityCheck bool
 }
 
 // Main is the orchestrator with its production wiring, so that tests run
@@ -198,6 +202,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.Store = sqlite.New(m.Config.DataDir)
 	m.Store.Logger = m.Logger.With("component", "store")
 	m.Store.Retention = sqlite.Retention{MaxAge: m.Config.EventRetention, MaxRows: m.Config.EventMaxRows}
+	m.Store.NewDatabase, m.Store.SkipIntegrityCheck = m.Config.NewDatabase, m.Config.SkipIntegrityCheck
 	if err := m.Store.Open(); err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
@@ -266,9 +271,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Logger:      m.Logger.With("component", "http"),
 		Version:     version,
 		Tokens:      tokens,
-		// A listener that cannot accept (out of file descriptors) or a
-		// full connection limit: devices cannot connect.
-		HealthChecks: health,
+		// A listener that cannot accept (out of file descriptors), a
+		// full connection limit (devices cannot connect), or a store that
+		// cannot write (full disk, read-only).
+		HealthChecks: append(health, m.Store.HealthReason),
 
 		MaxFirmwareSize:   m.Config.MaxFirmwareSize,
 		FirmwarePublicKey: fwKey,

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -163,23 +164,23 @@ func TestE2E_UnsignedAndTamperedFirmwareInstallNothing(t *testing.T) {
 	t.Run("image changed on the orchestrator's disk", func(t *testing.T) {
 		path, digest := image(t, 64*1024)
 		fw := s.addSigned(path, "1.2.0", priv)
-		// The orchestrator serves the blob as it finds it: change one byte
-		// of the stored image after the signed upload.
+		// Change one byte of the stored image after the signed upload: the
+		// orchestrator checks the image's SHA-256 before it sends any.
 		blob := filepath.Join(s.data, "firmware", digest)
 		b, err := os.ReadFile(blob)
 		require.NoError(t, err)
 		b[40000] ^= 0xff
 		require.NoError(t, os.WriteFile(blob, b, 0o644))
 
-		id, st := s.runUpdate(fw, "t")
-		assert.Equal(t, 2, st.Counts[fleet.StateFailed])
-		s.requireReasons(id, fleet.StateFailed, map[string]fleet.Reason{"t-00001": fleet.ReasonBadDigest, "t-00002": fleet.ReasonBadDigest})
+		code, e := s.post("/api/v1/updates", `{"firmware":"`+fw+`","selector":{"tags":{"grp":"t"}}}`)
+		assert.Equal(t, http.StatusConflict, code)
+		assert.Equal(t, "firmware_damaged", e.Code, e.Message)
 	})
 
 	requireUntouched(t, unsigned.stop(t), "1.0.0")
 	tm := tampered.stop(t)
 	requireUntouched(t, tm, "1.0.0")
-	assert.Positive(t, tm.BytesReceived, "the tampered image was downloaded, then refused")
+	assert.Zero(t, tm.BytesReceived, "the changed image was refused before a byte was sent")
 }
 
 func TestE2E_DowngradeRefusedUnlessSignedAsAllowed(t *testing.T) {

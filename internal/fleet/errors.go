@@ -35,6 +35,12 @@ var (
 	ErrCredentialNotFound = errors.New("credential not found")
 	// ErrCredentialExists: the ID already names a device or monitor account.
 	ErrCredentialExists = errors.New("credential already exists")
+	// ErrFirmwareDamaged: a firmware image's file is missing, or its size
+	// or SHA-256 differs from the stored firmware's.
+	ErrFirmwareDamaged = errors.New("firmware image damaged")
+	// ErrStoreUnavailable: the store cannot write now (full disk, read-only
+	// or failing file system); it holds what it was given and retries.
+	ErrStoreUnavailable = errors.New("store unavailable")
 	// ErrClosed: the component was closed.
 	ErrClosed = errors.New("closed")
 )

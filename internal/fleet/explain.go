@@ -56,6 +56,10 @@ func (s UpdateSummary) Explain() string {
 	case "rate":
 		parts = append(parts, fmt.Sprintf("rate limit: %d devices a minute, next start %s", s.Policy.Rate, until(s.WaitingUntil)))
 	case "offline_devices":
+	case "store":
+		parts = append(parts, "the store cannot write (see the orchestrator's health): the update goes on when it can")
+	case "firmware_damaged":
+		parts = append(parts, "the image's file is missing or changed: restore it, then 'update resume'")
 	default:
 		parts = append(parts, s.Waiting)
 	}

@@ -135,5 +135,6 @@ const (
 	ReasonGateFailed       Reason = "gate_failed"       // a phase can no longer reach its success threshold
 	ReasonManualGate       Reason = "manual_gate"       // the update waits for an operator at a gate
 	ReasonScheduled        Reason = "scheduled"         // the update's start time came
+	ReasonFirmwareDamaged  Reason = "firmware_damaged"  // the image's file is missing or differs from the stored firmware
 	ReasonUnknownUpdate    Reason = "unknown_update"    // (device) cancel of an update it does not hold
 )

@@ -26,6 +26,9 @@ const (
 	CodeInvalidPolicy = "invalid_policy"
 	// CodeMethodNotAllowed: the path exists, not with this method (405).
 	CodeMethodNotAllowed = "method_not_allowed"
+	// CodeStoreUnavailable: the store cannot write now (full disk,
+	// read-only file system); a change is refused until it can (503).
+	CodeStoreUnavailable = "store_unavailable"
 )
 
 // sentinels maps each fleet sentinel to its status and stable code, in the
@@ -47,6 +50,8 @@ var sentinels = []struct {
 	{fleet.ErrIllegalTransition, http.StatusConflict, "illegal_transition"},
 	{fleet.ErrCredentialNotFound, http.StatusNotFound, "credential_not_found"},
 	{fleet.ErrCredentialExists, http.StatusConflict, "credential_exists"},
+	{fleet.ErrFirmwareDamaged, http.StatusConflict, "firmware_damaged"},
+	{fleet.ErrStoreUnavailable, http.StatusServiceUnavailable, CodeStoreUnavailable},
 	{fleet.ErrClosed, http.StatusServiceUnavailable, CodeUnavailable},
 	{protocol.ErrBadSignature, http.StatusBadRequest, "bad_signature"},
 	{protocol.ErrNoSignature, http.StatusBadRequest, "unsigned_firmware"},

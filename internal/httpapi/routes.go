@@ -47,6 +47,7 @@ func (s *Server) routes() []route {
 		{"POST", "/api/v1/updates/{id}/retry-failed", s.retryFailed},
 
 		{"GET", "/api/v1/events/stream", s.eventStream},
+		{"POST", "/api/v1/backup", s.backup},
 	}, s.accountRoutes()...)
 }
 
@@ -63,7 +64,7 @@ func (s *Server) Handler() http.Handler {
 	// The dashboard answers every other GET; it sends unknown API paths a
 	// JSON error.
 	mux.Handle(dashboardPattern, s.dashboard())
-	return s.logRequests(s.authenticate(apiErrors(mux)))
+	return s.logRequests(s.authenticate(s.storeGuard(apiErrors(mux))))
 }
 
 // apiPath reports whether a request path belongs to the JSON API.

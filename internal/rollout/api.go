@@ -46,6 +46,8 @@ type Stats struct {
 	// LogLinesSuppressed counts the log lines dropped by the per-device
 	// log limit (Engine.LogLimit).
 	LogLinesSuppressed int64 `json:"log_lines_suppressed"`
+
+	StoreHolds int64 `json:"store_holds"` // times the engine held still because the store could not write
 }
 
 // Engine API used by the HTTP API (see engine.go for the implementation):

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"testing"
@@ -69,20 +71,39 @@ func TestOpenBlob_SmallImageInMemoryLargeFromFile(t *testing.T) {
 	}
 }
 
-func TestOpenBlob_ShortFileStaysAFile(t *testing.T) {
-	e, store := blobEngine(t)
-	ctx := context.Background()
-	fw, err := store.AddFirmware(ctx, fleet.Firmware{Name: "app", Version: "1", Model: "m1"}, bytes.NewReader(make([]byte, 5000)))
-	require.NoError(t, err)
-	require.NoError(t, os.Truncate(store.FirmwarePath(fw.SHA256), 100))
+func TestOpenBlob_RefusesAnImageMissingCutShortOrChanged(t *testing.T) {
+	for _, size := range []int{5000, memBlobMax + 5000} { // in memory, and read from the file
+		for _, tc := range []struct {
+			name  string
+			spoil func(path string) error
+		}{
+			{"missing", os.Remove},
+			{"cut_short", func(path string) error { return os.Truncate(path, 100) }},
+			{"changed", func(path string) error {
+				f, err := os.OpenFile(path, os.O_WRONLY, 0)
+				if err != nil {
+					return err
+				}
+				_, err = f.WriteAt([]byte("x"), 4000)
+				return errors.Join(err, f.Close())
+			}},
+		} {
+			t.Run(fmt.Sprintf("%s_%d", tc.name, size), func(t *testing.T) {
+				e, store := blobEngine(t)
+				ctx := context.Background()
+				fw, err := store.AddFirmware(ctx, fleet.Firmware{Name: "app", Version: "1", Model: "m1"}, bytes.NewReader(make([]byte, size)))
+				require.NoError(t, err)
+				require.NoError(t, tc.spoil(store.FirmwarePath(fw.SHA256)))
 
-	// The update still loads; its reads past the file's end fail, as they
-	// did before images were held in memory.
-	b, _, err := e.openBlob(ctx, fw.ID)
-	require.NoError(t, err)
-	defer b.Close()
-	_, isMem := b.(memBlob)
-	assert.False(t, isMem)
-	_, err = b.ReadAt(make([]byte, 10), 4000)
-	assert.Error(t, err)
+				b, got, err := e.openBlob(ctx, fw.ID)
+				require.ErrorIs(t, err, fleet.ErrFirmwareDamaged)
+				assert.Nil(t, b, "nothing to read chunks from")
+				assert.Equal(t, fw.ID, got.ID, "the firmware, for the run it pauses")
+				assert.Contains(t, err.Error(), fw.ID)
+
+				_, err = e.CreateUpdate(ctx, CreateRequest{FirmwareID: fw.ID})
+				require.ErrorIs(t, err, fleet.ErrFirmwareDamaged, "a new update is refused")
+			})
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -85,7 +86,7 @@ type Engine struct {
 	logs          *logsafe.Limiter
 
 	stats struct {
-		chunks, bytes, resends, acks, bad, stale, drops, quotaDrops, illegal atomic.Int64
+		chunks, bytes, resends, acks, bad, stale, drops, quotaDrops, illegal, storeHolds atomic.Int64
 
 		beyondSent        atomic.Int64 // acks refused past the bytes sent
 		illegalSuppressed atomic.Int64 // illegal changes not recorded as events
@@ -101,6 +102,7 @@ type Engine struct {
 	frame      []byte                         // chunk frame buffer, reused for every chunk
 	fleetRTT   rttEstimator                   // ack round trip over all devices, for devices without samples yet
 	rng        *rand.Rand
+	heldSince  time.Time // when the store stopped writing; zero while it writes (storehold.go)
 }
 
 // inbound is one device message handed from the broker to the loop.
@@ -187,8 +189,11 @@ func (e *Engine) Close() error {
 		}
 		e.cancel(fleet.ErrClosed)
 		e.wg.Wait()
+		held := e.Store.Unavailable() != nil // a checkpoint could block on the full write queue
 		for _, r := range e.runs {
-			r.checkpoint(e, true)
+			if !held {
+				r.checkpoint(e, true)
+			}
 			r.closeBlob()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -268,12 +273,16 @@ func (e *Engine) loop(ctx context.Context) {
 	defer tick.Stop()
 	lastStatus, lastCheckpoint, lastSweep := e.now(), e.now(), time.Now()
 	for {
+		inbox := e.inbox
+		if e.storeHeld() {
+			inbox = nil // device messages wait while the store cannot record them
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case fn := <-e.cmds:
 			fn()
-		case m := <-e.inbox:
+		case m := <-inbox:
 			e.taken(m)
 			e.dispatch(m)
 			// Drain what is waiting before looking at timers: acks come in
@@ -292,6 +301,15 @@ func (e *Engine) loop(ctx context.Context) {
 		case <-tick.C:
 			now := e.now()
 			e.logs.Sweep()
+			if inbox == nil {
+				if now.Sub(lastStatus) >= e.StatusInterval {
+					lastStatus = now
+					for _, r := range e.runs {
+						r.publishStatus(e, now, false)
+					}
+				}
+				continue
+			}
 			e.timers(now)
 			for _, r := range e.runs {
 				e.checkRun(r, now)
@@ -382,6 +400,7 @@ func (e *Engine) Stats() Stats {
 
 		IllegalEventsSuppressed: e.stats.illegalSuppressed.Load(),
 		LogLinesSuppressed:      e.logLinesSuppressed(),
+		StoreHolds:              e.stats.storeHolds.Load(),
 	}
 }
 
@@ -452,21 +471,27 @@ type memBlob struct{ *bytes.Reader }
 func (memBlob) Close() error { return nil }
 
 // openBlob opens a firmware image for ReadAt by every session of a run, in
-// memory when it is at most memBlobMax bytes and reads whole. A file that
-// does not (shorter than its recorded size) stays a file, as a larger one:
-// its chunk reads fail as they would have, and the run and every other
-// update still load.
+// memory when it is at most memBlobMax bytes. An image whose file is
+// missing, or whose size or SHA-256 differs from the stored firmware's, is
+// refused with fleet.ErrFirmwareDamaged (checkImage): no device is sent
+// bytes that do not match.
 func (e *Engine) openBlob(ctx context.Context, id string) (blob, fleet.Firmware, error) {
 	f, fw, err := e.Store.OpenFirmware(ctx, id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fw, fleet.Errorf(fleet.ErrFirmwareDamaged, "firmware %s: %v", id, err)
+	}
 	if err != nil {
 		return nil, fleet.Firmware{}, err
 	}
-	if fw.Size > memBlobMax {
-		return f, fw, nil
+	var b []byte
+	if fw.Size <= memBlobMax {
+		b = make([]byte, fw.Size)
 	}
-	b := make([]byte, fw.Size)
-	if n, err := f.ReadAt(b, 0); n < len(b) {
-		e.Logger.Error("read firmware into memory", "firmware", id, "read", n, "size", fw.Size, "err", err)
+	if err := checkImage(f, fw, b); err != nil {
+		f.Close()
+		return nil, fw, err
+	}
+	if b == nil {
 		return f, fw, nil
 	}
 	f.Close()

@@ -37,6 +37,10 @@ func (r *run) enqueue(t *target, front bool) {
 func (e *Engine) waiting(r *run, now time.Time) string {
 	pol := r.u.Policy
 	switch {
+	case e.storeWaiting() != "":
+		return waitingStore
+	case r.blobErr != nil:
+		return string(fleet.ReasonFirmwareDamaged)
 	case r.u.State == fleet.UpdateScheduled:
 		return "scheduled"
 	case r.u.State != fleet.UpdateRunning:
@@ -56,7 +60,7 @@ func (e *Engine) waiting(r *run, now time.Time) string {
 // wait for their backoff and the window), then new devices within the
 // current phase, the rate and the maintenance window.
 func (e *Engine) admit(r *run) {
-	if r.u.State != fleet.UpdateRunning {
+	if r.u.State != fleet.UpdateRunning || r.blobErr != nil {
 		return
 	}
 	now := e.now()

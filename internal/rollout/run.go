@@ -15,7 +15,8 @@ import (
 type run struct {
 	u       fleet.Update
 	fw      fleet.Firmware
-	blob    blob // shared by every session: ReadAt, never a copy per device
+	blob    blob  // shared by every session: ReadAt, never a copy per device
+	blobErr error // why the image failed its check (brokenBlob); nil when it is sound
 	targets map[string]*target
 	live    map[*target]struct{} // targets past queued and not ended: what the timers watch
 	readyQ  []*target            // new devices that said hello and wait for a slot

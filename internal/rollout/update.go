@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -24,6 +25,9 @@ var contextBG = context.Background()
 // the update is refused with fleet.ErrDeviceBusy. A selector that matches no
 // device is refused with fleet.ErrNoTargets.
 func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Update, error) {
+	if err := e.refuseWhileHeld(); err != nil {
+		return fleet.Update{}, err
+	}
 	pol := req.Policy.WithDefaults()
 	if err := pol.Validate(); err != nil {
 		return fleet.Update{}, err
@@ -145,9 +149,12 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 // progress, its counters, and the phase it reached (devices are assigned to
 // phases in the order they started).
 func (e *Engine) loadRun(ctx context.Context, u fleet.Update) (*run, error) {
-	blob, fw, err := e.openBlob(ctx, u.FirmwareID)
-	if err != nil {
-		return nil, err
+	blob, fw, blobErr := e.openBlob(ctx, u.FirmwareID)
+	switch {
+	case errors.Is(blobErr, fleet.ErrFirmwareDamaged):
+		blob = brokenBlob{blobErr} // the run loads, paused (damagedRun)
+	case blobErr != nil:
+		return nil, blobErr
 	}
 	fail := func(err error) (*run, error) {
 		blob.Close()
@@ -166,6 +173,7 @@ func (e *Engine) loadRun(ctx context.Context, u fleet.Update) (*run, error) {
 		return fail(err)
 	}
 	r := newRun(u, fw, blob, matcher)
+	r.blobErr = blobErr
 	r.bytesSent, r.bytesAcked, r.resends, r.savedCounters = c.BytesSent, c.BytesAcked, c.Resends, c
 	r.rateBytes = c.BytesAcked
 	need := 0
@@ -248,6 +256,9 @@ func (e *Engine) restore(ctx context.Context) error {
 		}
 		r.maybeDone = true
 		e.runs[u.ID] = r
+		if r.blobErr != nil {
+			e.damagedRun(r)
+		}
 		e.Logger.Info("resumed update", "update", u.ID, "state", u.State, "devices", len(r.targets), "phase", r.phase+1)
 	}
 	return nil
@@ -495,6 +506,9 @@ func (e *Engine) Resume(ctx context.Context, updateID string) error {
 		if r.u.State != fleet.UpdatePaused {
 			return fleet.Errorf(fleet.ErrIllegalTransition, "update is %s", r.u.State)
 		}
+		if err := e.reopenBlob(r); err != nil {
+			return err
+		}
 		atGate := r.gate == gateApproval || r.gate == gateFailed ||
 			(r.gate == gateOpen && r.phase < len(r.phases)-1 && r.started >= r.phases[r.phase] && e.phaseSettled(r))
 		e.setUpdateState(r, fleet.UpdateRunning, fleet.ReasonOperator)
@@ -542,6 +556,9 @@ func (e *Engine) sendCancel(t *target, reason fleet.Reason) {
 // now in another active update are left failed. It returns how many devices
 // were re-admitted.
 func (e *Engine) RetryFailed(ctx context.Context, updateID string) (int, error) {
+	if err := e.refuseWhileHeld(); err != nil {
+		return 0, err
+	}
 	// An update that just ended may still have writes queued: the run is
 	// rebuilt from the store.
 	if err := e.Store.Flush(ctx); err != nil {
@@ -605,6 +622,9 @@ func (e *Engine) RetryFailed(ctx context.Context, updateID string) (int, error) 
 
 // control runs fn on an active update in the loop.
 func (e *Engine) control(ctx context.Context, updateID string, fn func(*run) error) error {
+	if err := e.refuseWhileHeld(); err != nil {
+		return err
+	}
 	var ferr error
 	found := false
 	if err := e.do(ctx, func() {

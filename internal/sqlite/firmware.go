@@ -201,7 +201,8 @@ func (s *Store) ListFirmware(ctx context.Context) ([]fleet.Firmware, error) {
 }
 
 // OpenFirmware opens the image of the firmware with that ID for reading (the
-// caller closes it), or returns fleet.ErrFirmwareNotFound.
+// caller closes it), or returns fleet.ErrFirmwareNotFound. When the image's
+// file cannot be opened, it returns the firmware with the error.
 func (s *Store) OpenFirmware(ctx context.Context, id string) (*os.File, fleet.Firmware, error) {
 	fw, err := s.Firmware(ctx, id)
 	if err != nil {
@@ -209,7 +210,7 @@ func (s *Store) OpenFirmware(ctx context.Context, id string) (*os.File, fleet.Fi
 	}
 	f, err := os.Open(s.FirmwarePath(fw.SHA256))
 	if err != nil {
-		return nil, fleet.Firmware{}, fmt.Errorf("open firmware %s image: %w", id, err)
+		return nil, fw, fmt.Errorf("open firmware %s image: %w", id, err)
 	}
 	return f, fw, nil
 }

@@ -75,6 +75,14 @@ type Store struct {
 	QueueSize     int           // capacity of the write queue; a full queue blocks writers
 	Retention     Retention     // bounds of the event log; zero keeps every event
 	Logger        *slog.Logger
+	// RetryMin and RetryMax bound the wait between two attempts at a
+	// batch that failed on a disk fault (fault.go); CloseGrace is how long
+	// Close keeps retrying before it gives the held writes up.
+	RetryMin, RetryMax, CloseGrace time.Duration
+	// NewDatabase lets Open start an empty database where an earlier run
+	// left state but no database (startup.go); SkipIntegrityCheck skips
+	// the quick_check of the database at Open.
+	NewDatabase, SkipIntegrityCheck bool
 
 	// mu guards state, and is read-held while sending on ops so that Close
 	// (which write-holds it) never closes ops under a sender.
@@ -88,6 +96,17 @@ type Store struct {
 	wg     sync.WaitGroup // the writer and the pruner goroutines
 
 	stopPrune context.CancelFunc // ends the pruner; set by Open
+
+	// quit is closed when Close begins: writers blocked on a full queue
+	// give up, and the writer stops retrying after CloseGrace.
+	quit chan struct{}
+	// fault is set while the writer holds a batch it cannot commit
+	// (Unavailable); held is the number of operations in it.
+	fault atomic.Pointer[fault]
+	held  atomic.Int64
+	// giveUpAt is when the closing writer stops retrying; owned by the
+	// writer goroutine.
+	giveUpAt time.Time
 
 	// werr is the first write error not yet reported by Flush; owned by the
 	// writer goroutine, read by Close after the goroutine ended.
@@ -112,6 +131,7 @@ type Store struct {
 		progressWrites atomic.Int64
 		lastBatch      atomic.Int64
 		dropped        atomic.Int64
+		writeFailures  atomic.Int64
 		commitNanos    atomic.Int64
 	}
 }
@@ -124,6 +144,9 @@ func New(dataDir string) *Store {
 		BatchSize:     DefaultBatchSize,
 		QueueSize:     DefaultQueueSize,
 		Logger:        slog.Default(),
+		RetryMin:      DefaultRetryMin,
+		RetryMax:      DefaultRetryMax,
+		CloseGrace:    DefaultCloseGrace,
 	}
 }
 
@@ -132,7 +155,13 @@ type Stats struct {
 	Transactions int64 `json:"transactions"` // committed transactions
 	Rows         int64 `json:"rows"`         // write operations committed
 	LastBatch    int   `json:"last_batch"`   // operations in the last committed batch
-	Dropped      int64 `json:"dropped"`      // operations that failed and were dropped (logged)
+	Dropped      int64 `json:"dropped"`      // operations that failed on their own and were dropped (logged)
+	// WriteFailures counts the transactions that failed on a disk fault
+	// and were retried (fault.go).
+	WriteFailures int64 `json:"write_failures"`
+	// HeldWrites is the number of operations of the batch the writer
+	// retries now: zero while the store writes.
+	HeldWrites int64 `json:"held_writes"`
 	// ProgressWrites counts the progress upserts that committed batches
 	// executed for SaveProgress: fewer than the SaveProgress calls when a
 	// batch held several saves of one device's row, of which only the last
@@ -150,6 +179,8 @@ func (s *Store) Stats() Stats {
 		ProgressWrites: s.stats.progressWrites.Load(),
 		LastBatch:      int(s.stats.lastBatch.Load()),
 		Dropped:        s.stats.dropped.Load(),
+		WriteFailures:  s.stats.writeFailures.Load(),
+		HeldWrites:     s.held.Load(),
 		CommitSeconds:  time.Duration(s.stats.commitNanos.Load()).Seconds(),
 	}
 }
@@ -186,6 +217,18 @@ func (s *Store) Open() (err error) {
 	if s.Logger == nil {
 		s.Logger = slog.Default()
 	}
+	if s.RetryMin <= 0 {
+		s.RetryMin = DefaultRetryMin
+	}
+	if s.RetryMax < s.RetryMin {
+		s.RetryMax = max(s.RetryMin, DefaultRetryMax)
+	}
+	if s.CloseGrace <= 0 {
+		s.CloseGrace = DefaultCloseGrace
+	}
+	if err := s.checkDataDir(); err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
 	if err := os.MkdirAll(filepath.Join(s.DataDir, FirmwareDir), 0o755); err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
@@ -203,6 +246,11 @@ func (s *Store) Open() (err error) {
 	s.writer.SetMaxIdleConns(1)
 	s.writer.SetConnMaxLifetime(0)
 	s.writer.SetConnMaxIdleTime(0)
+	if !s.SkipIntegrityCheck {
+		if err := s.quickCheck(context.Background()); err != nil {
+			return fmt.Errorf("open store: %w", err)
+		}
+	}
 	if err := migrate(context.Background(), s.writer, migrations); err != nil {
 		return fmt.Errorf("open store %s: %w", s.Path(), err)
 	}
@@ -222,6 +270,7 @@ func (s *Store) Open() (err error) {
 	}
 
 	s.ops = make(chan writeOp, s.QueueSize)
+	s.quit = make(chan struct{})
 	s.state = stateOpen
 	s.wg.Add(1)
 	go s.run()
@@ -240,6 +289,11 @@ func (s *Store) Open() (err error) {
 // same result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		s.mu.RLock()
+		if s.state == stateOpen {
+			close(s.quit) // writers blocked on a full queue leave, so Lock below returns
+		}
+		s.mu.RUnlock()
 		s.mu.Lock()
 		wasOpen := s.state == stateOpen
 		s.state = stateClosed
@@ -292,8 +346,15 @@ func (s *Store) enqueue(ctx context.Context, o writeOp) error {
 	select {
 	case s.ops <- o:
 		return nil
+	default:
+	}
+	select {
+	case s.ops <- o:
+		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-s.quit:
+		return fleet.ErrClosed
 	}
 }
 

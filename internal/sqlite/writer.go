@@ -192,49 +192,6 @@ func (p *batchPlan) reset() {
 	p.ops = p.ops[:0]
 }
 
-// commitBatch commits ops in one transaction, less the progress saves that
-// a later save of the same row makes useless (batchPlan). When that fails
-// it applies every operation of ops, none skipped, one per transaction, so
-// that one bad operation is dropped (and logged) without losing the others:
-// the outcome of each is then what it would have been without batching.
-func (s *Store) commitBatch(ops []batchOp) {
-	start := time.Now()
-	defer func() { s.stats.commitNanos.Add(int64(time.Since(start))) }()
-	plan, upserts := s.plan.plan(ops)
-	err := s.stmts.execTx(s.writer, plan)
-	s.plan.reset()
-	if err == nil {
-		s.stats.transactions.Add(1)
-		s.stats.rows.Add(int64(len(ops)))
-		s.stats.progressWrites.Add(int64(upserts))
-		s.stats.lastBatch.Store(int64(len(ops)))
-		s.notifyEvents(ops)
-		return
-	}
-	if len(ops) > 1 {
-		s.Logger.Warn("store batch failed, retrying one by one", "ops", len(ops), "err", err)
-	}
-	var ok int64
-	for _, o := range ops {
-		if err := s.stmts.execTx(s.writer, []batchOp{o}); err != nil {
-			s.stats.dropped.Add(1)
-			s.Logger.Error("store write dropped", append(o.attrs(), "err", err)...)
-			if s.werr == nil {
-				s.werr = err
-			}
-			continue
-		}
-		ok++
-		s.stats.transactions.Add(1)
-		if _, save := o.(*saveProgressOp); save {
-			s.stats.progressWrites.Add(1)
-		}
-		s.notifyEvents([]batchOp{o})
-	}
-	s.stats.rows.Add(ok)
-	s.stats.lastBatch.Store(1)
-}
-
 func rollback(tx *sql.Tx) error {
 	if err := tx.Rollback(); err != nil && !errors.Is(err, sql.ErrTxDone) {
 		return fmt.Errorf("rollback: %w", err)
@@ -253,12 +210,15 @@ func (s *Store) doSync(ctx context.Context, run func() error) error {
 	}
 	select {
 	case err := <-o.reply:
-		return err
+		return unavailableErr(err)
 	case <-ctx.Done():
 		if o.claim.CompareAndSwap(syncPending, syncAbandoned) {
+			if err := s.Unavailable(); err != nil {
+				return fmt.Errorf("%w: %w", ctx.Err(), err)
+			}
 			return ctx.Err()
 		}
-		return <-o.reply
+		return unavailableErr(<-o.reply)
 	}
 }
 
