@@ -139,7 +139,7 @@ func testFullDisk(t *testing.T, kill bool) {
 	st := s.status(id)
 	require.False(t, st.State.Terminal(), "the update ended before the disk filled; it must be slower for this test")
 	assert.Equal(t, "store", st.Waiting)
-	assert.Contains(t, s.mustCLI("update", "status", id), "store: it cannot write")
+	assert.Contains(t, s.mustCLI("update", "status", id), "the store cannot write")
 
 	code, e := s.post("/api/v1/updates/"+id+"/pause", "")
 	assert.Equal(t, http.StatusServiceUnavailable, code)
