@@ -41,6 +41,10 @@ func TestParseFlags_Validation(t *testing.T) {
 		"empty version":      {"--version", ""},
 		"too many devices":   {"--devices", "100000"},
 		"prefix too long ID": {"--id-prefix", string(bytes.Repeat([]byte("a"), 60))},
+		"max chunk too low":  {"--max-chunk", "255"},
+		"max chunk too high": {"--max-chunk", "65537"},
+		"max window 65":      {"--max-window", "65"},
+		"limited every 0":    {"--max-chunk", "1024", "--limited-every", "0"},
 	}
 	for name, args := range bad {
 		t.Run(name, func(t *testing.T) {
