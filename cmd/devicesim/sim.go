@@ -70,10 +70,11 @@ type options struct {
 	memProfile      string
 	cpuProfile      string
 	keepAlive       time.Duration
-	maxChunk        int  // limit stated by limited devices; 0: none
-	maxWindow       int  // as maxChunk
-	limitedEvery    int  // every this many devices is limited, from the first
-	quietLimits     bool // limited devices enforce their limits without stating them
+	flashRate       int64 // bytes/s a device writes to flash; 0: instant
+	maxChunk        int   // limit stated by limited devices; 0: none
+	maxWindow       int   // as maxChunk
+	limitedEvery    int   // every this many devices is limited, from the first
+	quietLimits     bool  // limited devices enforce their limits without stating them
 }
 
 func newFlagSet(o *options, tags *string) *flag.FlagSet {
@@ -113,6 +114,7 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.DurationVar(&o.keepAlive, "keepalive", agent.DefaultKeepAlive, "MQTT keepalive of each device; 0: none (saves a goroutine and a timer per device)")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile of the fleet to this file before it disconnects")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	fs.Var((*rateFlag)(&o.flashRate), "flash-rate", "how fast each device writes chunks to flash, blocking before it acks, in bytes/s as --bandwidth (16 KiB in 300 ms: 54613); 0: instant")
 	fs.IntVar(&o.maxChunk, "max-chunk", 0, "largest chunk payload in bytes (256..65536) the limited devices take and state in their hello; 0: no limit")
 	fs.IntVar(&o.maxWindow, "max-window", 0, "largest window in chunks (1..64) the limited devices take and state in their hello; 0: no limit")
 	fs.IntVar(&o.limitedEvery, "limited-every", 1, "with --max-chunk or --max-window, every Nth device is limited (1: all; 2: the 1st, 3rd, ...)")
@@ -246,7 +248,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			RebootDelay: rebootDelay, InstallDelay: o.installDelay, Faults: o.faults, StateFile: stateFile,
 			Seed: seed + uint64(i) + 1, Logger: log, Username: o.username, Password: o.password,
 			PublicKey: o.publicKey,
-			Bandwidth: o.bandwidth, Latency: o.latency, KeepAlive: keepAlive(o.keepAlive),
+			Bandwidth: o.bandwidth, Latency: o.latency, KeepAlive: keepAlive(o.keepAlive), FlashRate: o.flashRate,
 		}
 		if i%o.limitedEvery == 0 {
 			cfg.MaxChunk, cfg.MaxWindow, cfg.QuietLimits = o.maxChunk, o.maxWindow, o.quietLimits

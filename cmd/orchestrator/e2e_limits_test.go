@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -68,4 +69,30 @@ func TestE2E_DevicesThatState1KiBChunksUpdateFromA16KiBUpdate(t *testing.T) {
 	q := quiet.stop(t)
 	assert.Equal(t, 0, q.Updated)
 	assert.Equal(t, 1, q.Failed)
+}
+
+func TestE2E_SlowFlashDevicesPaceTheWindowWithMaxWindow(t *testing.T) {
+	s := startServer(t)
+	// 16 KiB written in 300 ms, blocking before each ack. With the update's
+	// window of 32, the first ack would come after 16 writes (4.8 s), past
+	// the 2 s ack timeout, and whole windows would be sent again (measured
+	// 2.5 times the image's bytes). The devices state a window of 8: the
+	// first ack comes after 4 writes (1.2 s).
+	slow := startSim(t, s, "--devices", "4", "--id-prefix", "slow-", "--model", "sim-a",
+		"--flash-rate", "54613", "--max-window", "8")
+	s.waitOnline(4)
+	fw, digest := s.firmware(512*1024, "1.1.0")
+	start := time.Now()
+	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--chunk-size", "16384", "--window", "32"))
+	_, code := s.cli("update", "watch", id, "--interval", "200ms")
+	require.Zero(t, code)
+	st := s.status(id)
+	assert.Equal(t, 4, st.Counts[fleet.StateSucceeded])
+	t.Logf("4 devices, 512 KiB each at 54,613 B/s of flash: %s, %d bytes sent for %d acked, %d chunks resent",
+		time.Since(start).Round(100*time.Millisecond), st.BytesSent, st.BytesAcked, st.Resends)
+	assert.Less(t, st.BytesSent, st.BytesAcked*3/2, "the window paced the devices: no whole windows sent again")
+	assert.Equal(t, 4, slow.stop(t).Updated)
+	for _, d := range slow.limits(t).DevicesDetail {
+		assert.Equal(t, digest, d.ImageSHA256, d.ID)
+	}
 }

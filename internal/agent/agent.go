@@ -111,6 +111,10 @@ type Config struct {
 	// the device receives and sends (link.go).
 	Bandwidth int64
 	Latency   time.Duration
+	// FlashRate is how fast the device writes chunks to flash, in bytes
+	// per second (0: instantly). The agent's loop blocks while it writes,
+	// before it acks, as a device that writes from its only buffer does.
+	FlashRate int64
 	// KeepAlive is the MQTT keepalive (default DefaultKeepAlive); negative:
 	// none, which saves paho's keepalive goroutine and ticker per device.
 	KeepAlive time.Duration

@@ -155,6 +155,9 @@ func (a *Agent) handleChunk(b []byte) {
 		return
 	}
 	t.hash.Write(f.Payload)
+	if r := a.cfg.FlashRate; r > 0 {
+		time.Sleep(time.Duration(n * int64(time.Second) / r))
+	}
 	t.expected += n
 	a.updateStats(func(s *Stats) { s.BytesReceived += n })
 	a.checkpoint(t)
