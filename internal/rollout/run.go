@@ -252,9 +252,9 @@ func (e *Engine) pump(t *target) {
 	r := t.r
 	size := r.fw.Size
 	if t.chunk == 0 {
-		// Not offered since a restart: the device's limits are known
-		// only from the hello that comes before its re-offer.
-		return
+		// Acked before its first offer since a restart: the limits of the
+		// device's latest hello, if it said one, else the update's.
+		e.sizeOffer(t)
 	}
 	chunk := int64(t.chunk)
 	limit := t.acked + chunk*int64(t.window)
