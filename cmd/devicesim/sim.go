@@ -70,6 +70,11 @@ type options struct {
 	memProfile      string
 	cpuProfile      string
 	keepAlive       time.Duration
+	flashRate       int64 // bytes/s a device writes to flash; 0: instant
+	maxChunk        int   // limit stated by limited devices; 0: none
+	maxWindow       int   // as maxChunk
+	limitedEvery    int   // every this many devices is limited, from the first
+	quietLimits     bool  // limited devices enforce their limits without stating them
 }
 
 func newFlagSet(o *options, tags *string) *flag.FlagSet {
@@ -109,6 +114,11 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.DurationVar(&o.keepAlive, "keepalive", agent.DefaultKeepAlive, "MQTT keepalive of each device; 0: none (saves a goroutine and a timer per device)")
 	fs.StringVar(&o.memProfile, "memprofile", "", "write a heap profile of the fleet to this file before it disconnects")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	fs.Var((*rateFlag)(&o.flashRate), "flash-rate", "how fast each device writes chunks to flash, blocking before it acks, in bytes/s as --bandwidth (16 KiB in 300 ms: 54613); 0: instant")
+	fs.IntVar(&o.maxChunk, "max-chunk", 0, "largest chunk payload in bytes (256..65536) the limited devices take and state in their hello; 0: no limit")
+	fs.IntVar(&o.maxWindow, "max-window", 0, "largest window in chunks (1..64) the limited devices take and state in their hello; 0: no limit")
+	fs.IntVar(&o.limitedEvery, "limited-every", 1, "with --max-chunk or --max-window, every Nth device is limited (1: all; 2: the 1st, 3rd, ...)")
+	fs.BoolVar(&o.quietLimits, "quiet-limits", false, "limited devices enforce their limits without stating them, as 1.0 agents (they reject larger offers chunk_too_large)")
 	fs.DurationVar(&o.latency, "latency", 0, "one-way delay added to every message a device receives and sends (a round trip gains twice this)")
 	fs.Float64Var(&o.faults.RebootMidDownload, "reboot-mid-download", 0, "probability (0..1) that a device loses power once mid-transfer and boots again "+
 		"after --reboot-delay, resuming from its last checkpoint with --state-dir, else from scratch")
@@ -170,6 +180,15 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.rebootDelay < 0 || o.installDelay < 0 || o.duration < 0 || o.latency < 0 || o.keepAlive < 0 {
 		return o, usagef("--reboot-delay, --install-delay, --duration, --latency and --keepalive must not be negative")
+	}
+	if o.maxChunk != 0 && (o.maxChunk < protocol.MinDeviceChunk || o.maxChunk > protocol.MaxChunkPayload) {
+		return o, usagef("--max-chunk must be 0 or %d..%d, got %d", protocol.MinDeviceChunk, protocol.MaxChunkPayload, o.maxChunk)
+	}
+	if o.maxWindow < 0 || o.maxWindow > protocol.MaxDeviceWindow {
+		return o, usagef("--max-window must be 0..%d, got %d", protocol.MaxDeviceWindow, o.maxWindow)
+	}
+	if o.limitedEvery < 1 {
+		return o, usagef("--limited-every must be at least 1, got %d", o.limitedEvery)
 	}
 	if o.keepAlive > 0 && o.keepAlive < time.Second {
 		return o, usagef("--keepalive must be 0 or at least 1s, got %s", o.keepAlive)
@@ -238,7 +257,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			RebootDelay: rebootDelay, InstallDelay: o.installDelay, Faults: o.faults, StateFile: stateFile,
 			Seed: seed + uint64(i) + 1, Logger: log, Username: o.username, Password: o.password,
 			PublicKey: o.publicKey,
-			Bandwidth: o.bandwidth, Latency: o.latency, KeepAlive: keepAlive(o.keepAlive),
+			Bandwidth: o.bandwidth, Latency: o.latency, KeepAlive: keepAlive(o.keepAlive), FlashRate: o.flashRate,
+		}
+		if i%o.limitedEvery == 0 {
+			cfg.MaxChunk, cfg.MaxWindow, cfg.QuietLimits = o.maxChunk, o.maxWindow, o.quietLimits
 		}
 		if err := sec.apply(&cfg); err != nil {
 			return err
@@ -382,6 +404,7 @@ type summary struct {
 	ChunksDropped   int      `json:"chunks_dropped"`
 	BadFrames       int      `json:"bad_frames"`
 	QueueDropped    int      `json:"queue_dropped"`
+	OversizedFrames int      `json:"oversized_frames"` // frames over a limited device's --max-chunk, dropped
 	UpdateTimeP50Ms float64  `json:"update_time_p50_ms"`
 	UpdateTimeP99Ms float64  `json:"update_time_p99_ms"`
 	ElapsedSeconds  float64  `json:"elapsed_seconds"`
@@ -405,6 +428,7 @@ type deviceDetail struct {
 	Failed        bool    `json:"failed"`
 	Reason        string  `json:"reason,omitempty"`
 	UpdateTimeMs  float64 `json:"update_time_ms,omitempty"`
+	MaxChunk      int     `json:"max_chunk,omitempty"` // the device's --max-chunk, if limited
 }
 
 // summarize collects the fleet's stats. Updated counts devices on the
@@ -432,12 +456,14 @@ func summarize(o options, agents []*agent.Agent, elapsed time.Duration) summary 
 		sum.ChunksDropped += s.ChunksDropped
 		sum.BadFrames += s.BadFrames
 		sum.QueueDropped += s.QueueDropped
+		sum.OversizedFrames += s.OversizedFrames
 		if s.UpdateTime > 0 {
 			times = append(times, s.UpdateTime)
 		}
 		sum.DevicesDetail = append(sum.DevicesDetail, deviceDetail{
 			ID: s.ID, Version: s.Version, Connected: s.Connected, Installs: s.Installs, BytesReceived: s.BytesReceived,
 			ImageSHA256: s.ImageSHA256, Failed: s.Failed, Reason: string(s.LastReason), UpdateTimeMs: ms(s.UpdateTime),
+			MaxChunk: a.MaxChunk(),
 		})
 	}
 	slices.Sort(times)

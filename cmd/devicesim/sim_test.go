@@ -45,6 +45,10 @@ func TestParseFlags_Validation(t *testing.T) {
 		"tag value too long": {"--tags", "site=" + string(bytes.Repeat([]byte("a"), 65))},
 		"model not ASCII":    {"--model", "capteur-é"},
 		"version too long":   {"--version", string(bytes.Repeat([]byte("1"), 65))},
+		"max chunk too low":  {"--max-chunk", "255"},
+		"max chunk too high": {"--max-chunk", "65537"},
+		"max window 65":      {"--max-window", "65"},
+		"limited every 0":    {"--max-chunk", "1024", "--limited-every", "0"},
 	}
 	for name, args := range bad {
 		t.Run(name, func(t *testing.T) {

@@ -86,6 +86,17 @@ type Config struct {
 	// QueueSize bounds the inbound message queue (default DefaultQueueSize).
 	QueueSize int
 
+	// MaxChunk and MaxWindow are the largest chunk payload (bytes) and
+	// window (chunks) the device takes, stated in its hello (protocol
+	// 1.1); zero: any. The device rejects offers over them
+	// (chunk_too_large) and drops larger frames, as a device whose
+	// buffer is that small would. QuietLimits enforces them without
+	// stating them, as a 1.0 agent would. Caps are stated in the hello.
+	MaxChunk    int
+	MaxWindow   int
+	QuietLimits bool
+	Caps        []string
+
 	// StateFile, when set, is where the agent keeps what it holds across
 	// restarts (persist.go); empty: nothing is persisted. During a download
 	// the file is saved every CheckpointBytes or CheckpointInterval
@@ -100,6 +111,10 @@ type Config struct {
 	// the device receives and sends (link.go).
 	Bandwidth int64
 	Latency   time.Duration
+	// FlashRate is how fast the device writes chunks to flash, in bytes
+	// per second (0: instantly). The agent's loop blocks while it writes,
+	// before it acks, as a device that writes from its only buffer does.
+	FlashRate int64
 	// KeepAlive is the MQTT keepalive (default DefaultKeepAlive); negative:
 	// none, which saves paho's keepalive goroutine and ticker per device.
 	KeepAlive time.Duration
@@ -144,6 +159,8 @@ type Stats struct {
 	ChunksDropped int `json:"chunks_dropped"`
 	// BadFrames counts down messages that did not decode (bad CRC, bad JSON...).
 	BadFrames int `json:"bad_frames"`
+	// OversizedFrames counts frames dropped for a payload over MaxChunk.
+	OversizedFrames int `json:"oversized_frames,omitempty"`
 	// QueueDropped counts messages dropped because the inbound queue was full.
 	QueueDropped int `json:"queue_dropped"`
 	// Updated: the device rebooted into a new version.
@@ -311,6 +328,9 @@ func New(cfg Config) *Agent {
 
 // ID returns the device ID.
 func (a *Agent) ID() string { return a.cfg.ID }
+
+// MaxChunk is the largest chunk payload the device takes (Config.MaxChunk).
+func (a *Agent) MaxChunk() int { return a.cfg.MaxChunk }
 
 // Start starts the agent and waits until it first connected and said hello,
 // or until ctx ends or Config.ConnectTimeout passes. After an error the agent

@@ -210,6 +210,13 @@ func (im image) offer(update string, handle uint32, version, model string) proto
 
 func startAgent(t *testing.T, o *orch, mod func(*Config)) *Agent {
 	t.Helper()
+	a, _ := startAgentHello(t, o, mod)
+	return a
+}
+
+// startAgentHello starts an agent and returns it with its first hello.
+func startAgentHello(t *testing.T, o *orch, mod func(*Config)) (*Agent, protocol.Hello) {
+	t.Helper()
 	cfg := Config{
 		Broker: o.url, ID: "dev-1", Model: "m1", Version: "1.0.0",
 		Tags:        map[string]string{"site": "a"},
@@ -230,7 +237,7 @@ func startAgent(t *testing.T, o *orch, mod func(*Config)) *Agent {
 	require.Equal(t, cfg.Version, h.Version)
 	require.Equal(t, cfg.Model, h.Model)
 	require.Nil(t, h.Transfer)
-	return a
+	return a, h
 }
 
 func eventually(t *testing.T, cond func() bool, what string) {

@@ -89,6 +89,10 @@ func (a *Agent) handleOffer(b []byte) {
 		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonNoSpace})
 		return
 	}
+	if a.tooLarge(o) {
+		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonChunkTooLarge})
+		return
+	}
 	if t != nil && t.fw.Size == o.Firmware.Size && strings.EqualFold(t.fw.SHA256, o.Firmware.SHA256) {
 		// The same update again (a re-offer, or after an orchestrator
 		// restart): keep the bytes, adopt the handle.
@@ -140,12 +144,20 @@ func (a *Agent) handleChunk(b []byte) {
 		a.updateStats(func(s *Stats) { s.ChunksDropped++ })
 		return
 	}
+	if a.cfg.MaxChunk > 0 && len(f.Payload) > a.cfg.MaxChunk {
+		// Over the buffer: a real device could not receive it at all.
+		a.updateStats(func(s *Stats) { s.OversizedFrames++ })
+		return
+	}
 	off, n := int64(f.Offset), int64(len(f.Payload))
 	if off != t.expected || n == 0 || off+n > t.fw.Size {
 		a.ack(t) // a gap or a duplicate: the duplicate ack tells the expected offset
 		return
 	}
 	t.hash.Write(f.Payload)
+	if r := a.cfg.FlashRate; r > 0 {
+		time.Sleep(time.Duration(n * int64(time.Second) / r))
+	}
 	t.expected += n
 	a.updateStats(func(s *Stats) { s.BytesReceived += n })
 	a.checkpoint(t)
@@ -249,6 +261,9 @@ func (a *Agent) heldHello() *protocol.Held {
 // waits for the PUBACK and then forgets the transfer.
 func (a *Agent) sayHello(held *protocol.Held) {
 	h := protocol.Hello{V: protocol.Version, Model: a.cfg.Model, Version: a.version, Tags: a.cfg.Tags, Transfer: held}
+	if !a.cfg.QuietLimits {
+		h.MaxChunk, h.MaxWindow, h.Caps = a.cfg.MaxChunk, a.cfg.MaxWindow, a.cfg.Caps
+	}
 	tok := a.out(protocol.UpTopic(a.cfg.ID, protocol.KindHello), 1, protocol.Encode(h))
 	a.resumeHeld()
 	if held == nil || held.State != fleet.StateRebooting || a.held == nil || a.held.update != held.Update {
@@ -344,4 +359,10 @@ func (a *Agent) endTime(r protocol.Report) time.Duration {
 		return 0
 	}
 	return time.Since(a.lastOffer.at)
+}
+
+// tooLarge reports whether an offer's chunk size or window is over the
+// device's limits (docs/PROTOCOL.md §5.4 rule 7).
+func (a *Agent) tooLarge(o protocol.Offer) bool {
+	return a.cfg.MaxChunk > 0 && o.ChunkSize > a.cfg.MaxChunk || a.cfg.MaxWindow > 0 && o.Window > a.cfg.MaxWindow
 }

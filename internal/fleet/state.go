@@ -112,6 +112,7 @@ const (
 	ReasonBusy              Reason = "busy"               // (device) another transfer is in progress
 	ReasonIncompatibleModel Reason = "incompatible_model" // (device) image is for another model
 	ReasonNoSpace           Reason = "insufficient_space" // (device) image does not fit
+	ReasonChunkTooLarge     Reason = "chunk_too_large"    // (device) the offer's chunk_size or window exceeds its buffer
 	ReasonVersionNotNewer   Reason = "version_not_newer"  // (device) refuses to downgrade
 	ReasonBadDigest         Reason = "bad_digest"         // (device) SHA-256 mismatch
 	ReasonBadSignature      Reason = "bad_signature"      // (device) signature does not verify

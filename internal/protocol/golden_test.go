@@ -155,6 +155,10 @@ var goldenValid = map[string]any{
 		Tags:     map[string]string{"site": "lyon", "ring": "beta"},
 		Transfer: &Held{Update: goldenUpdate, Handle: goldenHandle, Offset: goldenSize, State: fleet.StateRebooting},
 	},
+	"hello_limits.json": Hello{
+		V: 1, Model: "esp32-c3", Version: "1.4.2",
+		MaxChunk: 4096, MaxWindow: 4, Caps: []string{"ota-dual-bank"},
+	},
 	"hello_unknown_fields.json": Hello{
 		V: 1, Model: "esp32-c3", Version: "1.4.2",
 		Tags: map[string]string{"site": "lyon"},
@@ -168,6 +172,10 @@ var goldenValid = map[string]any{
 	"report_rejected.json": Report{
 		V: 1, Update: goldenUpdate, Handle: goldenHandle, State: fleet.StateRejected,
 		Reason: fleet.ReasonIncompatibleModel, Version: "1.4.2",
+	},
+	"report_rejected_chunk_too_large.json": Report{
+		V: 1, Update: goldenUpdate, Handle: goldenHandle, State: fleet.StateRejected,
+		Reason: fleet.ReasonChunkTooLarge, Version: "1.4.2",
 	},
 	"report_downloaded.json": Report{
 		V: 1, Update: goldenUpdate, Handle: goldenHandle, State: fleet.StateDownloaded, Offset: goldenSize,
@@ -229,6 +237,19 @@ var goldenInvalid = map[string]error{
 	"report_reason_too_long.json":             ErrBadValue,
 	"report_version_control_char.json":        ErrBadValue,
 	"report_update_escape_sequence.json":      ErrBadValue,
+	"hello_max_chunk_below_256.json":          ErrBadValue,
+	"hello_max_chunk_over_65536.json":         ErrBadValue,
+	"hello_max_chunk_zero.json":               ErrBadValue,
+	"hello_max_chunk_string.json":             errJSONType,
+	"hello_max_window_zero.json":              ErrBadValue,
+	"hello_max_window_over_64.json":           ErrBadValue,
+	"hello_caps_over_16.json":                 ErrBadValue,
+	"hello_caps_not_array.json":               errJSONType,
+	"hello_cap_upper_case.json":               ErrBadValue,
+	"hello_cap_empty.json":                    ErrBadValue,
+	"hello_cap_over_32_bytes.json":            ErrBadValue,
+	"offer_missing_handle.json":               ErrMissing,
+	"offer_window_over_64.json":               ErrBadValue,
 	"ack_bad_version.json":                    ErrBadVersion,
 	"ack_wrong_type.json":                     errJSONType,
 	"ack_not_json.json":                       errJSONSyntax,
@@ -361,7 +382,8 @@ func TestGolden_DocShowsVectors(t *testing.T) {
 	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "PROTOCOL.md"))
 	require.NoError(t, err)
 	for _, name := range []string{
-		"hello.json", "hello_resume.json", "hello_rebooted.json",
+		"hello.json", "hello_resume.json", "hello_rebooted.json", "hello_limits.json",
+		"report_rejected_chunk_too_large.json",
 		"report_accepted.json", "report_accepted_resume.json", "report_rejected.json",
 		"report_downloaded.json", "report_rebooting.json", "report_failed.json",
 		"report_cancelled.json", "ack.json", "offer.json", "cancel.json", "chunk.hex",

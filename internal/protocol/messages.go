@@ -33,6 +33,13 @@ type Hello struct {
 	Version  string            `json:"version"`
 	Tags     map[string]string `json:"tags,omitempty"`
 	Transfer *Held             `json:"transfer,omitempty"`
+	// MaxChunk and MaxWindow are the largest chunk payload (bytes) and
+	// window (chunks) the device accepts; zero: not stated, the update's
+	// values apply. Caps names capabilities for later protocol versions.
+	// All three are new in protocol 1.1 (limits.go).
+	MaxChunk  int      `json:"max_chunk,omitempty"`
+	MaxWindow int      `json:"max_window,omitempty"`
+	Caps      []string `json:"caps,omitempty"`
 }
 
 // Held is the transfer a device holds across a reconnect or a reboot.
@@ -132,7 +139,11 @@ func invalid(kind string, err error, format string, args ...any) error {
 
 // DecodeHello parses and validates a hello.
 func DecodeHello(b []byte) (Hello, error) {
-	m, err := decode(KindHello, b, func(m *Hello) int { return m.V })
+	w, err := decode(KindHello, b, func(m *helloWire) int { return m.V })
+	if err != nil {
+		return Hello{}, err
+	}
+	m, err := w.limits()
 	if err != nil {
 		return Hello{}, err
 	}
@@ -197,12 +208,22 @@ func DecodeAck(b []byte) (Ack, error) {
 
 // DecodeOffer parses an offer (device side).
 func DecodeOffer(b []byte) (Offer, error) {
-	m, err := decode(KindOffer, b, func(m *Offer) int { return m.V })
+	w, err := decode(KindOffer, b, func(m *offerWire) int { return m.V })
 	if err != nil {
 		return Offer{}, err
 	}
+	if w.Handle == nil {
+		return Offer{}, invalid(KindOffer, ErrMissing, "handle")
+	}
+	m := w.Offer
+	m.Handle = *w.Handle
 	if m.Update == "" || m.Firmware.Size < 0 || m.ChunkSize <= 0 || m.ChunkSize > MaxChunkPayload || m.Window <= 0 {
 		return Offer{}, invalid(KindOffer, ErrBadValue, "update, size, chunk_size or window")
+	}
+	if m.Window > MaxDeviceWindow {
+		// No orchestrator offers more: a device must not size its
+		// buffers from a number it cannot trust.
+		return Offer{}, invalid(KindOffer, ErrBadValue, "window %d over %d", m.Window, MaxDeviceWindow)
 	}
 	return m, nil
 }

@@ -96,6 +96,7 @@ type Engine struct {
 	runs       map[string]*run                // active updates by ID
 	active     map[string]*target             // device ID -> its target in an active update
 	ready      map[string]bool                // devices that said hello on their current connection
+	limits     map[string]deviceLimits        // limits stated in the hello of connected devices (limits.go)
 	seq        int64                          // last event sequence number
 	ended      map[string]fleet.UpdateSummary // final summaries of recently ended updates
 	endedOrder []string                       // ended's keys, oldest first

@@ -75,6 +75,7 @@ func newTimedTarget(t *testing.T, now *time.Time) (*Engine, *countingTransport, 
 	tg := r.add(fleet.Progress{DeviceID: "d-1", State: fleet.StateDownloading}, 1)
 	tg.slot = true
 	tg.progress = *now
+	e.sizeOffer(tg) // as an offer does
 	e.pump(tg)
 	require.Equal(t, 4, tr.chunks, "a window of chunks")
 	e.runs = map[string]*run{r.u.ID: r}

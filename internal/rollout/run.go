@@ -90,7 +90,8 @@ type target struct {
 
 	rtt rttClock // ack round trip and resend backoff (rto.go)
 
-	illegalAt int64 // unix nanoseconds of its last illegal change recorded as an event; 0 none
+	illegalAt     int64 // unix nanoseconds of its last illegal change recorded as an event; 0 none
+	chunk, window int   // of the current offer: the update's, lowered to the device's limits (limits.go)
 }
 
 func newRun(u fleet.Update, fw fleet.Firmware, b blob, m *fleet.Matcher) *run {
@@ -247,6 +248,7 @@ func (e *Engine) offer(t *target) {
 	t.recoverAt = -1
 	t.sentHigh = t.acked // nothing sent under the new handle yet
 	t.rtt.reset()
+	e.sizeOffer(t)
 	if t.p.State != fleet.StateOffered {
 		if !e.setState(t, fleet.StateOffered, "") {
 			return
@@ -257,7 +259,7 @@ func (e *Engine) offer(t *target) {
 	msg := protocol.Offer{
 		V: protocol.Version, Update: r.u.ID, Handle: t.handle, Attempt: t.p.Attempts,
 		Firmware:  protocol.FirmwareInfoOf(r.fw),
-		ChunkSize: r.u.Policy.ChunkSize, Window: r.u.Policy.Window,
+		ChunkSize: t.chunk, Window: t.window,
 	}
 	if err := e.Transport.Publish(protocol.DownTopic(t.p.DeviceID, protocol.KindOffer), protocol.Encode(msg), false, 1); err != nil {
 		e.Logger.Warn("publish offer", "device", t.p.DeviceID, "err", err)
@@ -268,8 +270,13 @@ func (e *Engine) offer(t *target) {
 func (e *Engine) pump(t *target) {
 	r := t.r
 	size := r.fw.Size
-	chunk := int64(r.u.Policy.ChunkSize)
-	limit := t.acked + chunk*int64(r.u.Policy.Window)
+	if t.chunk == 0 {
+		// Acked before its first offer since a restart: the limits of the
+		// device's latest hello, if it said one, else the update's.
+		e.sizeOffer(t)
+	}
+	chunk := int64(t.chunk)
+	limit := t.acked + chunk*int64(t.window)
 	topic := ""
 	now := e.now() // one clock read per burst: it times the chunk the rtt clock picks
 	for t.sent < size && t.sent < limit {
@@ -314,7 +321,7 @@ func (e *Engine) frameBuf(n int) []byte {
 // goBack resends from the acknowledged offset.
 func (e *Engine) goBack(t *target) {
 	if t.sent > t.acked {
-		chunk := int64(t.r.u.Policy.ChunkSize)
+		chunk := t.chunkSize()
 		n := (t.sent - t.acked + chunk - 1) / chunk
 		t.r.resends += n
 		e.stats.resends.Add(n)
@@ -503,6 +510,7 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 		e.Logger.Error("save device", "device", device, "err", err)
 	}
 	e.ready[device] = true
+	e.noteLimits(device, h)
 	t := e.active[device]
 	if held := h.Transfer; held != nil && (t == nil || t.r.u.ID != held.Update) {
 		switch held.State {
@@ -634,6 +642,7 @@ func skipReason(d fleet.Device, fw fleet.Firmware, pol fleet.Policy) fleet.Reaso
 
 func (e *Engine) deviceOffline(device string) {
 	delete(e.ready, device)
+	delete(e.limits, device)
 	if err := e.Store.SetDeviceOnline(device, false, e.now().UTC()); err != nil {
 		e.Logger.Error("save device presence", "device", device, "err", err)
 	}

@@ -1,0 +1,39 @@
+package rollout
+
+import "github.com/flotaio/flota/internal/protocol"
+
+// deviceLimits are the largest chunk payload (bytes) and window (chunks) a
+// device stated in its hello (protocol 1.1); zero: not stated.
+type deviceLimits struct{ chunk, window int }
+
+// noteLimits keeps the limits of a device's hello for the offers made on
+// its connection. Only devices that state a limit take an entry, and
+// deviceOffline drops it: the map is bounded by the connected devices.
+func (e *Engine) noteLimits(device string, h protocol.Hello) {
+	if h.MaxChunk == 0 && h.MaxWindow == 0 {
+		delete(e.limits, device)
+		return
+	}
+	if e.limits == nil {
+		e.limits = map[string]deviceLimits{}
+	}
+	e.limits[device] = deviceLimits{chunk: h.MaxChunk, window: h.MaxWindow}
+}
+
+// sizeOffer sets the chunk size and window of t's next offer: the
+// update's, lowered to the device's limits. Every frame of the offer's
+// handle keeps them, resends included, so that a device with a 4 KiB
+// buffer updates from an update created with 16 KiB chunks.
+func (e *Engine) sizeOffer(t *target) {
+	l := e.limits[t.p.DeviceID]
+	t.chunk, t.window = protocol.ChunkFor(t.r.u.Policy.ChunkSize, t.r.u.Policy.Window, l.chunk, l.window)
+}
+
+// chunkSize is the chunk size of t's current offer; the update's before
+// the first offer, when nothing was sent.
+func (t *target) chunkSize() int64 {
+	if t.chunk > 0 {
+		return int64(t.chunk)
+	}
+	return int64(t.r.u.Policy.ChunkSize)
+}
