@@ -32,10 +32,13 @@ const (
 	// authentication, so 1,000 is a reconnection storm of many thousand
 	// devices a second.
 	DefaultMaxUnauthenticated = 1000
-	// DefaultMaxUnauthenticatedPerIP bounds them per source address (an
-	// IPv6 /64, the block one subscriber gets): one host cannot take the
-	// whole of DefaultMaxUnauthenticated. 64 leaves room for a site of
-	// devices behind one NAT reconnecting at once; those refused retry.
+	// DefaultMaxUnauthenticatedPerIP bounds, per source address (an IPv6
+	// /64, the block one subscriber gets), the connections whose CONNECT
+	// has not been read yet: one host cannot take the whole of
+	// DefaultMaxUnauthenticated with sockets that say nothing. Once read,
+	// a CONNECT waits for its authentication under the total bound only,
+	// so a site of devices behind one NAT reconnecting at once is not
+	// refused for the time argon2id takes.
 	DefaultMaxUnauthenticatedPerIP = 64
 	// DefaultMaxConnectSize is the largest CONNECT accepted (its remaining
 	// length, checked before the body is read). A device's CONNECT holds
@@ -95,8 +98,8 @@ type gate struct {
 	mu      sync.Mutex                // guards the fields below
 	open    int                       // admitted connections not yet ended
 	unauth  int                       // of those, not yet authenticated
-	byAddr  map[netip.Prefix]int      // unauthenticated connections per source address
-	pending map[net.Conn]netip.Prefix // unauthenticated connections and their address
+	byAddr  map[netip.Prefix]int      // connections per source address whose CONNECT is not read yet
+	pending map[net.Conn]pendingConn  // unauthenticated connections
 	failing map[string]*acceptFailure // listener ID -> its failure, while Accept fails
 	logs    map[string]*logEvery      // refusal reason -> its log throttle
 }
@@ -117,7 +120,7 @@ func newGate(opts Options, log *slog.Logger) *gate {
 		connectTimeout: max(opts.ConnectTimeout, 0),
 		log:            log,
 		byAddr:         make(map[netip.Prefix]int),
-		pending:        make(map[net.Conn]netip.Prefix),
+		pending:        make(map[net.Conn]pendingConn),
 		failing:        make(map[string]*acceptFailure),
 		logs:           make(map[string]*logEvery),
 	}
@@ -159,7 +162,7 @@ func (g *gate) admit(conn net.Conn) bool {
 		g.open++
 		g.unauth++
 		g.byAddr[src]++
-		g.pending[conn] = src
+		g.pending[conn] = pendingConn{src: src, perAddr: true}
 	}
 	var throttle *logEvery
 	if refused != "" {
@@ -184,6 +187,29 @@ func (g *gate) admit(conn net.Conn) bool {
 	return true
 }
 
+// pendingConn is an unauthenticated connection: its source address, and
+// whether it still counts against that address's cap.
+type pendingConn struct {
+	src     netip.Prefix
+	perAddr bool
+}
+
+// connectRead marks that conn's CONNECT has been read: it no longer counts
+// against its address's cap, only against the total of unauthenticated
+// connections, until its authentication ends. The per-address cap is for
+// sockets that hold the broker without saying who they are; a site of
+// devices behind one address reconnecting at once (after a reboot) waits
+// for its authentications without being refused. Called by the hook.
+func (g *gate) connectRead(conn net.Conn) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if p, ok := g.pending[conn]; ok && p.perAddr {
+		g.releaseAddr(p.src)
+		p.perAddr = false
+		g.pending[conn] = p
+	}
+}
+
 // authenticated marks conn authenticated: it leaves the unauthenticated
 // counts. It is called by the hook, before the CONNACK.
 func (g *gate) authenticated(conn net.Conn) {
@@ -195,16 +221,23 @@ func (g *gate) authenticated(conn net.Conn) {
 // leaveUnauthenticated drops conn from the unauthenticated counts, if it is
 // there, and reports whether it was. g.mu must be held.
 func (g *gate) leaveUnauthenticated(conn net.Conn) bool {
-	src, ok := g.pending[conn]
+	p, ok := g.pending[conn]
 	if !ok {
 		return false
 	}
 	delete(g.pending, conn)
 	g.unauth--
+	if p.perAddr {
+		g.releaseAddr(p.src)
+	}
+	return true
+}
+
+// releaseAddr takes one connection off src's count. g.mu must be held.
+func (g *gate) releaseAddr(src netip.Prefix) {
 	if g.byAddr[src]--; g.byAddr[src] <= 0 {
 		delete(g.byAddr, src)
 	}
-	return true
 }
 
 // ended releases an admitted connection once mochi is done with it; err is

@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/flotaio/flota/internal/auth"
+	"github.com/flotaio/flota/internal/fleet"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -125,6 +129,51 @@ func TestBroker_UnauthenticatedConnectionsAreCappedPerAddressAndInTotal(t *testi
 	s = b.Stats()
 	assert.Equal(t, 4, s.Unauthenticated)
 	assert.Equal(t, 9, s.Connections)
+}
+
+// TestBroker_PerAddressCapReleasesAConnectionOnceItsConnectIsRead: devices
+// behind one address that reconnect at once, each waiting for a slow
+// authentication, are not refused by the per-address cap (it counts sockets
+// that have not said who they are), only bounded by the total.
+func TestBroker_PerAddressCapReleasesAConnectionOnceItsConnectIsRead(t *testing.T) {
+	release := make(chan struct{})
+	var waiting atomic.Int32
+	authenticate := func(ctx context.Context, _ auth.Connect) (fleet.Role, error) {
+		waiting.Add(1)
+		select {
+		case <-release:
+			return fleet.RoleDevice, nil
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+	b, _ := openBroker(t, Options{MaxUnauthenticatedPerIP: 2, Authenticate: authenticate}, nil)
+
+	const n = 5
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			c, err := deviceFrom(t, b, fmt.Sprintf("dev-%d", i), "127.0.0.1")
+			if err == nil {
+				c.Disconnect(0)
+			}
+			errs <- err
+		}()
+	}
+	require.Eventually(t, func() bool { return waiting.Load() == n }, waitFor, tick,
+		"every CONNECT reaches authentication; stats %+v", b.Stats())
+	assert.Equal(t, n, b.Stats().Unauthenticated)
+	assert.Zero(t, b.Stats().UnauthIPRefused)
+	close(release)
+	for range n {
+		require.NoError(t, <-errs)
+	}
+
+	// A socket that says nothing still counts against its address.
+	held := []net.Conn{rawConn(t, b, "127.0.0.1"), rawConn(t, b, "127.0.0.1")}
+	waitStats(t, b, func(s Stats) bool { return s.Unauthenticated == len(held) }, "idle sockets admitted")
+	requireClosedByServer(t, rawConn(t, b, "127.0.0.1"), "a 3rd silent socket from one address")
+	assert.Equal(t, int64(1), b.Stats().UnauthIPRefused)
 }
 
 func TestBroker_ConnectionCapRefusesNewConnectionsAndReportsDegraded(t *testing.T) {

@@ -55,6 +55,9 @@ func (h *hook) Provides(event byte) bool {
 // 0x9F "connection rate exceeded" in MQTT 5) before any password is
 // checked (identity.go).
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if cl.Net.Conn != nil {
+		h.b.gate.connectRead(cl.Net.Conn)
+	}
 	code := packets.CodeSuccess
 	switch {
 	case fleet.ValidDeviceID(cl.ID) && !h.b.connectAllowed(cl):

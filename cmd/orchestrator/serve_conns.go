@@ -24,7 +24,7 @@ func connLimitFlags(fs *flag.FlagSet, c *ConnLimits) {
 	fs.DurationVar(&c.ConnectTimeout, "mqtt-connect-timeout", broker.DefaultConnectTimeout, "close an MQTT connection that sends no complete CONNECT within this long (TLS handshake included; negative: no limit)")
 	fs.IntVar(&c.MaxConnections, "mqtt-max-connections", 0, "most open MQTT connections; more are closed at once (0: the process's file limit minus an eighth of it, at least 128 kept; -1: no limit)")
 	fs.IntVar(&c.MaxUnauthenticated, "mqtt-max-unauthenticated", broker.DefaultMaxUnauthenticated, "most MQTT connections that have not authenticated yet; more are closed at once (-1: no limit)")
-	fs.IntVar(&c.MaxUnauthenticatedPerIP, "mqtt-max-unauthenticated-per-ip", broker.DefaultMaxUnauthenticatedPerIP, "most MQTT connections not authenticated yet from one address (IPv6: one /64) (-1: no limit)")
+	fs.IntVar(&c.MaxUnauthenticatedPerIP, "mqtt-max-unauthenticated-per-ip", broker.DefaultMaxUnauthenticatedPerIP, "most MQTT connections from one address (IPv6: one /64) whose CONNECT has not arrived yet (-1: no limit)")
 	fs.IntVar(&c.MaxConnectSize, "mqtt-max-connect-size", broker.DefaultMaxConnectSize, "largest MQTT CONNECT in bytes (remaining length); larger ones are refused before they are read")
 }
 
