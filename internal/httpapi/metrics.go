@@ -57,6 +57,7 @@ var (
 
 	descBrokerTopic   = desc("flota_broker_topic_refused_total", "MQTT publishes, wills and (un)subscribe filters refused for their topic length or depth.")
 	descBrokerRetain  = desc("flota_broker_retain_refused_total", "MQTT client publishes and wills delivered without their retain flag.")
+	descBrokerSlowMon = desc("flota_broker_slow_monitors_total", "QoS 1 monitors disconnected because they did not take their events in time.")
 	descBrokerSubs    = desc("flota_broker_subscriptions_refused_total", "MQTT subscribe filters refused over a client's subscription quota.")
 	descBrokerSubRate = desc("flota_broker_subscribe_rate_limited_total", "MQTT SUBSCRIBE packets refused over a connection's SUBSCRIBE rate.")
 
@@ -93,6 +94,7 @@ var brokerMetrics = []struct {
 	{"identities", descBrokerIDs, prometheus.GaugeValue},
 	{"topic_refused", descBrokerTopic, prometheus.CounterValue},
 	{"retain_refused", descBrokerRetain, prometheus.CounterValue},
+	{"slow_monitors", descBrokerSlowMon, prometheus.CounterValue},
 	{"subscriptions_refused", descBrokerSubs, prometheus.CounterValue},
 	{"subscribe_rate_limited", descBrokerSubRate, prometheus.CounterValue},
 	{"connections", descBrokerConns, prometheus.GaugeValue},
