@@ -33,7 +33,7 @@ var (
 
 	descChunks      = desc("flota_transfer_chunks_sent_total", "Firmware chunks published to devices, resends included.")
 	descBytes       = desc("flota_transfer_sent_bytes_total", "Firmware payload bytes published to devices, resends included.")
-	descResends     = desc("flota_transfer_resent_chunks_total", "Chunks sent again after a gap or an ack timeout.")
+	descResends     = desc("flota_transfer_resent_chunks_total", "Chunks sent again within an attempt: after a gap, an ack timeout or a re-offer.")
 	descAcks        = desc("flota_transfer_acks_total", "Chunk acknowledgements received from devices.")
 	descBadMsgs     = desc("flota_device_messages_bad_total", "Device messages that could not be decoded or were invalid.")
 	descStaleMsgs   = desc("flota_device_messages_stale_total", "Valid device messages for another update, handle or attempt.")
