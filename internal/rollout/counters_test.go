@@ -74,3 +74,31 @@ func TestEngine_ResumeCountsTheBytesWhoseAcksWereLost(t *testing.T) {
 	assert.Equal(t, fw.Size, s.BytesAcked, "the bytes held at the resume count once")
 	assert.GreaterOrEqual(t, s.BytesSent, s.BytesAcked)
 }
+
+// TestEngine_ResendsCountChunksSentAgainAfterAReoffer has a device get the
+// first of four chunks sent to it, lose the rest, reconnect and accept the
+// re-offer at the offset it holds: the three chunks sent again count as
+// resends.
+func TestEngine_ResendsCountChunksSentAgainAfterAReoffer(t *testing.T) {
+	h := newHarness(t)
+	d := newScripted(t, h, "reoffered", "1.0.0")
+	h.waitDevices(1)
+	fw, _ := h.addFirmware(64*1024, "1.1.0")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 4}, fleet.Selector{})
+	o := d.offer()
+	d.report(o, fleet.StateAccepted, 0, "")
+	var last int64
+	for last < 3*4096 { // the window's four chunks were sent
+		last = max(last, int64(d.firstChunk(o).Offset))
+	}
+	d.hello("1.0.0", &protocol.Held{Update: u.ID, Handle: o.Handle, Offset: 4096, State: fleet.StateDownloading})
+	o = d.offer()
+	d.report(o, fleet.StateAccepted, 4096, "")
+	d.downloadFrom(o, 4096)
+	d.finish(o, u)
+	s := h.waitEnd(u.ID, 20*time.Second)
+	require.Equal(t, fleet.UpdateCompleted, s.State)
+	assert.EqualValues(t, 3, s.Resends, "the chunks at 4, 8 and 12 KiB went twice")
+	assert.Equal(t, fw.Size, s.BytesAcked)
+	assert.Equal(t, fw.Size+3*4096, s.BytesSent)
+}
