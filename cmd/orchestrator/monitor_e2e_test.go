@@ -95,6 +95,7 @@ func TestE2E_QoS1MonitorReceivesEveryEventSeq(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
+	require.Equal(t, maxSeq, last, "the update's last event arrives")
 	var missing []int64
 	for q := first; q <= last; q++ {
 		if !seqs[q] {
