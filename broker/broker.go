@@ -121,6 +121,10 @@ type Options struct {
 	// Logger receives the broker's logs; mochi's own logs go to it at warn
 	// level and above only. Nil discards.
 	Logger *slog.Logger
+	// MonitorStall bounds how long a monitor that subscribed at QoS 1 may
+	// hold the publisher of an event when its queue is full (monitor.go).
+	// Default DefaultMonitorStall; negative drops at once, as for devices.
+	MonitorStall time.Duration
 	// Authenticate, when set, is asked about every connection whose client
 	// ID is valid, and returns the role the ACL then applies. Nil accepts any
 	// valid client ID as a device.
@@ -197,6 +201,9 @@ type Stats struct {
 	// their retain flag (a device's presence excepted, which the protocol
 	// retains and the broker never keeps).
 	RetainRefused int64 `json:"retain_refused"`
+	// SlowMonitors counts monitors disconnected because an event for them
+	// at QoS 1 waited out Options.MonitorStall (monitor.go).
+	SlowMonitors int64 `json:"slow_monitors"`
 	// SubscriptionsRefused counts filters refused over a client's
 	// subscription quota, SubscribeRateLimited SUBSCRIBE packets refused
 	// over its SUBSCRIBE rate.
@@ -224,11 +231,12 @@ type Broker struct {
 
 	subID atomic.Int64 // last inline subscription identifier handed out
 
-	authRefused atomic.Int64
-	aclDenied   atomic.Int64
-	queueDrops  atomic.Int64 // deliveries dropped on a full outbound queue (OnPublishDropped)
-	rateLimited atomic.Int64
-	logs        *logsafe.Limiter // per-client log limit under log
+	authRefused  atomic.Int64
+	aclDenied    atomic.Int64
+	queueDrops   atomic.Int64 // deliveries dropped on a full outbound queue (OnPublishDropped)
+	slowMonitors atomic.Int64 // monitors disconnected for a QoS 1 event they could not take (monitor.go)
+	rateLimited  atomic.Int64
+	logs         *logsafe.Limiter // per-client log limit under log
 
 	connectLimited atomic.Int64 // connections refused by the reconnect limit
 
@@ -296,6 +304,9 @@ func New(opts Options) *Broker {
 	}
 	if opts.MaxPacketSize == 0 {
 		opts.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if opts.MonitorStall == 0 {
+		opts.MonitorStall = DefaultMonitorStall
 	}
 	opts.Topics = opts.Topics.withDefaults()
 	if opts.UpKinds == nil {
@@ -575,6 +586,7 @@ func (b *Broker) Stats() Stats {
 		Identities:           b.identityCount(),
 		TopicRefused:         b.topicRefused.Load(),
 		RetainRefused:        b.retainRefused.Load(),
+		SlowMonitors:         b.slowMonitors.Load(),
 		SubscriptionsRefused: b.subsRefused.Load(),
 		SubscribeRateLimited: b.subRateLimited.Load(),
 		LogLinesSuppressed:   b.logs.Suppressed(),

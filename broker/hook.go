@@ -100,6 +100,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 		return false
 	}
 	h.b.clients.set(cl, &clientState{role: role})
+	h.b.monitorQueue(cl, role)
 	h.b.gate.authenticated(cl.Net.Conn)
 	return true
 }
@@ -168,6 +169,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 // over, and ends its deliveries of stored statuses.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	h.b.endFeeds(cl)
+	h.b.slowMonitor(cl)
 	if st := h.b.clients.get(cl); st != nil {
 		h.b.detachIdentity(st)
 	}

@@ -505,8 +505,8 @@ func (b *Broker) statusWindow(cl *mqtt.Client) int {
 // unacknowledged messages than its window: first the topics to send again,
 // then the snapshot's entries still current (replay's rule). It ends the
 // delivery once everything is acknowledged. It runs on the client's read
-// goroutine; it may wait for a write in progress (NextPacketID takes the
-// client's write lock), never for the client.
+// goroutine; it never waits for the client (NextPacketID takes a lock of
+// its own, not the client's write lock: mochi patch 25).
 func (b *Broker) grant(f *feed, d *delivery) {
 	cl := f.cl
 	window := b.statusWindow(cl)

@@ -25,8 +25,8 @@ type UpdateSummary struct {
 	Counts     map[DeviceState]int `json:"counts"`
 	InFlight   int                 `json:"in_flight"`
 	BytesSent  int64               `json:"bytes_sent"`  // chunk payload bytes published, resends included
-	BytesAcked int64               `json:"bytes_acked"` // payload bytes devices acknowledged
-	Resends    int64               `json:"resends"`     // chunks sent again after a gap or a timeout
+	BytesAcked int64               `json:"bytes_acked"` // image bytes devices hold, each once per attempt (PROTOCOL.md §14.2)
+	Resends    int64               `json:"resends"`     // chunks sent again within an attempt (gap, timeout, re-offer)
 	RateBps    float64             `json:"rate_bps"`    // acknowledged bytes per second, recent
 	ETASeconds float64             `json:"eta_seconds,omitempty"`
 	// Phase is the current rollout phase, from 1; Phases the cumulative

@@ -33,7 +33,7 @@ var (
 
 	descChunks      = desc("flota_transfer_chunks_sent_total", "Firmware chunks published to devices, resends included.")
 	descBytes       = desc("flota_transfer_sent_bytes_total", "Firmware payload bytes published to devices, resends included.")
-	descResends     = desc("flota_transfer_resent_chunks_total", "Chunks sent again after a gap or an ack timeout.")
+	descResends     = desc("flota_transfer_resent_chunks_total", "Chunks sent again within an attempt: after a gap, an ack timeout or a re-offer.")
 	descAcks        = desc("flota_transfer_acks_total", "Chunk acknowledgements received from devices.")
 	descBadMsgs     = desc("flota_device_messages_bad_total", "Device messages that could not be decoded or were invalid.")
 	descStaleMsgs   = desc("flota_device_messages_stale_total", "Valid device messages for another update, handle or attempt.")
@@ -59,6 +59,7 @@ var (
 
 	descBrokerTopic   = desc("flota_broker_topic_refused_total", "MQTT publishes, wills and (un)subscribe filters refused for their topic length or depth.")
 	descBrokerRetain  = desc("flota_broker_retain_refused_total", "MQTT client publishes and wills delivered without their retain flag.")
+	descBrokerSlowMon = desc("flota_broker_slow_monitors_total", "QoS 1 monitors disconnected because they did not take their events in time.")
 	descBrokerSubs    = desc("flota_broker_subscriptions_refused_total", "MQTT subscribe filters refused over a client's subscription quota.")
 	descBrokerSubRate = desc("flota_broker_subscribe_rate_limited_total", "MQTT SUBSCRIBE packets refused over a connection's SUBSCRIBE rate.")
 
@@ -95,6 +96,7 @@ var brokerMetrics = []struct {
 	{"identities", descBrokerIDs, prometheus.GaugeValue},
 	{"topic_refused", descBrokerTopic, prometheus.CounterValue},
 	{"retain_refused", descBrokerRetain, prometheus.CounterValue},
+	{"slow_monitors", descBrokerSlowMon, prometheus.CounterValue},
 	{"subscriptions_refused", descBrokerSubs, prometheus.CounterValue},
 	{"subscribe_rate_limited", descBrokerSubRate, prometheus.CounterValue},
 	{"connections", descBrokerConns, prometheus.GaugeValue},

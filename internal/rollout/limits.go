@@ -28,12 +28,3 @@ func (e *Engine) sizeOffer(t *target) {
 	l := e.limits[t.p.DeviceID]
 	t.chunk, t.window = protocol.ChunkFor(t.r.u.Policy.ChunkSize, t.r.u.Policy.Window, l.chunk, l.window)
 }
-
-// chunkSize is the chunk size of t's current offer; the update's before
-// the first offer, when nothing was sent.
-func (t *target) chunkSize() int64 {
-	if t.chunk > 0 {
-		return int64(t.chunk)
-	}
-	return int64(t.r.u.Policy.ChunkSize)
-}

@@ -44,7 +44,7 @@ func (e *Engine) requeue(t *target, reason fleet.Reason) {
 // which waits for the backoff.
 func (e *Engine) queueAgain(t *target, reason fleet.Reason) {
 	r := t.r
-	t.acked, t.sent = 0, 0
+	t.acked, t.sent, t.credited, t.sentMax = 0, 0, 0, 0 // a new attempt counts its bytes anew
 	t.notBefore = e.now().Add(fleet.Backoff(r.u.Policy.RetryBackoff.D(), t.p.Attempts, e.rng))
 	e.active[t.p.DeviceID] = t
 	e.setState(t, fleet.StateQueued, reason)

@@ -87,6 +87,10 @@ type target struct {
 	dups      dupAcks
 	recoverAt int64 // acked offset of the last go-back on a duplicate ack; -1 none
 	saved     int64 // offset last written to the store
+	// credited: the bytes of the current attempt counted in the run's
+	// bytes acked; sentMax: the offset up to which chunks of the current
+	// attempt were sent, under any handle (counters.go).
+	credited, sentMax int64
 
 	rtt rttClock // ack round trip and resend backoff (rto.go)
 
@@ -118,6 +122,8 @@ func (r *run) closeBlob() {
 // add registers a target with its stored progress.
 func (r *run) add(p fleet.Progress, handle uint32) *target {
 	t := &target{r: r, p: p, handle: handle, recoverAt: -1, acked: p.Offset, sent: p.Offset, saved: p.Offset, sentHigh: r.fw.Size}
+	t.credited = restoredCredit(p, r.fw.Size)
+	t.sentMax = t.credited
 	r.targets[p.DeviceID] = t
 	r.counts[p.State]++
 	r.track(t)
@@ -300,8 +306,13 @@ func (e *Engine) pump(t *target) {
 			e.Logger.Warn("publish chunk", "device", t.p.DeviceID, "err", err)
 			return
 		}
+		if t.sent < t.sentMax {
+			r.resends++ // sent before in this attempt: after a gap, a timeout or a re-offer
+			e.stats.resends.Add(1)
+		}
 		t.sent += n
 		t.sentHigh = max(t.sentHigh, t.sent)
+		t.sentMax = max(t.sentMax, t.sent)
 		t.rtt.sent(now, t.sent)
 		r.bytesSent += n
 		e.stats.chunks.Add(1)
@@ -320,13 +331,7 @@ func (e *Engine) frameBuf(n int) []byte {
 
 // goBack resends from the acknowledged offset.
 func (e *Engine) goBack(t *target) {
-	if t.sent > t.acked {
-		chunk := t.chunkSize()
-		n := (t.sent - t.acked + chunk - 1) / chunk
-		t.r.resends += n
-		e.stats.resends.Add(n)
-	}
-	t.sent = t.acked
+	t.sent = t.acked // pump counts the chunks it sends again as resends
 	t.rtt.resent(false)
 	e.pump(t)
 }
@@ -360,7 +365,7 @@ func (e *Engine) onAck(device string, a protocol.Ack) {
 	}
 	switch {
 	case a.Offset > t.acked:
-		r.bytesAcked += a.Offset - t.acked
+		r.credit(t, a.Offset)
 		t.acked = a.Offset
 		t.progress = e.now()
 		if d, ok := t.rtt.acked(t.progress, a.Offset); ok {
@@ -406,6 +411,7 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 		}
 		// The device's offset is authoritative.
 		t.acked, t.sent, t.sentHigh, t.recoverAt = rep.Offset, rep.Offset, rep.Offset, -1
+		r.credit(t, rep.Offset) // bytes it got before (a lost ack, a restart): once per attempt
 		t.progress = e.now()
 		t.rtt.reset()
 		if !e.setState(t, fleet.StateAccepted, "") {
@@ -462,10 +468,8 @@ func (e *Engine) advance(t *target, to fleet.DeviceState) {
 	if want >= happyIndex(fleet.StateDownloaded) && t.acked < t.r.fw.Size {
 		// Counted as acked: the bytes sent that no ack covered (lost
 		// acks), not the ones the device says it holds without having
-		// been sent them.
-		if sent := min(t.sentHigh, t.r.fw.Size); sent > t.acked {
-			t.r.bytesAcked += sent - t.acked
-		}
+		// been sent them; once per attempt however often it is offered.
+		t.r.credit(t, min(t.sentHigh, t.r.fw.Size))
 		t.acked = t.r.fw.Size
 	}
 	for i := from + 1; i <= want; i++ {

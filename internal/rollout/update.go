@@ -175,7 +175,6 @@ func (e *Engine) loadRun(ctx context.Context, u fleet.Update) (*run, error) {
 	r := newRun(u, fw, blob, matcher)
 	r.blobErr = blobErr
 	r.bytesSent, r.bytesAcked, r.resends, r.savedCounters = c.BytesSent, c.BytesAcked, c.Resends, c
-	r.rateBytes = c.BytesAcked
 	need := 0
 	var started []*target
 	for _, row := range rows {
@@ -201,6 +200,7 @@ func (e *Engine) loadRun(ctx context.Context, u fleet.Update) (*run, error) {
 		r.phase = max(r.phase, t.phase)
 	}
 	r.started = len(started)
+	r.restoreCounters()
 	return r, nil
 }
 
@@ -588,7 +588,7 @@ func (e *Engine) RetryFailed(ctx context.Context, updateID string) (int, error) 
 			if t.p.State != fleet.StateFailed && t.p.State != fleet.StateOffline || e.active[t.p.DeviceID] != nil {
 				continue
 			}
-			t.p.Attempts, t.notBefore, t.acked, t.sent = 0, time.Time{}, 0, 0
+			t.p.Attempts, t.notBefore, t.acked, t.sent, t.credited, t.sentMax = 0, time.Time{}, 0, 0, 0, 0
 			t.started = true
 			e.active[t.p.DeviceID] = t
 			e.setState(t, fleet.StateQueued, fleet.ReasonRetry)

@@ -186,6 +186,47 @@ type ClientState struct {
 	writing         atomic.Bool          // a goroutine is writing the outbound queue (flota patch)
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
+	// QueueFullWait is how long, at most, a QoS 1 or 2 delivery to this
+	// client waits for room in its outbound queue or under
+	// MaximumInflight instead of being dropped at once; 0 (the default)
+	// drops at once. It is set by a hook before the session is
+	// established (flota patch: a monitor that subscribed at QoS 1 keeps
+	// every event of a burst). See waitRoom for the budget that bounds
+	// how long one client can hold its publishers overall.
+	QueueFullWait time.Duration
+	idMu          sync.Mutex // guards the choice of packetID (flota patch)
+	waitMu        sync.Mutex // guards waitDebt and waitAt (flota patch)
+	waitDebt      time.Duration
+	waitAt        time.Time
+}
+
+// waitRoom calls ok, within the client's budget, until it reports room
+// (or takes it: a send that succeeded) or the client closes (flota patch). The budget is a leaky bucket of
+// QueueFullWait that drains at a tenth of the time elapsed: a client that
+// reads slowly can hold its publishers for QueueFullWait at once and for
+// a tenth of the time after that, never longer. It reports whether there
+// is room.
+func (cl *Client) waitRoom(ok func() bool) bool {
+	if cl.State.QueueFullWait <= 0 {
+		return false
+	}
+	cl.State.waitMu.Lock()
+	now := time.Now()
+	cl.State.waitDebt = max(0, cl.State.waitDebt-now.Sub(cl.State.waitAt)/10)
+	cl.State.waitAt = now
+	budget := cl.State.QueueFullWait - cl.State.waitDebt
+	cl.State.waitMu.Unlock()
+
+	deadline := now.Add(budget)
+	room := ok()
+	for !room && !cl.Closed() && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Microsecond)
+		room = ok()
+	}
+	cl.State.waitMu.Lock()
+	cl.State.waitDebt += time.Since(now)
+	cl.State.waitMu.Unlock()
+	return room
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
@@ -507,9 +548,13 @@ func (cl *Client) refreshDeadline(keepalive uint16) {
 // NextPacketID returns the next available (unused) packet id for the client.
 // If no unused packet ids are available, an error is returned and the client
 // should be disconnected.
+//
+// It takes a lock of its own, not the client's write lock, which a write
+// blocked on a client that stopped reading holds: a QoS 1 publish to such
+// a client waited for the connection to time out (flota patch).
 func (cl *Client) NextPacketID() (i uint32, err error) {
-	cl.Lock()
-	defer cl.Unlock()
+	cl.State.idMu.Lock()
+	defer cl.State.idMu.Unlock()
 
 	i = atomic.LoadUint32(&cl.State.packetID)
 	started := i

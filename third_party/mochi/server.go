@@ -36,7 +36,10 @@ var (
 	// Deprecated: Use NewDefaultServerCapabilities to avoid data race issue.
 	DefaultServerCapabilities = NewDefaultServerCapabilities()
 
-	ErrListenerIDExists       = errors.New("listener id already exists")                               // a listener with the same id already exists
+	ErrListenerIDExists = errors.New("listener id already exists") // a listener with the same id already exists
+	// ErrQueueFullWait is the stop cause of a client disconnected because a
+	// QoS 1/2 delivery to it waited out its QueueFullWait budget (flota patch).
+	ErrQueueFullWait          = errors.New("client too slow: a QoS 1/2 delivery to it waited out its budget")
 	ErrConnectionClosed       = errors.New("connection not open")                                      // connection is closed
 	ErrInlineClientNotEnabled = errors.New("please set Options.InlineClient=true to use this feature") // inline client is not enabled by default
 	ErrOptionsUnreadable      = errors.New("unable to read options from bytes")
@@ -1143,10 +1146,14 @@ func (s *Server) publishTo(cl *Client, sub packets.Subscription, pk packets.Pack
 	out.Payload, out.Mods.PooledPayload = copyPayload(payload, out.FixedHeader.Qos == 0)
 
 	if out.FixedHeader.Qos > 0 {
-		if cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
+		maxInflight := int(s.Options.Capabilities.MaximumInflight)
+		if cl.State.Inflight.Len() >= maxInflight && !cl.waitRoom(func() bool { return cl.State.Inflight.Len() < maxInflight }) { // flota patch
 			// add hook?
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
 			s.Log.Warn("client store quota reached", "client", cl.ID, "listener", cl.Net.Listener)
+			if cl.State.QueueFullWait > 0 {
+				cl.Stop(ErrQueueFullWait) // it lost a message it was promised: say so (flota patch)
+			}
 			return out, packets.ErrQuotaExceeded
 		}
 
@@ -1184,6 +1191,21 @@ func (s *Server) publishTo(cl *Client, sub packets.Subscription, pk packets.Pack
 		atomic.AddInt32(&cl.State.outboundQty, 1)
 		cl.startWriter()
 	default:
+		// flota patch: a QoS 1/2 delivery to a client with a QueueFullWait
+		// waits for room (the writer that empties the queue is running:
+		// the queue is full) before it is dropped.
+		if out.FixedHeader.Qos > 0 && cl.waitRoom(func() bool {
+			select {
+			case cl.State.outbound <- q:
+				return true
+			default:
+				return false
+			}
+		}) {
+			atomic.AddInt32(&cl.State.outboundQty, 1)
+			cl.startWriter()
+			return out, nil
+		}
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
 		putQueued(q)
@@ -1194,6 +1216,9 @@ func (s *Server) publishTo(cl *Client, sub packets.Subscription, pk packets.Pack
 		if out.FixedHeader.Qos > 0 {
 			cl.State.Inflight.Delete(out.PacketID) // packet was dropped due to irregular circumstances, so rollback inflight.
 			cl.State.Inflight.IncreaseSendQuota()
+			if cl.State.QueueFullWait > 0 {
+				cl.Stop(ErrQueueFullWait) // it lost a message it was promised: say so (flota patch)
+			}
 		}
 		return out, packets.ErrPendingClientWritesExceeded
 	}
