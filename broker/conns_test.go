@@ -149,6 +149,8 @@ func TestBroker_PerAddressCapReleasesAConnectionOnceItsConnectIsRead(t *testing.
 	}
 	b, _ := openBroker(t, Options{MaxUnauthenticatedPerIP: 2, Authenticate: authenticate}, nil)
 
+	// One after another, so that no more than the cap of them are ever
+	// between their accept and their CONNECT; all wait in authentication.
 	const n = 5
 	errs := make(chan error, n)
 	for i := range n {
@@ -159,9 +161,9 @@ func TestBroker_PerAddressCapReleasesAConnectionOnceItsConnectIsRead(t *testing.
 			}
 			errs <- err
 		}()
+		require.Eventually(t, func() bool { return waiting.Load() == int32(i+1) }, waitFor, tick,
+			"CONNECT %d reaches authentication; stats %+v", i, b.Stats())
 	}
-	require.Eventually(t, func() bool { return waiting.Load() == n }, waitFor, tick,
-		"every CONNECT reaches authentication; stats %+v", b.Stats())
 	assert.Equal(t, n, b.Stats().Unauthenticated)
 	assert.Zero(t, b.Stats().UnauthIPRefused)
 	close(release)

@@ -74,7 +74,9 @@ func TestBroker_MonitorThatStopsReadingIsDisconnectedNotWaitedFor(t *testing.T) 
 		}
 	}
 	waitUntil(t, waitFor, func() bool { return b.Stats().SlowMonitors == 1 }, func() any { return b.Stats() })
-	require.True(t, logs.has("monitor disconnected: too slow for its QoS 1 events; it catches up from the event log"))
+	require.Eventually(t, func() bool {
+		return logs.has("monitor disconnected: too slow for its QoS 1 events; it catches up from the event log")
+	}, waitFor, tick, "the disconnection is logged")
 	// The connection ends: what was written before is read, then EOF.
 	_, err = io.Copy(io.Discard, r)
 	require.NoError(t, err)
