@@ -39,7 +39,7 @@ var AllDeviceStates = []DeviceState{
 // it runs (a forced update) is skipped. Once a device installs, only the boot confirmation (or its
 // absence) decides.
 var transitions = map[DeviceState][]DeviceState{
-	StateQueued:      {StateOffered, StateSkipped, StateCancelled, StateFailed, StateOffline},
+	StateQueued:      {StateOffered, StateSkipped, StateCancelled, StateFailed, StateOffline, StateSucceeded},
 	StateOffered:     {StateOffered, StateAccepted, StateRejected, StateFailed, StateCancelled, StateQueued, StateSkipped},
 	StateAccepted:    {StateOffered, StateDownloading, StateDownloaded, StateFailed, StateCancelled, StateQueued},
 	StateDownloading: {StateOffered, StateDownloaded, StateFailed, StateCancelled, StateQueued},

@@ -556,12 +556,12 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 		// Otherwise the device reconnected before rebooting: wait for its
 		// reports.
 	case st == fleet.StateQueued && confirmed:
-		// Queued here but already running the target: after a crash that
-		// lost its offer and reports (or an update by other means), the
-		// goal is reached. Record the path so the log stays legal.
-		if e.setState(t, fleet.StateOffered, "") {
-			e.advance(t, fleet.StateSucceeded)
-		}
+		// Queued here but already running the target: back late from the
+		// reboot of an attempt that timed out, after a crash that lost its
+		// offer and reports, or updated by other means. The goal is
+		// reached; the log records no offer or download that did not
+		// happen.
+		e.setState(t, fleet.StateSucceeded, "")
 	case st == fleet.StateQueued:
 		if skip := skipReason(d, r.fw, r.u.Policy); skip != "" && !t.started {
 			// Updated (or moved) by other means since the update began.
