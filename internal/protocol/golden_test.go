@@ -101,6 +101,9 @@ func TestGolden_Generated(t *testing.T) {
 	for name, b := range signatureVectors() {
 		vectors[name] = b
 	}
+	for name, v := range reasonVectors() {
+		vectors[name] = Encode(v)
+	}
 	for name, want := range vectors {
 		path := filepath.Join(goldenDir, filepath.FromSlash(name))
 		if *update {
