@@ -1,10 +1,12 @@
 package rollout_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/flotaio/flota/internal/fleet"
 )
@@ -42,4 +44,22 @@ func TestEngine_LateConfirmationAfterConfirmTimeoutLogsNoStepsThatNeverHappened(
 	}
 	assert.Equal(t, []string{"failed>queued", "queued>succeeded"}, after)
 	assert.Zero(t, h.engine.Stats().IllegalChanges)
+}
+
+// A device that did not hold the update it was cancelled in may answer
+// unknown_update (docs/PROTOCOL.md §11): the device is recorded cancelled
+// with the cancel's reason, which says why, not with the device's answer.
+func TestEngine_UnknownUpdateAnswerToACancelRecordsTheCancelReason(t *testing.T) {
+	h := newHarness(t)
+	d := newScripted(t, h, "blank", "1.0.0")
+	h.waitDevices(1)
+	fw, _ := h.addFirmware(8192, "1.1.0")
+	u := h.create(fw, fleet.Policy{ChunkSize: 4096}, fleet.Selector{})
+	o := d.offer() // never answered: the device holds nothing
+	require.NoError(t, h.engine.Cancel(context.Background(), u.ID))
+	d.report(o, fleet.StateCancelled, 0, fleet.ReasonUnknownUpdate)
+	h.waitEnd(u.ID, 10*time.Second)
+	p := h.deviceState(u.ID, "blank")
+	assert.Equal(t, fleet.StateCancelled, p.State)
+	assert.Equal(t, fleet.ReasonOperator, p.Reason)
 }

@@ -416,7 +416,13 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 			e.pump(t)
 		}
 	case fleet.StateRejected, fleet.StateCancelled:
-		e.setState(t, rep.State, rep.Reason)
+		reason := rep.Reason
+		if rep.State == fleet.StateCancelled && t.cancelling != "" {
+			// The cancel says why; the device only echoes it, or says
+			// unknown_update if it never held the transfer.
+			reason = t.cancelling
+		}
+		e.setState(t, rep.State, reason)
 	case fleet.StateFailed:
 		e.fail(t, rep.Reason)
 	default: // downloaded, verified, installing, rebooting: forward progress
