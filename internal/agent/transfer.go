@@ -362,7 +362,7 @@ func (a *Agent) endTime(r protocol.Report) time.Duration {
 }
 
 // tooLarge reports whether an offer's chunk size or window is over the
-// device's limits (docs/PROTOCOL.md §5.4 rule 7).
+// device's limits (docs/PROTOCOL.md §5.4 rule 6).
 func (a *Agent) tooLarge(o protocol.Offer) bool {
 	return a.cfg.MaxChunk > 0 && o.ChunkSize > a.cfg.MaxChunk || a.cfg.MaxWindow > 0 && o.Window > a.cfg.MaxWindow
 }

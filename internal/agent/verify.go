@@ -8,7 +8,7 @@ import (
 )
 
 // refusal says why a device provisioned with a public key refuses an offer
-// before holding anything of it (docs/PROTOCOL.md §5.4, rules 4 and 5):
+// before holding anything of it (docs/PROTOCOL.md §5.4, rules 3 and 4):
 //
 //   - the signature is missing, malformed, made with another key, or over
 //     other fields than the offer's: failed, bad_signature;

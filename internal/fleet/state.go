@@ -39,7 +39,7 @@ var AllDeviceStates = []DeviceState{
 // it runs (a forced update) is skipped. Once a device installs, only the boot confirmation (or its
 // absence) decides.
 var transitions = map[DeviceState][]DeviceState{
-	StateQueued:      {StateOffered, StateSkipped, StateCancelled, StateFailed, StateOffline},
+	StateQueued:      {StateOffered, StateSkipped, StateCancelled, StateFailed, StateOffline, StateSucceeded},
 	StateOffered:     {StateOffered, StateAccepted, StateRejected, StateFailed, StateCancelled, StateQueued, StateSkipped},
 	StateAccepted:    {StateOffered, StateDownloading, StateDownloaded, StateFailed, StateCancelled, StateQueued},
 	StateDownloading: {StateOffered, StateDownloaded, StateFailed, StateCancelled, StateQueued},
@@ -110,10 +110,10 @@ const (
 	ReasonNone              Reason = ""
 	ReasonAlreadyCurrent    Reason = "already_current"    // device already runs the target version
 	ReasonBusy              Reason = "busy"               // (device) another transfer is in progress
-	ReasonIncompatibleModel Reason = "incompatible_model" // (device) image is for another model
+	ReasonIncompatibleModel Reason = "incompatible_model" // (device) image is for another model; also the orchestrator's skipped reason
 	ReasonNoSpace           Reason = "insufficient_space" // (device) image does not fit
 	ReasonChunkTooLarge     Reason = "chunk_too_large"    // (device) the offer's chunk_size or window exceeds its buffer
-	ReasonVersionNotNewer   Reason = "version_not_newer"  // (device) refuses to downgrade
+	ReasonVersionNotNewer   Reason = "version_not_newer"  // (orchestrator) skipped: the device runs a higher version
 	ReasonBadDigest         Reason = "bad_digest"         // (device) SHA-256 mismatch
 	ReasonBadSignature      Reason = "bad_signature"      // (device) signature does not verify
 	ReasonDowngradeRefused  Reason = "downgrade_refused"  // (device) lower version, and the signature does not allow a downgrade

@@ -31,7 +31,7 @@ const (
 // state.go: a change to the machine must change this table too, and
 // docs/PROTOCOL.md with it.
 var wantTransitions = map[DeviceState][]DeviceState{
-	qu: {of, sk, ca, fa, ol},
+	qu: {of, sk, ca, fa, ol, su},
 	of: {of, ac, rj, fa, ca, qu, sk},
 	ac: {of, dl, dd, fa, ca, qu},
 	dl: {of, dd, fa, ca, qu},

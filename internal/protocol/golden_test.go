@@ -101,6 +101,9 @@ func TestGolden_Generated(t *testing.T) {
 	for name, b := range signatureVectors() {
 		vectors[name] = b
 	}
+	for name, v := range reasonVectors() {
+		vectors[name] = Encode(v)
+	}
 	for name, want := range vectors {
 		path := filepath.Join(goldenDir, filepath.FromSlash(name))
 		if *update {
@@ -209,16 +212,16 @@ var goldenValid = map[string]any{
 // goldenInvalid is the error that refuses each vector in goldenDir/invalid:
 // a sentinel (errors.Is) or a JSON error marker (errors.As).
 var goldenInvalid = map[string]error{
-	"hello_bad_version.json":        ErrBadVersion,
-	"hello_no_version_field.json":   ErrBadVersion,
-	"hello_missing_version.json":    ErrMissing,
-	"hello_bad_transfer_state.json": ErrBadValue,
-	"hello_wrong_type.json":         errJSONType,
-	"hello_too_large.json":          ErrTooLarge,
-	"report_wrong_type.json":        errJSONType,
-	"report_bad_state.json":         ErrBadValue,
-	"report_missing_update.json":    ErrMissing,
-	"report_negative_offset.json":   ErrBadValue,
+	"hello_protocol_v_2.json":            ErrBadVersion,
+	"hello_protocol_v_missing.json":      ErrBadVersion,
+	"hello_running_version_missing.json": ErrMissing,
+	"hello_bad_transfer_state.json":      ErrBadValue,
+	"hello_version_not_string.json":      errJSONType,
+	"hello_too_large.json":               ErrTooLarge,
+	"report_offset_string.json":          errJSONType,
+	"report_bad_state.json":              ErrBadValue,
+	"report_missing_update.json":         ErrMissing,
+	"report_negative_offset.json":        ErrBadValue,
 	// Device-supplied strings out of their length or charset.
 	"hello_version_escape_sequence.json":      ErrBadValue,
 	"hello_version_too_long.json":             ErrBadValue,
@@ -250,8 +253,8 @@ var goldenInvalid = map[string]error{
 	"hello_cap_over_32_bytes.json":            ErrBadValue,
 	"offer_missing_handle.json":               ErrMissing,
 	"offer_window_over_64.json":               ErrBadValue,
-	"ack_bad_version.json":                    ErrBadVersion,
-	"ack_wrong_type.json":                     errJSONType,
+	"ack_protocol_v_0.json":                   ErrBadVersion,
+	"ack_negative_handle.json":                errJSONType,
 	"ack_not_json.json":                       errJSONSyntax,
 	"offer_bad_chunk_size.json":               ErrBadValue,
 	"cancel_missing_update.json":              ErrMissing,

@@ -422,7 +422,13 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 			e.pump(t)
 		}
 	case fleet.StateRejected, fleet.StateCancelled:
-		e.setState(t, rep.State, rep.Reason)
+		reason := rep.Reason
+		if rep.State == fleet.StateCancelled && t.cancelling != "" {
+			// The cancel says why; the device only echoes it, or says
+			// unknown_update if it never held the transfer.
+			reason = t.cancelling
+		}
+		e.setState(t, rep.State, reason)
 	case fleet.StateFailed:
 		e.fail(t, rep.Reason)
 	default: // downloaded, verified, installing, rebooting: forward progress
@@ -560,12 +566,12 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 		// Otherwise the device reconnected before rebooting: wait for its
 		// reports.
 	case st == fleet.StateQueued && confirmed:
-		// Queued here but already running the target: after a crash that
-		// lost its offer and reports (or an update by other means), the
-		// goal is reached. Record the path so the log stays legal.
-		if e.setState(t, fleet.StateOffered, "") {
-			e.advance(t, fleet.StateSucceeded)
-		}
+		// Queued here but already running the target: back late from the
+		// reboot of an attempt that timed out, after a crash that lost its
+		// offer and reports, or updated by other means. The goal is
+		// reached; the log records no offer or download that did not
+		// happen.
+		e.setState(t, fleet.StateSucceeded, "")
 	case st == fleet.StateQueued:
 		if skip := skipReason(d, r.fw, r.u.Policy); skip != "" && !t.started {
 			// Updated (or moved) by other means since the update began.
