@@ -41,6 +41,16 @@ func event(seq int64, dev string, st fleet.DeviceState) write {
 	}}
 }
 
+// change queues a save of dev and its event, seq n, as one write
+// (SaveProgressEvent).
+func change(dev string, st fleet.DeviceState, n int) write {
+	return write{save: true, queue: func(s *Store) error {
+		return s.SaveProgressEvent(fleet.Progress{UpdateID: "up", DeviceID: dev, State: st, Offset: int64(n), Attempts: n,
+			UpdatedAt: writeTime.Add(time.Duration(n) * time.Second)}, uint32(n),
+			fleet.Event{Seq: int64(n), Time: writeTime, Type: fleet.EventDevice, UpdateID: "up", DeviceID: dev, State: string(st)})
+	}}
+}
+
 func updateState(st fleet.UpdateState) write {
 	return write{queue: func(s *Store) error { return s.SetUpdateState("up", st, writeTime) }}
 }
@@ -209,6 +219,11 @@ func TestStore_BatchWritesEachProgressRowOnce(t *testing.T) {
 			save("d1", fleet.StateRebooting, 1), online, event(1, "d1", fleet.StateRebooting), hello,
 			save("d1", fleet.StateSucceeded, 2), event(2, "d1", fleet.StateSucceeded),
 		}, 1},
+		{"saves with their events in one write, mixed with plain saves", []write{
+			change("d1", fleet.StateOffered, 1), change("d2", fleet.StateOffered, 2), save("d1", fleet.StateAccepted, 3),
+			change("d1", fleet.StateDownloading, 4), updateState(fleet.UpdatePaused),
+			change("d2", fleet.StateAccepted, 5), save("d2", fleet.StateDownloading, 6),
+		}, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			saves := int64(0)
@@ -246,6 +261,24 @@ func TestStore_BatchWritesEachProgressRowOnce(t *testing.T) {
 		assert.Equal(t, 8, d1.Attempts)
 		assert.Equal(t, uint32(8), d1.Handle)
 		assert.True(t, writeTime.Add(8*time.Second).Equal(d1.UpdatedAt), "updated_at %v", d1.UpdatedAt)
+		assert.Equal(t, []int64{1, 2, 3, 4, 5, 6, 7, 8}, snap.Published, "every event, in order")
+		require.Len(t, snap.Events, 8)
+		for i, e := range snap.Events {
+			assert.Equal(t, string(stateWalk[i]), e.State)
+		}
+	})
+
+	t.Run("a save with its event: the last value and every event", func(t *testing.T) {
+		r := newWriteRun(t)
+		var ws []write
+		for i, st := range stateWalk {
+			ws = append(ws, change("d1", st, i+1))
+		}
+		_, st := r.apply(t, ws, false)
+		assert.Equal(t, int64(1), st.ProgressWrites)
+		snap := r.snapshot(t)
+		assert.Equal(t, fleet.StateSucceeded, snap.Progress[0].State)
+		assert.Equal(t, int64(8), snap.Progress[0].Offset)
 		assert.Equal(t, []int64{1, 2, 3, 4, 5, 6, 7, 8}, snap.Published, "every event, in order")
 		require.Len(t, snap.Events, 8)
 		for i, e := range snap.Events {
