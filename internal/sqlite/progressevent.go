@@ -47,3 +47,15 @@ func (s *Store) SaveProgressEvent(p fleet.Progress, handle uint32, e fleet.Event
 	}
 	return s.enqueuePooled(o)
 }
+
+// rowsOf counts the rows ops write (Stats.Rows): one per operation, two
+// for a save with its event.
+func rowsOf(ops []batchOp) int64 {
+	n := int64(len(ops))
+	for _, o := range ops {
+		if _, ok := o.(*progressEventOp); ok {
+			n++
+		}
+	}
+	return n
+}

@@ -17,6 +17,7 @@ import (
 // write is one queued write of a test, on update "up".
 type write struct {
 	save  bool // a SaveProgress
+	event bool // with its event (SaveProgressEvent): two rows
 	queue func(s *Store) error
 }
 
@@ -44,7 +45,7 @@ func event(seq int64, dev string, st fleet.DeviceState) write {
 // change queues a save of dev and its event, seq n, as one write
 // (SaveProgressEvent).
 func change(dev string, st fleet.DeviceState, n int) write {
-	return write{save: true, queue: func(s *Store) error {
+	return write{save: true, event: true, queue: func(s *Store) error {
 		return s.SaveProgressEvent(fleet.Progress{UpdateID: "up", DeviceID: dev, State: st, Offset: int64(n), Attempts: n,
 			UpdatedAt: writeTime.Add(time.Duration(n) * time.Second)}, uint32(n),
 			fleet.Event{Seq: int64(n), Time: writeTime, Type: fleet.EventDevice, UpdateID: "up", DeviceID: dev, State: string(st)})
@@ -226,10 +227,13 @@ func TestStore_BatchWritesEachProgressRowOnce(t *testing.T) {
 		}, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			saves := int64(0)
+			saves, rows := int64(0), int64(len(tc.writes))
 			for _, w := range tc.writes {
 				if w.save {
 					saves++
+				}
+				if w.event {
+					rows++
 				}
 			}
 
@@ -242,7 +246,7 @@ func TestStore_BatchWritesEachProgressRowOnce(t *testing.T) {
 			assert.Equal(t, int64(1), got.Transactions, "one batch")
 			assert.Equal(t, tc.upserts, got.ProgressWrites, "progress upserts executed")
 			assert.Equal(t, saves, want.ProgressWrites, "unbatched: one upsert per save")
-			assert.Equal(t, int64(len(tc.writes)), got.Rows, "every write is committed")
+			assert.Equal(t, rows, got.Rows, "every write is committed")
 			assert.Equal(t, want.Rows, got.Rows)
 			assert.Zero(t, got.Dropped)
 			assert.Equal(t, unbatched.snapshot(t), batched.snapshot(t), "as if written one by one")
@@ -276,6 +280,7 @@ func TestStore_BatchWritesEachProgressRowOnce(t *testing.T) {
 		}
 		_, st := r.apply(t, ws, false)
 		assert.Equal(t, int64(1), st.ProgressWrites)
+		assert.Equal(t, int64(16), st.Rows, "a save and an event each")
 		snap := r.snapshot(t)
 		assert.Equal(t, fleet.StateSucceeded, snap.Progress[0].State)
 		assert.Equal(t, int64(8), snap.Progress[0].Offset)
