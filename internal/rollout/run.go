@@ -163,10 +163,7 @@ func (e *Engine) setState(t *target, to fleet.DeviceState, reason fleet.Reason) 
 	r.dirty = true
 	t.p.Offset = t.acked // the device's word: a resume may start below the last checkpoint
 	t.saved = t.p.Offset
-	if err := e.Store.SaveProgress(t.p, t.handle); err != nil {
-		e.Logger.Error("save progress", "device", t.p.DeviceID, "err", err)
-	}
-	e.emit(fleet.Event{Type: fleet.EventDevice, UpdateID: r.u.ID, DeviceID: t.p.DeviceID, From: string(from),
+	e.record(t.p, t.handle, fleet.Event{Type: fleet.EventDevice, UpdateID: r.u.ID, DeviceID: t.p.DeviceID, From: string(from),
 		State: string(to), Reason: reason, Offset: t.p.Offset, Attempt: t.p.Attempts})
 	e.publishDeviceStatus(t)
 	if to.Terminal() {
@@ -618,10 +615,7 @@ func (e *Engine) join(d fleet.Device) *target {
 		// sizes.
 		r.phases[len(r.phases)-1]++
 		r.dirty = true
-		if err := e.Store.SaveProgress(t.p, 0); err != nil {
-			e.Logger.Error("save progress", "device", d.ID, "err", err)
-		}
-		e.emit(fleet.Event{Type: fleet.EventDevice, UpdateID: r.u.ID, DeviceID: d.ID, State: string(fleet.StateQueued)})
+		e.record(t.p, 0, fleet.Event{Type: fleet.EventDevice, UpdateID: r.u.ID, DeviceID: d.ID, State: string(fleet.StateQueued)})
 		e.Logger.Info("device joined a dynamic update", "update", r.u.ID, "device", d.ID)
 		return t
 	}

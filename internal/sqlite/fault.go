@@ -126,7 +126,7 @@ func (s *Store) execBatch(ops []batchOp) error {
 		return err
 	}
 	s.stats.transactions.Add(1)
-	s.stats.rows.Add(int64(len(ops)))
+	s.stats.rows.Add(rowsOf(ops))
 	s.stats.progressWrites.Add(int64(upserts))
 	s.stats.lastBatch.Store(int64(len(ops)))
 	s.notifyEvents(ops)

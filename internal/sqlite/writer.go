@@ -146,7 +146,9 @@ type progressKey struct{ update, device string }
 // neither reads nor writes progress rows: a barrier finds the rows as the
 // operations before it, executed one by one, would have left them.
 // Events, devices and presence are such operations: their tables have no
-// trigger and no foreign key to or from progress. Updating an update's
+// trigger and no foreign key to or from progress. A save queued with its
+// event (SaveProgressEvent) is a save and an event: its save is skipped as
+// any other, its event always inserted. Updating an update's
 // state or counters, and any operation added later, are barriers. Skipping
 // a save loses no error either: the upsert replaces every column but the
 // key, and the only constraint that can refuse it, the foreign key on
@@ -174,6 +176,16 @@ func (p *batchPlan) plan(batch []batchOp) (ops []batchOp, upserts int) {
 			}
 			p.later[k] = struct{}{}
 			upserts++
+		case *progressEventOp:
+			// Both parts, reversed below; the save skipped as above.
+			p.ops = append(p.ops, &o.ev)
+			k := progressKey{o.prog.p.UpdateID, o.prog.p.DeviceID}
+			if _, ok := p.later[k]; !ok {
+				p.later[k] = struct{}{}
+				upserts++
+				p.ops = append(p.ops, &o.prog)
+			}
+			continue
 		case *appendEventOp, *saveDeviceOp, *setOnlineOp:
 			// independent of progress rows: saves move across them
 		default:
@@ -256,6 +268,9 @@ func release(o batchOp) {
 	case *appendEventOp:
 		*o = appendEventOp{}
 		eventOps.Put(o)
+	case *progressEventOp:
+		*o = progressEventOp{}
+		progressEventOps.Put(o)
 	}
 }
 
@@ -430,8 +445,11 @@ func (s *Store) notifyEvents(ops []batchOp) {
 	}
 	evs := s.committed[:0]
 	for _, o := range ops {
-		if e, ok := o.(*appendEventOp); ok {
-			evs = append(evs, e.e)
+		switch o := o.(type) {
+		case *appendEventOp:
+			evs = append(evs, o.e)
+		case *progressEventOp:
+			evs = append(evs, o.ev.e)
 		}
 	}
 	if len(evs) > 0 {

@@ -17,6 +17,7 @@ import (
 // write is one queued write of a test, on update "up".
 type write struct {
 	save  bool // a SaveProgress
+	event bool // with its event (SaveProgressEvent): two rows
 	queue func(s *Store) error
 }
 
@@ -38,6 +39,16 @@ func event(seq int64, dev string, st fleet.DeviceState) write {
 	return write{queue: func(s *Store) error {
 		return s.AppendEvent(fleet.Event{Seq: seq, Time: writeTime, Type: fleet.EventDevice, UpdateID: "up",
 			DeviceID: dev, State: string(st)})
+	}}
+}
+
+// change queues a save of dev and its event, seq n, as one write
+// (SaveProgressEvent).
+func change(dev string, st fleet.DeviceState, n int) write {
+	return write{save: true, event: true, queue: func(s *Store) error {
+		return s.SaveProgressEvent(fleet.Progress{UpdateID: "up", DeviceID: dev, State: st, Offset: int64(n), Attempts: n,
+			UpdatedAt: writeTime.Add(time.Duration(n) * time.Second)}, uint32(n),
+			fleet.Event{Seq: int64(n), Time: writeTime, Type: fleet.EventDevice, UpdateID: "up", DeviceID: dev, State: string(st)})
 	}}
 }
 
@@ -209,12 +220,20 @@ func TestStore_BatchWritesEachProgressRowOnce(t *testing.T) {
 			save("d1", fleet.StateRebooting, 1), online, event(1, "d1", fleet.StateRebooting), hello,
 			save("d1", fleet.StateSucceeded, 2), event(2, "d1", fleet.StateSucceeded),
 		}, 1},
+		{"saves with their events in one write, mixed with plain saves", []write{
+			change("d1", fleet.StateOffered, 1), change("d2", fleet.StateOffered, 2), save("d1", fleet.StateAccepted, 3),
+			change("d1", fleet.StateDownloading, 4), updateState(fleet.UpdatePaused),
+			change("d2", fleet.StateAccepted, 5), save("d2", fleet.StateDownloading, 6),
+		}, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			saves := int64(0)
+			saves, rows := int64(0), int64(len(tc.writes))
 			for _, w := range tc.writes {
 				if w.save {
 					saves++
+				}
+				if w.event {
+					rows++
 				}
 			}
 
@@ -227,7 +246,7 @@ func TestStore_BatchWritesEachProgressRowOnce(t *testing.T) {
 			assert.Equal(t, int64(1), got.Transactions, "one batch")
 			assert.Equal(t, tc.upserts, got.ProgressWrites, "progress upserts executed")
 			assert.Equal(t, saves, want.ProgressWrites, "unbatched: one upsert per save")
-			assert.Equal(t, int64(len(tc.writes)), got.Rows, "every write is committed")
+			assert.Equal(t, rows, got.Rows, "every write is committed")
 			assert.Equal(t, want.Rows, got.Rows)
 			assert.Zero(t, got.Dropped)
 			assert.Equal(t, unbatched.snapshot(t), batched.snapshot(t), "as if written one by one")
@@ -246,6 +265,25 @@ func TestStore_BatchWritesEachProgressRowOnce(t *testing.T) {
 		assert.Equal(t, 8, d1.Attempts)
 		assert.Equal(t, uint32(8), d1.Handle)
 		assert.True(t, writeTime.Add(8*time.Second).Equal(d1.UpdatedAt), "updated_at %v", d1.UpdatedAt)
+		assert.Equal(t, []int64{1, 2, 3, 4, 5, 6, 7, 8}, snap.Published, "every event, in order")
+		require.Len(t, snap.Events, 8)
+		for i, e := range snap.Events {
+			assert.Equal(t, string(stateWalk[i]), e.State)
+		}
+	})
+
+	t.Run("a save with its event: the last value and every event", func(t *testing.T) {
+		r := newWriteRun(t)
+		var ws []write
+		for i, st := range stateWalk {
+			ws = append(ws, change("d1", st, i+1))
+		}
+		_, st := r.apply(t, ws, false)
+		assert.Equal(t, int64(1), st.ProgressWrites)
+		assert.Equal(t, int64(16), st.Rows, "a save and an event each")
+		snap := r.snapshot(t)
+		assert.Equal(t, fleet.StateSucceeded, snap.Progress[0].State)
+		assert.Equal(t, int64(8), snap.Progress[0].Offset)
 		assert.Equal(t, []int64{1, 2, 3, 4, 5, 6, 7, 8}, snap.Published, "every event, in order")
 		require.Len(t, snap.Events, 8)
 		for i, e := range snap.Events {
