@@ -106,7 +106,7 @@ func TestE2E_BrokerSurvivesFileDescriptorExhaustion(t *testing.T) {
 func TestE2E_DefaultConnectionLimitKeepsFilesForTheAPI(t *testing.T) {
 	prlimit := requireTool(t, "prlimit")
 	// Defaults: 256 descriptors leave 128 connections (the rest for the
-	// API and the store), 64 unauthenticated ones per address.
+	// API and the store), 256 unauthenticated ones per address.
 	s := startServerUnder(t, []string{prlimit, "--nofile=256:256", "--"}, "--allow-anonymous", "--mqtt-connect-timeout", "10m")
 
 	var attackers []net.Conn
