@@ -575,6 +575,20 @@ func (c *cli) updateCreate(ctx context.Context, args []string) error {
 	if p := req.Policy; p.MaxInFlight < 0 || p.Window < 0 || p.ChunkSize < 0 || p.MaxAttempts < 0 || p.Rate < 0 || p.FailureMinFinished < 0 {
 		return &usageError{msg: "policy values must not be negative", spec: sp}
 	}
+	// In the API a zero means "the default"; on the command line a 0
+	// written out is a mistake, not a wish for the default.
+	var zero string
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "max-in-flight", "window", "chunk-size", "max-attempts":
+			if zero == "" && f.Value.String() == "0" {
+				zero = f.Name
+			}
+		}
+	})
+	if zero != "" {
+		return &usageError{msg: fmt.Sprintf("--%s must be at least 1; leave it out for the default", zero), spec: sp}
+	}
 	if *phases != "" {
 		pol.Phases = strings.Split(*phases, ",")
 		if _, err := fleet.ResolvePhases(pol.Phases, 100); err != nil {
@@ -797,7 +811,7 @@ func (c *cli) updateDevices(ctx context.Context, args []string) error {
 		return err
 	}
 	if st := fleet.DeviceState(*state); st != "" && !st.Valid() {
-		return &usageError{msg: fmt.Sprintf("--state %q: unknown device state", *state), spec: sp}
+		return &usageError{msg: fmt.Sprintf("--state %q: unknown device state; the states are %s", *state, fleet.StateNames()), spec: sp}
 	}
 	ps, err := c.client(*server).AllUpdateDevices(ctx, pos[0], fleet.DeviceState(*state))
 	if err != nil {

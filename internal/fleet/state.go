@@ -1,6 +1,9 @@
 package fleet
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // DeviceState is one device's state within one update, as the orchestrator
 // tracks it. docs/PROTOCOL.md draws the machine.
@@ -59,6 +62,16 @@ var transitions = map[DeviceState][]DeviceState{
 func (s DeviceState) Valid() bool {
 	_, ok := transitions[s]
 	return ok
+}
+
+// StateNames lists AllDeviceStates for a message, comma-separated, so that
+// a refusal of an unknown state can say which ones there are.
+func StateNames() string {
+	names := make([]string, len(AllDeviceStates))
+	for i, st := range AllDeviceStates {
+		names[i] = string(st)
+	}
+	return strings.Join(names, ", ")
 }
 
 // Terminal reports whether s ends the device's part in an update. Failed and

@@ -235,7 +235,7 @@ func (s *Server) updateDevices(w http.ResponseWriter, r *http.Request) {
 	}
 	f := sqlite.ProgressFilter{State: fleet.DeviceState(q.Get("state")), After: q.Get("after"), Limit: limit, Offset: offset}
 	if f.State != "" && !f.State.Valid() {
-		s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "state=%q: unknown device state", f.State))
+		s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "state=%q: unknown device state; the states are %s", f.State, fleet.StateNames()))
 		return
 	}
 	id := r.PathValue("id")
