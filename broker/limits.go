@@ -145,7 +145,7 @@ func (b *Broker) limitSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Pack
 // on the connection's read goroutine, the only one that touches the bucket.
 func (b *Broker) allowSubscribe(cl *mqtt.Client, st *clientState) bool {
 	l := &b.opts.Topics
-	if l.SubscribeRate < 0 || st.subs.bucket.take(time.Now(), l.SubscribeRate, l.SubscribeBurst) {
+	if l.SubscribeRate < 0 || st.subs.bucket.take(time.Now(), l.SubscribeRate, float64(l.SubscribeBurst)) {
 		return true
 	}
 	b.subRateLimited.Add(1)
@@ -182,29 +182,7 @@ func (h *hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 // subscribeState is what the broker tracks of one connection's
 // subscriptions (clientState.subs); only its read goroutine touches it.
 type subscribeState struct {
-	bucket      tokenBucket // SUBSCRIBE packets
-	rateLogged  bool        // the rate offence was logged for this connection
-	quotaLogged bool        // the quota offence was logged for this connection
-}
-
-// tokenBucket is a rate limit: up to burst events at once, rate per second
-// sustained. The zero value is full.
-type tokenBucket struct {
-	tokens float64
-	last   time.Time
-}
-
-// take reports whether an event at now is within the limit, and counts it.
-func (t *tokenBucket) take(now time.Time, rate float64, burst int) bool {
-	if t.last.IsZero() {
-		t.tokens = float64(burst)
-	} else {
-		t.tokens = min(float64(burst), t.tokens+now.Sub(t.last).Seconds()*rate)
-	}
-	t.last = now
-	if t.tokens < 1 {
-		return false
-	}
-	t.tokens--
-	return true
+	bucket      bucket // SUBSCRIBE packets (identity.go)
+	rateLogged  bool   // the rate offence was logged for this connection
+	quotaLogged bool   // the quota offence was logged for this connection
 }

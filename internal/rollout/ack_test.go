@@ -41,13 +41,8 @@ func (s *scripted) finish(o protocol.Offer, u fleet.Update) {
 
 func TestEngine_AckBeyondBytesSentIsRefusedAndCounted(t *testing.T) {
 	h := newHarness(t)
-	d := newScripted(t, h, "liar", "1.0.0")
-	h.waitDevices(1)
-	fw, _ := h.addFirmware(64*1024, "1.1.0")
 	// Window 2 of 4 KiB: at most 8 KiB are sent before an ack.
-	u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 2}, fleet.Selector{})
-	o := d.offer()
-	d.report(o, fleet.StateAccepted, 0, "")
+	d, fw, u, o := acceptedDevice(h, "liar", 64*1024, fleet.Policy{ChunkSize: 4096, Window: 2})
 	f := d.firstChunk(o)
 	require.Zero(t, f.Offset)
 

@@ -20,12 +20,7 @@ func TestEngine_ReoffersOfAFinishedDownloadDoNotInflateBytesAcked(t *testing.T) 
 	for _, answer := range []fleet.DeviceState{fleet.StateAccepted, fleet.StateDownloaded} {
 		t.Run(string(answer), func(t *testing.T) {
 			h := newHarness(t)
-			d := newScripted(t, h, "again", "1.0.0")
-			h.waitDevices(1)
-			fw, _ := h.addFirmware(64*1024, "1.1.0")
-			u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 4}, fleet.Selector{})
-			o := d.offer()
-			d.report(o, fleet.StateAccepted, 0, "")
+			d, fw, u, o := acceptedDevice(h, "again", 64*1024, fleet.Policy{ChunkSize: 4096, Window: 4})
 			d.download(o)
 			d.report(o, fleet.StateDownloaded, fw.Size, "")
 			for range 3 {
@@ -50,12 +45,7 @@ func TestEngine_ReoffersOfAFinishedDownloadDoNotInflateBytesAcked(t *testing.T) 
 // offset it holds: those bytes count as acked, once.
 func TestEngine_ResumeCountsTheBytesWhoseAcksWereLost(t *testing.T) {
 	h := newHarness(t)
-	d := newScripted(t, h, "lossy", "1.0.0")
-	h.waitDevices(1)
-	fw, _ := h.addFirmware(64*1024, "1.1.0")
-	u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 4}, fleet.Selector{})
-	o := d.offer()
-	d.report(o, fleet.StateAccepted, 0, "")
+	d, fw, u, o := acceptedDevice(h, "lossy", 64*1024, fleet.Policy{ChunkSize: 4096, Window: 4})
 	// Four chunks arrive, in order; no ack gets through.
 	var held int64
 	for held < 4*4096 {
@@ -81,12 +71,7 @@ func TestEngine_ResumeCountsTheBytesWhoseAcksWereLost(t *testing.T) {
 // resends.
 func TestEngine_ResendsCountChunksSentAgainAfterAReoffer(t *testing.T) {
 	h := newHarness(t)
-	d := newScripted(t, h, "reoffered", "1.0.0")
-	h.waitDevices(1)
-	fw, _ := h.addFirmware(64*1024, "1.1.0")
-	u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 4}, fleet.Selector{})
-	o := d.offer()
-	d.report(o, fleet.StateAccepted, 0, "")
+	d, fw, u, o := acceptedDevice(h, "reoffered", 64*1024, fleet.Policy{ChunkSize: 4096, Window: 4})
 	var last int64
 	for last < 3*4096 { // the window's four chunks were sent
 		last = max(last, int64(d.firstChunk(o).Offset))

@@ -47,12 +47,7 @@ func (s *scripted) receive(o protocol.Offer, skip int64, dup bool) {
 // duplicate ack per chunk: no resend, nothing sent beyond the image.
 func TestEngine_DuplicatedChunksDoNotTriggerGoBack(t *testing.T) {
 	h := newHarness(t)
-	d := newScripted(t, h, "dup", "1.0.0")
-	h.waitDevices(1)
-	fw, _ := h.addFirmware(64*1024, "1.1.0")
-	u := h.create(fw, fleet.Policy{ChunkSize: 1024, Window: 8}, fleet.Selector{})
-	o := d.offer()
-	d.report(o, fleet.StateAccepted, 0, "")
+	d, fw, u, o := acceptedDevice(h, "dup", 64*1024, fleet.Policy{ChunkSize: 1024, Window: 8})
 	d.receive(o, -1, true)
 	d.report(o, fleet.StateDownloaded, fw.Size, "")
 	eventually(t, 5*time.Second, func() bool { return h.summary(u.ID).BytesAcked == fw.Size }, "download acknowledged")
@@ -68,12 +63,7 @@ func TestEngine_ThreeDuplicateAcksResendFromTheGap(t *testing.T) {
 	h := newHarness(t)
 	require.NoError(t, h.engine.Close())
 	h.openEngineWith(func(e *rollout.Engine) { e.AckTimeout = time.Minute })
-	d := newScripted(t, h, "gap", "1.0.0")
-	h.waitDevices(1)
-	fw, _ := h.addFirmware(32*1024, "1.1.0")
-	u := h.create(fw, fleet.Policy{ChunkSize: 1024, Window: 8}, fleet.Selector{})
-	o := d.offer()
-	d.report(o, fleet.StateAccepted, 0, "")
+	d, fw, u, o := acceptedDevice(h, "gap", 32*1024, fleet.Policy{ChunkSize: 1024, Window: 8})
 	d.receive(o, 4096, false) // fails after 20 s, well under the one-minute resend timeout
 	eventually(t, 5*time.Second, func() bool { return h.summary(u.ID).BytesAcked == fw.Size }, "download acknowledged")
 	assert.Positive(t, h.summary(u.ID).Resends)

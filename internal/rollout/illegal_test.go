@@ -39,15 +39,24 @@ func (b *logBuffer) count(sub string) int { return strings.Count(b.String(), sub
 
 func capturedLogger(b *logBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
 
-// downloadingDevice returns a scripted device downloading an update.
-func downloadingDevice(h *harness, id string) (*scripted, fleet.Update, protocol.Offer) {
+// acceptedDevice returns a scripted device on 1.0.0, alone in the fleet,
+// that has accepted at offset 0 the offer of an update to a 1.1.0 image of
+// size bytes created with pol.
+func acceptedDevice(h *harness, id string, size int, pol fleet.Policy) (*scripted, fleet.Firmware, fleet.Update, protocol.Offer) {
 	h.t.Helper()
 	d := newScripted(h.t, h, id, "1.0.0")
 	h.waitDevices(1)
-	fw, _ := h.addFirmware(64*1024, "1.1.0")
-	u := h.create(fw, fleet.Policy{ChunkSize: 4096, Window: 1}, fleet.Selector{})
+	fw, _ := h.addFirmware(size, "1.1.0")
+	u := h.create(fw, pol, fleet.Selector{})
 	o := d.offer()
 	d.report(o, fleet.StateAccepted, 0, "")
+	return d, fw, u, o
+}
+
+// downloadingDevice returns a scripted device downloading an update.
+func downloadingDevice(h *harness, id string) (*scripted, fleet.Update, protocol.Offer) {
+	h.t.Helper()
+	d, _, u, o := acceptedDevice(h, id, 64*1024, fleet.Policy{ChunkSize: 4096, Window: 1})
 	eventually(h.t, 5*time.Second, func() bool { return h.deviceState(u.ID, id).State == fleet.StateDownloading }, "downloading")
 	return d, u, o
 }
