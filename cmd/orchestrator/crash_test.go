@@ -5,7 +5,7 @@ package main
 
 import (
 	"encoding/json"
-	"math/rand/v2"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,53 +23,61 @@ import (
 func TestE2E_OrchestratorKilledThreeTimesLosesNothing(t *testing.T) {
 	const (
 		devices = 300
+		late    = 5 // connect only after the last kill
 		size    = 1 << 20
 	)
 	s := startServer(t)
+	lateArgs := []string{"--devices", strconv.Itoa(late), "--id-prefix", "crashlate-", "--model", "sim-a"}
+	s.provision(lateArgs)
 	sm := startSim(t, s, "--devices", strconv.Itoa(devices), "--id-prefix", "crash-", "--model", "sim-a",
 		"--reboot-delay", "300ms")
 	s.waitOnline(devices)
 	fw, digest := s.firmware(size, "1.1.0")
 	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "100", "--window", "4"))
 
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
+	// The late devices are targets that have not connected yet, so the
+	// update cannot end before the kills however fast the machine is. Each
+	// kill comes once a further quarter of the fleet's bytes is acked.
+	all := int64(devices+late) * size
 	for kill := 1; kill <= 3; kill++ {
-		// A random moment of the update, at least one checkpoint apart.
-		time.Sleep(time.Duration(300+rng.IntN(1200)) * time.Millisecond)
+		want := int64(kill) * all / 4
+		poll(t, 5*time.Minute, func() bool { return s.status(id).BytesAcked >= want },
+			fmt.Sprintf("%d bytes acked before kill %d", want, kill))
 		st := s.status(id)
-		require.False(t, st.State.Terminal(), "the update ended before kill %d; it must be slower for this test", kill)
-		t.Logf("kill %d at %d/%d succeeded, %d in flight", kill, st.Counts[fleet.StateSucceeded], devices, st.InFlight)
+		require.False(t, st.State.Terminal(), "the update waits for the late devices: %s %v", st.State, st.Counts)
+		t.Logf("kill %d at %d/%d succeeded, %d in flight", kill, st.Counts[fleet.StateSucceeded], devices+late, st.InFlight)
 		s.kill()
 		s.restart()
 	}
+	lateSim := startSim(t, s, lateArgs...)
 
 	_, code := s.cli("update", "watch", id, "--interval", "250ms")
 	require.Zero(t, code, "the update completes after the restarts")
 	st := s.status(id)
 	assert.Equal(t, fleet.UpdateCompleted, st.State)
-	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: devices}, st.Counts,
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: devices + late}, st.Counts,
 		"the same final states as a run without a crash")
 
 	// Every device installed exactly once, and received the whole image
 	// with no restart from zero: at most 1.5x the bytes of a clean run.
-	sum := sm.stop(t)
-	require.Len(t, sum.DevicesDetail, devices)
+	detail := append(sm.stop(t).DevicesDetail, lateSim.stop(t).DevicesDetail...)
+	require.Len(t, detail, devices+late)
 	var received int64
-	for _, d := range sum.DevicesDetail {
+	for _, d := range detail {
 		assert.Equal(t, 1, d.Installs, d.ID)
 		assert.Equal(t, "1.1.0", d.Version, d.ID)
 		assert.Equal(t, digest, d.ImageSHA256, d.ID)
 		received += d.BytesReceived
 	}
-	assert.LessOrEqual(t, received, int64(devices)*size*3/2, "bytes delivered")
-	t.Logf("bytes received: %.3fx the image size times the fleet", float64(received)/float64(devices*size))
+	assert.LessOrEqual(t, received, all*3/2, "bytes delivered")
+	t.Logf("bytes received: %.3fx the image size times the fleet", float64(received)/float64(all))
 	// The counters survive the kills (docs/PROTOCOL.md §14.2): bytes acked
 	// is every device's image once, within 1 %; bytes sent covers it, and
 	// falls short of what the devices received by at most the chunks sent
 	// between the last checkpoint and each kill.
 	t.Logf("bytes_acked %.4fx the images, bytes_sent %.4fx what devices received, resends %d",
-		float64(st.BytesAcked)/float64(devices*size), float64(st.BytesSent)/float64(received), st.Resends)
-	assert.InEpsilon(t, int64(devices)*size, st.BytesAcked, 0.01, "bytes acked")
+		float64(st.BytesAcked)/float64(all), float64(st.BytesSent)/float64(received), st.Resends)
+	assert.InEpsilon(t, all, st.BytesAcked, 0.01, "bytes acked")
 	assert.GreaterOrEqual(t, st.BytesSent, st.BytesAcked, "bytes sent")
 	assert.InEpsilon(t, received, st.BytesSent, 0.05, "bytes sent against the bytes devices received")
 
@@ -90,7 +98,7 @@ func TestE2E_OrchestratorKilledThreeTimesLosesNothing(t *testing.T) {
 	distinct, err := strconv.Atoi(s.sqlite3("SELECT count(DISTINCT device_id) FROM events WHERE update_id='" + id + "' AND state='succeeded'"))
 	require.NoError(t, err)
 	assert.Equal(t, distinct, total, "no device succeeded twice")
-	assert.GreaterOrEqual(t, total, devices*9/10)
+	assert.GreaterOrEqual(t, total, (devices+late)*9/10)
 	// Reports the devices' clients send again after each reconnect (QoS 1
 	// without a PUBACK) are stale, not illegal: devicesim behaves.
 	assert.Empty(t, s.sqlite3("SELECT from_state||'>'||state||' '||count(*) FROM events WHERE update_id='"+id+"' AND type='illegal_transition' GROUP BY from_state, state"),

@@ -306,24 +306,26 @@ func startSim(t *testing.T, s *server, args ...string) *sim {
 }
 
 // provision creates, once per ID prefix, the accounts of the devices that
-// devicesim args name (--id-prefix, --devices) with orchestrator device
+// devicesim args name (--id-prefix, --devices, --model) with orchestrator device
 // provision, and returns the credentials file.
 func (s *server) provision(args []string) string {
 	s.t.Helper()
-	prefix, devices := "sim-", "10"
+	prefix, devices, model := "sim-", "10", []string(nil)
 	for i := 0; i+1 < len(args); i++ {
 		switch args[i] {
 		case "--id-prefix":
 			prefix = args[i+1]
 		case "--devices":
 			devices = args[i+1]
+		case "--model":
+			model = []string{"--model", args[i+1]}
 		}
 	}
 	if f, ok := s.creds[prefix]; ok {
 		return f
 	}
 	f := filepath.Join(s.t.TempDir(), "creds.csv")
-	s.mustCLI("device", "provision", "--prefix", prefix, "--count", devices, "--out", f)
+	s.mustCLI(append([]string{"device", "provision", "--prefix", prefix, "--count", devices, "--out", f}, model...)...)
 	if s.creds == nil {
 		s.creds = make(map[string]string)
 	}
