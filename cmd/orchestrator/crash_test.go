@@ -23,12 +23,11 @@ import (
 func TestE2E_OrchestratorKilledThreeTimesLosesNothing(t *testing.T) {
 	const (
 		devices = 300
-		late    = 5 // connect only after the last kill
+		late    = heldBack // connect only after the last kill
 		size    = 1 << 20
 	)
 	s := startServer(t)
-	lateArgs := []string{"--devices", strconv.Itoa(late), "--id-prefix", "crashlate-", "--model", "sim-a"}
-	s.provision(lateArgs)
+	startLate := s.holdBack("crashlate-")
 	sm := startSim(t, s, "--devices", strconv.Itoa(devices), "--id-prefix", "crash-", "--model", "sim-a",
 		"--reboot-delay", "300ms")
 	s.waitOnline(devices)
@@ -49,7 +48,7 @@ func TestE2E_OrchestratorKilledThreeTimesLosesNothing(t *testing.T) {
 		s.kill()
 		s.restart()
 	}
-	lateSim := startSim(t, s, lateArgs...)
+	lateSim := startLate()
 
 	_, code := s.cli("update", "watch", id, "--interval", "250ms")
 	require.Zero(t, code, "the update completes after the restarts")

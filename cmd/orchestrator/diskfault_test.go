@@ -54,7 +54,7 @@ func (s *server) post(path, body string) (int, httpapi.Error) {
 // requireConsistentEnd checks the end of an update of n devices: every
 // progress row succeeded, the event log without a gap in seq, one
 // succeeded event per device, and every device installed the image once.
-func requireConsistentEnd(t *testing.T, s *server, sm *sim, id, digest string, n int) {
+func requireConsistentEnd(t *testing.T, s *server, id, digest string, n int, sims ...*sim) {
 	t.Helper()
 	_, code := s.cli("update", "watch", id, "--interval", "250ms")
 	require.Zero(t, code, "the update completes")
@@ -72,9 +72,12 @@ func requireConsistentEnd(t *testing.T, s *server, sm *sim, id, digest string, n
 		assert.Equal(t, fleet.StateSucceeded, r.State, r.Device)
 	}
 
-	sum := sm.stop(t)
-	require.Len(t, sum.DevicesDetail, n)
-	for _, d := range sum.DevicesDetail {
+	var detail []simDevice
+	for _, sm := range sims {
+		detail = append(detail, sm.stop(t).DevicesDetail...)
+	}
+	require.Len(t, detail, n)
+	for _, d := range detail {
 		assert.Equal(t, 1, d.Installs, d.ID)
 		assert.Equal(t, digest, d.ImageSHA256, d.ID)
 	}
@@ -111,6 +114,7 @@ func testFullDisk(t *testing.T, kill bool) {
 	const devices = 100
 	mnt := tmpfs.Mount(t, 8<<20)
 	s := startServerIn(t, filepath.Join(mnt, "data"))
+	late := s.holdBack("fulllate-")
 	sm := startSim(t, s, "--devices", strconv.Itoa(devices), "--id-prefix", "full-", "--model", "sim-a",
 		"--reboot-delay", "200ms")
 	s.waitOnline(devices)
@@ -137,7 +141,7 @@ func testFullDisk(t *testing.T, kill bool) {
 	assert.Contains(t, h.Reasons[0], "store unavailable")
 	assert.Contains(t, h.Reasons[0], "full")
 	st := s.status(id)
-	require.False(t, st.State.Terminal(), "the update ended before the disk filled; it must be slower for this test")
+	require.False(t, st.State.Terminal(), "the update waits for the held-back devices")
 	assert.Equal(t, "store", st.Waiting)
 	assert.Contains(t, s.mustCLI("update", "status", id), "the store cannot write")
 
@@ -169,7 +173,7 @@ func testFullDisk(t *testing.T, kill bool) {
 	if kill {
 		s.restart()
 	}
-	requireConsistentEnd(t, s, sm, id, digest, devices)
+	requireConsistentEnd(t, s, id, digest, devices+heldBack, sm, late())
 	if !kill {
 		assert.NotContains(t, s.logString(), "store write dropped")
 	}
@@ -266,12 +270,13 @@ func TestE2E_FirmwareCutShortPausesTheUpdateUntilRestored(t *testing.T) {
 
 	require.NoError(t, os.WriteFile(image, whole, 0o644))
 	s.mustCLI("update", "resume", id)
-	requireConsistentEnd(t, s, sm, id, digest, devices)
+	requireConsistentEnd(t, s, id, digest, devices, sm)
 }
 
 func TestE2E_BackupTakenMidUpdateRestoresAndTheUpdateCompletesExactlyOnce(t *testing.T) {
 	const devices = 60
 	s := startServer(t)
+	late := s.holdBack("rewindlate-")
 	sm := startSim(t, s, "--devices", strconv.Itoa(devices), "--id-prefix", "rewind-", "--model", "sim-a",
 		"--reboot-delay", "300ms")
 	s.waitOnline(devices)
@@ -293,13 +298,13 @@ func TestE2E_BackupTakenMidUpdateRestoresAndTheUpdateCompletesExactlyOnce(t *tes
 	poll(t, time.Minute, func() bool { return s.status(id).Counts[fleet.StateSucceeded] >= atBackup+5 },
 		"5 more devices succeeded after the backup")
 	st := s.status(id)
-	require.False(t, st.State.Terminal(), "the update ended before the kill; it must be slower for this test")
+	require.False(t, st.State.Terminal(), "the update waits for the held-back devices")
 	t.Logf("backup at %d succeeded; killed at %d", atBackup, st.Counts[fleet.StateSucceeded])
 	s.kill()
 
 	s.data = backup // the restore: serve --data on the backup
 	s.restart()
-	requireConsistentEnd(t, s, sm, id, digest, devices)
+	requireConsistentEnd(t, s, id, digest, devices+heldBack, sm, late())
 }
 
 // runSQLite runs a query with the sqlite3 CLI on the database at path.

@@ -269,22 +269,24 @@ type sim struct {
 	done    chan error
 }
 
+type simDevice struct {
+	ID            string `json:"id"`
+	Version       string `json:"version"`
+	Installs      int    `json:"installs"`
+	BytesReceived int64  `json:"bytes_received"`
+	ImageSHA256   string `json:"image_sha256"`
+	Failed        bool   `json:"failed"`
+	Reason        string `json:"reason"`
+}
+
 type simSummary struct {
-	Devices       int   `json:"devices"`
-	Updated       int   `json:"updated"`
-	Failed        int   `json:"failed"`
-	Installs      int   `json:"installs"`
-	BytesReceived int64 `json:"bytes_received"`
-	ChunksDropped int   `json:"chunks_dropped"`
-	DevicesDetail []struct {
-		ID            string `json:"id"`
-		Version       string `json:"version"`
-		Installs      int    `json:"installs"`
-		BytesReceived int64  `json:"bytes_received"`
-		ImageSHA256   string `json:"image_sha256"`
-		Failed        bool   `json:"failed"`
-		Reason        string `json:"reason"`
-	} `json:"devices_detail"`
+	Devices       int         `json:"devices"`
+	Updated       int         `json:"updated"`
+	Failed        int         `json:"failed"`
+	Installs      int         `json:"installs"`
+	BytesReceived int64       `json:"bytes_received"`
+	ChunksDropped int         `json:"chunks_dropped"`
+	DevicesDetail []simDevice `json:"devices_detail"`
 }
 
 func startSim(t *testing.T, s *server, args ...string) *sim {
@@ -331,6 +333,19 @@ func (s *server) provision(args []string) string {
 	}
 	s.creds[prefix] = f
 	return f
+}
+
+// heldBack is how many devices holdBack provisions.
+const heldBack = 3
+
+// holdBack provisions heldBack devices of model sim-a that connect only
+// when the returned function is called. An update created before then
+// targets them, so it cannot end before the test is ready for it to,
+// however fast the machine is.
+func (s *server) holdBack(prefix string) func() *sim {
+	args := []string{"--devices", strconv.Itoa(heldBack), "--id-prefix", prefix, "--model", "sim-a"}
+	s.provision(args)
+	return func() *sim { return startSim(s.t, s, args...) }
 }
 
 // stop interrupts devicesim (it prints and writes its summary) and reads the
