@@ -11,7 +11,7 @@ SIZE      ?= 262144
 IN_FLIGHT ?= 256
 LATENCY   ?= 0s
 
-.PHONY: all build test check bench demo clean
+.PHONY: all build test deps check bench demo clean
 
 all: build
 
@@ -23,9 +23,14 @@ build:
 # while they run, inside the 10 minute timeout: build them first, so that on
 # a fresh machine the tests only link them (a cold build takes minutes).
 test:
+	./scripts/deps.sh
 	$(GO) build ./...
 	$(GO) test -race -count=1 -timeout 10m ./...
 	cd third_party/mochi && $(GO) test -race -count=1 -timeout 5m ./...
+
+# Install (as root) what the tests need, or print the one command to run.
+deps:
+	./scripts/deps.sh
 
 check:
 	$(GO) vet ./...
