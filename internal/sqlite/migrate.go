@@ -106,6 +106,9 @@ var migrations = []string{
 	// signed downgrade permission.
 	`ALTER TABLE firmware ADD COLUMN signature TEXT NOT NULL DEFAULT '';
 	ALTER TABLE firmware ADD COLUMN allow_downgrade INTEGER NOT NULL DEFAULT 0;`,
+
+	// 10: HTTP API tokens (apitokens.go).
+	migrationAPITokens,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.
