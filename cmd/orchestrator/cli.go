@@ -118,9 +118,13 @@ var commands = []*spec{
 		example: "orchestrator device list --online --model sensor-v2"},
 	{name: "device summary", args: "[--json]", summary: "count devices online and offline, per model and version",
 		example: "orchestrator device summary"},
-	{name: "token new", args: "--name NAME [--scope read|admin]",
-		summary: "make an API token: print it, and the hashed line for serve's token file",
-		example: "orchestrator token new --name grafana --scope read >grafana.token 2>>tokens.txt"},
+	{name: "token new", args: "NAME --role read|admin [--expires DURATION] [--json]  |  --name NAME [--scope read|admin]",
+		summary: "make an API token the server keeps (its hash), working at once, and print it, shown this once; with --name instead, offline: print a token and its line for serve's token file",
+		example: "orchestrator token new grafana --role read --expires 90d >grafana.token    # offline: orchestrator token new --name ci --scope admin 2>>tokens.txt"},
+	{name: "token list", args: "[--json]", summary: "list the API tokens (name, role, where kept, created, last used, expires), never their secrets; admin only",
+		example: "orchestrator token list"},
+	{name: "token revoke", args: "NAME", summary: "revoke an API token the server keeps, at once; its name may be used again",
+		example: "orchestrator token revoke grafana"},
 	{name: "completion", args: "bash|zsh", summary: "print a shell completion script",
 		example: "source <(orchestrator completion bash)    # or: orchestrator completion zsh > \"${fpath[1]}/_orchestrator\""},
 	{name: "version", args: "[--json]", summary: "print the version", example: "orchestrator version"},
@@ -231,7 +235,11 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		case "device summary":
 			return c.deviceSummary(ctx, rest)
 		case "token new":
-			return c.tokenNew(rest)
+			return c.tokenNew(ctx, rest)
+		case "token list":
+			return c.tokenList(ctx, rest)
+		case "token revoke":
+			return c.tokenRevoke(ctx, rest)
 		}
 		if ok, err := c.accountCommand(ctx, sub, rest); ok {
 			return err
