@@ -357,11 +357,15 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, dbTokenInfo(e))
 }
 
+// count returns the number of database tokens last loaded.
+func (t *dbTokens) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byHash)
+}
+
 // tokenCounts returns the number of tokens of the file and of the database
 // (as last loaded), for /metrics.
 func (s *Server) tokenCounts() (file, db int) {
-	t := s.apiTokens
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return s.Tokens.Len(), len(t.byHash)
+	return s.Tokens.Len(), s.apiTokens.count()
 }

@@ -122,7 +122,12 @@ func (s *Server) Open() error {
 	if err := s.init(); err != nil {
 		return err
 	}
-	if s.Tokens.Len() == 0 {
+	// The database's tokens are read now, so that a start fails on a
+	// database that cannot give them rather than refusing their holders.
+	if err := s.loadAPITokens(context.Background(), false); err != nil {
+		return fmt.Errorf("httpapi: api tokens: %w", err)
+	}
+	if s.Tokens.Len() == 0 && s.apiTokens.count() == 0 {
 		s.logger().Warn("no API tokens: only health, the OpenAPI document and the dashboard's files answer")
 	}
 	ln, err := net.Listen("tcp", s.Addr)
