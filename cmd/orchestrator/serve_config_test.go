@@ -188,3 +188,15 @@ func TestCLI_ServeConfigErrorExits2WithTheLine(t *testing.T) {
 	assert.Equal(t, exitUsage, r.code)
 	assert.Contains(t, r.stderr, path+": line 2: unknown key \"mqtt-tls-please\"")
 }
+
+// --print-config prints defaults only: never a value from the environment,
+// so that a secret there does not end up in a file.
+func TestServeConfig_PrintedFileHoldsNoValueFromTheEnvironment(t *testing.T) {
+	var out, errOut lockedBuffer
+	env := map[string]string{"FLOTA_BROKER_PASSWORD": "s3cret-from-env", "FLOTA_LOG_LEVEL": "debug"}
+	c := newCLI(&out, &errOut, func(k string) string { return env[k] })
+	require.Equal(t, exitOK, c.run(context.Background(), []string{"serve", "--print-config"}), errOut.String())
+	assert.NotContains(t, out.String(), "s3cret-from-env")
+	assert.Contains(t, out.String(), "\n#broker-password =\n")
+	assert.Contains(t, out.String(), "\n#log-level = info\n")
+}

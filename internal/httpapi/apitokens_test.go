@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/sqlite"
 )
 
 func tokenBody(name, role string, expires *time.Time) io.Reader {
@@ -250,4 +251,29 @@ func TestAPITokens_SurviveRestartWithTheirLastUse(t *testing.T) {
 	}
 	require.NotNil(t, bot)
 	assert.NotNil(t, bot.LastUsedAt)
+}
+
+// BenchmarkServer_LookupDatabaseToken is the cost a request pays to be
+// authenticated with a token of the database, among the most it holds.
+func BenchmarkServer_LookupDatabaseToken(b *testing.B) {
+	st := sqlite.New(b.TempDir())
+	st.Logger = slog.New(slog.DiscardHandler)
+	require.NoError(b, st.Open())
+	b.Cleanup(func() { _ = st.Close() })
+	s := &Server{Store: st}
+	require.NoError(b, s.init())
+	var last string
+	for i := range fleet.MaxAPITokens {
+		last = NewToken()
+		sum := sha256.Sum256([]byte(last))
+		require.NoError(b, st.AddAPIToken(context.Background(), fleet.APIToken{Name: fmt.Sprintf("t%03d", i), Role: "read", Hash: hex.EncodeToString(sum[:])}))
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, st := s.lookupToken(ctx, last); st != tokenValid {
+			b.Fatal("not found")
+		}
+	}
 }
