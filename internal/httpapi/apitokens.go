@@ -336,15 +336,15 @@ func hashOf(h string) [sha256.Size]byte {
 
 func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if s.Tokens.has(name) {
-		writeJSON(w, http.StatusConflict, Error{Code: "token_in_file",
-			Message: fmt.Sprintf("token %q is in the token file: delete its line there and restart serve", name)})
-		return
-	}
 	t := s.apiTokens
 	t.change.Lock()
 	defer t.change.Unlock()
 	e, err := s.Store.DeleteAPIToken(r.Context(), name)
+	if errors.Is(err, fleet.ErrTokenNotFound) && s.Tokens.has(name) {
+		writeJSON(w, http.StatusConflict, Error{Code: "token_in_file",
+			Message: fmt.Sprintf("token %q is in the token file: delete its line there and restart serve", name)})
+		return
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
