@@ -68,7 +68,7 @@ type APITokenList struct {
 	Tokens []APITokenInfo `json:"tokens"`
 }
 
-// tokenRefusal counts the token creations refused, by reason.
+// tokenRefusals counts the token creations refused, by reason.
 type tokenRefusals struct {
 	invalid, exists, limit atomic.Int64
 }
