@@ -139,6 +139,15 @@ type Config struct {
 	EnrollToken string
 	// TLSConfig is used for ssl:// broker URLs.
 	TLSConfig *tls.Config
+
+	// Device, when set, makes the agent update a real device: it stores
+	// the image, installs it, reboots and confirms the boot through it
+	// (device.go). Nil: all of that is simulated, and InstallDelay,
+	// RebootDelay and Faults.FailInstall apply.
+	Device Device
+	// RebootWait is how long an agent with a Device waits for the reboot
+	// to end its process (default DefaultRebootWait).
+	RebootWait time.Duration
 }
 
 // Stats are an agent's counters. Copy-safe.
@@ -252,9 +261,12 @@ type Agent struct {
 	reconnTimer    *time.Timer
 	helloTimer     *time.Timer
 	retries        int
-	link           *link      // nil without Bandwidth and Latency (link.go)
-	power          powerState // fault injection of power cuts (power.go)
-	lastOffer      offerMark  // the update of the newest transfer and when it was offered
+	link           *link              // nil without Bandwidth and Latency (link.go)
+	power          powerState         // fault injection of power cuts (power.go)
+	lastOffer      offerMark          // the update of the newest transfer and when it was offered
+	ctx            context.Context    // the loop's context: ends at Close (passed to Device calls)
+	installing     bool               // a Device install runs
+	installed      chan installResult // its result; nil until the first install (device.go)
 
 	lifeMu  sync.Mutex // guards cancel and closed
 	cancel  context.CancelFunc
@@ -291,6 +303,9 @@ func New(cfg Config) *Agent {
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.RebootWait <= 0 {
+		cfg.RebootWait = DefaultRebootWait
 	}
 	if cfg.InstallDelay < 0 {
 		cfg.InstallDelay = 0
@@ -350,6 +365,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
+	a.ctx = loopCtx
 	a.loadState()
 	a.wg.Add(1)
 	go a.run(loopCtx)
@@ -444,7 +460,12 @@ func (a *Agent) run(ctx context.Context) {
 			}
 		case <-timerC(a.installTimer):
 			a.installTimer = nil
-			a.finishInstall()
+			a.finishInstall(nil)
+		case r := <-a.installed:
+			a.installing = false
+			if t := a.held; t != nil && t.update == r.update {
+				a.finishInstall(r.err)
+			}
 		case <-timerC(a.reconnTimer):
 			a.reconnTimer = nil
 			a.connect()
@@ -469,17 +490,24 @@ func (a *Agent) perform() {
 		a.action = actNone
 		switch act {
 		case actInstall:
-			if a.cfg.InstallDelay > 0 {
+			switch {
+			case a.cfg.Device != nil:
+				a.startInstall()
+			case a.cfg.InstallDelay > 0:
 				a.installTimer = time.NewTimer(a.cfg.InstallDelay)
-			} else {
-				a.finishInstall()
+			default:
+				a.finishInstall(nil)
 			}
 		case actFaultDisconnect:
 			a.logger().Info("injected disconnect", "offset", a.heldOffset())
 			a.goOffline(a.cfg.ReconnectDelay)
 		case actReboot:
 			a.logger().Info("rebooting", "into", a.pendingVersion)
-			a.goOffline(a.cfg.RebootDelay)
+			if a.cfg.Device != nil {
+				a.deviceReboot()
+			} else {
+				a.goOffline(a.cfg.RebootDelay)
+			}
 		case actPowerCut:
 			a.powerCut()
 		}
@@ -543,6 +571,9 @@ func (a *Agent) disconnect() {
 // on-connect handler.
 func (a *Agent) connect() {
 	a.boot()
+	if a.ctx != nil && a.ctx.Err() != nil {
+		return // closed while the Device decided what booted: nothing is said
+	}
 	gen := a.gen.Add(1)
 	opts := mqtt.NewClientOptions().
 		SetStore(pahostore.New()). // paho's MemoryStore races on reconnect (pahostore)
@@ -577,10 +608,25 @@ func (a *Agent) boot() {
 	if a.pendingVersion == "" {
 		return
 	}
-	a.version = a.pendingVersion
+	target := a.pendingVersion
 	a.pendingVersion = ""
-	v := a.version
-	a.updateStats(func(s *Stats) { s.Version = v; s.Updated = true; s.Failed = false; s.LastReason = "" })
+	if d := a.cfg.Device; d != nil {
+		// The device says what runs: the target, or the old version
+		// after a rollback (its hello reports either, §10).
+		v := d.Booted(a.ctx, target)
+		if a.ctx.Err() != nil {
+			a.pendingVersion = target // undecided: decided again at the next start
+			return
+		}
+		if v != "" { // empty: unknown, keep the version read at start
+			a.version = v
+		}
+		a.logger().Info("booted", "version", a.version, "target", target)
+	} else {
+		a.version = target
+	}
+	v, ok := a.version, a.version == target
+	a.updateStats(func(s *Stats) { s.Version = v; s.Updated = ok; s.Failed = !ok; s.LastReason = "" })
 }
 
 // onConnectResult handles the outcome of a connection attempt.

@@ -187,7 +187,9 @@ func (a *Agent) restore(b []byte) error {
 		done = &completed{update: d.Update, handle: d.Handle, size: d.Size, version: d.Version}
 	}
 
-	a.version = sf.Version
+	if a.cfg.Device == nil {
+		a.version = sf.Version // a Device's version is what it runs: Config.Version
+	}
 	a.done = done
 	a.setHeld(t)
 	if t != nil {
@@ -201,8 +203,8 @@ func (a *Agent) restore(b []byte) error {
 		}
 	}
 	a.updateStats(func(s *Stats) {
-		s.Version = sf.Version
-		s.Updated = sf.Version != a.cfg.Version
+		s.Version = a.version
+		s.Updated = a.version != a.cfg.Version
 		s.Installs = sf.Installs
 		s.InstallsBefore = sf.Installs
 		s.ImageSHA256 = sf.ImageSHA256
@@ -303,6 +305,9 @@ func (a *Agent) checkpoint(t *transfer) {
 		return
 	}
 	if t.expected-p.ckptAt < p.ckptBytes && time.Since(p.ckptTime) < p.ckptEvery {
+		return
+	}
+	if !a.syncImage() {
 		return
 	}
 	a.saveState(false)
