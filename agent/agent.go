@@ -2,10 +2,15 @@
 // that connects to an MQTT broker with paho, announces itself, accepts offers
 // whose ed25519 signature verifies (when it has a public key, verify.go),
 // receives the chunked image with cumulative acks, verifies its SHA-256,
-// simulates the install and the reboot into the new version, and resumes a
-// transfer byte-exactly after a disconnect. cmd/devicesim runs thousands of
-// them in one process, so an agent keeps no image in memory: only a running
-// hash and the offset it holds.
+// installs it and reboots into the new version, and resumes a transfer
+// byte-exactly after a disconnect or, with a state file, a restart.
+//
+// A Go program on a device embeds it with a Device (device.go), which
+// stores the image, installs it, reboots and confirms the boot;
+// cmd/flota-agent is such a program for Linux, driven by shell hooks.
+// Without a Device the install and the reboot are simulated: cmd/devicesim
+// runs thousands of such agents in one process, so an agent keeps no image
+// in memory, only a running hash and the offset it holds.
 //
 // Concurrency: paho's message handler only hands messages to one goroutine
 // per agent through a bounded queue (dropping when it is full; the
@@ -66,11 +71,11 @@ type Faults struct {
 
 // Config configures an Agent. Zero durations take the Default constants.
 type Config struct {
-	Broker  string // tcp://host:port, or ssl://host:port with TLSConfig
-	ID      string // device ID, also the MQTT client ID
-	Model   string
-	Version string // version running at start
-	Tags    map[string]string
+	Broker  string            // tcp://host:port, or ssl://host:port with TLSConfig
+	ID      string            // device ID, also the MQTT client ID
+	Model   string            // hardware model, compared with an offer's firmware model
+	Version string            // version running at start
+	Tags    map[string]string // labels for update selectors, said in the hello
 
 	RebootDelay    time.Duration // off time of a reboot (default 1s)
 	InstallDelay   time.Duration // simulated install time (default 0)
@@ -105,7 +110,7 @@ type Config struct {
 	CheckpointBytes    int64
 	CheckpointInterval time.Duration
 
-	Faults Faults
+	Faults Faults // injected failures of a simulated device (devicesim)
 	// Bandwidth limits each direction of the device's link to this many
 	// bytes per second (0: unlimited); Latency is added to every message
 	// the device receives and sends (link.go).
@@ -121,7 +126,7 @@ type Config struct {
 	// Seed seeds the fault injection; zero picks a random seed.
 	Seed uint64
 
-	Logger *slog.Logger
+	Logger *slog.Logger // nil: no logs; narrowed to the device ID on first use
 
 	// Username and Password are the MQTT credentials; with a Password and
 	// no Username, the username is ID (docs/PROTOCOL.md, "Connecting").
@@ -152,14 +157,14 @@ type Config struct {
 
 // Stats are an agent's counters. Copy-safe.
 type Stats struct {
-	ID        string            `json:"id"`
-	Version   string            `json:"version"`
-	Connected bool              `json:"connected"`
+	ID        string            `json:"id"`              // the device ID
+	Version   string            `json:"version"`         // the version running
+	Connected bool              `json:"connected"`       // connected and subscribed
 	State     fleet.DeviceState `json:"state,omitempty"` // last state reported for a held transfer
 	// Holding: the device holds a transfer (a partial download, an install,
 	// or a reboot whose hello was not yet acknowledged).
 	Holding  bool `json:"holding"`
-	Installs int  `json:"installs"`
+	Installs int  `json:"installs"` // images installed
 	// InstallsBefore is the part of Installs loaded from the state file.
 	InstallsBefore int `json:"installs_before,omitempty"`
 	// BytesReceived counts chunk payload bytes accepted, re-downloads included.

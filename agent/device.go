@@ -55,9 +55,9 @@ type Device interface {
 
 // Firmware describes the image of an offer, as the agent checked it.
 type Firmware struct {
-	Version string
-	Model   string
-	Size    int64
+	Version string // the version the image runs, said in the hello after the reboot
+	Model   string // the hardware model it is for ("": any)
+	Size    int64  // bytes
 	// SHA256 is the hex SHA-256 of the image.
 	SHA256 string
 }
@@ -143,6 +143,8 @@ func (a *Agent) deviceReboot() {
 		a.reconnTimer = time.NewTimer(a.cfg.RebootWait)
 		return
 	case errors.Is(err, ErrNoReboot):
+	case a.ctx.Err() != nil:
+		return // the reboot stopped the agent while its command ran
 	default:
 		a.logger().Warn("reboot failed", "err", err)
 	}

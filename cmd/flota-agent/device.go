@@ -286,9 +286,12 @@ func (d *device) hook(ctx context.Context, name, command string, timeout time.Du
 	cmd.Stdout, cmd.Stderr = out, out
 	start := time.Now()
 	err := cmd.Run()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%s command: %w after %s", name, ctx.Err(), timeout)
-	} else if err != nil {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		err = fmt.Errorf("%s command: killed after %s", name, timeout)
+	case ctx.Err() != nil:
+		err = fmt.Errorf("%s command: interrupted: %w", name, context.Cause(ctx))
+	case err != nil:
 		err = fmt.Errorf("%s command: %w", name, err)
 	}
 	lvl := slog.LevelInfo

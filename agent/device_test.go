@@ -1,0 +1,186 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/flotaio/flota/internal/fleet"
+)
+
+// memDevice is a Device that keeps the image in memory and records calls.
+type memDevice struct {
+	mu         sync.Mutex // guards every field: Install runs on its own goroutine
+	img        bytes.Buffer
+	writeErr   error
+	installErr error
+	installed  []byte
+	rebootErr  error
+	reboots    int
+	booted     func(target string) string
+	discarded  []string
+	syncs      int
+}
+
+func (d *memDevice) WriteImage(update string, off int64, p []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.writeErr != nil {
+		return d.writeErr
+	}
+	d.img.Truncate(int(off))
+	d.img.Write(p)
+	return nil
+}
+
+func (d *memDevice) SyncImage() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.syncs++
+	return nil
+}
+
+func (d *memDevice) Install(ctx context.Context, update string, fw Firmware) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.installed = bytes.Clone(d.img.Bytes())
+	return d.installErr
+}
+
+func (d *memDevice) Reboot(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.reboots++
+	return d.rebootErr
+}
+
+func (d *memDevice) Booted(ctx context.Context, target string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.booted(target)
+}
+
+func (d *memDevice) Discard(update string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.discarded = append(d.discarded, update)
+	d.img.Reset()
+}
+
+func (d *memDevice) get(f func(d *memDevice)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f(d)
+}
+
+func TestAgentDevice_InstallsTheReceivedBytesAndReportsWhatBooted(t *testing.T) {
+	for name, tc := range map[string]struct {
+		booted  func(target string) string
+		version string
+	}{
+		"confirmed": {func(target string) string { return target }, "2.0.0"},
+		"rollback":  {func(string) string { return "1.0.0" }, "1.0.0"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			o := startOrch(t)
+			dev := &memDevice{booted: tc.booted, rebootErr: ErrNoReboot}
+			a := startAgent(t, o, func(c *Config) { c.Device = dev })
+			img := newImage(5*testChunk + 10)
+			o.offer("dev-1", img.offer("u1", 3, "2.0.0", "m1"))
+			o.expectReport(fleet.StateAccepted)
+			o.push("dev-1", 3, img.data, 0)
+			for _, st := range []fleet.DeviceState{fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling, fleet.StateRebooting} {
+				o.expectReport(st)
+			}
+			// The hello after the reboot holds the transfer whatever runs:
+			// the orchestrator decides success or boot_failed from its version.
+			h := recv(t, o.hello, "hello after reboot")
+			assert.Equal(t, tc.version, h.Version)
+			require.NotNil(t, h.Transfer)
+			assert.Equal(t, fleet.StateRebooting, h.Transfer.State)
+			eventually(t, func() bool { return !a.Stats().Holding }, "transfer settled")
+			dev.get(func(d *memDevice) {
+				assert.Equal(t, img.data, d.installed, "the device installed the bytes received")
+				assert.Equal(t, 1, d.reboots)
+				assert.Equal(t, []string{"u1"}, d.discarded)
+				assert.Positive(t, d.syncs, "synced before the install")
+			})
+			assert.Equal(t, tc.version == "2.0.0", a.Stats().Updated)
+		})
+	}
+}
+
+func TestAgentDevice_WriteErrorFailsStorageError(t *testing.T) {
+	o := startOrch(t)
+	dev := &memDevice{writeErr: errors.New("disk full")}
+	a := startAgent(t, o, func(c *Config) { c.Device = dev })
+	img := newImage(3 * testChunk)
+	o.offer("dev-1", img.offer("u1", 1, "2.0.0", "m1"))
+	o.expectReport(fleet.StateAccepted)
+	o.chunk("dev-1", 1, img.data, 0)
+	r := o.expectReport(fleet.StateFailed)
+	assert.Equal(t, fleet.ReasonStorageError, r.Reason)
+	eventually(t, func() bool { return !a.Stats().Holding }, "transfer dropped")
+	dev.get(func(d *memDevice) { assert.Equal(t, []string{"u1"}, d.discarded) })
+}
+
+func TestAgentDevice_InstallErrorFailsInstallFailedWithoutReboot(t *testing.T) {
+	o := startOrch(t)
+	dev := &memDevice{installErr: errors.New("exit status 1")}
+	a := startAgent(t, o, func(c *Config) { c.Device = dev })
+	img := newImage(2 * testChunk)
+	o.offer("dev-1", img.offer("u1", 1, "2.0.0", "m1"))
+	o.expectReport(fleet.StateAccepted)
+	o.push("dev-1", 1, img.data, 0)
+	o.expectReport(fleet.StateDownloaded)
+	o.expectReport(fleet.StateVerified)
+	o.expectReport(fleet.StateInstalling)
+	r := o.expectReport(fleet.StateFailed)
+	assert.Equal(t, fleet.ReasonInstallFailed, r.Reason)
+	eventually(t, func() bool { return a.Stats().Failed }, "failure in stats")
+	dev.get(func(d *memDevice) { assert.Zero(t, d.reboots) })
+	assert.Equal(t, "1.0.0", a.Stats().Version)
+}
+
+func TestAgentDevice_OfferOfAnotherImageWhileInstallingIsBusy(t *testing.T) {
+	o := startOrch(t)
+	block := make(chan struct{})
+	dev := &blockingDevice{memDevice: memDevice{booted: func(t string) string { return t }, rebootErr: ErrNoReboot}, block: block}
+	startAgent(t, o, func(c *Config) { c.Device = dev })
+	img := newImage(2 * testChunk)
+	o.offer("dev-1", img.offer("u1", 1, "2.0.0", "m1"))
+	o.expectReport(fleet.StateAccepted)
+	o.push("dev-1", 1, img.data, 0)
+	o.expectReport(fleet.StateDownloaded)
+	o.expectReport(fleet.StateVerified)
+	o.expectReport(fleet.StateInstalling)
+	// Same update, another image: the install under way goes on.
+	other := newImage(3 * testChunk)
+	o.offer("dev-1", other.offer("u1", 2, "2.0.1", "m1"))
+	r := o.expectReport(fleet.StateRejected)
+	assert.Equal(t, fleet.ReasonBusy, r.Reason)
+	close(block)
+	o.expectReport(fleet.StateRebooting)
+	h := recv(t, o.hello, "hello after install")
+	assert.Equal(t, "2.0.0", h.Version)
+}
+
+// blockingDevice's install waits for block.
+type blockingDevice struct {
+	memDevice
+	block chan struct{}
+}
+
+func (d *blockingDevice) Install(ctx context.Context, update string, fw Firmware) error {
+	select {
+	case <-d.block:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return d.memDevice.Install(ctx, update, fw)
+}
