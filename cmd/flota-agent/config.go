@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -22,6 +23,7 @@ const (
 // Defaults of the daemon (docs/AGENT.md, "Configuration").
 const (
 	defaultStateDir       = "/var/lib/flota-agent"
+	defaultImageName      = "image.part"
 	defaultMaxImageSize   = 1 << 30
 	defaultInstallTimeout = 30 * time.Minute
 	defaultHookTimeout    = 5 * time.Minute
@@ -51,6 +53,7 @@ type config struct {
 	keyFile      string
 	publicKey    string
 	stateDir     string
+	imageName    string
 	maxImageSize int64
 	maxChunk     int
 	maxWindow    int
@@ -89,6 +92,7 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.keyFile, "key-file", "", "PEM private key of --cert-file")
 	fs.StringVar(&c.publicKey, "public-key", "", "PEM ed25519 public key the firmware signatures must verify with (strongly advised)")
 	fs.StringVar(&c.stateDir, "state-dir", defaultStateDir, "directory of the agent's state file and of the image being downloaded")
+	fs.StringVar(&c.imageName, "image-name", defaultImageName, "file name of the image being downloaded, in --state-dir (an installer may want a suffix: update.raucb)")
 	fs.Int64Var(&c.maxImageSize, "max-image-size", defaultMaxImageSize, "largest image accepted, in bytes; larger offers are rejected insufficient_space")
 	fs.IntVar(&c.maxChunk, "max-chunk", 0, "largest chunk payload taken, in bytes, stated in the hello (0: the update's)")
 	fs.IntVar(&c.maxWindow, "max-window", 0, "largest window taken, in chunks, stated in the hello (0: the update's)")
@@ -174,6 +178,9 @@ func (c *config) check() error {
 	}
 	if c.maxImageSize <= 0 {
 		errs = append(errs, errors.New("--max-image-size must be positive"))
+	}
+	if n := c.imageName; n == "" || n != filepath.Base(n) || n == "." || n == ".." || strings.HasPrefix(n, stateFileName) || strings.HasPrefix(n, "confirm.") {
+		errs = append(errs, fmt.Errorf("--image-name %q: want a plain file name, not one of the agent's own", n))
 	}
 	if c.stateDir == "" {
 		errs = append(errs, errors.New("--state-dir is required"))

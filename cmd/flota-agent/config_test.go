@@ -76,11 +76,11 @@ func TestConfig_RefusesUnknownKeysBadValuesAndHugeFiles(t *testing.T) {
 }
 
 func TestConfig_CheckNamesWhatIsMissing(t *testing.T) {
-	c, err := parse(t, []string{"--version", "1.0.0", "--version-file", "/etc/version", "--cert-file", "c.pem"}, nil)
+	c, err := parse(t, []string{"--version", "1.0.0", "--version-file", "/etc/version", "--cert-file", "c.pem", "--image-name", "../x"}, nil)
 	require.NoError(t, err)
 	err = c.check()
 	require.Error(t, err)
-	for _, want := range []string{"--broker", "--id", "--model", "--install-command", "exactly one of --version", "--cert-file and --key-file"} {
+	for _, want := range []string{"--broker", "--id", "--model", "--install-command", "exactly one of --version", "--cert-file and --key-file", "--image-name"} {
 		assert.Contains(t, err.Error(), want)
 	}
 }
@@ -113,6 +113,9 @@ func testDevice(t *testing.T, c *config) *device {
 	if c.stateDir == "" {
 		c.stateDir = t.TempDir()
 	}
+	if c.imageName == "" {
+		c.imageName = defaultImageName
+	}
 	if c.hookTimeout == 0 {
 		c.hookTimeout = defaultHookTimeout
 	}
@@ -127,15 +130,15 @@ func TestDevice_WriteBelowTheEndDropsTheRest(t *testing.T) {
 	d.closeImage()
 	require.NoError(t, d.WriteImage("u1", 4, []byte("cc")))
 	require.NoError(t, d.SyncImage())
-	b, err := os.ReadFile(d.path(imageFileName))
+	b, err := os.ReadFile(d.path(d.cfg.imageName))
 	require.NoError(t, err)
 	assert.Equal(t, "aaaacc", string(b))
 	// A new download starts over.
 	require.NoError(t, d.WriteImage("u2", 0, []byte("x")))
-	b, _ = os.ReadFile(d.path(imageFileName))
+	b, _ = os.ReadFile(d.path(d.cfg.imageName))
 	assert.Equal(t, "x", string(b))
 	d.Discard("u2")
-	assert.NoFileExists(t, d.path(imageFileName))
+	assert.NoFileExists(t, d.path(d.cfg.imageName))
 }
 
 func TestDevice_InstallRefusesAnImageThatChangedOnDisk(t *testing.T) {

@@ -21,10 +21,9 @@ import (
 	"github.com/flotaio/flota/internal/logsafe"
 )
 
-// Files of the state directory.
+// Files of the state directory, besides the image (--image-name).
 const (
 	stateFileName      = "state.json"      // the agent's state (agent.Config.StateFile)
-	imageFileName      = "image.part"      // the image being downloaded
 	confirmPendingName = "confirm.pending" // the version waiting for `flota-agent confirm`
 	confirmedName      = "confirm.ok"      // written by `flota-agent confirm`
 )
@@ -58,7 +57,7 @@ func (d *device) path(name string) string { return filepath.Join(d.cfg.stateDir,
 func (d *device) WriteImage(update string, off int64, p []byte) error {
 	if d.img == nil || d.imgUpdate != update {
 		d.closeImage()
-		f, err := os.OpenFile(d.path(imageFileName), os.O_RDWR|os.O_CREATE, 0o600)
+		f, err := os.OpenFile(d.path(d.cfg.imageName), os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
 			return err
 		}
@@ -96,7 +95,7 @@ func (d *device) closeImage() {
 // Discard removes the image file.
 func (d *device) Discard(update string) {
 	d.closeImage()
-	if err := os.Remove(d.path(imageFileName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(d.path(d.cfg.imageName)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		d.log.Warn("remove image", "err", err)
 	}
 }
@@ -105,7 +104,7 @@ func (d *device) Discard(update string) {
 // have changed it since the agent hashed the chunks) and runs the install
 // command with its path.
 func (d *device) Install(ctx context.Context, update string, fw agent.Firmware) error {
-	path := d.path(imageFileName)
+	path := d.path(d.cfg.imageName)
 	if fw.Size == 0 {
 		if err := os.WriteFile(path, nil, 0o600); err != nil {
 			return err
