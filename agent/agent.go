@@ -266,12 +266,10 @@ type Agent struct {
 	reconnTimer    *time.Timer
 	helloTimer     *time.Timer
 	retries        int
-	link           *link              // nil without Bandwidth and Latency (link.go)
-	power          powerState         // fault injection of power cuts (power.go)
-	lastOffer      offerMark          // the update of the newest transfer and when it was offered
-	ctx            context.Context    // the loop's context: ends at Close (passed to Device calls)
-	installing     bool               // a Device install runs
-	installed      chan installResult // its result; nil until the first install (device.go)
+	link           *link      // nil without Bandwidth and Latency (link.go)
+	power          powerState // fault injection of power cuts (power.go)
+	lastOffer      offerMark  // the update of the newest transfer and when it was offered
+	dev            *deviceRun // with a Device only: what running it needs (device.go)
 
 	lifeMu  sync.Mutex // guards cancel and closed
 	cancel  context.CancelFunc
@@ -370,7 +368,9 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	a.ctx = loopCtx
+	if cfg := a.cfg; cfg.Device != nil {
+		a.dev = &deviceRun{ctx: loopCtx, installed: make(chan installResult, 1)}
+	}
 	a.loadState()
 	a.wg.Add(1)
 	go a.run(loopCtx)
@@ -466,8 +466,8 @@ func (a *Agent) run(ctx context.Context) {
 		case <-timerC(a.installTimer):
 			a.installTimer = nil
 			a.finishInstall(nil)
-		case r := <-a.installed:
-			a.installing = false
+		case r := <-a.dev.installedC():
+			a.dev.installing = false
 			if t := a.held; t != nil && t.update == r.update {
 				a.finishInstall(r.err)
 			}
@@ -576,7 +576,7 @@ func (a *Agent) disconnect() {
 // on-connect handler.
 func (a *Agent) connect() {
 	a.boot()
-	if a.ctx != nil && a.ctx.Err() != nil {
+	if a.dev != nil && a.dev.ctx.Err() != nil {
 		return // closed while the Device decided what booted: nothing is said
 	}
 	gen := a.gen.Add(1)
@@ -618,8 +618,8 @@ func (a *Agent) boot() {
 	if d := a.cfg.Device; d != nil {
 		// The device says what runs: the target, or the old version
 		// after a rollback (its hello reports either, §10).
-		v := d.Booted(a.ctx, target)
-		if a.ctx.Err() != nil {
+		v := d.Booted(a.dev.ctx, target)
+		if a.dev.ctx.Err() != nil {
 			a.pendingVersion = target // undecided: decided again at the next start
 			return
 		}

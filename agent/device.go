@@ -75,6 +75,24 @@ const DefaultRebootWait = 5 * time.Minute
 // errInjectedInstall is the failure of a simulated install (Faults.FailInstall).
 var errInjectedInstall = errors.New("injected install failure")
 
+// deviceRun is what an agent with a Device needs besides devicesim's
+// simulated one, allocated only then so that a simulated agent stays as
+// small as it was. Owned by the loop goroutine.
+type deviceRun struct {
+	ctx        context.Context    // the loop's context: ends at Close (passed to Device calls)
+	installing bool               // an install runs
+	installed  chan installResult // its result
+}
+
+// installedC is the channel of install results; nil (never ready) without
+// a Device.
+func (r *deviceRun) installedC() <-chan installResult {
+	if r == nil {
+		return nil
+	}
+	return r.installed
+}
+
 // installResult is the end of an install run by a Device.
 type installResult struct {
 	update string
@@ -115,20 +133,18 @@ func (a *Agent) syncImage() bool {
 // the result from a.installed.
 func (a *Agent) startInstall() {
 	t := a.held
-	if t == nil || a.installing {
+	r := a.dev
+	if t == nil || r.installing {
 		return
 	}
-	a.installing = true
-	if a.installed == nil {
-		a.installed = make(chan installResult, 1)
-	}
+	r.installing = true
 	fw := Firmware{Version: t.fw.Version, Model: t.fw.Model, Size: t.fw.Size, SHA256: t.fw.SHA256}
-	update, ctx, d := t.update, a.ctx, a.cfg.Device
+	update, ctx, d := t.update, r.ctx, a.cfg.Device
 	a.logger().Info("installing", "update", update, "version", fw.Version)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		a.installed <- installResult{update, d.Install(ctx, update, fw)}
+		r.installed <- installResult{update, d.Install(ctx, update, fw)}
 	}()
 }
 
@@ -136,14 +152,14 @@ func (a *Agent) startInstall() {
 func (a *Agent) deviceReboot() {
 	a.waitReport()
 	a.disconnect()
-	err := a.cfg.Device.Reboot(a.ctx)
+	err := a.cfg.Device.Reboot(a.dev.ctx)
 	switch {
 	case err == nil:
 		a.logger().Info("waiting for the reboot", "up_to", a.cfg.RebootWait)
 		a.reconnTimer = time.NewTimer(a.cfg.RebootWait)
 		return
 	case errors.Is(err, ErrNoReboot):
-	case a.ctx.Err() != nil:
+	case a.dev.ctx.Err() != nil:
 		return // the reboot stopped the agent while its command ran
 	default:
 		a.logger().Warn("reboot failed", "err", err)

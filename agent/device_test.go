@@ -94,9 +94,7 @@ func TestAgentDevice_InstallsTheReceivedBytesAndReportsWhatBooted(t *testing.T) 
 			o.offer("dev-1", img.offer("u1", 3, "2.0.0", "m1"))
 			o.expectReport(fleet.StateAccepted)
 			o.push("dev-1", 3, img.data, 0)
-			for _, st := range []fleet.DeviceState{fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling, fleet.StateRebooting} {
-				o.expectReport(st)
-			}
+			o.expectReports(fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling, fleet.StateRebooting)
 			// The hello after the reboot holds the transfer whatever runs:
 			// the orchestrator decides success or boot_failed from its version.
 			h := recv(t, o.hello, "hello after reboot")
@@ -137,9 +135,7 @@ func TestAgentDevice_InstallErrorFailsInstallFailedWithoutReboot(t *testing.T) {
 	o.offer("dev-1", img.offer("u1", 1, "2.0.0", "m1"))
 	o.expectReport(fleet.StateAccepted)
 	o.push("dev-1", 1, img.data, 0)
-	o.expectReport(fleet.StateDownloaded)
-	o.expectReport(fleet.StateVerified)
-	o.expectReport(fleet.StateInstalling)
+	o.expectReports(fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling)
 	r := o.expectReport(fleet.StateFailed)
 	assert.Equal(t, fleet.ReasonInstallFailed, r.Reason)
 	eventually(t, func() bool { return a.Stats().Failed }, "failure in stats")
@@ -156,9 +152,7 @@ func TestAgentDevice_OfferOfAnotherImageWhileInstallingIsBusy(t *testing.T) {
 	o.offer("dev-1", img.offer("u1", 1, "2.0.0", "m1"))
 	o.expectReport(fleet.StateAccepted)
 	o.push("dev-1", 1, img.data, 0)
-	o.expectReport(fleet.StateDownloaded)
-	o.expectReport(fleet.StateVerified)
-	o.expectReport(fleet.StateInstalling)
+	o.expectReports(fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling)
 	// Same update, another image: the install under way goes on.
 	other := newImage(3 * testChunk)
 	o.offer("dev-1", other.offer("u1", 2, "2.0.1", "m1"))
@@ -183,4 +177,12 @@ func (d *blockingDevice) Install(ctx context.Context, update string, fw Firmware
 		return ctx.Err()
 	}
 	return d.memDevice.Install(ctx, update, fw)
+}
+
+// expectReports expects reports of these states, in order.
+func (o *orch) expectReports(states ...fleet.DeviceState) {
+	o.t.Helper()
+	for _, st := range states {
+		o.expectReport(st)
+	}
 }

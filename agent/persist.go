@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotaio/flota/internal/atomicfile"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
 )
@@ -399,36 +400,9 @@ func (p *persister) write(s snapshot) {
 	if s.seq <= p.written {
 		return
 	}
-	if err := writeFileAtomic(p.path, s.data); err != nil {
+	if err := atomicfile.Write(p.path, s.data, 0o644); err != nil {
 		p.log.Warn("state file not written", "file", p.path, "err", err)
 		return
 	}
 	p.written = s.seq
-}
-
-// writeFileAtomic replaces path with data: it writes a temporary file next
-// to it, syncs it and renames it over path, so that a crash leaves either
-// the old or the new content. The directory is not synced: after a power
-// loss the rename may be undone, which leaves the previous complete file.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

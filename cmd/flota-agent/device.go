@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/flotaio/flota/agent"
+	"github.com/flotaio/flota/internal/atomicfile"
 	"github.com/flotaio/flota/internal/logsafe"
 )
 
@@ -182,7 +183,7 @@ func (d *device) Booted(ctx context.Context, target string) string {
 
 // waitConfirm waits for `flota-agent confirm` of target.
 func (d *device) waitConfirm(ctx context.Context, target string) error {
-	if err := writeFileAtomic(d.path(confirmPendingName), []byte(target+"\n")); err != nil {
+	if err := atomicfile.Write(d.path(confirmPendingName), []byte(target+"\n"), 0o600); err != nil {
 		return fmt.Errorf("confirmation not requested: %w", err)
 	}
 	defer d.removeConfirmFiles()
@@ -338,27 +339,4 @@ func (h *headBuffer) String() string {
 		s += fmt.Sprintf(" [+%d bytes]", h.dropped)
 	}
 	return s
-}
-
-// writeFileAtomic replaces path with data (temporary file, fsync, rename).
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-	}
-	return err
 }

@@ -24,6 +24,7 @@ import (
 	"syscall"
 
 	"github.com/flotaio/flota/agent"
+	"github.com/flotaio/flota/internal/atomicfile"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/mqttclient"
@@ -156,7 +157,7 @@ func confirmBoot(stateDir string, out io.Writer) error {
 		return err
 	}
 	v := strings.TrimSpace(string(b))
-	if err := writeFileAtomic(filepath.Join(stateDir, confirmedName), []byte(v+"\n")); err != nil {
+	if err := atomicfile.Write(filepath.Join(stateDir, confirmedName), []byte(v+"\n"), 0o600); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "confirmed %s\n", v)
