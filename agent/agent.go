@@ -468,6 +468,9 @@ func (a *Agent) run(ctx context.Context) {
 			a.finishInstall(nil)
 		case r := <-a.dev.installedC():
 			a.dev.installing = false
+			if ctx.Err() != nil {
+				return // interrupted by Close: installed again after the next start
+			}
 			if t := a.held; t != nil && t.update == r.update {
 				a.finishInstall(r.err)
 			}

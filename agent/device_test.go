@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -185,4 +187,44 @@ func (o *orch) expectReports(states ...fleet.DeviceState) {
 	for _, st := range states {
 		o.expectReport(st)
 	}
+}
+
+// TestAgentDevice_InstallInterruptedByCloseRunsAgainAtTheNextStart: a
+// stop during an install (systemd stopping the agent) reports nothing and
+// leaves the install held; the next start installs again. (Which of the
+// loop's Close and the install's result is seen first is up to the
+// scheduler, so the loop's guard against reporting the interrupted
+// install as failed is not forced by this test.)
+func TestAgentDevice_InstallInterruptedByCloseRunsAgainAtTheNextStart(t *testing.T) {
+	o := startOrch(t)
+	stateFile := filepath.Join(t.TempDir(), "state.json")
+	first := &blockingDevice{block: make(chan struct{})} // never unblocked: Close interrupts it
+	a := startAgent(t, o, func(c *Config) { c.Device = first; c.StateFile = stateFile })
+	img := newImage(2 * testChunk)
+	o.offer("dev-1", img.offer("u1", 1, "2.0.0", "m1"))
+	o.expectReport(fleet.StateAccepted)
+	o.push("dev-1", 1, img.data, 0)
+	o.expectReports(fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling)
+	require.NoError(t, a.Close())
+	select {
+	case r := <-o.report:
+		t.Fatalf("report after Close: %+v", r)
+	default:
+	}
+
+	// The next start holds the install and runs it again.
+	second := &memDevice{booted: func(t string) string { return t }, rebootErr: ErrNoReboot}
+	second.img.Write(img.data) // what the first run wrote to storage
+	cfg := Config{Broker: o.url, ID: "dev-1", Model: "m1", Version: "1.0.0", RetryInterval: 100 * time.Millisecond,
+		DialTimeout: time.Second, Device: second, StateFile: stateFile}
+	b := New(cfg)
+	t.Cleanup(func() { require.NoError(t, b.Close()) })
+	require.NoError(t, b.Start(context.Background()))
+	h := recv(t, o.hello, "hello holding the install")
+	require.NotNil(t, h.Transfer)
+	assert.Equal(t, fleet.StateInstalling, h.Transfer.State)
+	o.expectReport(fleet.StateRebooting)
+	h = recv(t, o.hello, "hello after the reboot")
+	assert.Equal(t, "2.0.0", h.Version)
+	second.get(func(d *memDevice) { assert.Equal(t, img.data, d.installed) })
 }
