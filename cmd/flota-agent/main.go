@@ -132,7 +132,9 @@ func serve(ctx context.Context, c *config, log *slog.Logger) error {
 	<-ctx.Done()
 	err = a.Close()
 	st := a.Stats()
-	log.Info("stopped", "version", st.Version, "bytes_received", st.BytesReceived, "installs", st.Installs)
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru) // zero on failure: only logged
+	log.Info("stopped", "version", st.Version, "bytes_received", st.BytesReceived, "installs", st.Installs, "max_rss_kib", ru.Maxrss)
 	return err
 }
 

@@ -366,7 +366,22 @@ func TestE2E_FlotaAgentKilledMidTransferResumesFromItsCheckpoint(t *testing.T) {
 		resent, (resent+4095)/4096, size, elapsed.Round(10*time.Millisecond))
 	assert.Less(t, resent, int64(256<<10), "resumed from a checkpoint at most 64 KiB behind, plus the window")
 	assert.Contains(t, fa.logString(), "state restored")
+	t.Logf("flota-agent peak RSS of the process that downloaded the rest of the image, installed it and rebooted: %s", fa.peakRSS())
 	sm.stop(t)
+}
+
+// peakRSS is the largest max_rss_kib the agent's processes logged when
+// they stopped (a reboot or a SIGTERM; a SIGKILLed one logs nothing).
+func (fa *flotaAgent) peakRSS() string {
+	peak := int64(-1)
+	for _, l := range strings.Split(fa.logString(), "\n") {
+		if _, v, ok := strings.Cut(l, "max_rss_kib="); ok && strings.Contains(l, "msg=stopped") {
+			if n, err := strconv.ParseInt(strings.Fields(v)[0], 10, 64); err == nil && n > peak {
+				peak = n
+			}
+		}
+	}
+	return fmt.Sprintf("%d KiB", peak)
 }
 
 func TestE2E_FlotaAgentRefusesABadSignature(t *testing.T) {
