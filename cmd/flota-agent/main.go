@@ -122,6 +122,9 @@ func serve(ctx context.Context, c *config, log *slog.Logger) error {
 	} else if c.caFile != "" || c.certFile != "" {
 		return errors.New("--ca-file, --cert-file and --key-file need an ssl:// broker URL")
 	}
+	if (c.healthCmd != "" || c.requireConfirm || c.confirmCmd != "") && c.rollbackCmd == "" {
+		log.Warn("no --rollback-command: a new version that fails its checks keeps running and is reported as running")
+	}
 	a := agent.New(cfg)
 	log.Info("starting", "device", c.id, "broker", c.broker, "version", running, "state_dir", c.stateDir)
 	if err := a.Start(ctx); err != nil {
