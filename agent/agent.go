@@ -368,7 +368,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	if cfg := a.cfg; cfg.Device != nil {
+	if a.cfg.Device != nil {
 		a.dev = &deviceRun{ctx: loopCtx, installed: make(chan installResult, 1)}
 	}
 	a.loadState()
