@@ -18,6 +18,7 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/orchestrator ./cmd/orchestrator
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/devicesim ./cmd/devicesim
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/flota-agent ./cmd/flota-agent
 
 # The end-to-end tests build the orchestrator and devicesim without -race
 # while they run, inside the 10 minute timeout: build them first, so that on

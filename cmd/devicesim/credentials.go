@@ -12,7 +12,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/flotaio/flota/internal/agent"
+	"github.com/flotaio/flota/agent"
 	"github.com/flotaio/flota/mqttclient"
 )
 

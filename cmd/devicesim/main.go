@@ -1,5 +1,5 @@
 // Command devicesim simulates a fleet of flota devices in one process: many
-// agents (internal/agent), each with its own MQTT connection, with injected
+// agents (package agent), each with its own MQTT connection, with injected
 // faults (lost chunks, failed installs, disconnects mid-transfer), for load
 // and end-to-end tests of the orchestrator. It prints a summary when it
 // exits, and writes it as JSON with --summary.

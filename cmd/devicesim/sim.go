@@ -18,7 +18,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/flotaio/flota/internal/agent"
+	"github.com/flotaio/flota/agent"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
 )

@@ -4,7 +4,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/flotaio/flota/internal/agent"
+	"github.com/flotaio/flota/agent"
 	"github.com/flotaio/flota/internal/fleet"
 )
 

@@ -25,7 +25,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/flotaio/flota/internal/agent"
+	"github.com/flotaio/flota/agent"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/rollout"
 )

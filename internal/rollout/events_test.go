@@ -6,7 +6,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
-	"github.com/flotaio/flota/internal/agent"
+	"github.com/flotaio/flota/agent"
 	"github.com/flotaio/flota/internal/fleet"
 )
 

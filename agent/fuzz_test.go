@@ -46,7 +46,7 @@ func step(a *Agent) {
 		a.action = actNone
 		switch act {
 		case actInstall:
-			a.finishInstall()
+			a.finishInstall(nil)
 		case actReboot:
 			a.boot()
 			a.sayHello(a.heldHello())

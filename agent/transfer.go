@@ -105,6 +105,12 @@ func (a *Agent) handleOffer(b []byte) {
 		a.report(protocol.Report{Update: t.update, Handle: t.handle, State: st, Offset: t.expected})
 		return
 	}
+	if t != nil && t.state != fleet.StateDownloading {
+		// Another image under the same update while this one installs:
+		// the device finishes what it started.
+		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonBusy})
+		return
+	}
 	t = &transfer{
 		update:    o.Update,
 		handle:    o.Handle,
@@ -154,6 +160,9 @@ func (a *Agent) handleChunk(b []byte) {
 		a.ack(t) // a gap or a duplicate: the duplicate ack tells the expected offset
 		return
 	}
+	if !a.writeImage(t, off, f.Payload) {
+		return
+	}
 	t.hash.Write(f.Payload)
 	if r := a.cfg.FlashRate; r > 0 {
 		time.Sleep(time.Duration(n * int64(time.Second) / r))
@@ -183,6 +192,11 @@ func (a *Agent) handleChunk(b []byte) {
 // complete checks the received image and starts the install.
 func (a *Agent) complete() {
 	t := a.held
+	if !a.syncImage() {
+		a.setHeld(nil)
+		a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateFailed, Reason: fleet.ReasonStorageError})
+		return
+	}
 	sum := hex.EncodeToString(t.hash.Sum(nil))
 	t.hash = nil
 	a.updateStats(func(s *Stats) { s.ImageSHA256 = sum })
@@ -204,14 +218,19 @@ func (a *Agent) complete() {
 	a.action = actInstall
 }
 
-// finishInstall ends the simulated install: a failure keeps the old version,
-// a success reboots into the new one.
-func (a *Agent) finishInstall() {
+// finishInstall ends the install, simulated or done by the Device with
+// the result err: a failure keeps the old version, a success reboots into
+// the new one.
+func (a *Agent) finishInstall(err error) {
 	t := a.held
 	if t == nil || t.state != fleet.StateInstalling {
 		return
 	}
-	if p := a.cfg.Faults.FailInstall; p > 0 && a.rng.Float64() < p {
+	if p := a.cfg.Faults.FailInstall; err == nil && p > 0 && a.rng.Float64() < p {
+		err = errInjectedInstall
+	}
+	if err != nil {
+		a.logger().Warn("install failed", "update", t.update, "err", err)
 		a.setHeld(nil)
 		a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateFailed, Reason: fleet.ReasonInstallFailed})
 		return
@@ -240,6 +259,7 @@ func (a *Agent) handleCancel(b []byte) {
 		if reason == fleet.ReasonNone {
 			reason = fleet.ReasonOperator
 		}
+		a.logger().Info("transfer cancelled", "update", t.update, "offset", t.expected, "reason", reason)
 		a.report(protocol.Report{Update: t.update, Handle: c.Handle, State: fleet.StateCancelled, Offset: t.expected, Reason: reason})
 	case a.done != nil && a.done.update == c.Update:
 		// Already running it: nothing to cancel.
@@ -281,8 +301,12 @@ func (a *Agent) sayHello(held *protocol.Held) {
 	a.settle()
 }
 
-// setHeld replaces the held transfer.
+// setHeld replaces the held transfer; a Device discards the image of the
+// one it replaces.
 func (a *Agent) setHeld(t *transfer) {
+	if prev := a.held; prev != nil && prev != t && a.cfg.Device != nil {
+		a.cfg.Device.Discard(prev.update)
+	}
 	a.held = t
 	a.updateStats(func(s *Stats) { s.Holding = t != nil })
 }

@@ -229,7 +229,7 @@ func TestAgent_RebootsIntoNewVersionAfterCrash(t *testing.T) {
 	sendChunks(a, img, 9, 0, 2*testChunk)
 	a.handleDown(protocol.KindChunk, protocol.AppendFrame(nil, protocol.Frame{Handle: 9, Offset: 2 * testChunk, Payload: img.data[2*testChunk:]}))
 	a.action = actNone
-	a.finishInstall() // reported rebooting; the reboot did not happen
+	a.finishInstall(nil) // reported rebooting; the reboot did not happen
 	crash(a)
 
 	b, sent := newRecordingAgent(t, cfg)

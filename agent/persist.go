@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flotaio/flota/internal/atomicfile"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
 )
@@ -187,7 +188,9 @@ func (a *Agent) restore(b []byte) error {
 		done = &completed{update: d.Update, handle: d.Handle, size: d.Size, version: d.Version}
 	}
 
-	a.version = sf.Version
+	if a.cfg.Device == nil {
+		a.version = sf.Version // a Device's version is what it runs: Config.Version
+	}
 	a.done = done
 	a.setHeld(t)
 	if t != nil {
@@ -201,8 +204,8 @@ func (a *Agent) restore(b []byte) error {
 		}
 	}
 	a.updateStats(func(s *Stats) {
-		s.Version = sf.Version
-		s.Updated = sf.Version != a.cfg.Version
+		s.Version = a.version
+		s.Updated = a.version != a.cfg.Version
 		s.Installs = sf.Installs
 		s.InstallsBefore = sf.Installs
 		s.ImageSHA256 = sf.ImageSHA256
@@ -305,6 +308,9 @@ func (a *Agent) checkpoint(t *transfer) {
 	if t.expected-p.ckptAt < p.ckptBytes && time.Since(p.ckptTime) < p.ckptEvery {
 		return
 	}
+	if !a.syncImage() {
+		return
+	}
 	a.saveState(false)
 }
 
@@ -394,36 +400,9 @@ func (p *persister) write(s snapshot) {
 	if s.seq <= p.written {
 		return
 	}
-	if err := writeFileAtomic(p.path, s.data); err != nil {
+	if err := atomicfile.Write(p.path, s.data, 0o644); err != nil {
 		p.log.Warn("state file not written", "file", p.path, "err", err)
 		return
 	}
 	p.written = s.seq
-}
-
-// writeFileAtomic replaces path with data: it writes a temporary file next
-// to it, syncs it and renames it over path, so that a crash leaves either
-// the old or the new content. The directory is not synced: after a power
-// loss the rename may be undone, which leaves the previous complete file.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

@@ -2,10 +2,15 @@
 // that connects to an MQTT broker with paho, announces itself, accepts offers
 // whose ed25519 signature verifies (when it has a public key, verify.go),
 // receives the chunked image with cumulative acks, verifies its SHA-256,
-// simulates the install and the reboot into the new version, and resumes a
-// transfer byte-exactly after a disconnect. cmd/devicesim runs thousands of
-// them in one process, so an agent keeps no image in memory: only a running
-// hash and the offset it holds.
+// installs it and reboots into the new version, and resumes a transfer
+// byte-exactly after a disconnect or, with a state file, a restart.
+//
+// A Go program on a device embeds it with a Device (device.go), which
+// stores the image, installs it, reboots and confirms the boot;
+// cmd/flota-agent is such a program for Linux, driven by shell hooks.
+// Without a Device the install and the reboot are simulated: cmd/devicesim
+// runs thousands of such agents in one process, so an agent keeps no image
+// in memory, only a running hash and the offset it holds.
 //
 // Concurrency: paho's message handler only hands messages to one goroutine
 // per agent through a bounded queue (dropping when it is full; the
@@ -66,11 +71,11 @@ type Faults struct {
 
 // Config configures an Agent. Zero durations take the Default constants.
 type Config struct {
-	Broker  string // tcp://host:port, or ssl://host:port with TLSConfig
-	ID      string // device ID, also the MQTT client ID
-	Model   string
-	Version string // version running at start
-	Tags    map[string]string
+	Broker  string            // tcp://host:port, or ssl://host:port with TLSConfig
+	ID      string            // device ID, also the MQTT client ID
+	Model   string            // hardware model, compared with an offer's firmware model
+	Version string            // version running at start
+	Tags    map[string]string // labels for update selectors, said in the hello
 
 	RebootDelay    time.Duration // off time of a reboot (default 1s)
 	InstallDelay   time.Duration // simulated install time (default 0)
@@ -105,7 +110,7 @@ type Config struct {
 	CheckpointBytes    int64
 	CheckpointInterval time.Duration
 
-	Faults Faults
+	Faults Faults // injected failures of a simulated device (devicesim)
 	// Bandwidth limits each direction of the device's link to this many
 	// bytes per second (0: unlimited); Latency is added to every message
 	// the device receives and sends (link.go).
@@ -121,7 +126,7 @@ type Config struct {
 	// Seed seeds the fault injection; zero picks a random seed.
 	Seed uint64
 
-	Logger *slog.Logger
+	Logger *slog.Logger // nil: no logs; narrowed to the device ID on first use
 
 	// Username and Password are the MQTT credentials; with a Password and
 	// no Username, the username is ID (docs/PROTOCOL.md, "Connecting").
@@ -139,18 +144,27 @@ type Config struct {
 	EnrollToken string
 	// TLSConfig is used for ssl:// broker URLs.
 	TLSConfig *tls.Config
+
+	// Device, when set, makes the agent update a real device: it stores
+	// the image, installs it, reboots and confirms the boot through it
+	// (device.go). Nil: all of that is simulated, and InstallDelay,
+	// RebootDelay and Faults.FailInstall apply.
+	Device Device
+	// RebootWait is how long an agent with a Device waits for the reboot
+	// to end its process (default DefaultRebootWait).
+	RebootWait time.Duration
 }
 
 // Stats are an agent's counters. Copy-safe.
 type Stats struct {
-	ID        string            `json:"id"`
-	Version   string            `json:"version"`
-	Connected bool              `json:"connected"`
+	ID        string            `json:"id"`              // the device ID
+	Version   string            `json:"version"`         // the version running
+	Connected bool              `json:"connected"`       // connected and subscribed
 	State     fleet.DeviceState `json:"state,omitempty"` // last state reported for a held transfer
 	// Holding: the device holds a transfer (a partial download, an install,
 	// or a reboot whose hello was not yet acknowledged).
 	Holding  bool `json:"holding"`
-	Installs int  `json:"installs"`
+	Installs int  `json:"installs"` // images installed
 	// InstallsBefore is the part of Installs loaded from the state file.
 	InstallsBefore int `json:"installs_before,omitempty"`
 	// BytesReceived counts chunk payload bytes accepted, re-downloads included.
@@ -255,6 +269,7 @@ type Agent struct {
 	link           *link      // nil without Bandwidth and Latency (link.go)
 	power          powerState // fault injection of power cuts (power.go)
 	lastOffer      offerMark  // the update of the newest transfer and when it was offered
+	dev            *deviceRun // with a Device only: what running it needs (device.go)
 
 	lifeMu  sync.Mutex // guards cancel and closed
 	cancel  context.CancelFunc
@@ -291,6 +306,9 @@ func New(cfg Config) *Agent {
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.RebootWait <= 0 {
+		cfg.RebootWait = DefaultRebootWait
 	}
 	if cfg.InstallDelay < 0 {
 		cfg.InstallDelay = 0
@@ -350,6 +368,9 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	loopCtx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
+	if a.cfg.Device != nil {
+		a.dev = &deviceRun{ctx: loopCtx, installed: make(chan installResult, 1)}
+	}
 	a.loadState()
 	a.wg.Add(1)
 	go a.run(loopCtx)
@@ -444,7 +465,15 @@ func (a *Agent) run(ctx context.Context) {
 			}
 		case <-timerC(a.installTimer):
 			a.installTimer = nil
-			a.finishInstall()
+			a.finishInstall(nil)
+		case r := <-a.dev.installedC():
+			a.dev.installing = false
+			if ctx.Err() != nil {
+				return // interrupted by Close: installed again after the next start
+			}
+			if t := a.held; t != nil && t.update == r.update {
+				a.finishInstall(r.err)
+			}
 		case <-timerC(a.reconnTimer):
 			a.reconnTimer = nil
 			a.connect()
@@ -469,17 +498,24 @@ func (a *Agent) perform() {
 		a.action = actNone
 		switch act {
 		case actInstall:
-			if a.cfg.InstallDelay > 0 {
+			switch {
+			case a.cfg.Device != nil:
+				a.startInstall()
+			case a.cfg.InstallDelay > 0:
 				a.installTimer = time.NewTimer(a.cfg.InstallDelay)
-			} else {
-				a.finishInstall()
+			default:
+				a.finishInstall(nil)
 			}
 		case actFaultDisconnect:
 			a.logger().Info("injected disconnect", "offset", a.heldOffset())
 			a.goOffline(a.cfg.ReconnectDelay)
 		case actReboot:
 			a.logger().Info("rebooting", "into", a.pendingVersion)
-			a.goOffline(a.cfg.RebootDelay)
+			if a.cfg.Device != nil {
+				a.deviceReboot()
+			} else {
+				a.goOffline(a.cfg.RebootDelay)
+			}
 		case actPowerCut:
 			a.powerCut()
 		}
@@ -543,6 +579,9 @@ func (a *Agent) disconnect() {
 // on-connect handler.
 func (a *Agent) connect() {
 	a.boot()
+	if a.dev != nil && a.dev.ctx.Err() != nil {
+		return // closed while the Device decided what booted: nothing is said
+	}
 	gen := a.gen.Add(1)
 	opts := mqtt.NewClientOptions().
 		SetStore(pahostore.New()). // paho's MemoryStore races on reconnect (pahostore)
@@ -577,10 +616,25 @@ func (a *Agent) boot() {
 	if a.pendingVersion == "" {
 		return
 	}
-	a.version = a.pendingVersion
+	target := a.pendingVersion
 	a.pendingVersion = ""
-	v := a.version
-	a.updateStats(func(s *Stats) { s.Version = v; s.Updated = true; s.Failed = false; s.LastReason = "" })
+	if d := a.cfg.Device; d != nil {
+		// The device says what runs: the target, or the old version
+		// after a rollback (its hello reports either, §10).
+		v := d.Booted(a.dev.ctx, target)
+		if a.dev.ctx.Err() != nil {
+			a.pendingVersion = target // undecided: decided again at the next start
+			return
+		}
+		if v != "" { // empty: unknown, keep the version read at start
+			a.version = v
+		}
+		a.logger().Info("booted", "version", a.version, "target", target)
+	} else {
+		a.version = target
+	}
+	v, ok := a.version, a.version == target
+	a.updateStats(func(s *Stats) { s.Version = v; s.Updated = ok; s.Failed = !ok; s.LastReason = "" })
 }
 
 // onConnectResult handles the outcome of a connection attempt.
