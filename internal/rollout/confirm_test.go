@@ -59,7 +59,13 @@ func TestEngine_UnknownUpdateAnswerToACancelRecordsTheCancelReason(t *testing.T)
 	require.NoError(t, h.engine.Cancel(context.Background(), u.ID))
 	d.report(o, fleet.StateCancelled, 0, fleet.ReasonUnknownUpdate)
 	h.waitEnd(u.ID, 10*time.Second)
-	p := h.deviceState(u.ID, "blank")
+	// The update is cancelled at once; the offered device's row changes
+	// when its answer is handled.
+	var p fleet.Progress
+	eventually(t, 10*time.Second, func() bool {
+		p = h.deviceState(u.ID, "blank")
+		return p.State != fleet.StateOffered
+	}, "the device's answer handled")
 	assert.Equal(t, fleet.StateCancelled, p.State)
 	assert.Equal(t, fleet.ReasonOperator, p.Reason)
 }
