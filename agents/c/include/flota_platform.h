@@ -49,6 +49,10 @@ typedef struct flota_platform {
     /* Make every byte written so far durable; called before the core
      * persists an offset that counts them. NULL: writes are durable. */
     bool (*storage_sync)(void *user);
+    /* Read n bytes of the slot at offset. When given, the core checks the
+     * SHA-256 of what the slot holds (catching a bad flash write) instead
+     * of the running hash of what it received. NULL: the running hash. */
+    bool (*storage_read)(void *user, uint32_t offset, uint8_t *p, size_t n);
     /* Erase the slot (cancel, failure). NULL: nothing to do. */
     void (*storage_discard)(void *user);
 

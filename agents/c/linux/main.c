@@ -51,6 +51,7 @@ typedef struct {
     bool corrupt_stored;      /* flip a byte written to the slot (bad_digest) */
     bool boot_fails;          /* the bootloader rolls back the installed image */
     bool no_boot;             /* never comes back from the reboot */
+    unsigned write_delay_ms;  /* slow flash: time per slot write */
     /* runtime */
     struct mosquitto *m;
     flota_agent agent;
@@ -61,6 +62,7 @@ typedef struct {
     bool reboot_now, connected;
     unsigned long frames;
     unsigned long long bytes_rx;
+    flota_stats total; /* of the runs before the last reboot */
 } port;
 
 static volatile sig_atomic_t stop;
@@ -162,6 +164,8 @@ static bool h_storage_write(void *u, uint32_t offset, const uint8_t *b, size_t n
 {
     port *p = u;
     uint8_t first = b[0];
+    if (p->write_delay_ms)
+        usleep(p->write_delay_ms * 1000u);
     if (p->corrupt_stored && offset == 0) {
         first ^= 0xFF;
         if (pwrite(p->slot_fd, &first, 1, offset) != 1)
@@ -175,6 +179,17 @@ static bool h_storage_sync(void *u)
 {
     port *p = u;
     return p->slot_fd < 0 || fdatasync(p->slot_fd) == 0;
+}
+
+static bool h_storage_read(void *u, uint32_t offset, uint8_t *b, size_t n)
+{
+    port *p = u;
+    if (p->slot_fd < 0) {
+        char fn[4096];
+        path(p, "slot.bin", fn, sizeof fn);
+        p->slot_fd = open(fn, O_RDWR);
+    }
+    return p->slot_fd >= 0 && pread(p->slot_fd, b, n, offset) == (ssize_t)n;
 }
 
 static void h_storage_discard(void *u)
@@ -200,6 +215,8 @@ static bool h_kv_set(void *u, const char *key, const uint8_t *buf, size_t len)
     port *p = u;
     char name[64];
     snprintf(name, sizeof name, "kv-%s", key);
+    if (!write_file(p, name, buf, len))
+        return false;
     if (len == sizeof(flota_held)) {
         const flota_held *h = (const flota_held *)buf;
         logf_("persist state=%s update=%s offset=%u applied=%llu bad_frames=%u",
@@ -207,7 +224,7 @@ static bool h_kv_set(void *u, const char *key, const uint8_t *buf, size_t len)
               (unsigned)h->expected, (unsigned long long)p->agent.stats.bytes_applied,
               (unsigned)p->agent.stats.frames_bad);
     }
-    return write_file(p, name, buf, len);
+    return true;
 }
 
 static bool h_install(void *u, const char *version)
@@ -446,6 +463,16 @@ static void run(port *p)
     }
 }
 
+static void add_stats(flota_stats *t, const flota_stats *s)
+{
+    t->frames_bad += s->frames_bad;
+    t->frames_stale += s->frames_stale;
+    t->frames_dup += s->frames_dup;
+    t->messages_bad += s->messages_bad;
+    t->persists += s->persists;
+    t->bytes_applied += s->bytes_applied;
+}
+
 /* ---- options ------------------------------------------------------------------------ */
 
 static bool read_public_key(const char *file, uint8_t pk[32])
@@ -520,7 +547,9 @@ static void usage(void)
             "  --max-chunk N (default 4096) --max-window N (default 4) --slot-size N (default 64 MiB)\n"
             "  --persist-interval-ms N (least time between two writes of the offset, default 0)\n"
             "  --keepalive S (default 30)\n"
-            "test faults: --corrupt-every N, --corrupt-stored, --boot-fails, --no-boot\n");
+            "test faults: --corrupt-every N (flip a byte of every Nth frame), --corrupt-stored\n"
+            "  (flip a stored byte), --boot-fails (roll back), --no-boot (never come back),\n"
+            "  --write-delay-ms N (slow flash)\n");
 }
 
 int main(int argc, char **argv)
@@ -542,7 +571,7 @@ int main(int argc, char **argv)
         {"max-chunk", 1, 0, 'c'}, {"max-window", 1, 0, 'w'}, {"slot-size", 1, 0, 's'},
         {"persist-interval-ms", 1, 0, 'p'}, {"keepalive", 1, 0, 'K'},
         {"corrupt-every", 1, 0, 'x'}, {"corrupt-stored", 0, 0, 'X'},
-        {"boot-fails", 0, 0, 'F'}, {"no-boot", 0, 0, 'N'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0},
+        {"boot-fails", 0, 0, 'F'}, {"no-boot", 0, 0, 'N'}, {"write-delay-ms", 1, 0, 'D'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -572,6 +601,7 @@ int main(int argc, char **argv)
         case 'X': p.corrupt_stored = true; break;
         case 'F': p.boot_fails = true; break;
         case 'N': p.no_boot = true; break;
+        case 'D': p.write_delay_ms = (unsigned)strtoul(optarg, NULL, 10); break;
         default: usage(); return 2;
         }
     }
@@ -612,7 +642,7 @@ int main(int argc, char **argv)
     p.plat = (flota_platform){
         .user = &p, .publish = h_publish, .subscribe = h_subscribe, .disconnect = h_disconnect,
         .storage_open = h_storage_open, .storage_write = h_storage_write,
-        .storage_sync = h_storage_sync, .storage_discard = h_storage_discard,
+        .storage_sync = h_storage_sync, .storage_read = h_storage_read, .storage_discard = h_storage_discard,
         .kv_get = h_kv_get, .kv_set = h_kv_set, .install = h_install, .reboot = h_reboot,
         .confirm = h_confirm, .now_ms = h_now_ms, .sha256_init = h_sha_init,
         .sha256_update = h_sha_update, .sha256_final = h_sha_final, .ed25519_verify = h_verify,
@@ -632,6 +662,7 @@ int main(int argc, char **argv)
         if (!p.reboot_now)
             break;
         p.reboot_now = false;
+        add_stats(&p.total, &p.agent.stats);
         if (p.slot_fd >= 0)
             close(p.slot_fd);
         p.slot_fd = -1;
@@ -647,12 +678,13 @@ int main(int argc, char **argv)
         logf_("rebooting");
         usleep(100 * 1000);
     }
+    add_stats(&p.total, &p.agent.stats);
     logf_("stats frames=%lu bytes_rx=%llu bytes_applied=%llu frames_bad=%u frames_dup=%u "
           "frames_stale=%u messages_bad=%u persists=%u",
-          p.frames, p.bytes_rx, (unsigned long long)p.agent.stats.bytes_applied,
-          (unsigned)p.agent.stats.frames_bad, (unsigned)p.agent.stats.frames_dup,
-          (unsigned)p.agent.stats.frames_stale, (unsigned)p.agent.stats.messages_bad,
-          (unsigned)p.agent.stats.persists);
+          p.frames, p.bytes_rx, (unsigned long long)p.total.bytes_applied,
+          (unsigned)p.total.frames_bad, (unsigned)p.total.frames_dup,
+          (unsigned)p.total.frames_stale, (unsigned)p.total.messages_bad,
+          (unsigned)p.total.persists);
     mosquitto_lib_cleanup();
     return rc;
 }

@@ -454,9 +454,21 @@ void flota_poll(flota_agent *a)
             uint64_t align;
         } ctx; /* final on a copy: the persisted state stays usable */
         uint8_t digest[32];
-        memcpy(ctx.b, h->sha.b, sizeof ctx.b);
+        bool ok = true;
+        if (a->p->storage_read) {
+            /* Hash what the slot holds: what will boot. */
+            uint8_t block[128];
+            a->p->sha256_init(a->p->user, ctx.b);
+            for (uint32_t off = 0; ok && off < h->fw.size; off += sizeof block) {
+                uint32_t n = h->fw.size - off < sizeof block ? h->fw.size - off : sizeof block;
+                ok = a->p->storage_read(a->p->user, off, block, n);
+                a->p->sha256_update(a->p->user, ctx.b, block, n);
+            }
+        } else {
+            memcpy(ctx.b, h->sha.b, sizeof ctx.b);
+        }
         a->p->sha256_final(a->p->user, ctx.b, digest);
-        if (memcmp(digest, h->fw.sha256, 32) != 0) {
+        if (!ok || memcmp(digest, h->fw.sha256, 32) != 0) {
             char update[sizeof h->update];
             uint32_t handle = h->handle;
             copy_str(update, h->update, sizeof update);
