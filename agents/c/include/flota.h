@@ -155,7 +155,7 @@ const char *flota_state_name(flota_state s);
 /* ---- the codec, exposed for tests and fuzzing ------------------------- */
 
 /* Decoders return true for a message valid under §4-§6 (strict JSON, v 1,
- * required fields, types and ranges); out is filled only then. */
+ * required fields, types and ranges); out is meaningful only then. */
 bool flota_decode_offer(const uint8_t *p, size_t n, flota_offer *out);
 bool flota_decode_cancel(const uint8_t *p, size_t n, flota_cancel *out);
 bool flota_decode_frame(const uint8_t *p, size_t n, flota_frame *out);

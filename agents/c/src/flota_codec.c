@@ -534,17 +534,11 @@ static bool offer_field(jr *r, const char *key, size_t klen, void *ctx)
 
 bool flota_decode_offer(const uint8_t *p, size_t n, flota_offer *out)
 {
-    flota_offer o;
-    memset(&o, 0, sizeof o);
-    dec d = {&o, NULL, 0};
-    if (!jdoc(p, n, offer_field, &d))
-        return false;
+    memset(out, 0, sizeof *out);
+    dec d = {out, NULL, 0};
     const uint32_t need = K_V | K_UPDATE | K_HANDLE | K_FIRMWARE | K_CHUNK | K_WINDOW |
                           F_VERSION | F_SIZE | F_SHA;
-    if ((d.seen & need) != need)
-        return false;
-    *out = o;
-    return true;
+    return jdoc(p, n, offer_field, &d) && (d.seen & need) == need;
 }
 
 static bool cancel_field(jr *r, const char *key, size_t klen, void *ctx)
@@ -569,13 +563,9 @@ static bool cancel_field(jr *r, const char *key, size_t klen, void *ctx)
 
 bool flota_decode_cancel(const uint8_t *p, size_t n, flota_cancel *out)
 {
-    flota_cancel c;
-    memset(&c, 0, sizeof c);
-    dec d = {NULL, &c, 0};
-    if (!jdoc(p, n, cancel_field, &d) || (d.seen & (K_V | K_UPDATE)) != (K_V | K_UPDATE))
-        return false;
-    *out = c;
-    return true;
+    memset(out, 0, sizeof *out);
+    dec d = {NULL, out, 0};
+    return jdoc(p, n, cancel_field, &d) && (d.seen & (K_V | K_UPDATE)) == (K_V | K_UPDATE);
 }
 
 static bool any_field(jr *r, const char *key, size_t klen, void *ctx)
