@@ -84,11 +84,12 @@ static void load(flota_agent *a)
     }
 }
 
-/* discard erases what is held and goes IDLE (keeps done_update). */
-static void discard(flota_agent *a)
+/* clear forgets the held transfer (IDLE), keeping done_update; with
+ * erase, it erases the slot too. Not persisted. */
+static void clear(flota_agent *a, bool erase)
 {
     flota_held *h = &a->held;
-    if (a->p->storage_discard)
+    if (erase && a->p->storage_discard)
         a->p->storage_discard(a->p->user);
     char done[sizeof h->done_update];
     memcpy(done, h->done_update, sizeof done);
@@ -96,6 +97,12 @@ static void discard(flota_agent *a)
     memcpy(h->done_update, done, sizeof done);
     a->storage_ready = false;
     a->work = false;
+}
+
+/* discard erases what is held and goes IDLE, persisted. */
+static void discard(flota_agent *a)
+{
+    clear(a, true);
     persist(a);
 }
 
@@ -141,6 +148,19 @@ static void ack(flota_agent *a)
     size_t n = flota_write_ack(a->out, sizeof a->out, a->held.handle, a->held.expected);
     publish(a, "up/ack", n, 0, false);
     a->unacked = 0;
+}
+
+/* fail discards the held transfer, then reports it failed with reason
+ * (saved before it is told, like every report). */
+static void fail(flota_agent *a, const char *reason)
+{
+    char update[sizeof a->held.update];
+    uint32_t handle = a->held.handle;
+    copy_str(update, a->held.update, sizeof update);
+    discard(a);
+    size_t n = flota_write_report(a->out, sizeof a->out, update, handle, "failed", false, 0, reason,
+                                  NULL);
+    publish(a, "up/report", n, 1, false);
 }
 
 /* ---- lifecycle ------------------------------------------------------------------ */
@@ -234,10 +254,7 @@ void flota_on_published(flota_agent *a, int mid)
          * boot, or a rollback it now knows about (§10). Clear either way. */
         bool booted = strcmp(a->cfg.version, a->held.fw.version) == 0;
         copy_str(a->held.done_update, a->held.update, sizeof a->held.done_update);
-        char done[sizeof a->held.done_update];
-        memcpy(done, a->held.done_update, sizeof done);
-        memset(&a->held, 0, sizeof a->held);
-        memcpy(a->held.done_update, done, sizeof done);
+        clear(a, false);
         persist(a);
         if (a->p->confirm)
             a->p->confirm(a->p->user, booted);
@@ -315,14 +332,7 @@ static void on_offer(flota_agent *a, const uint8_t *p, size_t n)
         return;
     }
     /* 8: fresh start */
-    if (h->state != FLOTA_IDLE && a->p->storage_discard)
-        a->p->storage_discard(a->p->user);
-    char done[sizeof h->done_update];
-    memcpy(done, h->done_update, sizeof done);
-    memset(h, 0, sizeof *h);
-    memcpy(h->done_update, done, sizeof done);
-    a->storage_ready = false;
-    a->work = false;
+    clear(a, h->state != FLOTA_IDLE);
     if (!a->p->storage_open(a->p->user, o.fw.size, 0)) {
         persist(a);
         reply(a, &o, "failed", "storage_error", false);
@@ -372,15 +382,13 @@ static void on_chunk(flota_agent *a, const uint8_t *p, size_t n)
     }
     if (!a->storage_ready) {
         if (!a->p->storage_open(a->p->user, h->fw.size, h->expected)) {
-            report(a, "failed", false, 0, "storage_error");
-            discard(a);
+            fail(a, "storage_error");
             return;
         }
         a->storage_ready = true;
     }
     if (f.length && !a->p->storage_write(a->p->user, f.offset, f.payload, f.length)) {
-        report(a, "failed", false, 0, "storage_error");
-        discard(a);
+        fail(a, "storage_error");
         return;
     }
     a->p->sha256_update(a->p->user, h->sha.b, f.payload, f.length);
@@ -469,13 +477,7 @@ void flota_poll(flota_agent *a)
         }
         a->p->sha256_final(a->p->user, ctx.b, digest);
         if (!ok || memcmp(digest, h->fw.sha256, 32) != 0) {
-            char update[sizeof h->update];
-            uint32_t handle = h->handle;
-            copy_str(update, h->update, sizeof update);
-            discard(a);
-            size_t n = flota_write_report(a->out, sizeof a->out, update, handle, "failed", false, 0,
-                                          "bad_digest", NULL);
-            publish(a, "up/report", n, 1, false);
+            fail(a, "bad_digest");
             return;
         }
         h->state = FLOTA_VERIFIED;
@@ -488,13 +490,7 @@ void flota_poll(flota_agent *a)
     if (h->state != FLOTA_INSTALLING)
         return;
     if (!a->p->install(a->p->user, h->fw.version)) {
-        char update[sizeof h->update];
-        uint32_t handle = h->handle;
-        copy_str(update, h->update, sizeof update);
-        discard(a);
-        size_t n = flota_write_report(a->out, sizeof a->out, update, handle, "failed", false, 0,
-                                      "install_failed", NULL);
-        publish(a, "up/report", n, 1, false);
+        fail(a, "install_failed");
         return;
     }
     h->state = FLOTA_REBOOTING;

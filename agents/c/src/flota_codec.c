@@ -259,32 +259,22 @@ typedef bool (*jfield)(jr *r, const char *key, size_t klen, void *ctx);
 
 static bool jskip(jr *r);
 
-/* jobject reads an object, calling field for each member with the reader
- * on its value; field must consume the value. */
-static bool jobject(jr *r, jfield field, void *ctx)
+/* jseq reads a sequence between open and close, items separated by
+ * commas, calling item for each (depth-bounded). */
+static bool jseq(jr *r, char open, char close, bool (*item)(jr *r, void *ctx), void *ctx)
 {
-    if (r->p >= r->end || *r->p != '{' || ++r->depth > JSON_MAX_DEPTH)
+    if (r->p >= r->end || *r->p != open || ++r->depth > JSON_MAX_DEPTH)
         return false;
     r->p++;
     ws(r);
-    if (r->p < r->end && *r->p == '}') {
+    if (r->p < r->end && *r->p == close) {
         r->p++;
         r->depth--;
         return true;
     }
     for (;;) {
-        char key[24];
-        size_t klen;
         ws(r);
-        if (!jstr(r, key, sizeof key, &klen))
-            return false;
-        if (klen >= sizeof key)
-            key[0] = 0, klen = 0; /* longer than any key we know: unknown */
-        ws(r);
-        if (!lit(r, ":"))
-            return false;
-        ws(r);
-        if (!field(r, key, klen, ctx))
+        if (!item(r, ctx))
             return false;
         ws(r);
         if (r->p >= r->end)
@@ -293,7 +283,7 @@ static bool jobject(jr *r, jfield field, void *ctx)
             r->p++;
             continue;
         }
-        if (*r->p != '}')
+        if (*r->p != close)
             return false;
         r->p++;
         r->depth--;
@@ -301,9 +291,45 @@ static bool jobject(jr *r, jfield field, void *ctx)
     }
 }
 
+typedef struct {
+    jfield field;
+    void *ctx;
+} member_ctx;
+
+/* member reads "key": value, calling field with the reader on the value. */
+static bool member(jr *r, void *ctx)
+{
+    member_ctx *m = ctx;
+    char key[24];
+    size_t klen;
+    if (!jstr(r, key, sizeof key, &klen))
+        return false;
+    if (klen >= sizeof key)
+        key[0] = 0, klen = 0; /* longer than any key we know: unknown */
+    ws(r);
+    if (!lit(r, ":"))
+        return false;
+    ws(r);
+    return m->field(r, key, klen, m->ctx);
+}
+
+/* jobject reads an object, calling field for each member with the reader
+ * on its value; field must consume the value. */
+static bool jobject(jr *r, jfield field, void *ctx)
+{
+    member_ctx m = {field, ctx};
+    return jseq(r, '{', '}', member, &m);
+}
+
 static bool skip_field(jr *r, const char *key, size_t klen, void *ctx)
 {
     (void)key, (void)klen, (void)ctx;
+    return jskip(r);
+}
+
+static bool skip_item(jr *r, void *ctx)
+{
+    (void)ctx;
     return jskip(r);
 }
 
@@ -318,32 +344,7 @@ static bool jskip(jr *r)
     case '{':
         return jobject(r, skip_field, NULL);
     case '[':
-        if (++r->depth > JSON_MAX_DEPTH)
-            return false;
-        r->p++;
-        ws(r);
-        if (r->p < r->end && *r->p == ']') {
-            r->p++;
-            r->depth--;
-            return true;
-        }
-        for (;;) {
-            ws(r);
-            if (!jskip(r))
-                return false;
-            ws(r);
-            if (r->p >= r->end)
-                return false;
-            if (*r->p == ',') {
-                r->p++;
-                continue;
-            }
-            if (*r->p != ']')
-                return false;
-            r->p++;
-            r->depth--;
-            return true;
-        }
+        return jseq(r, '[', ']', skip_item, NULL);
     case '"':
         return jstr(r, NULL, 0, &len);
     case 't':
@@ -464,6 +465,25 @@ static bool version_field(jr *r, dec *d)
     return once(d, K_V) && juint(r, UINT64_MAX, &v) && v == FLOTA_PROTOCOL_V;
 }
 
+/* id_field reads the fields every down message has: v, update, handle.
+ * Returns 1 when key was one of them and read, 0 when it was one and is
+ * invalid, -1 when key is another. */
+static int id_field(jr *r, const char *key, size_t klen, dec *d, char *update, uint32_t *handle)
+{
+    uint64_t u;
+    if (key_is(key, klen, "v"))
+        return version_field(r, d);
+    if (key_is(key, klen, "update"))
+        return once(d, K_UPDATE) && jtext(r, update, true) && update[0];
+    if (key_is(key, klen, "handle")) {
+        if (!once(d, K_HANDLE) || !juint(r, UINT32_MAX, &u))
+            return 0;
+        *handle = (uint32_t)u;
+        return 1;
+    }
+    return -1;
+}
+
 static bool firmware_field(jr *r, const char *key, size_t klen, void *ctx)
 {
     dec *d = ctx;
@@ -505,16 +525,9 @@ static bool offer_field(jr *r, const char *key, size_t klen, void *ctx)
 {
     dec *d = ctx;
     uint64_t u;
-    if (key_is(key, klen, "v"))
-        return version_field(r, d);
-    if (key_is(key, klen, "update"))
-        return once(d, K_UPDATE) && jtext(r, d->o->update, true) && d->o->update[0];
-    if (key_is(key, klen, "handle")) {
-        if (!once(d, K_HANDLE) || !juint(r, UINT32_MAX, &u))
-            return false;
-        d->o->handle = (uint32_t)u;
-        return true;
-    }
+    int id = id_field(r, key, klen, d, d->o->update, &d->o->handle);
+    if (id >= 0)
+        return id == 1;
     if (key_is(key, klen, "firmware"))
         return once(d, K_FIRMWARE) && jobject(r, firmware_field, d);
     if (key_is(key, klen, "chunk_size")) {
@@ -544,17 +557,9 @@ bool flota_decode_offer(const uint8_t *p, size_t n, flota_offer *out)
 static bool cancel_field(jr *r, const char *key, size_t klen, void *ctx)
 {
     dec *d = ctx;
-    uint64_t u;
-    if (key_is(key, klen, "v"))
-        return version_field(r, d);
-    if (key_is(key, klen, "update"))
-        return once(d, K_UPDATE) && jtext(r, d->c->update, true) && d->c->update[0];
-    if (key_is(key, klen, "handle")) {
-        if (!once(d, K_HANDLE) || !juint(r, UINT32_MAX, &u))
-            return false;
-        d->c->handle = (uint32_t)u;
-        return true;
-    }
+    int id = id_field(r, key, klen, d, d->c->update, &d->c->handle);
+    if (id >= 0)
+        return id == 1;
     if (key_is(key, klen, "reason"))
         return once(d, K_REASON) && jtext(r, d->c->reason, true) &&
                (!d->c->reason[0] || reason_ok(d->c->reason));
