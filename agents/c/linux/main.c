@@ -99,7 +99,15 @@ static bool write_file(const port *p, const char *name, const void *buf, size_t 
         return false;
     bool ok = write(fd, buf, len) == (ssize_t)len && fsync(fd) == 0;
     close(fd);
-    return ok && rename(tmp, fin) == 0;
+    if (!ok || rename(tmp, fin) != 0)
+        return false;
+    /* The rename itself survives a power cut once the directory is synced. */
+    int dfd = open(p->dir, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return true;
 }
 
 static int read_file(const port *p, const char *name, void *buf, size_t cap)

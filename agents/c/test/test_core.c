@@ -495,6 +495,36 @@ static void test_resume_after_power_cut(void)
     plat.storage_read = m_read;
 }
 
+static void test_power_cut_when_downloaded(void)
+{
+    flota_agent a;
+    char want[1024];
+    reset_mock();
+    flota_config c = config("1.4.2");
+    boot(&a, &c);
+    msg_golden(&a, "offer", "offer.json");
+    uint8_t zeros[16384] = {0}, f[16384 + 20];
+    msg(&a, "chunk", f, frame(f, 16909060, 0, zeros, sizeof zeros));
+    msg_golden(&a, "chunk", "chunk.bin");
+    /* Power cut before the verification: the hello tells downloaded, the
+     * device waits for the re-offer and goes on with its new handle. */
+    M.n = 0;
+    boot(&a, &c);
+    CHECK(strstr(last("hello"), "\"offset\":16400,\"state\":\"downloaded\"}") != NULL, "hello: %s", last("hello"));
+    flota_poll(&a);
+    CHECK(count("report") == 0, "waits for the re-offer");
+    char offer[8192];
+    golden("offer.json", offer, sizeof offer);
+    memcpy(strstr(offer, "16909060"), "16909061", 8);
+    msg(&a, "offer", offer, strlen(offer));
+    snprintf(want, sizeof want, "%s", last("report"));
+    CHECK(strstr(want, "\"handle\":16909061,\"state\":\"downloaded\",\"offset\":16400") != NULL,
+          "re-offer answered with the held state: %s", want);
+    flota_poll(&a);
+    CHECK(strstr(last("report"), "\"handle\":16909061,\"state\":\"rebooting\"") != NULL,
+          "verified, installed with the new handle: %s", last("report"));
+}
+
 static void test_offer_rules(void)
 {
     flota_agent a;
@@ -689,6 +719,7 @@ int main(int argc, char **argv)
     test_writers();
     test_update_and_confirmed_boot();
     test_resume_after_power_cut();
+    test_power_cut_when_downloaded();
     test_offer_rules();
     test_cancel_and_failures();
     test_versions();
