@@ -353,8 +353,18 @@ static void cb_message(struct mosquitto *m, void *u, const struct mosquitto_mess
             logf_("corrupted frame %lu", p->frames);
         }
     } else {
-        logf_("received %s %.*s", kind ? kind + 1 : "?", (int)(len < 512 ? len : 512),
-              (const char *)payload);
+        /* Down messages are logged escaped (printable ASCII only) and cut. */
+        char safe[512 * 4 + 1];
+        size_t o = 0;
+        for (size_t i = 0; i < len && i < 512; i++) {
+            uint8_t b = payload[i];
+            if (b >= 0x20 && b < 0x7F && b != '\\')
+                safe[o++] = (char)b;
+            else
+                o += (size_t)snprintf(safe + o, sizeof safe - o, "\\x%02x", b);
+        }
+        safe[o] = 0;
+        logf_("received %s %s%s", kind ? kind + 1 : "?", safe, len > 512 ? "..." : "");
     }
     flota_on_message(&p->agent, msg->topic, payload, len);
 }
