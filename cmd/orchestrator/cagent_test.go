@@ -419,9 +419,11 @@ func TestCAgent_CancelDiscardsTheTransfer(t *testing.T) {
 func TestCAgent_DeviceThatNeverConfirmsFails(t *testing.T) {
 	begin := time.Now()
 	s := startServer(t)
-	// The bootloader rolls back: the hello after the reboot holds the
-	// transfer and the old version.
-	rollback := startCAgent(t, s, "rb-", "--tags", "grp=n", "--boot-fails")
+	// The bootloader rolls back: the image it runs says 1.0.0 after the
+	// reboot, so the hello holds the transfer and the old version.
+	versionFile := filepath.Join(t.TempDir(), "fw-version")
+	require.NoError(t, os.WriteFile(versionFile, []byte("1.0.0\n"), 0o644))
+	rollback := startCAgent(t, s, "rb-", "--tags", "grp=n", "--version-file", versionFile)
 	// Never comes back after its reboot.
 	gone := startCAgent(t, s, "ng-", "--tags", "grp=n", "--no-boot")
 	sm := startSim(t, s, "--devices", "1", "--id-prefix", "sim-", "--model", "sim-a", "--tags", "grp=n")

@@ -38,7 +38,7 @@ _Static_assert(sizeof(crypto_hash_sha256_state) <= FLOTA_SHA256_CTX_SIZE,
 
 typedef struct {
     /* options */
-    const char *host, *id, *password, *dir, *install_cmd, *reboot_cmd;
+    const char *host, *id, *password, *dir, *install_cmd, *reboot_cmd, *version_file;
     int port, keepalive;
     const char *initial_version, *model;
     flota_tag tags[MAX_TAGS];
@@ -49,7 +49,6 @@ typedef struct {
     /* test faults */
     unsigned corrupt_every;   /* flip a payload byte of every Nth frame (CRC drops it) */
     bool corrupt_stored;      /* flip a byte written to the slot (bad_digest) */
-    bool boot_fails;          /* the bootloader rolls back the installed image */
     bool no_boot;             /* never comes back from the reboot */
     unsigned write_delay_ms;  /* slow flash: time per slot write */
     /* runtime */
@@ -388,21 +387,32 @@ static void cb_disconnect(struct mosquitto *m, void *u, int rc)
 
 /* ---- boot ------------------------------------------------------------------------ */
 
-/* boot plays the bootloader: the installed version becomes the running one,
- * unless the boot fails (the image is rolled back). */
+/* boot finds the running version: from --version-file (the image's own
+ * word), or by playing the bootloader: the installed version becomes the
+ * running one. */
 static void boot(port *p)
 {
     char v[FLOTA_MAX_STR + 1];
-    int n = read_file(p, "next-version", v, sizeof v - 1);
     char fn[4096];
     path(p, "next-version", fn, sizeof fn);
+    if (p->version_file) {
+        /* The image says what it is: a rollback shows as the old version. */
+        FILE *f = fopen(p->version_file, "r");
+        if (!f || !fgets(v, sizeof v, f)) {
+            v[0] = 0;
+        }
+        if (f)
+            fclose(f);
+        v[strcspn(v, "\r\n")] = 0;
+        snprintf(p->version, sizeof p->version, "%s", v[0] ? v : p->initial_version);
+        unlink(fn);
+        logf_("running %s", p->version);
+        return;
+    }
+    int n = read_file(p, "next-version", v, sizeof v - 1);
     if (n > 0) {
         v[n] = 0;
-        if (p->boot_fails) {
-            logf_("boot of %s failed: rolled back", v);
-        } else {
-            write_file(p, "version", v, (size_t)n);
-        }
+        write_file(p, "version", v, (size_t)n);
         unlink(fn);
     }
     n = read_file(p, "version", v, sizeof v - 1);
@@ -559,6 +569,7 @@ static void usage(void)
             "usage: flota-agent-c --broker tcp://HOST:PORT --id ID --state-dir DIR [options]\n"
             "  --password SECRET | --credentials FILE (CSV id,secret)\n"
             "  --model M --version V (running version before any install) --tags k=v,...\n"
+            "  --version-file FILE (the running image's version, read at every start)\n"
             "  --public-key FILE (PEM ed25519: refuse unsigned images and downgrades)\n"
             "  --install-command CMD (sh -c CMD with $1 = image, $2 = version; exit 0 = installed)\n"
             "  --reboot-command CMD (run instead of the built-in reboot, then exit)\n"
@@ -566,7 +577,7 @@ static void usage(void)
             "  --persist-interval-ms N (least time between two writes of the offset, default 0)\n"
             "  --keepalive S (default 30)\n"
             "test faults: --corrupt-every N (flip a byte of every Nth frame), --corrupt-stored\n"
-            "  (flip a stored byte), --boot-fails (roll back), --no-boot (never come back),\n"
+            "  (flip a stored byte), --no-boot (never come back),\n"
             "  --write-delay-ms N (slow flash)\n");
 }
 
@@ -589,7 +600,8 @@ int main(int argc, char **argv)
         {"max-chunk", 1, 0, 'c'}, {"max-window", 1, 0, 'w'}, {"slot-size", 1, 0, 's'},
         {"persist-interval-ms", 1, 0, 'p'}, {"keepalive", 1, 0, 'K'},
         {"corrupt-every", 1, 0, 'x'}, {"corrupt-stored", 0, 0, 'X'},
-        {"boot-fails", 0, 0, 'F'}, {"no-boot", 0, 0, 'N'}, {"write-delay-ms", 1, 0, 'D'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0},
+{"no-boot", 0, 0, 'N'}, {"write-delay-ms", 1, 0, 'D'},
+        {"version-file", 1, 0, 'V'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0},
     };
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -617,8 +629,8 @@ int main(int argc, char **argv)
         case 'K': p.keepalive = atoi(optarg); break;
         case 'x': p.corrupt_every = (unsigned)strtoul(optarg, NULL, 10); break;
         case 'X': p.corrupt_stored = true; break;
-        case 'F': p.boot_fails = true; break;
         case 'N': p.no_boot = true; break;
+        case 'V': p.version_file = optarg; break;
         case 'D': p.write_delay_ms = (unsigned)strtoul(optarg, NULL, 10); break;
         default: usage(); return 2;
         }
