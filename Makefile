@@ -10,6 +10,8 @@ DEVICES   ?= 2000
 SIZE      ?= 262144
 IN_FLIGHT ?= 256
 LATENCY   ?= 0s
+# Seconds the C agent's fuzz target runs in make check.
+FUZZ_TIME ?= 20
 
 .PHONY: all build test deps check bench demo clean
 
@@ -26,6 +28,7 @@ build:
 test:
 	./scripts/deps.sh
 	$(GO) build ./...
+	$(MAKE) -C agents/c test
 	$(GO) test -race -count=1 -timeout 10m ./...
 	cd third_party/mochi && $(GO) test -race -count=1 -timeout 5m ./...
 
@@ -38,6 +41,7 @@ check:
 	cd third_party/mochi && $(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	$(MAKE) -C agents/c fuzz FUZZ_TIME=$(FUZZ_TIME)
 
 demo: build
 	./scripts/demo.sh
@@ -48,3 +52,4 @@ bench: build
 
 clean:
 	rm -rf $(BIN)
+	$(MAKE) -C agents/c clean

@@ -20,6 +20,13 @@ want gcc command -v gcc
 want chromium command -v chromium
 want chromium-driver command -v chromedriver
 want systemd command -v systemd-analyze
+# The C agent (agents/c): its Linux program, unit tests, fuzz target and
+# Cortex-M4 footprint check.
+want libmosquitto-dev test -e /usr/include/mosquitto.h
+want libsodium-dev test -e /usr/include/sodium.h
+want clang command -v clang
+want gcc-arm-none-eabi command -v arm-none-eabi-gcc
+want make command -v make
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
