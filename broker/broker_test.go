@@ -19,6 +19,7 @@ import (
 	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
+	"github.com/flotaio/flota/internal/testtool"
 )
 
 const subackFailure = 0x80
@@ -290,10 +291,7 @@ func TestBroker_SubscribeBeforeOpen(t *testing.T) {
 }
 
 func TestBroker_MosquittoSubReceivesEvents(t *testing.T) {
-	bin, err := exec.LookPath("mosquitto_sub")
-	if err != nil {
-		t.Skip("mosquitto_sub not installed")
-	}
+	bin := testtool.Path(t, "mosquitto_sub")
 	b, _ := openBroker(t, Options{}, nil)
 	host, port, ok := strings.Cut(b.Addr(), ":")
 	require.True(t, ok)
@@ -315,7 +313,7 @@ func TestBroker_MosquittoSubReceivesEvents(t *testing.T) {
 	require.NoError(t, b.Publish(event, []byte(`{"v":1,"kind":"started"}`), false, 1))
 
 	// The buffers are read only once the process has exited.
-	err = <-done
+	err := <-done
 	done <- err // for the cleanup
 	require.NoError(t, err, "mosquitto_sub: %s", errOut.String())
 	assert.Equal(t, event+` {"v":1,"kind":"started"}`, strings.TrimSpace(out.String()))

@@ -23,6 +23,7 @@ import (
 	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
+	"github.com/flotaio/flota/internal/testtool"
 )
 
 // manyStatuses is more device statuses than a client's outbound queue (256
@@ -165,10 +166,7 @@ func TestBroker_DeviceStatusKeptOutOfMochi(t *testing.T) {
 // receives every device's latest status as a retained message, and nothing
 // else.
 func TestBroker_MosquittoSubGetsEveryDeviceStatus(t *testing.T) {
-	bin, err := exec.LookPath("mosquitto_sub")
-	if err != nil {
-		t.Skip("mosquitto_sub not installed")
-	}
+	bin := testtool.Path(t, "mosquitto_sub")
 	b, _ := openBroker(t, Options{Authenticate: monitorAuth}, nil)
 	caps := b.srv.Options.Capabilities
 	require.Greater(t, manyStatuses, int(caps.MaximumClientWritesPending))

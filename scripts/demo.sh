@@ -37,7 +37,8 @@ echo "== generating a firmware signing key pair (the devices get the public key)
 
 echo "== provisioning MQTT accounts: $DEVICES devices (secrets in a 0600 CSV file) and a read-only monitor"
 "$BIN/orchestrator" device provision --prefix sim- --count "$DEVICES" --out "$WORK/creds.csv"
-MONITOR_SECRET=$("$BIN/orchestrator" monitor add demo-monitor 2>/dev/null)
+# Its secret goes to mosquitto_sub's options file, never to a command line.
+"$BIN/orchestrator" monitor add demo-monitor --out "$WORK/mqtt/mosquitto_sub" 2>/dev/null
 
 echo "== starting devicesim: $DEVICES devices of model sim-a on 1.0.0, each with its own secret"
 "$BIN/devicesim" --broker "tcp://127.0.0.1:$MQTT_PORT" --devices "$DEVICES" --id-prefix sim- --credentials "$WORK/creds.csv" \
@@ -61,7 +62,7 @@ echo "   firmware $FW"
 
 UPD=$("$BIN/orchestrator" update create --firmware "$FW" --select model=sim-a)
 echo "== update $UPD started; watch its events live from another terminal with:"
-echo "   mosquitto_sub -h 127.0.0.1 -p $MQTT_PORT -i demo-monitor -u demo-monitor -P $MONITOR_SECRET -t 'flota/events/#' -v"
+echo "   XDG_CONFIG_HOME=$WORK/mqtt mosquitto_sub -h 127.0.0.1 -p $MQTT_PORT -t 'flota/events/#' -v"
 echo "   or open the dashboard at $FLOTA_SERVER/ and sign in with the admin token"
 echo "   $FLOTA_TOKEN (set DEVICES=2000 SIZE=8388608 for a longer rollout)"
 echo

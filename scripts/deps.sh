@@ -11,10 +11,14 @@ need=()
 want() {
   local pkg=$1
   shift
-  "$@" >/dev/null 2>&1 || need+=("$pkg")
+  "$@" >/dev/null 2>&1 && return
+  [[ " ${need[*]} " == *" $pkg "* ]] || need+=("$pkg")
 }
+# Every program a test runs has its line (internal/testtool checks).
 want mosquitto command -v mosquitto
+want mosquitto command -v mosquitto_passwd
 want mosquitto-clients command -v mosquitto_sub
+want mosquitto-clients command -v mosquitto_pub
 want sqlite3 command -v sqlite3
 want gcc command -v gcc
 want chromium command -v chromium
@@ -27,6 +31,12 @@ want libsodium-dev test -e /usr/include/sodium.h
 want clang command -v clang
 want gcc-arm-none-eabi command -v arm-none-eabi-gcc
 want make command -v make
+want openssl command -v openssl
+want coreutils command -v stdbuf
+want util-linux command -v prlimit
+want mount command -v mount
+want mount command -v umount
+want bash command -v bash
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then

@@ -96,15 +96,15 @@ var commands = []*spec{
 		example: "orchestrator update create --firmware fw-1a2b3c4d5e6f --select 'model=sensor-v2,version=<1.2.0,tag:site=lyon' --phases 1%,10%,100% --soak 30m --failure-threshold 5% --failure-min 20 --maintenance 22:00-04:00 --timezone Europe/Paris"},
 	{name: "update status", args: "ID [--json]", summary: "show an update's state, counts, bytes, rate and ETA",
 		example: "orchestrator update status upd-1a2b3c4d5e6f"},
-	{name: "update watch", args: "ID [--interval 500ms] [--json]",
-		summary: "follow an update with a progress bar, rate and ETA until it ends; exit 0 if it completed, 1 otherwise",
+	{name: "update watch", args: "ID [--interval 500ms] [--reconnect-for 2m] [--json]",
+		summary: "follow an update with a progress bar, rate and ETA until it ends, across orchestrator restarts; exit 0 if it completed, 1 otherwise",
 		example: "orchestrator update watch upd-1a2b3c4d5e6f --interval 1s"},
 	{name: "update list", args: "[--json]", summary: "list updates",
 		example: "orchestrator update list"},
 	{name: "update devices", args: "ID [--state S] [--json]", summary: "list an update's devices and their progress",
 		example: "orchestrator update devices upd-1a2b3c4d5e6f --state failed"},
-	{name: "update events", args: "ID [--after SEQ] [--follow] [--interval 500ms] [--json]",
-		summary: "print an update's event log; with --follow, until the update ends (exit 0 if it completed, 1 otherwise)",
+	{name: "update events", args: "ID [--after SEQ] [--follow] [--interval 500ms] [--reconnect-for 2m] [--json]",
+		summary: "print an update's event log; with --follow, until the update ends, across orchestrator restarts (exit 0 if it completed, 1 otherwise)",
 		example: "orchestrator update events upd-1a2b3c4d5e6f --follow --json"},
 	{name: "update pause", args: "ID", summary: "stop admitting devices; transfers in flight finish",
 		example: "orchestrator update pause upd-1a2b3c4d5e6f"},
@@ -685,6 +685,7 @@ func (c *cli) updateWatch(ctx context.Context, args []string) error {
 	server := c.serverFlag(fs)
 	interval := fs.Duration("interval", 500*time.Millisecond, "polling interval")
 	asJSON := fs.Bool("json", false, "print each changed summary as one line of JSON")
+	reconnectFor := reconnectFlag(fs)
 	pos, err := c.parse(fs, sp, args, "ID")
 	if err != nil {
 		return err
@@ -696,7 +697,7 @@ func (c *cli) updateWatch(ctx context.Context, args []string) error {
 		c.tty = false
 		c.jsonLines = true
 	}
-	code, err := c.watch(ctx, c.client(*server), pos[0], *interval)
+	code, err := c.watch(ctx, c.client(*server), pos[0], *interval, *reconnectFor)
 	if err != nil {
 		return err
 	}
@@ -708,12 +709,21 @@ func (c *cli) updateWatch(ctx context.Context, args []string) error {
 
 // watch polls an update until it is terminal and returns the exit code: 0 if
 // it completed, 1 otherwise.
-func (c *cli) watch(ctx context.Context, client *Client, id string, interval time.Duration) (int, error) {
+func (c *cli) watch(ctx context.Context, client *Client, id string, interval, reconnectFor time.Duration) (int, error) {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	var last string
+	re := &reconnector{stderr: c.stderr, limit: reconnectFor, before: func() {
+		if c.tty && last != "" {
+			fmt.Fprintln(c.stdout) // end the progress line before the notice
+		}
+	}}
 	for {
-		sum, err := client.Update(ctx, id)
+		var sum fleet.UpdateSummary
+		err := re.do(ctx, func() (err error) {
+			sum, err = client.Update(ctx, id)
+			return err
+		})
 		if err != nil {
 			if c.tty && last != "" {
 				fmt.Fprintln(c.stdout)
@@ -850,6 +860,7 @@ func (c *cli) updateEvents(ctx context.Context, args []string) error {
 	follow := fs.Bool("follow", false, "keep printing new events until the update ends")
 	interval := fs.Duration("interval", 500*time.Millisecond, "polling interval of --follow")
 	asJSON := fs.Bool("json", false, "print JSON (with --follow: one event per line)")
+	reconnectFor := reconnectFlag(fs)
 	pos, err := c.parse(fs, sp, args, "ID")
 	if err != nil {
 		return err
@@ -862,7 +873,7 @@ func (c *cli) updateEvents(ctx context.Context, args []string) error {
 	}
 	client := c.client(*server)
 	if *follow {
-		return c.followEvents(ctx, client, pos[0], *after, *interval, *asJSON)
+		return c.followEvents(ctx, client, pos[0], *after, *interval, *reconnectFor, *asJSON)
 	}
 	var all []fleet.Event
 	for seq := *after; ; {
@@ -901,15 +912,20 @@ func eventCells(e fleet.Event) []any {
 // followEvents prints the update's events after seq as they are stored,
 // each once and in order, until the update's own event says it ended and
 // the log has nothing more; it returns an exitError unless it completed.
-func (c *cli) followEvents(ctx context.Context, client *Client, id string, seq int64, interval time.Duration, asJSON bool) error {
+func (c *cli) followEvents(ctx context.Context, client *Client, id string, seq int64, interval, reconnectFor time.Duration, asJSON bool) error {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	var end fleet.UpdateState
 	if !asJSON {
 		fmt.Fprintln(c.stdout, strings.Join(eventHeader, "  "))
 	}
+	re := &reconnector{stderr: c.stderr, limit: reconnectFor}
 	for {
-		page, err := client.Events(ctx, id, seq, httpapi.MaxPageSize)
+		var page httpapi.EventList
+		err := re.do(ctx, func() (err error) {
+			page, err = client.Events(ctx, id, seq, httpapi.MaxPageSize)
+			return err
+		})
 		if err != nil {
 			return err
 		}

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/csv"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -30,9 +32,9 @@ var accountCommands = []*spec{
 		example: "orchestrator device revoke sensor-0042"},
 	{name: "device accounts", args: "[--status pending|active|revoked] [--json]", summary: "list device accounts (pending ones await approval)",
 		example: "orchestrator device accounts --status pending"},
-	{name: "monitor add", args: "NAME [--json]",
-		summary: "create a read-only MQTT account (flota/events/#, flota/status/#) and print its secret, shown this once",
-		example: "orchestrator monitor add grafana    # then: mosquitto_sub -i grafana -u grafana -P SECRET -t 'flota/events/#'"},
+	{name: "monitor add", args: "NAME [--replace] [--out FILE] [--json]",
+		summary: "create a read-only MQTT account (flota/events/#, flota/status/#) and print its secret, shown this once; --out writes it as mosquitto_sub options instead, --replace first revokes an account of that name",
+		example: "orchestrator monitor add grafana --replace --out ~/.config/mosquitto_sub    # then: mosquitto_sub -t 'flota/events/#'"},
 	{name: "monitor revoke", args: "NAME", summary: "refuse a monitor from now on and disconnect it at once",
 		example: "orchestrator monitor revoke grafana"},
 	{name: "monitor list", args: "[--json]", summary: "list monitor accounts",
@@ -99,15 +101,66 @@ func (c *cli) monitorAdd(ctx context.Context, args []string) error {
 	fs, sp := c.newFlags("monitor add")
 	server := c.serverFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
+	replace := fs.Bool("replace", false, "revoke an account of this name first (its secret stops working), so the command can run again")
+	outFile := fs.String("out", "", "write the account as mosquitto_sub options (-i, -u, -P lines, mode 0600) to this file instead of printing the secret; "+
+		"mosquitto_sub reads $XDG_CONFIG_HOME/mosquitto_sub, so the secret never appears on a command line")
 	pos, err := c.parse(fs, sp, args, "NAME")
 	if err != nil {
 		return err
 	}
+	if *outFile != "" && *asJSON {
+		return &usageError{msg: "--out and --json exclude each other", spec: sp}
+	}
+	client := c.client(*server)
+	if *replace {
+		path := "/api/v1/monitors/" + url.PathEscape(pos[0]) + "/revoke"
+		var apiErr *APIError
+		if err := client.do(ctx, http.MethodPost, path, nil, nil, nil); err != nil && !(errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound) {
+			return err
+		}
+	}
 	var out httpapi.CredentialList
-	if err := c.client(*server).do(ctx, http.MethodPost, "/api/v1/monitors", nil, httpapi.AddMonitorRequest{Name: pos[0]}, &out); err != nil {
+	if err := client.do(ctx, http.MethodPost, "/api/v1/monitors", nil, httpapi.AddMonitorRequest{Name: pos[0]}, &out); err != nil {
 		return err
 	}
+	if *outFile != "" {
+		return c.writeMosquittoOptions(out, *outFile)
+	}
 	return c.printSecret(out, *asJSON)
+}
+
+// writeMosquittoOptions writes the one new account as the options file of
+// mosquitto's clients (one "-option value" per line), readable by its owner
+// only. A secret on a command line is visible to every user in ps.
+func (c *cli) writeMosquittoOptions(out httpapi.CredentialList, path string) error {
+	if len(out.Credentials) != 1 {
+		return fmt.Errorf("server returned %d accounts, want 1", len(out.Credentials))
+	}
+	cr := out.Credentials[0]
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Chmod(0o600); err != nil { // a file that existed keeps its mode otherwise
+		_ = f.Close()
+		return err
+	}
+	_, err = fmt.Fprintf(f, "-i %s\n-u %s\n-P %s\n", cr.ID, cr.ID, cr.Secret)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	hint := "mosquitto_sub reads such a file as $XDG_CONFIG_HOME/mosquitto_sub"
+	if filepath.Base(path) == "mosquitto_sub" {
+		hint = "XDG_CONFIG_HOME=" + filepath.Dir(path) + " mosquitto_sub -t 'flota/events/#' -v"
+	}
+	fmt.Fprintf(c.stderr, "account %s created; its MQTT options (-i, -u, -P) are in %s (%s)\n", cr.ID, path, hint)
+	return nil
 }
 
 // printSecret prints the one new account's secret alone on stdout (so that

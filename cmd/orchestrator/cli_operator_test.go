@@ -137,10 +137,7 @@ func TestCLI_Completion(t *testing.T) {
 	assert.True(t, strings.HasPrefix(z.stdout, "#compdef orchestrator\n"))
 	assert.Equal(t, exitUsage, runCLI(t, "", "completion", "fish").code)
 
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Skip("no bash to run the script")
-	}
+	bash := requireTool(t, "bash")
 	// Run the script: complete "orchestrator update ev" and a flag.
 	script := r.stdout + `
 COMP_WORDS=(orchestrator update ev); COMP_CWORD=2; _orchestrator; echo "${COMPREPLY[*]}"

@@ -450,7 +450,7 @@ func TestCLI_UpdateWatch(t *testing.T) {
 		t.Cleanup(ts.Close)
 		var out bytes.Buffer
 		c := &cli{stdout: &out, stderr: &out, getenv: func(string) string { return "" }, tty: true}
-		code, err := c.watch(context.Background(), NewClient(ts.URL), "upd-1", time.Millisecond)
+		code, err := c.watch(context.Background(), NewClient(ts.URL), "upd-1", time.Millisecond, 0)
 		require.NoError(t, err)
 		assert.Equal(t, exitOK, code)
 		assert.Equal(t, 3, strings.Count(out.String(), "\r"))

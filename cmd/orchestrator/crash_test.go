@@ -112,6 +112,9 @@ func TestE2E_DevicesimKilledResumesFromItsStateDir(t *testing.T) {
 	stateDir := filepath.Join(t.TempDir(), "state")
 	args := []string{"--devices", strconv.Itoa(devices), "--id-prefix", "persist-", "--model", "sim-a", "--state-dir", stateDir}
 	first := startSim(t, s, args...)
+	// Held-back targets keep the update running past the kill, however
+	// fast the machine moves the others' images.
+	release := s.holdBack("persist-held-")
 	s.waitOnline(devices)
 	fw, digest := s.firmware(4<<20, "1.1.0")
 	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fw, "--max-in-flight", "5", "--chunk-size", "4096", "--window", "2"))
@@ -126,10 +129,11 @@ func TestE2E_DevicesimKilledResumesFromItsStateDir(t *testing.T) {
 	require.False(t, before.State.Terminal())
 
 	second := startSim(t, s, args...)
+	release()
 	_, code := s.cli("update", "watch", id, "--interval", "250ms")
 	require.Zero(t, code)
 	st := s.status(id)
-	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: devices}, st.Counts)
+	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: devices + heldBack}, st.Counts)
 
 	sum := second.stop(t)
 	require.Len(t, sum.DevicesDetail, devices)

@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/testtool"
 )
 
 var (
@@ -56,11 +57,11 @@ func binaries(t *testing.T) (orchestrator, devicesim string) {
 	return filepath.Join(binDir, "orchestrator"), filepath.Join(binDir, "devicesim")
 }
 
+// requireTool returns the path of a program the test runs, or fails it
+// with the command that installs it.
 func requireTool(t *testing.T, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	require.NoError(t, err, "%s must be installed (.ci/run installs it)", name)
-	return p
+	return testtool.Path(t, name)
 }
 
 // server is a running `orchestrator serve` process.

@@ -24,33 +24,15 @@ import (
 // webElementKey is the W3C key of an element reference.
 const webElementKey = "element-6066-11e4-a52e-4f735466cecf"
 
-// browserPaths returns the chromium and chromedriver binaries. It skips the
-// test when they are missing, except in CI (CI=true), where .ci/run
-// installs them and a missing browser is a failure.
+// browserPaths returns the chromium and chromedriver binaries, or fails
+// the test with the command that installs them (make test installs them
+// first, through scripts/deps.sh).
 func browserPaths(t *testing.T) (chromium, driver string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("browser test")
 	}
-	var errs []error
-	for _, name := range []string{"chromium", "chromedriver"} {
-		p, err := exec.LookPath(name)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		if name == "chromium" {
-			chromium = p
-		} else {
-			driver = p
-		}
-	}
-	if len(errs) > 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("chromium and chromium-driver must be installed (.ci/run installs them): %v", errs)
-		}
-		t.Skipf("chromium or chromedriver not installed: %v", errs)
-	}
-	return chromium, driver
+	return requireTool(t, "chromium"), requireTool(t, "chromedriver")
 }
 
 // webDriver is one chromedriver process with one browser session.

@@ -212,7 +212,11 @@ func (a *Accounts) Add(ctx context.Context, role fleet.Role, ids []string) ([]Is
 		})
 	}
 	wg.Wait()
-	if err := a.Store.AddCredentials(ctx, creds); err != nil {
+	err := a.Store.AddCredentials(ctx, creds)
+	for _, id := range ids {
+		a.c.forget(id) // a revoked account given again: its old entry goes
+	}
+	if err != nil {
 		return nil, err
 	}
 	return out, nil

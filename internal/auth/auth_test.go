@@ -222,3 +222,35 @@ func BenchmarkHash(b *testing.B) {
 		Hash(s)
 	}
 }
+
+func TestAccounts_RevokedMonitorNameCanBeGivenAgainWithANewSecret(t *testing.T) {
+	a := &Accounts{Store: openStore(t)}
+	ctx := context.Background()
+	first, err := a.Add(ctx, fleet.RoleMonitor, []string{"ops"})
+	require.NoError(t, err)
+	_, err = a.Authenticate(ctx, connect("ops", first[0].Secret))
+	require.NoError(t, err) // cached now
+	_, err = a.Add(ctx, fleet.RoleMonitor, []string{"ops"})
+	assert.ErrorIs(t, err, fleet.ErrCredentialExists, "an active account is not replaced")
+
+	require.NoError(t, a.Revoke(ctx, fleet.RoleMonitor, "ops"))
+	second, err := a.Add(ctx, fleet.RoleMonitor, []string{"ops"})
+	require.NoError(t, err, "a revoked name is free again")
+	role, err := a.Authenticate(ctx, connect("ops", second[0].Secret))
+	require.NoError(t, err)
+	assert.Equal(t, fleet.RoleMonitor, role)
+	_, err = a.Authenticate(ctx, connect("ops", first[0].Secret))
+	assert.ErrorIs(t, err, ErrBadSecret, "the revoked secret stays refused")
+
+	// A device's revocation is permanent, and no role takes another's name.
+	_, err = a.Add(ctx, fleet.RoleDevice, []string{"dev-1"})
+	require.NoError(t, err)
+	require.NoError(t, a.Revoke(ctx, fleet.RoleDevice, "dev-1"))
+	for _, role := range []fleet.Role{fleet.RoleDevice, fleet.RoleMonitor} {
+		_, err = a.Add(ctx, role, []string{"dev-1"})
+		assert.ErrorIs(t, err, fleet.ErrCredentialExists, role)
+	}
+	require.NoError(t, a.Revoke(ctx, fleet.RoleMonitor, "ops"))
+	_, err = a.Add(ctx, fleet.RoleDevice, []string{"ops"})
+	assert.ErrorIs(t, err, fleet.ErrCredentialExists, "a revoked monitor's name is not a device's")
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/testtool"
 )
 
 // goldenKey is the test signing key of the golden vectors, made from a
@@ -216,14 +217,12 @@ func TestParseKeyPEM_Refuses(t *testing.T) {
 
 func TestParseKeyPEM_OpenSSLKeys(t *testing.T) {
 	// Keys made with openssl work as well as those of keys generate.
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed")
-	}
+	openssl := testtool.Path(t, "openssl")
 	dir := t.TempDir()
 	key, pubFile := filepath.Join(dir, "k.pem"), filepath.Join(dir, "k.pub")
-	out, err := exec.Command("openssl", "genpkey", "-algorithm", "ed25519", "-out", key).CombinedOutput()
+	out, err := exec.Command(openssl, "genpkey", "-algorithm", "ed25519", "-out", key).CombinedOutput()
 	require.NoError(t, err, string(out))
-	out, err = exec.Command("openssl", "pkey", "-in", key, "-pubout", "-out", pubFile).CombinedOutput()
+	out, err = exec.Command(openssl, "pkey", "-in", key, "-pubout", "-out", pubFile).CombinedOutput()
 	require.NoError(t, err, string(out))
 	priv, err := ReadPrivateKeyFile(key)
 	require.NoError(t, err)

@@ -23,7 +23,11 @@ const migrationCredentials = `CREATE TABLE credentials (
 	CREATE INDEX credentials_status ON credentials(status);`
 
 // AddCredentials inserts accounts in one transaction: all or none. An ID
-// that already names an account fails with fleet.ErrCredentialExists.
+// that already names an account fails with fleet.ErrCredentialExists,
+// unless both are monitors and the one there is revoked: a monitor's name
+// can be given again (an operator recreating it), with the new secret's
+// hash, so the old secret stays refused. A device's revocation stays
+// permanent: its ID is the common name of certificates flota cannot revoke.
 func (s *Store) AddCredentials(ctx context.Context, creds []fleet.Credential) error {
 	now := time.Now()
 	err := s.doSync(ctx, func() error {
@@ -33,7 +37,9 @@ func (s *Store) AddCredentials(ctx context.Context, creds []fleet.Credential) er
 		}
 		defer rollback(tx) //nolint:errcheck // no-op after Commit
 		st, err := tx.PrepareContext(ctx, `INSERT INTO credentials(id, role, status, hash, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING`)
+			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET role = excluded.role, status = excluded.status,
+				hash = excluded.hash, created_at = excluded.created_at, updated_at = excluded.updated_at
+			WHERE credentials.status = 'revoked' AND credentials.role = 'monitor' AND excluded.role = 'monitor'`)
 		if err != nil {
 			return err
 		}

@@ -1571,7 +1571,14 @@ func (s *Server) DisconnectClient(cl *Client, code packets.Code) error {
 
 	// We already have a code we are using to disconnect the client, so we are not
 	// interested if the write packet fails due to a closed connection (as we are closing it).
-	err := cl.WritePacket(out)
+	// flota patch: only MQTT 5 has a server DISCONNECT; an MQTT 3.1.1 server
+	// closes the connection instead [MQTT-3.14], and a 3.1.1 client that
+	// receives one (mosquitto_sub, libmosquitto) treats it as a protocol
+	// error and gives up instead of reconnecting.
+	var err error
+	if cl.Properties.ProtocolVersion >= 5 {
+		err = cl.WritePacket(out)
+	}
 	if !s.Options.Capabilities.Compatibilities.PassiveClientDisconnect {
 		cl.Stop(code)
 		if code.Code >= packets.ErrUnspecifiedError.Code {

@@ -855,7 +855,9 @@ func TestEstablishConnectionInheritExistingClean(t *testing.T) {
 	require.ErrorIs(t, retrievedCl.StopCause(), packets.CodeDisconnect) // true error is disconnect
 
 	require.Equal(t, packets.TPacketData[packets.Connack].Get(packets.TConnackAcceptedNoSession).RawBytes, <-recv)
-	require.Equal(t, packets.TPacketData[packets.Disconnect].Get(packets.TDisconnect).RawBytes, <-takeover)
+	// flota patch: an MQTT 3.1.1 client taken over is closed, not sent a
+	// DISCONNECT (only MQTT 5 servers send one).
+	require.Empty(t, <-takeover)
 
 	require.True(t, cl.IsTakenOver())
 
@@ -3014,6 +3016,7 @@ func TestServerRecievePacketDisconnectClientZeroNonZero(t *testing.T) {
 func TestServerRecievePacketDisconnectClient(t *testing.T) {
 	s := newServer()
 	cl, r, w := newTestClient()
+	cl.Properties.ProtocolVersion = 5
 
 	go func() {
 		err := s.DisconnectClient(cl, packets.CodeDisconnect)
@@ -3023,7 +3026,27 @@ func TestServerRecievePacketDisconnectClient(t *testing.T) {
 
 	buf, err := io.ReadAll(r)
 	require.NoError(t, err)
-	require.Equal(t, packets.TPacketData[packets.Disconnect].Get(packets.TDisconnect).RawBytes, buf)
+	require.NotEmpty(t, buf)
+	require.Equal(t, byte(packets.Disconnect<<4), buf[0]) // an MQTT 5 client is sent a DISCONNECT
+}
+
+// flota patch: a server DISCONNECT exists in MQTT 5 only; an MQTT 3.1.1
+// client is closed without one [MQTT-3.14].
+func TestServerDisconnectClientMqtt311GetsNoDisconnectPacket(t *testing.T) {
+	s := newServer()
+	cl, r, w := newTestClient()
+	cl.Properties.ProtocolVersion = 4
+
+	go func() {
+		err := s.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		require.ErrorIs(t, err, packets.ErrServerShuttingDown)
+		_ = w.Close()
+	}()
+
+	buf, err := io.ReadAll(r)
+	require.NoError(t, err)
+	require.Empty(t, buf)
+	require.True(t, cl.Closed())
 }
 
 func TestServerProcessPacketDisconnect(t *testing.T) {
