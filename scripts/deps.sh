@@ -21,6 +21,7 @@ want mosquitto-clients command -v mosquitto_sub
 want mosquitto-clients command -v mosquitto_pub
 want sqlite3 command -v sqlite3
 want gcc command -v gcc
+want gcc command -v cc
 want chromium command -v chromium
 want chromium-driver command -v chromedriver
 want systemd command -v systemd-analyze

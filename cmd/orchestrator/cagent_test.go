@@ -25,58 +25,44 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/testtool"
 )
 
 var (
 	cagentOnce sync.Once
 	cagentBin  string
 	cagentErr  error
-	cagentSkip string
 )
 
 // cagentBinary builds flota-agent-c with sanitizers once per test run. It
-// skips when the C toolchain or libmosquitto/libsodium headers are missing,
-// except on CI, where scripts/deps.sh installs them.
+// fails, naming scripts/deps.sh, when the C toolchain or the libmosquitto
+// and libsodium headers are missing.
 func cagentBinary(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test with real processes")
 	}
+	// A missing toolchain fails the test with the command that installs it.
+	testtool.Path(t, "cc")
+	mk := testtool.Path(t, "make")
+	for _, h := range []string{"/usr/include/mosquitto.h", "/usr/include/sodium.h"} {
+		if _, err := os.Stat(h); err != nil {
+			t.Fatalf("%s is missing: run ./scripts/deps.sh (make deps), which installs libmosquitto-dev and libsodium-dev as root or prints the apt-get command", h)
+		}
+	}
 	cagentOnce.Do(func() {
-		var missing []string
-		if _, err := exec.LookPath("cc"); err != nil {
-			missing = append(missing, "cc")
-		}
-		if _, err := exec.LookPath("make"); err != nil {
-			missing = append(missing, "make")
-		}
-		for _, h := range []string{"/usr/include/mosquitto.h", "/usr/include/sodium.h"} {
-			if _, err := os.Stat(h); err != nil {
-				missing = append(missing, h)
-			}
-		}
-		if len(missing) > 0 {
-			cagentSkip = "the C agent needs " + strings.Join(missing, ", ") + " (scripts/deps.sh installs libmosquitto-dev, libsodium-dev, gcc)"
-			return
-		}
 		dir, err := os.MkdirTemp("", "flota-cagent-bin")
 		if err != nil {
 			cagentErr = err
 			return
 		}
-		out, err := exec.Command("make", "-C", "../../agents/c", "B="+dir, "san").CombinedOutput()
+		out, err := exec.Command(mk, "-C", "../../agents/c", "B="+dir, "san").CombinedOutput()
 		if err != nil {
 			cagentErr = fmt.Errorf("make -C agents/c san: %v\n%s", err, out)
 			return
 		}
 		cagentBin = filepath.Join(dir, "flota-agent-c-san")
 	})
-	if cagentSkip != "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(cagentSkip)
-		}
-		t.Skip(cagentSkip)
-	}
 	require.NoError(t, cagentErr)
 	return cagentBin
 }
