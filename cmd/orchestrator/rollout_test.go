@@ -131,6 +131,8 @@ func TestE2E_FailingCanaryPhaseStopsAtItsGate(t *testing.T) {
 
 func TestE2E_PauseHoldsAdmissionAndResumeContinues(t *testing.T) {
 	s := startServer(t)
+	// Held-back targets stay queued whenever the pause lands.
+	late := s.holdBack("prlate-")
 	startSim(t, s, "--devices", "8", "--id-prefix", "pr-", "--model", "sim-a", "--install-delay", "300ms")
 	s.waitOnline(8)
 	fw, _ := s.firmware(64*1024, "1.1.0")
@@ -151,7 +153,8 @@ func TestE2E_PauseHoldsAdmissionAndResumeContinues(t *testing.T) {
 	require.NoError(t, err)
 	assert.LessOrEqual(t, started, paused.Total-queued, "the store agrees")
 	s.mustCLI("update", "resume", id)
+	late()
 	_, code := s.cli("update", "watch", id, "--interval", "200ms")
 	require.Zero(t, code)
-	assert.Equal(t, 8, s.status(id).Counts[fleet.StateSucceeded])
+	assert.Equal(t, 8+heldBack, s.status(id).Counts[fleet.StateSucceeded])
 }
