@@ -262,6 +262,7 @@ func TestEngine_InstallFailureEndsFailedWithReason(t *testing.T) {
 	assert.Equal(t, fleet.UpdateCompletedWithFailures, s.State)
 	assert.Equal(t, 4, s.Counts[fleet.StateSucceeded])
 	assert.Equal(t, 1, s.Counts[fleet.StateFailed])
+	require.NoError(t, h.store.Flush(context.Background()), "the end's writes are queued")
 	rows, _, err := h.store.Progress(context.Background(), u.ID, sqlite.ProgressFilter{State: fleet.StateFailed})
 	require.NoError(t, err)
 	require.Len(t, rows, 1)
