@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -269,6 +270,15 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 				Message: fmt.Sprintf("token %q has scope %s; %s %s needs %s", info.Name, info.Scope, r.Method, r.URL.Path, need)})
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenKey{}, info)))
 	})
+}
+
+// tokenKey is the context key of the TokenInfo a request authenticated with.
+type tokenKey struct{}
+
+// requestTokenName returns the name of the token r authenticated with, or "".
+func requestTokenName(r *http.Request) string {
+	info, _ := r.Context().Value(tokenKey{}).(TokenInfo)
+	return info.Name
 }

@@ -106,6 +106,12 @@ var migrations = []string{
 	// signed downgrade permission.
 	`ALTER TABLE firmware ADD COLUMN signature TEXT NOT NULL DEFAULT '';
 	ALTER TABLE firmware ADD COLUMN allow_downgrade INTEGER NOT NULL DEFAULT 0;`,
+
+	// 10: who created an update (the API token's name), and the indexes a
+	// device's history reads: its progress rows and its events.
+	`ALTER TABLE updates ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
+	CREATE INDEX progress_device ON progress(device_id);
+	CREATE INDEX events_device_seq ON events(device_id, seq);`,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.
