@@ -1,8 +1,10 @@
 package httpapi
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
@@ -25,7 +27,37 @@ const (
 	MaxTimelinePoints     = 1000
 	// TimelineRecentEvents is the number of last events a timeline holds.
 	TimelineRecentEvents = 100
+	// DefaultTimelineReplays is the default of Server.MaxTimelineReplays:
+	// a replay reads an update's whole event log, so a few at once keep
+	// the store's readers for everyone else.
+	DefaultTimelineReplays = 2
 )
+
+// replayLimit bounds the timeline replays running at once.
+type replayLimit struct {
+	slots   chan struct{}
+	refused atomic.Int64 // requests refused for want of a slot
+}
+
+func newReplayLimit(n int) *replayLimit {
+	if n <= 0 {
+		n = DefaultTimelineReplays
+	}
+	return &replayLimit{slots: make(chan struct{}, n)}
+}
+
+// acquire takes a slot, or counts a refusal and returns false.
+func (l *replayLimit) acquire() bool {
+	select {
+	case l.slots <- struct{}{}:
+		return true
+	default:
+		l.refused.Add(1)
+		return false
+	}
+}
+
+func (l *replayLimit) release() { <-l.slots }
 
 // Response bodies of the history routes.
 type (
@@ -131,6 +163,13 @@ func (s *Server) updateTimeline(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if !s.replays.acquire() {
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, Error{Code: CodeUnavailable,
+			Message: fmt.Sprintf("%d timelines are being replayed; try again in a moment", cap(s.replays.slots))})
+		return
+	}
+	defer s.replays.release()
 	id := r.PathValue("id")
 	u, err := s.Store.Update(r.Context(), id)
 	if err != nil {

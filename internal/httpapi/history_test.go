@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -354,4 +355,37 @@ func TestServer_HistoryAnswersCarryTheFieldsTheDashboardReads(t *testing.T) {
 	for _, k := range []string{"update", "points", "recent", "pruned_through"} {
 		assert.Contains(t, tl, k)
 	}
+}
+
+func TestServer_TimelineReplaysBeyondTheLimitAreRefusedAndCounted(t *testing.T) {
+	s := &Server{MaxTimelineReplays: 1}
+	base := newTestAPI(t, s)
+	ctx := context.Background()
+	fw, err := s.Store.AddFirmware(ctx, fleet.Firmware{Version: "2.0"}, strings.NewReader("image"))
+	require.NoError(t, err)
+	seedDevices(t, s.Store, fleet.Device{ID: "d1"})
+	seedUpdate(t, s.Store, "u-1", fw.ID, time.Now().UTC(), time.Time{}, "d1")
+
+	require.True(t, s.replays.acquire(), "a replay in progress holds the only slot")
+	resp := callError(t, "GET", base+"/api/v1/updates/u-1/timeline", nil, http.StatusServiceUnavailable, CodeUnavailable)
+	assert.Contains(t, resp.Message, "try again")
+	var st DeviceList
+	call(t, "GET", base+"/api/v1/devices", nil, &st)
+	assert.Equal(t, 1, st.Total, "other routes answer meanwhile")
+	s.replays.release()
+
+	var tl Timeline
+	r := call(t, "GET", base+"/api/v1/updates/u-1/timeline", nil, &tl)
+	assert.Equal(t, http.StatusOK, r.StatusCode, "the slot is free again")
+	assert.Len(t, s.replays.slots, 0, "a finished replay gives its slot back")
+
+	req, err := http.NewRequest("GET", base+"/metrics", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+testReadToken)
+	mr, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer mr.Body.Close()
+	body, err := io.ReadAll(mr.Body)
+	require.NoError(t, err)
+	assert.Contains(t, string(body), "flota_http_timeline_refused_total 1\n")
 }

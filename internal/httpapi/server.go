@@ -83,6 +83,10 @@ type Server struct {
 	StreamBuffer int
 	// StreamHeartbeat is DefaultStreamHeartbeat when 0.
 	StreamHeartbeat time.Duration
+	// MaxTimelineReplays bounds the event log replays of GET
+	// /api/v1/updates/{id}/timeline running at once; more are refused with
+	// 503. 0 means DefaultTimelineReplays.
+	MaxTimelineReplays int
 	// HealthChecks are asked at every GET /api/v1/health; each returns the
 	// reason its part is degraded, or "" when it is well. Any reason makes
 	// the status "degraded" (HTTP 503) and is listed in the answer.
@@ -92,6 +96,7 @@ type Server struct {
 	initErr  error // the subscription's error, returned by Open
 	hub      *hub
 	metrics  http.Handler
+	replays  *replayLimit
 
 	// mu guards ln, srv and closed.
 	mu     sync.Mutex
@@ -183,6 +188,7 @@ func (s *Server) Close() error {
 func (s *Server) init() error {
 	s.initOnce.Do(func() {
 		s.hub = newHub(s.logger())
+		s.replays = newReplayLimit(s.MaxTimelineReplays)
 		s.metrics = s.newMetrics()
 		if s.Subscribe == nil {
 			return
