@@ -38,6 +38,13 @@ func (wd *webDriver) count(css string) int {
 // dashboardTime is the dashboard's one time format: local, with the offset.
 var dashboardTime = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d\d:\d\d$`)
 
+// shot saves a screenshot as name.png in $FLOTA_DASHBOARD_SHOTS, if set.
+func (wd *webDriver) shot(name string) {
+	if dir := os.Getenv("FLOTA_DASHBOARD_SHOTS"); dir != "" {
+		require.NoError(wd.t, os.WriteFile(filepath.Join(dir, name+".png"), wd.screenshot(), 0o644))
+	}
+}
+
 func TestDashboard_UploadCreateFailureSummaryAndDeviceHistory(t *testing.T) {
 	wd := startBrowser(t)
 	_, c := fleetMain(t, agentGroup{prefix: "ok-", n: 3}, agentGroup{prefix: "bad-", n: 2, failInstall: 1})
@@ -85,6 +92,7 @@ func TestDashboard_UploadCreateFailureSummaryAndDeviceHistory(t *testing.T) {
 	assert.Equal(t, int64(len(img)), fw.Size)
 	assert.Contains(t, wd.text("#nu-firmware"), "<b>app</b> 2.0.0", "markup is shown as text")
 	assert.Zero(t, wd.count("#nu-firmware b"), "and never parsed")
+	wd.shot("new")
 
 	// Create: a policy the API refuses shows its message; a good one
 	// opens the new update's page.
@@ -119,12 +127,14 @@ func TestDashboard_UploadCreateFailureSummaryAndDeviceHistory(t *testing.T) {
 	assert.Contains(t, []string{"install_failed", "too_many_attempts"}, reason)
 	assert.Equal(t, "bad-000, bad-001", wd.text(`#u-failures tr[data-state="failed"] td.devs`))
 	assert.Equal(t, "2", wd.text("#u-fail-total"))
+	wd.shot("update")
 
 	// Opened again once it ended, the page draws its whole life from the
 	// event log.
 	wd.open(c.BaseURL + "/#/fleet")
 	wd.open(c.BaseURL + "/#/updates/" + id)
 	poll(t, 10*time.Second, func() bool { return wd.count("#u-events li") >= 10 }, "the recent events of a finished update")
+	wd.shot("update-reopened")
 	var points string
 	poll(t, 10*time.Second, func() bool {
 		wd.script(`const c = document.querySelector("#u-chart"); return c ? (c.dataset.points || "") : ""`, &points)
@@ -146,13 +156,16 @@ func TestDashboard_UploadCreateFailureSummaryAndDeviceHistory(t *testing.T) {
 	row := `#updates-body tr[data-update="` + cu.ID + `"]`
 	poll(t, 10*time.Second, func() bool { return wd.count(row+` .bar i[data-group="cancelled"]`) == 1 }, "the cancelled update's bar")
 	assert.Zero(t, wd.count(row+` .bar i[data-group="succeeded"]`), "nothing drawn as succeeded")
+	wd.shot("updates")
 	var colour string
 	wd.script(`return getComputedStyle(document.querySelector(`+strconv.Quote(row+` .bar i[data-group="cancelled"]`)+`)).backgroundColor`, &colour)
 	assert.Equal(t, "rgb(89, 96, 110)", colour)
 
 	// Search and paging of the updates list.
 	wd.typeText("#up-search", id)
-	poll(t, 10*time.Second, func() bool { return wd.count("#updates-body tr") == 1 && wd.find(`#updates-body tr[data-update="`+id+`"]`) != "" },
+	poll(t, 10*time.Second, func() bool {
+		return wd.count("#updates-body tr") == 1 && wd.find(`#updates-body tr[data-update="`+id+`"]`) != ""
+	},
 		"the search finds the update by ID")
 	assert.Equal(t, "1–1 of 1", wd.text("#up-range"))
 
@@ -171,6 +184,7 @@ func TestDashboard_UploadCreateFailureSummaryAndDeviceHistory(t *testing.T) {
 	assert.Equal(t, reason, wd.text(`#dv-updates tr[data-update="`+id+`"] td:nth-child(6)`))
 	assert.Contains(t, wd.text("#dv-events"), "install_failed")
 	assert.NotContains(t, wd.text("#dv-events"), "ok-000", "only this device's events")
+	wd.shot("device")
 
 	// Fleet search by ID prefix.
 	wd.open(c.BaseURL + "/#/fleet")

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -106,6 +107,7 @@ func (s *Server) deviceHistory(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("limit") == "" {
 		limit = DefaultHistoryEvents
 	}
+	s.settle(r)
 	id := r.PathValue("id")
 	d, err := s.Store.Device(r.Context(), id)
 	if err != nil {
@@ -135,6 +137,7 @@ func (s *Server) updateFailures(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	s.settle(r)
 	id := r.PathValue("id")
 	if _, err := s.Store.Update(r.Context(), id); err != nil {
 		s.writeError(w, r, err)
@@ -170,6 +173,7 @@ func (s *Server) updateTimeline(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.replays.release()
+	s.settle(r)
 	id := r.PathValue("id")
 	u, err := s.Store.Update(r.Context(), id)
 	if err != nil {
@@ -265,6 +269,23 @@ func (s *Server) updateTimeline(w http.ResponseWriter, r *http.Request) {
 		out.Recent[i], out.Recent[j] = out.Recent[j], out.Recent[i]
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// settleTimeout bounds how long a history read waits for the store's
+// queued writes.
+const settleTimeout = 2 * time.Second
+
+// settle waits, up to settleTimeout, until the writes queued so far are
+// committed, so that a history read right after the engine reported a
+// change (an update's end, say) includes it. While the store cannot write
+// (a full disk) it reads what is committed: a history a moment old beats
+// none, so the wait's error is not the request's.
+func (s *Server) settle(r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), settleTimeout)
+	defer cancel()
+	if err := s.Store.Wait(ctx); err != nil {
+		s.logger().Debug("history read without the latest writes", "path", r.URL.Path, "err", err)
+	}
 }
 
 // boundedParam parses the query parameter name as a number from 1 to max;
