@@ -440,7 +440,8 @@ function updatePage(view, id) {
     $("#u-finished").textContent = when(s.finished_at);
     $("#u-selector").textContent = selectorText(s.selector || {});
     $("#u-policy").replaceChildren(...Object.entries(s.policy || {}).map(([k, v]) =>
-      el("div", {}, el("dt", { text: k.replaceAll("_", " ") }), el("dd", { text: typeof v === "object" ? JSON.stringify(v) : String(v) }))));
+      el("div", {}, el("dt", { text: k.replaceAll("_", " ") }),
+        el("dd", { text: k.endsWith("_at") ? when(v) : typeof v === "object" ? JSON.stringify(v) : String(v) }))));
   }
 
   // The chart and the recent events start from the event log: a finished
