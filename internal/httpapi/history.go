@@ -90,6 +90,9 @@ type (
 		Points        []TimelinePoint `json:"points"`
 		Recent        []fleet.Event   `json:"recent"`
 		PrunedThrough int64           `json:"pruned_through"`
+		// Truncated says that retention deleted the update's first events:
+		// the points before the first remaining one are missing.
+		Truncated bool `json:"truncated"`
 	}
 	// TimelinePoint is how many devices were in each state at Time.
 	TimelinePoint struct {
@@ -210,7 +213,11 @@ func (s *Server) updateTimeline(w http.ResponseWriter, r *http.Request) {
 	}
 	take(u.CreatedAt)
 	recent := make([]fleet.Event, 0, TimelineRecentEvents)
+	var first *fleet.Event // the update's creation event comes first, unless pruned
 	err = s.Store.EachEvent(r.Context(), id, func(e fleet.Event) error {
+		if first == nil {
+			first = &e
+		}
 		if len(recent) == TimelineRecentEvents {
 			copy(recent, recent[1:])
 			recent = recent[:len(recent)-1]
@@ -247,7 +254,8 @@ func (s *Server) updateTimeline(w http.ResponseWriter, r *http.Request) {
 	for _, st := range cur {
 		never[st]--
 	}
-	out := Timeline{Update: id, Recent: recent, PrunedThrough: pruned}
+	out := Timeline{Update: id, Recent: recent, PrunedThrough: pruned,
+		Truncated: pruned > 0 && (first == nil || first.Type != fleet.EventUpdate || first.Seq <= pruned)}
 	for _, sn := range snaps {
 		c := map[fleet.DeviceState]int{}
 		for st, n := range never {

@@ -196,8 +196,20 @@ func TestServer_TimelineReplaysTheEventLogOfAFinishedUpdate(t *testing.T) {
 	}
 	assert.Equal(t, []int64{6, 5, 4, 3, 2, 1}, seqs, "the last events, newest first")
 
+	assert.False(t, tl.Truncated, "the whole log is there")
+
 	call(t, "GET", base+"/api/v1/updates/u-1/timeline?points=2", nil, &tl)
 	assert.LessOrEqual(t, len(tl.Points), 3, "points bound the samples (plus the final one)")
+
+	// Retention deletes the oldest events, the update's creation first.
+	n, err := s.Store.PruneEvents(ctx, sqlite.Retention{MaxRows: 3}, time.Now())
+	require.NoError(t, err)
+	require.Equal(t, int64(3), n)
+	var cut Timeline
+	call(t, "GET", base+"/api/v1/updates/u-1/timeline", nil, &cut)
+	assert.True(t, cut.Truncated, "the page says the chart misses the start")
+	assert.Equal(t, int64(3), cut.PrunedThrough)
+	assert.Len(t, cut.Recent, 3)
 
 	for _, q := range []string{"points=0", "points=x", fmt.Sprintf("points=%d", MaxTimelinePoints+1)} {
 		callError(t, "GET", base+"/api/v1/updates/u-1/timeline?"+q, nil, http.StatusBadRequest, CodeInvalidInput)

@@ -458,7 +458,7 @@ function updatePage(view, id) {
       for (const p of live) if (p.t > last) history.push(p);
       timelineLoaded = true;
       for (const ev of tl.recent.slice().reverse()) addEvent(ev);
-      $("#u-pruned").hidden = !(tl.pruned_through > 0);
+      $("#u-pruned").hidden = !tl.truncated;
       drawChart();
     } catch (e) {
       if (alive()) toast("timeline: " + e.message, true);
