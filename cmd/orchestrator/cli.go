@@ -133,7 +133,7 @@ var commands = []*spec{
 func init() {
 	// The account commands follow device summary in the overview.
 	i := slices.IndexFunc(commands, func(s *spec) bool { return s.name == "device summary" })
-	commands = slices.Insert(commands, i+1, accountCommands...)
+	commands = slices.Insert(commands, i+1, append([]*spec{deviceShowSpec}, accountCommands...)...)
 }
 
 func findSpec(name string) *spec {
@@ -234,6 +234,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 			return c.deviceList(ctx, rest)
 		case "device summary":
 			return c.deviceSummary(ctx, rest)
+		case "device show":
+			return c.deviceShow(ctx, rest)
 		case "token new":
 			return c.tokenNew(ctx, rest)
 		case "token list":
@@ -666,6 +668,8 @@ func writeStatus(w io.Writer, s fleet.UpdateSummary) {
 	t := newTable(w)
 	t.row("update", s.ID)
 	t.row("state", s.State)
+	t.row("created", showTime(s.CreatedAt)+" by "+orDash(termSafe(s.CreatedBy)))
+	t.row("selector", formatSelector(s.Selector))
 	t.row("firmware", fmt.Sprintf("%s (%s %s, %s)", s.FirmwareID, termSafe(s.Firmware.Name), termSafe(s.Firmware.Version), humanBytes(s.Firmware.Size)))
 	t.row("devices", fmt.Sprintf("%d/%d finished, %d in flight", s.Finished(), s.Total, s.InFlight))
 	t.row("states", formatCounts(s.Counts))

@@ -143,10 +143,31 @@ func (c *Client) CreateUpdate(ctx context.Context, req rollout.CreateRequest) (f
 	return out, c.do(ctx, http.MethodPost, "/api/v1/updates", nil, req, &out)
 }
 
-// ListUpdates returns the summary of every update.
+// ListUpdates returns the summary of every update, newest first, paging
+// through the list.
 func (c *Client) ListUpdates(ctx context.Context) ([]fleet.UpdateSummary, error) {
-	var out httpapi.UpdateList
-	return out.Updates, c.do(ctx, http.MethodGet, "/api/v1/updates", nil, nil, &out)
+	var all []fleet.UpdateSummary
+	for {
+		q := url.Values{}
+		setPage(q, httpapi.MaxPageSize, len(all))
+		var page httpapi.UpdateList
+		if err := c.do(ctx, http.MethodGet, "/api/v1/updates", q, nil, &page); err != nil {
+			return nil, err
+		}
+		all = append(all, page.Updates...)
+		if len(page.Updates) == 0 || len(all) >= page.Total {
+			return all, nil
+		}
+	}
+}
+
+// DeviceHistory returns a device with the updates it was in and its last
+// events.
+func (c *Client) DeviceHistory(ctx context.Context, id string, limit int) (httpapi.DeviceHistory, error) {
+	q := url.Values{}
+	setPage(q, limit, 0)
+	var out httpapi.DeviceHistory
+	return out, c.do(ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(id)+"/history", q, nil, &out)
 }
 
 // Update returns an update's live summary.

@@ -123,6 +123,9 @@ type Update struct {
 	CreatedAt  time.Time   `json:"created_at"`
 	StartedAt  *time.Time  `json:"started_at,omitempty"`
 	FinishedAt *time.Time  `json:"finished_at,omitempty"`
+	// CreatedBy names who created the update: the API token's name; empty
+	// for updates created before it was recorded.
+	CreatedBy string `json:"created_by,omitempty"`
 }
 
 // Progress is one device's progress in one update.

@@ -26,7 +26,7 @@ const (
 
 // testTokens holds testAdminToken in the clear and testReadToken as its
 // hash, the two forms of a token file.
-func testTokens(t *testing.T) *Tokens {
+func testTokens(t testing.TB) *Tokens {
 	t.Helper()
 	toks, err := ParseTokens(strings.NewReader("# test tokens\nops admin " + testAdminToken +
 		"\n\n  grafana\tread " + HashToken(testReadToken) + "\n"))

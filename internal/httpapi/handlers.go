@@ -34,6 +34,7 @@ type (
 	// UpdateList is the body of GET /api/v1/updates.
 	UpdateList struct {
 		Updates []fleet.UpdateSummary `json:"updates"`
+		Total   int                   `json:"total"` // updates matching ?q=, on every page
 	}
 	// ProgressList is the body of GET /api/v1/updates/{id}/devices.
 	ProgressList struct {
@@ -150,7 +151,15 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f := sqlite.DeviceFilter{Model: q.Get("model"), Version: q.Get("version"), After: q.Get("after"),
-		Limit: limit, Offset: offset}
+		Prefix: q.Get("prefix"), Limit: limit, Offset: offset}
+	if v := q.Get("tag"); v != "" {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok || k == "" {
+			s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "tag=%q: want key=value", v))
+			return
+		}
+		f.TagKey, f.TagValue = k, val
+	}
 	if v := q.Get("online"); v != "" {
 		online, err := strconv.ParseBool(v)
 		if err != nil {
@@ -185,6 +194,7 @@ func (s *Server) createUpdate(w http.ResponseWriter, r *http.Request) {
 	if !s.engineReady(w, r) {
 		return
 	}
+	req.CreatedBy = requester(r)
 	u, err := s.Engine.CreateUpdate(r.Context(), req)
 	if err != nil {
 		s.writeError(w, r, fmt.Errorf("create update: %w", err))
@@ -197,12 +207,18 @@ func (s *Server) listUpdates(w http.ResponseWriter, r *http.Request) {
 	if !s.engineReady(w, r) {
 		return
 	}
-	ups, err := s.Store.ListUpdates(r.Context())
+	q := r.URL.Query()
+	limit, offset, err := pageParams(q.Get("limit"), q.Get("offset"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	out := UpdateList{Updates: make([]fleet.UpdateSummary, 0, len(ups))}
+	ups, total, err := s.Store.ListUpdatesPage(r.Context(), sqlite.UpdateFilter{Query: q.Get("q"), Limit: limit, Offset: offset})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := UpdateList{Updates: make([]fleet.UpdateSummary, 0, len(ups)), Total: total}
 	for _, u := range ups {
 		sum, err := s.Engine.Summary(r.Context(), u.ID)
 		if err != nil {

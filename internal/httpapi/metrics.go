@@ -75,6 +75,7 @@ var (
 
 	descStreamClients = desc("flota_http_stream_clients", "Connected event stream (SSE) clients.")
 	descStreamDropped = desc("flota_http_stream_dropped_messages_total", "Messages dropped for slow event stream clients (they catch up from the store).")
+	descTimelineRef   = desc("flota_http_timeline_refused_total", "Update timeline requests refused with 503: as many event log replays were running as allowed.")
 
 	descIllegalSuppressed = desc("flota_device_illegal_events_suppressed_total", "Refused device state changes counted but not recorded as events (--illegal-event-interval).")
 	descEngineLogDropped  = desc("flota_engine_log_lines_suppressed_total", "Engine log lines about a device dropped by the per-client log limit.")
@@ -117,7 +118,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
 		descIllegal, descBeyondSent, descIllegalSuppressed, descEngineLogDropped, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
-		descStreamClients, descStreamDropped} {
+		descStreamClients, descStreamDropped, descTimelineRef} {
 		ch <- d
 	}
 	for _, m := range brokerMetrics {
@@ -186,6 +187,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 
 	put(descStreamClients, prometheus.GaugeValue, float64(s.hub.count()))
 	put(descStreamDropped, prometheus.CounterValue, float64(s.hub.dropped.Load()))
+	put(descTimelineRef, prometheus.CounterValue, float64(s.replays.refused.Load()))
 }
 
 // collectUpdates counts updates by state and, for the active ones, their

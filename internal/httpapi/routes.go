@@ -34,6 +34,7 @@ func (s *Server) routes() []route {
 
 		{"GET", "/api/v1/devices", s.listDevices},
 		{"GET", "/api/v1/devices/{id}", s.getDevice},
+		{"GET", "/api/v1/devices/{id}/history", s.deviceHistory},
 		{"GET", "/api/v1/fleet/summary", s.fleetSummary},
 
 		{"POST", "/api/v1/updates", s.createUpdate},
@@ -41,6 +42,8 @@ func (s *Server) routes() []route {
 		{"GET", "/api/v1/updates/{id}", s.getUpdate},
 		{"GET", "/api/v1/updates/{id}/devices", s.updateDevices},
 		{"GET", "/api/v1/updates/{id}/events", s.updateEvents},
+		{"GET", "/api/v1/updates/{id}/failures", s.updateFailures},
+		{"GET", "/api/v1/updates/{id}/timeline", s.updateTimeline},
 		{"POST", "/api/v1/updates/{id}/pause", s.control((*rollout.Engine).Pause)},
 		{"POST", "/api/v1/updates/{id}/resume", s.control((*rollout.Engine).Resume)},
 		{"POST", "/api/v1/updates/{id}/cancel", s.control((*rollout.Engine).Cancel)},

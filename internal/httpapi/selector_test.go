@@ -5,28 +5,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/flotaio/flota/broker"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/rollout"
 )
 
 func TestServer_CreateUpdateRefusesASelectorOverItsLimitsWith400(t *testing.T) {
-	log := slog.New(slog.DiscardHandler)
-	st := newTestStore(t)
-	br := broker.New(broker.Options{Addr: "127.0.0.1:0", Logger: log})
-	require.NoError(t, br.Open())
-	t.Cleanup(func() { br.Close() })
-	eng := rollout.New(st, br, log)
-	require.NoError(t, eng.Open(context.Background()))
-	t.Cleanup(func() { eng.Close() })
-	base := newTestAPI(t, &Server{Store: st, Engine: eng, Logger: log})
+	srv, base := engineAPI(t)
+	st, eng := srv.Store, srv.Engine
 
 	tags := func(n int) map[string]string {
 		m := map[string]string{}

@@ -85,6 +85,10 @@ type Server struct {
 	StreamBuffer int
 	// StreamHeartbeat is DefaultStreamHeartbeat when 0.
 	StreamHeartbeat time.Duration
+	// MaxTimelineReplays bounds the event log replays of GET
+	// /api/v1/updates/{id}/timeline running at once; more are refused with
+	// 503. 0 means DefaultTimelineReplays.
+	MaxTimelineReplays int
 	// HealthChecks are asked at every GET /api/v1/health; each returns the
 	// reason its part is degraded, or "" when it is well. Any reason makes
 	// the status "degraded" (HTTP 503) and is listed in the answer.
@@ -100,6 +104,7 @@ type Server struct {
 	requests *prometheus.CounterVec
 	// tokenUses ends the goroutine that records their last uses.
 	tokenUses chan struct{}
+	replays   *replayLimit
 
 	// mu guards ln, srv and closed.
 	mu     sync.Mutex
@@ -202,6 +207,7 @@ func (s *Server) init() error {
 		s.hub = newHub(s.logger())
 		s.apiTokens = newDBTokens()
 		s.requests = newRequestCounter()
+		s.replays = newReplayLimit(s.MaxTimelineReplays)
 		s.metrics = s.newMetrics()
 		if s.Subscribe == nil {
 			return

@@ -27,7 +27,7 @@ import (
 )
 
 // newTestStore opens a store in a temporary directory.
-func newTestStore(t *testing.T) *sqlite.Store {
+func newTestStore(t testing.TB) *sqlite.Store {
 	t.Helper()
 	st := sqlite.New(t.TempDir())
 	st.Logger = slog.New(slog.DiscardHandler)
@@ -38,7 +38,7 @@ func newTestStore(t *testing.T) *sqlite.Store {
 
 // newTestAPI serves s's handler (without an engine) on an httptest server
 // and returns its base URL.
-func newTestAPI(t *testing.T, s *Server) string {
+func newTestAPI(t testing.TB, s *Server) string {
 	t.Helper()
 	if s.Store == nil {
 		s.Store = newTestStore(t)

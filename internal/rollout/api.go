@@ -64,4 +64,7 @@ type CreateRequest struct {
 	FirmwareID string         `json:"firmware"`
 	Selector   fleet.Selector `json:"selector"`
 	Policy     fleet.Policy   `json:"policy"`
+	// CreatedBy is recorded with the update: the API sets it to the
+	// token's name; a request body cannot.
+	CreatedBy string `json:"-"`
 }

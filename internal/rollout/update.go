@@ -57,7 +57,7 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 	}
 	now := e.now().UTC()
 	u := fleet.Update{ID: fleet.NewID("u"), FirmwareID: fw.ID, Selector: req.Selector, Policy: pol,
-		State: fleet.UpdateRunning, CreatedAt: now, StartedAt: &now}
+		State: fleet.UpdateRunning, CreatedAt: now, StartedAt: &now, CreatedBy: req.CreatedBy}
 	if pol.StartAt != nil && pol.StartAt.After(now) {
 		u.State, u.StartedAt = fleet.UpdateScheduled, nil
 	}

@@ -109,6 +109,11 @@ var migrations = []string{
 
 	// 10: HTTP API tokens (apitokens.go).
 	migrationAPITokens,
+	// 11: who created an update (the API token's name), and the indexes a
+	// device's history reads: its progress rows and its events.
+	`ALTER TABLE updates ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
+	CREATE INDEX progress_device ON progress(device_id);
+	CREATE INDEX events_device_seq ON events(device_id, seq);`,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.

@@ -50,9 +50,14 @@ type DeviceFilter struct {
 	Model   string
 	Version string
 	Online  *bool
-	After   string
-	Limit   int
-	Offset  int
+	// Prefix matches devices whose ID starts with it; TagKey with TagValue
+	// those that have that tag.
+	Prefix   string
+	TagKey   string
+	TagValue string
+	After    string
+	Limit    int
+	Offset   int
 }
 
 const deviceCols = `id, model, version, tags, first_seen, last_seen, online`
@@ -107,6 +112,13 @@ func (s *Store) ListDevices(ctx context.Context, f DeviceFilter) ([]fleet.Device
 	}
 	if f.Online != nil {
 		w.add("online = ?", *f.Online)
+	}
+	if f.Prefix != "" {
+		// A range on the primary key, not LIKE, so that the index serves it.
+		w.add("id >= ? AND id < ?", f.Prefix, f.Prefix+"\U0010FFFF")
+	}
+	if f.TagKey != "" {
+		w.add("EXISTS (SELECT 1 FROM json_each(devices.tags) AS t WHERE t.key = ? AND t.value = ?)", f.TagKey, f.TagValue)
 	}
 	var total int
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices`+w.String(), w.args...).Scan(&total); err != nil {
@@ -224,13 +236,13 @@ func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.
 
 // --- updates ---
 
-const updateCols = `id, firmware_id, selector, policy, state, created_at, started_at, finished_at`
+const updateCols = `id, firmware_id, selector, policy, state, created_at, started_at, finished_at, created_by`
 
 func scanUpdate(sc scanner) (fleet.Update, error) {
 	var u fleet.Update
 	var sel, pol, state, created string
 	var started, finished sql.NullString
-	if err := sc.Scan(&u.ID, &u.FirmwareID, &sel, &pol, &state, &created, &started, &finished); err != nil {
+	if err := sc.Scan(&u.ID, &u.FirmwareID, &sel, &pol, &state, &created, &started, &finished, &u.CreatedBy); err != nil {
 		return fleet.Update{}, err
 	}
 	u.State = fleet.UpdateState(state)
@@ -337,13 +349,15 @@ type ProgressRow struct {
 
 const progressCols = `update_id, device_id, state, offset, attempts, reason, handle, started_at, finished_at, updated_at`
 
-func scanProgressRow(sc scanner) (ProgressRow, error) {
+// scanProgressRow scans progressCols, then the columns after them into
+// extra.
+func scanProgressRow(sc scanner, extra ...any) (ProgressRow, error) {
 	var r ProgressRow
 	var state, reason, updated string
 	var handle int64
 	var started, finished sql.NullString
-	if err := sc.Scan(&r.UpdateID, &r.DeviceID, &state, &r.Offset, &r.Attempts, &reason, &handle,
-		&started, &finished, &updated); err != nil {
+	if err := sc.Scan(append([]any{&r.UpdateID, &r.DeviceID, &state, &r.Offset, &r.Attempts, &reason, &handle,
+		&started, &finished, &updated}, extra...)...); err != nil {
 		return ProgressRow{}, err
 	}
 	r.State = fleet.DeviceState(state)
@@ -409,7 +423,7 @@ func (s *Store) AllProgress(ctx context.Context, updateID string) ([]ProgressRow
 	if err != nil {
 		return nil, fmt.Errorf("all progress: %w", err)
 	}
-	return collect(rows, scanProgressRow, "all progress")
+	return collect(rows, func(sc scanner) (ProgressRow, error) { return scanProgressRow(sc) }, "all progress")
 }
 
 // CountProgress returns how many of an update's devices are in each state;

@@ -74,8 +74,8 @@ const (
 		WHERE id = ?4`
 	sqlSaveCounters = `UPDATE updates SET bytes_sent = ?, bytes_acked = ?, resends = ? WHERE id = ?`
 	sqlInsertUpdate = `INSERT INTO updates (id, firmware_id, selector, policy, state, created_at,
-			started_at, finished_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+			started_at, finished_at, created_by)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	sqlInsertFirmware = `INSERT INTO firmware (id, name, version, model, size, sha256, created_at, signature, allow_downgrade)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
 )
@@ -576,7 +576,7 @@ func (s *Store) CreateUpdate(ctx context.Context, u fleet.Update, targets []flee
 			return notFound(err, fleet.ErrFirmwareNotFound, u.FirmwareID)
 		}
 		if _, err := tx.ExecContext(ctx, sqlInsertUpdate, u.ID, u.FirmwareID, string(sel), string(pol),
-			string(u.State), fmtTime(u.CreatedAt), fmtTimePtr(u.StartedAt), fmtTimePtr(u.FinishedAt)); err != nil {
+			string(u.State), fmtTime(u.CreatedAt), fmtTimePtr(u.StartedAt), fmtTimePtr(u.FinishedAt), u.CreatedBy); err != nil {
 			return err
 		}
 		if err := insertTargets(ctx, tx, u, targets); err != nil {

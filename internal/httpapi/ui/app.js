@@ -15,17 +15,36 @@ const STATES = ["queued", "offered", "accepted", "downloading", "downloaded", "v
 const TERMINAL = new Set(["succeeded", "rejected", "failed", "cancelled", "skipped", "offline"]);
 const UPDATE_TERMINAL = new Set(["completed", "completed_with_failures", "aborted", "cancelled"]);
 
-// Chart groups: devices per state over time, stacked.
+// Chart groups: devices per state over time, stacked; each terminal state
+// has its own colour, in the progress bars as in the chart.
 const GROUPS = [
   { name: "succeeded", color: "#1f9d55", states: ["succeeded"] },
   { name: "installing", color: "#8e5bd9", states: ["downloaded", "verified", "installing", "rebooting"] },
   { name: "transferring", color: "#2f6fde", states: ["offered", "accepted", "downloading"] },
   { name: "queued", color: "#c3cad6", states: ["queued"] },
   { name: "failed", color: "#d64545", states: ["failed", "rejected"] },
-  { name: "other", color: "#888888", states: ["cancelled", "skipped", "offline"] },
+  { name: "offline", color: "#d98c1a", states: ["offline"] },
+  { name: "skipped", color: "#3aa6a6", states: ["skipped"] },
+  { name: "cancelled", color: "#59606e", states: ["cancelled"] },
 ];
 const STATE_COLOR = {};
 for (const g of GROUPS) for (const s of g.states) STATE_COLOR[s] = g.color;
+// DONE_GROUPS are drawn in a progress bar, in this order.
+const DONE_GROUPS = GROUPS.filter((g) => g.states.every((s) => TERMINAL.has(s)));
+
+// Field accessors: the dashboard reads the API's renamable fields only
+// through these, one per kind of object, so that a renamed field is a
+// one-line change.
+const PROGRESS = { // GET /updates/{id}/devices rows, /devices/{id}/history updates
+  update: (p) => p.update_id, device: (p) => p.device_id, attempts: (p) => p.attempts,
+  firmware: (p) => p.firmware_id, updateState: (p) => p.update_state,
+};
+const UPDATE = { // an update summary
+  firmwareID: (u) => u.firmware_id, createdBy: (u) => u.created_by,
+};
+const EVENT = { // the event log and the live stream
+  update: (e) => e.update, device: (e) => e.device, attempt: (e) => e.attempt,
+};
 
 // ---- helpers ----
 
@@ -78,7 +97,8 @@ function signIn(message = "") {
 
 async function api(path, opts = {}) {
   const headers = { Accept: "application/json", Authorization: "Bearer " + token() };
-  const resp = await fetch(API + path, { ...opts, headers });
+  if (opts.contentType) headers["Content-Type"] = opts.contentType;
+  const resp = await fetch(API + path, { method: opts.method, body: opts.body, headers });
   const body = await resp.json().catch(() => ({}));
   if (resp.status === 401) {
     signIn("That token was not accepted. Paste an API token (read or admin).");
@@ -91,12 +111,17 @@ async function api(path, opts = {}) {
   return body;
 }
 
+// bytes formats a byte count (or a rate) for people: 3.9 KiB, 17 B.
 function bytes(n) {
-  if (!n) return "0 B";
+  if (!n || n < 0) return "0 B";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
+  return (i === 0 ? String(Math.round(n)) : n.toFixed(1)) + " " + units[i];
+}
+
+function rate(bps) {
+  return bytes(bps) + "/s";
 }
 
 function duration(s) {
@@ -106,9 +131,17 @@ function duration(s) {
   return (h ? h + "h " : "") + (h || m ? m + "m " : "") + sec + "s";
 }
 
+// when formats every time the dashboard shows: YYYY-MM-DD HH:MM:SS in the
+// browser's time zone, with its offset from UTC. Go's zero time is "–".
 function when(t) {
   if (!t) return "–";
-  return new Date(t).toLocaleString();
+  const d = new Date(t);
+  if (isNaN(d.getTime()) || d.getUTCFullYear() <= 1) return "–";
+  const p = (n) => String(n).padStart(2, "0");
+  const off = -d.getTimezoneOffset();
+  const zone = (off < 0 ? "-" : "+") + p(Math.floor(Math.abs(off) / 60)) + ":" + p(Math.abs(off) % 60);
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ` +
+    `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())} ${zone}`;
 }
 
 function finished(sum) {
@@ -131,16 +164,50 @@ function bar(frac, cls = "") {
   return el("div", { class: "progress small" }, b);
 }
 
-// paintDone colours a bar of finished devices: green, with the failed share
-// in red at its end.
+// paintDone fills a bar with the finished devices: one segment per
+// terminal state group, each in its colour, the bar as wide as the share
+// of devices finished.
 function paintDone(b, sum) {
   const done = finished(sum);
-  const failed = (sum.counts.failed || 0) + (sum.counts.rejected || 0);
   b.style.width = (sum.total ? (100 * done) / sum.total : 0).toFixed(2) + "%";
-  const okShare = done ? (100 * (done - failed)) / done : 100;
-  b.style.background = failed
-    ? `linear-gradient(to right, var(--ok) 0 ${okShare}%, var(--bad) ${okShare}% 100%)`
-    : "var(--ok)";
+  b.style.background = "transparent";
+  b.classList.add("segments");
+  const segs = [];
+  for (const g of DONE_GROUPS) {
+    const n = g.states.reduce((a, st) => a + (sum.counts[st] || 0), 0);
+    if (!n) continue;
+    const seg = el("i", { "data-group": g.name, title: `${g.name}: ${n}` });
+    seg.style.width = ((100 * n) / done).toFixed(2) + "%";
+    seg.style.background = g.color;
+    segs.push(seg);
+  }
+  b.replaceChildren(...segs);
+}
+
+// link returns an anchor to a dashboard page; text is shown as text.
+function link(hash, text) {
+  return el("a", { href: hash, text });
+}
+
+function deviceLink(id) {
+  return link("#/devices/" + encodeURIComponent(id), id);
+}
+
+function updateLink(id) {
+  return link("#/updates/" + encodeURIComponent(id), id);
+}
+
+// pager wires Prev/Next buttons and a range label to a page of size PAGE.
+function pager(prefix, page, load) {
+  $(`#${prefix}-prev`).onclick = () => { page.offset = Math.max(0, page.offset - PAGE); load(); };
+  $(`#${prefix}-next`).onclick = () => { if (page.offset + PAGE < page.total) { page.offset += PAGE; load(); } };
+  return (shown, total) => {
+    page.total = total;
+    const first = total ? page.offset + 1 : 0;
+    $(`#${prefix}-range`).textContent = `${first}–${page.offset + shown} of ${total}`;
+    $(`#${prefix}-prev`).disabled = page.offset === 0;
+    $(`#${prefix}-next`).disabled = page.offset + PAGE >= total;
+  };
 }
 
 let toastTimer;
@@ -162,6 +229,31 @@ function throttle(fn, ms) {
     if (wait <= 0) { last = Date.now(); fn(); return; }
     if (!timer) timer = setTimeout(() => { timer = null; last = Date.now(); fn(); }, wait);
   };
+}
+
+// selectorText describes an update's targets.
+function selectorText(sel) {
+  const parts = [];
+  if (sel.model) parts.push("model=" + sel.model);
+  if (sel.version) parts.push("version " + sel.version);
+  for (const [k, v] of Object.entries(sel.tags || {})) parts.push(`tag ${k}=${v}`);
+  if (sel.devices && sel.devices.length) {
+    const some = sel.devices.slice(0, 5).join(", ");
+    parts.push(`${sel.devices.length} devices (${some}${sel.devices.length > 5 ? ", …" : ""})`);
+  }
+  if (sel.online) parts.push("online when created");
+  return parts.length ? parts.join(" · ") : "every registered device";
+}
+
+// eventItem is one line of an event list; the device links to its page.
+function eventItem(ev) {
+  const li = el("li", { "data-seq": String(ev.seq) });
+  const dev = EVENT.device(ev);
+  const state = ev.from ? `${ev.from} → ${ev.state}` : ev.state;
+  li.append(`#${ev.seq} ${when(ev.time)} ${ev.type} `);
+  if (dev) li.append(deviceLink(dev), " ");
+  li.append(state + (ev.reason ? " (" + ev.reason + ")" : "") + (EVENT.attempt(ev) ? ` attempt ${EVENT.attempt(ev)}` : ""));
+  return li;
 }
 
 // ---- live stream ----
@@ -199,7 +291,9 @@ function route() {
   const view = $("#view");
   view.replaceChildren();
   if (parts[0] === "updates" && parts[1]) updatePage(view, decodeURIComponent(parts[1]));
+  else if (parts[0] === "devices" && parts[1]) devicePage(view, decodeURIComponent(parts[1]));
   else if (parts[0] === "fleet") fleetPage(view);
+  else if (parts[0] === "new") newPage(view);
   else updatesPage(view);
 }
 
@@ -219,6 +313,7 @@ function updatesPage(view) {
   const gen = generation;
   const rows = new Map();
   const body = $("#updates-body");
+  const page = { offset: 0, total: 0, q: "" };
 
   function row(sum) {
     const tr = el("tr", { "data-update": sum.id });
@@ -230,35 +325,40 @@ function updatesPage(view) {
     const progress = bar(0);
     paintDone(progress.firstChild, sum);
     tr.replaceChildren(
-      el("td", {}, el("a", { href: "#/updates/" + encodeURIComponent(sum.id), text: sum.id })),
+      el("td", {}, updateLink(sum.id)),
       el("td", {}, badge(sum.state)),
-      el("td", { text: `${fw.name || ""} ${fw.version || sum.firmware_id}` }),
+      el("td", { text: `${fw.name || ""} ${fw.version || UPDATE.firmwareID(sum)}` }),
       el("td", { class: "wide" }, progress),
       el("td", { text: `${finished(sum)}/${sum.total} (${percent(sum)}%)` }),
       el("td", { text: String(sum.in_flight) }),
-      el("td", { text: UPDATE_TERMINAL.has(sum.state) ? "–" : bytes(sum.rate_bps) + "/s" }),
+      el("td", { text: UPDATE_TERMINAL.has(sum.state) ? "–" : rate(sum.rate_bps) }),
+      el("td", { text: UPDATE.createdBy(sum) || "–" }),
       el("td", { text: when(sum.created_at) }),
     );
   }
+  const paged = pager("up", page, () => load());
   async function load() {
+    const q = new URLSearchParams({ limit: PAGE, offset: page.offset });
+    if (page.q) q.set("q", page.q);
     try {
-      const list = await api("/updates");
+      const list = await api("/updates?" + q);
       if (gen !== generation) return;
-      const ups = list.updates.slice().sort((a, b) => (a.created_at < b.created_at ? 1 : -1));
       rows.clear();
-      body.replaceChildren(...ups.map((u) => { const tr = row(u); rows.set(u.id, tr); return tr; }));
-      $("#updates-empty").hidden = ups.length > 0;
+      body.replaceChildren(...list.updates.map((u) => { const tr = row(u); rows.set(u.id, tr); return tr; }));
+      $("#updates-empty").hidden = list.total > 0 || !!page.q;
+      paged(list.updates.length, list.total);
     } catch (e) {
       if (gen === generation) toast("updates: " + e.message, true);
     }
   }
+  $("#up-search").oninput = throttle(() => { page.q = $("#up-search").value.trim(); page.offset = 0; load(); }, 300);
   const reload = throttle(load, 1000);
   load();
   every(5000, load);
   cleanup.push(openStream("", {
     summary(sum) {
       const tr = rows.get(sum.id);
-      if (tr) fillRow(tr, sum); else reload();
+      if (tr) fillRow(tr, sum); else if (page.offset === 0 && !page.q) reload();
     },
     event(ev) { if (ev.type === "update") reload(); },
   }));
@@ -272,14 +372,13 @@ function updatePage(view, id) {
   const alive = () => gen === generation;
   $("#u-id").textContent = id;
   let sum = null;
-  const history = []; // {t, counts}
+  let history = []; // {t, counts, total}: the timeline from the event log, then live summaries
   const page = { state: "", offset: 0, total: 0 };
 
   const stateSel = $("#d-state");
   for (const s of STATES) stateSel.append(el("option", { value: s, text: s }));
   stateSel.onchange = () => { page.state = stateSel.value; page.offset = 0; loadDevices(); };
-  $("#d-prev").onclick = () => { page.offset = Math.max(0, page.offset - PAGE); loadDevices(); };
-  $("#d-next").onclick = () => { if (page.offset + PAGE < page.total) { page.offset += PAGE; loadDevices(); } };
+  const paged = pager("d", page, () => loadDevices());
 
   function render(s) {
     if (!alive()) return;
@@ -296,7 +395,7 @@ function updatePage(view, id) {
     $("#u-done").textContent = `${finished(s)} / ${s.total} finished` + (failed ? `, ${failed} failed` : "");
     $("#u-inflight").textContent = String(s.in_flight);
     const active = !UPDATE_TERMINAL.has(s.state);
-    $("#u-rate").textContent = active ? bytes(s.rate_bps) + "/s" : "–";
+    $("#u-rate").textContent = active ? rate(s.rate_bps) : "–";
     $("#u-eta").textContent = active ? duration(s.eta_seconds) : "–";
     $("#u-bytes").textContent = `${bytes(s.bytes_acked)} / ${bytes(s.bytes_sent)}`;
     $("#u-resends").textContent = String(s.resends);
@@ -305,7 +404,11 @@ function updatePage(view, id) {
     else if (s.waiting && active) phase += ` · waiting: ${s.waiting.replaceAll("_", " ")}`;
     $("#u-phase").textContent = phase;
     const fw = s.firmware || {};
-    $("#u-fw").textContent = `${fw.name || s.firmware_id} ${fw.version || ""} (${bytes(fw.size)})`;
+    $("#u-fw").textContent = `${fw.name || UPDATE.firmwareID(s)} ${fw.version || ""} (${bytes(fw.size)})`;
+    about(s);
+    const failedNow = (s.counts.failed || 0) + (s.counts.rejected || 0) + (s.counts.offline || 0) +
+      (s.counts.skipped || 0) + (s.counts.cancelled || 0);
+    if (failedNow !== shownFailures) { shownFailures = failedNow; refreshFailures(); }
 
     const counts = $("#u-counts");
     counts.replaceChildren(...STATES.map((st) => {
@@ -322,16 +425,70 @@ function updatePage(view, id) {
 
     const now = Date.now();
     const lastPoint = history[history.length - 1];
-    if (!lastPoint || now - lastPoint.t >= 400 || !active) {
+    if (active && timelineLoaded && (!lastPoint || now - lastPoint.t >= 400)) {
       history.push({ t: now, counts: { ...s.counts }, total: s.total });
-      if (history.length > 600) history.splice(0, history.length - 600);
+      if (history.length > 1200) history.splice(0, history.length - 1200);
     }
     drawChart();
   }
 
+  // about shows who started the update, when, and what it targets.
+  function about(s) {
+    $("#u-created").textContent = when(s.created_at);
+    $("#u-by").textContent = UPDATE.createdBy(s) || "–";
+    $("#u-started").textContent = when(s.started_at);
+    $("#u-finished").textContent = when(s.finished_at);
+    $("#u-selector").textContent = selectorText(s.selector || {});
+    $("#u-policy").replaceChildren(...Object.entries(s.policy || {}).map(([k, v]) =>
+      el("div", {}, el("dt", { text: k.replaceAll("_", " ") }),
+        el("dd", { text: k.endsWith("_at") ? when(v) : typeof v === "object" ? JSON.stringify(v) : String(v) }))));
+  }
+
+  // The chart and the recent events start from the event log: a finished
+  // update shows its whole life.
+  let timelineLoaded = false;
+  async function loadTimeline() {
+    try {
+      const tl = await api(`/updates/${encodeURIComponent(id)}/timeline`);
+      if (!alive()) return;
+      const total = (p) => Object.values(p.counts).reduce((a, n) => a + n, 0);
+      const live = history;
+      history = tl.points.map((p) => ({ t: Date.parse(p.time), counts: p.counts, total: total(p) }));
+      const last = history.length ? history[history.length - 1].t : 0;
+      for (const p of live) if (p.t > last) history.push(p);
+      timelineLoaded = true;
+      for (const ev of tl.recent.slice().reverse()) addEvent(ev);
+      $("#u-pruned").hidden = !tl.truncated;
+      drawChart();
+    } catch (e) {
+      if (alive()) toast("timeline: " + e.message, true);
+    }
+  }
+
+  let shownFailures = -1;
+  async function loadFailures() {
+    try {
+      const f = await api(`/updates/${encodeURIComponent(id)}/failures`);
+      if (!alive()) return;
+      $("#u-fail-total").textContent = String(f.total);
+      $("#u-fail-empty").hidden = f.groups.length > 0;
+      $("#u-failures").replaceChildren(...f.groups.map((g) => {
+        const devs = el("td", { class: "devs" });
+        g.devices.forEach((d, i) => { if (i) devs.append(", "); devs.append(deviceLink(d)); });
+        if (g.count > g.devices.length) devs.append(el("span", { class: "muted", text: ` … and ${g.count - g.devices.length} more` }));
+        return el("tr", { "data-reason": g.reason || "none", "data-state": g.state },
+          el("td", {}, badge(g.state)), el("td", { text: g.reason || "–" }), el("td", { class: "num", text: String(g.count) }), devs);
+      }));
+    } catch (e) {
+      if (alive()) toast("failures: " + e.message, true);
+    }
+  }
+  const refreshFailures = throttle(loadFailures, 2000);
+
   function drawChart() {
     const canvas = $("#u-chart");
     if (!canvas) return;
+    canvas.dataset.points = String(history.length);
     const ratio = window.devicePixelRatio || 1;
     const w = canvas.clientWidth || 560, h = canvas.clientHeight || 200;
     canvas.width = w * ratio;
@@ -395,21 +552,17 @@ function updatePage(view, id) {
     try {
       const list = await api(`/updates/${encodeURIComponent(id)}/devices?` + q);
       if (!alive()) return;
-      page.total = list.total;
       const size = (sum && sum.firmware && sum.firmware.size) || 0;
       $("#d-body").replaceChildren(...list.devices.map((p) => {
         const off = el("td", { class: "wide" });
         if (size) off.append(bar(p.offset / size), el("span", { class: "muted", text: " " + bytes(p.offset) }));
         else off.textContent = bytes(p.offset);
         return el("tr", {},
-          el("td", { text: p.device_id }), el("td", {}, badge(p.state)), off,
-          el("td", { text: String(p.attempts) }), el("td", { text: p.reason || "–" }),
+          el("td", {}, deviceLink(PROGRESS.device(p))), el("td", {}, badge(p.state)), off,
+          el("td", { text: String(PROGRESS.attempts(p)) }), el("td", { text: p.reason || "–" }),
           el("td", { text: when(p.updated_at) }));
       }));
-      const first = list.total ? page.offset + 1 : 0;
-      $("#d-range").textContent = `${first}–${page.offset + list.devices.length} of ${list.total}`;
-      $("#d-prev").disabled = page.offset === 0;
-      $("#d-next").disabled = page.offset + PAGE >= list.total;
+      paged(list.devices.length, list.total);
     } catch (e) {
       if (alive()) toast("devices: " + e.message, true);
     }
@@ -439,15 +592,18 @@ function updatePage(view, id) {
   $("#btn-retry").onclick = () => control("retry-failed", `Retry the failed devices of ${id} with fresh attempts?`);
 
   const events = $("#u-events");
+  const shown = new Set(); // seqs listed: the log and the stream overlap
   function addEvent(ev) {
-    const dev = ev.device ? ev.device + " " : "";
-    const state = ev.from ? `${ev.from} → ${ev.state}` : ev.state;
-    const t = new Date(ev.time).toLocaleTimeString();
-    events.prepend(el("li", { text: `#${ev.seq} ${t} ${ev.type} ${dev}${state}${ev.reason ? " (" + ev.reason + ")" : ""}` }));
-    while (events.childElementCount > 100) events.lastChild.remove();
+    if (shown.has(ev.seq)) return;
+    shown.add(ev.seq);
+    events.prepend(eventItem(ev));
+    while (events.childElementCount > 100) {
+      shown.delete(Number(events.lastChild.dataset.seq));
+      events.lastChild.remove();
+    }
   }
 
-  loadSummary().then(loadDevices);
+  loadSummary().then(() => { loadDevices(); loadTimeline(); });
   every(2000, () => { if (!sum || !UPDATE_TERMINAL.has(sum.state)) refreshSummary(); });
   const onResize = throttle(drawChart, 200);
   window.addEventListener("resize", onResize);
@@ -471,18 +627,17 @@ function fleetPage(view) {
   const page = { offset: 0, total: 0 };
   const filters = () => {
     const q = new URLSearchParams({ limit: PAGE, offset: page.offset });
-    for (const [k, id] of [["online", "#fd-online"], ["model", "#fd-model"], ["version", "#fd-version"]]) {
+    for (const [k, id] of [["online", "#fd-online"], ["prefix", "#fd-prefix"], ["tag", "#fd-tag"],
+      ["model", "#fd-model"], ["version", "#fd-version"]]) {
       const v = $(id).value.trim();
       if (v) q.set(k, v);
     }
     return q;
   };
   const refilter = () => { page.offset = 0; loadDevices(); };
-  $("#fd-online").onchange = refilter;
-  $("#fd-model").onchange = refilter;
-  $("#fd-version").onchange = refilter;
-  $("#fd-prev").onclick = () => { page.offset = Math.max(0, page.offset - PAGE); loadDevices(); };
-  $("#fd-next").onclick = () => { if (page.offset + PAGE < page.total) { page.offset += PAGE; loadDevices(); } };
+  for (const id of ["#fd-online", "#fd-prefix", "#fd-tag", "#fd-model", "#fd-version"]) $(id).onchange = refilter;
+  $("#fd-prefix").oninput = throttle(refilter, 300);
+  const paged = pager("fd", page, () => loadDevices());
 
   function dist(target, rows, total) {
     target.replaceChildren(...rows.map((r) => el("div", { class: "row" },
@@ -517,17 +672,13 @@ function fleetPage(view) {
     try {
       const list = await api("/devices?" + filters());
       if (!alive()) return;
-      page.total = list.total;
       $("#fd-body").replaceChildren(...list.devices.map((d) => el("tr", {},
-        el("td", { text: d.id }), el("td", { text: d.model || "–" }), el("td", { text: d.version || "–" }),
+        el("td", {}, deviceLink(d.id)), el("td", { text: d.model || "–" }), el("td", { text: d.version || "–" }),
         el("td", {}, badge(d.online ? "succeeded" : "skipped")),
         el("td", { text: when(d.last_seen) }),
         el("td", { text: Object.entries(d.tags || {}).map(([k, v]) => k + "=" + v).join(", ") || "–" }))));
       for (const b of document.querySelectorAll("#fd-body .badge")) b.textContent = b.classList.contains("succeeded") ? "online" : "offline";
-      const first = list.total ? page.offset + 1 : 0;
-      $("#fd-range").textContent = `${first}–${page.offset + list.devices.length} of ${list.total}`;
-      $("#fd-prev").disabled = page.offset === 0;
-      $("#fd-next").disabled = page.offset + PAGE >= list.total;
+      paged(list.devices.length, list.total);
     } catch (e) {
       if (alive()) toast("devices: " + e.message, true);
     }
@@ -535,6 +686,147 @@ function fleetPage(view) {
   loadSummary();
   loadDevices();
   every(5000, () => { loadSummary(); loadDevices(); });
+}
+
+// ---- one device ----
+
+function devicePage(view, id) {
+  mount(view, "tpl-device");
+  const gen = generation;
+  const alive = () => gen === generation;
+  $("#dv-id").textContent = id;
+
+  async function load() {
+    try {
+      const h = await api(`/devices/${encodeURIComponent(id)}/history`);
+      if (!alive()) return;
+      const d = h.device;
+      $("#dv-online").replaceChildren(Object.assign(badge(d.online ? "succeeded" : "skipped"), { textContent: d.online ? "online" : "offline" }));
+      $("#dv-model").textContent = d.model || "–";
+      $("#dv-version").textContent = d.version || "–";
+      $("#dv-seen").textContent = when(d.last_seen);
+      $("#dv-first").textContent = when(d.first_seen);
+      $("#dv-tags").textContent = Object.entries(d.tags || {}).map(([k, v]) => k + "=" + v).join(", ") || "–";
+      const last = $("#dv-last");
+      if (h.last_update) last.replaceChildren(badge(h.last_state), " in ", updateLink(h.last_update));
+      else last.textContent = "in no update";
+      $("#dv-updates-count").textContent = `${h.updates.length} of ${h.updates_total}`;
+      $("#dv-updates").replaceChildren(...h.updates.map((u) => el("tr", { "data-update": PROGRESS.update(u) },
+        el("td", {}, updateLink(PROGRESS.update(u))), el("td", {}, badge(PROGRESS.updateState(u))),
+        el("td", { text: PROGRESS.firmware(u) }), el("td", {}, badge(u.state)),
+        el("td", { text: String(PROGRESS.attempts(u)) }), el("td", { text: u.reason || "–" }),
+        el("td", { text: when(u.updated_at) }))));
+      $("#dv-events").replaceChildren(...h.events.map(eventItem));
+      $("#dv-none").hidden = h.updates.length > 0;
+    } catch (e) {
+      if (alive()) toast("device: " + e.message, true);
+    }
+  }
+  load();
+  every(5000, load);
+}
+
+// ---- new update: upload firmware, then create the update ----
+
+// The server validates both forms as it does for the CLI; its messages are
+// shown as they are.
+function newPage(view) {
+  mount(view, "tpl-new");
+  const gen = generation;
+  const alive = () => gen === generation;
+
+  async function loadFirmware(select) {
+    try {
+      const list = await api("/firmware");
+      if (!alive()) return;
+      const sel = $("#nu-firmware");
+      const fws = list.firmware.slice().sort((a, b) => (a.created_at < b.created_at ? 1 : -1));
+      sel.replaceChildren(el("option", { value: "", text: "choose a firmware" }), ...fws.map((f) =>
+        el("option", { value: f.id, text: `${f.name || "(no name)"} ${f.version}${f.model ? " for " + f.model : ""} · ${bytes(f.size)} · ${f.id}${f.signature ? "" : " · unsigned"}` })));
+      if (select) sel.value = select;
+    } catch (e) {
+      if (alive()) toast("firmware: " + e.message, true);
+    }
+  }
+
+  const show = (id, msg, ok) => {
+    const p = $(id);
+    p.textContent = msg;
+    p.className = ok ? "ok" : "error";
+    p.hidden = !msg;
+  };
+
+  $("#fw-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const file = $("#fw-file").files[0];
+    if (!file) { show("#fw-result", "Choose an image file.", false); return; }
+    const q = new URLSearchParams();
+    for (const [k, id] of [["version", "#fw-version"], ["name", "#fw-name"], ["model", "#fw-model"], ["signature", "#fw-signature"]]) {
+      const v = $(id).value.trim();
+      if (v) q.set(k, v);
+    }
+    if ($("#fw-downgrade").checked) q.set("allow_downgrade", "true");
+    $("#fw-submit").disabled = true;
+    try {
+      const fw = await api("/firmware?" + q, { method: "POST", body: file, contentType: "application/octet-stream" });
+      if (!alive()) return;
+      show("#fw-result", `Stored ${fw.name || ""} ${fw.version} as ${fw.id} (${bytes(fw.size)}, SHA-256 ${fw.sha256.slice(0, 12)}…).`, true);
+      await loadFirmware(fw.id);
+    } catch (err) {
+      if (alive()) show("#fw-result", err.message, false);
+    } finally {
+      if (alive()) $("#fw-submit").disabled = false;
+    }
+  });
+
+  // value sends what was typed: a whole number as a number, anything else
+  // as typed, for the server to accept or refuse with its message.
+  const value = (v) => (/^-?\d+$/.test(v) ? Number(v) : v);
+  $("#nu-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const selector = {};
+    const policy = {};
+    const text = (id) => $(id).value.trim();
+    if (text("#nu-model")) selector.model = text("#nu-model");
+    if (text("#nu-version")) selector.version = text("#nu-version");
+    if (text("#nu-tags")) {
+      selector.tags = {};
+      for (const kv of text("#nu-tags").split(",")) {
+        const [k, ...rest] = kv.split("=");
+        selector.tags[k.trim()] = rest.join("=").trim();
+      }
+    }
+    if (text("#nu-devices")) selector.devices = text("#nu-devices").split(/[\s,]+/).filter(Boolean);
+    if ($("#nu-online").checked) selector.online = true;
+    for (const [k, id] of [["max_in_flight", "#nu-inflight"], ["max_attempts", "#nu-attempts"], ["rate", "#nu-rate"],
+      ["failure_threshold", "#nu-fail"], ["soak", "#nu-soak"], ["offline_after", "#nu-offline-after"]]) {
+      if (text(id)) policy[k] = k === "failure_threshold" || k === "soak" || k === "offline_after" ? text(id) : value(text(id));
+    }
+    if (text("#nu-phases")) policy.phases = text("#nu-phases").split(",").map((p) => p.trim());
+    if (text("#nu-start")) {
+      const t = new Date(text("#nu-start"));
+      policy.start_at = isNaN(t.getTime()) ? text("#nu-start") : t.toISOString();
+    }
+    if (text("#nu-window-start") || text("#nu-window-end")) {
+      policy.maintenance = { start: text("#nu-window-start"), end: text("#nu-window-end"), timezone: text("#nu-timezone") };
+    }
+    for (const [k, id] of [["manual_gates", "#nu-manual"], ["dynamic", "#nu-dynamic"], ["force", "#nu-force"], ["allow_downgrade", "#nu-downgrade"]]) {
+      if ($(id).checked) policy[k] = true;
+    }
+    const body = { firmware: $("#nu-firmware").value, selector, policy };
+    $("#nu-submit").disabled = true;
+    try {
+      const u = await api("/updates", { method: "POST", body: JSON.stringify(body), contentType: "application/json" });
+      if (!alive()) return;
+      toast(`update ${u.id} created`);
+      location.hash = "#/updates/" + encodeURIComponent(u.id);
+    } catch (err) {
+      if (alive()) show("#nu-result", err.message, false);
+    } finally {
+      if (alive()) $("#nu-submit").disabled = false;
+    }
+  });
+  loadFirmware();
 }
 
 window.addEventListener("hashchange", route);
