@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -651,7 +652,7 @@ func writeStatus(w io.Writer, s fleet.UpdateSummary) {
 	t := newTable(w)
 	t.row("update", s.ID)
 	t.row("state", s.State)
-	t.row("firmware", fmt.Sprintf("%s (%s %s, %s)", s.FirmwareID, termSafe(s.Firmware.Name), termSafe(s.Firmware.Version), humanBytes(s.Firmware.Size)))
+	t.row("firmware", fmt.Sprintf("%s (%s %s, %s)", cmp.Or(s.Firmware.ID, s.FirmwareID), termSafe(s.Firmware.Name), termSafe(s.Firmware.Version), humanBytes(s.Firmware.Size)))
 	t.row("devices", fmt.Sprintf("%d/%d finished, %d in flight", s.Finished(), s.Total, s.InFlight))
 	t.row("states", formatCounts(s.Counts))
 	t.row("bytes", fmt.Sprintf("%s acked, %s sent, %d resends", humanBytes(s.BytesAcked), humanBytes(s.BytesSent), s.Resends))
@@ -795,7 +796,7 @@ func (c *cli) updateList(ctx context.Context, args []string) error {
 	}
 	t := newTable(c.stdout, "ID", "STATE", "FIRMWARE", "DONE", "IN FLIGHT", "CREATED")
 	for _, u := range ups {
-		t.row(u.ID, u.State, u.FirmwareID, fmt.Sprintf("%d/%d", u.Finished(), u.Total),
+		t.row(u.ID, u.State, cmp.Or(u.Firmware.ID, u.FirmwareID), fmt.Sprintf("%d/%d", u.Finished(), u.Total),
 			u.InFlight, u.CreatedAt.Local().Format(time.DateTime))
 	}
 	return t.flush()

@@ -335,7 +335,7 @@ func (f *fakeEngineAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		f.created = &req
 		w.WriteHeader(201)
-		fmt.Fprint(w, `{"id":"upd-new","firmware_id":"`+req.FirmwareID+`","state":"running"}`)
+		fmt.Fprint(w, `{"id":"u-new","firmware":{"id":"`+req.FirmwareID+`"},"state":"running"}`)
 	case r.Method == "GET" && r.URL.Path == "/api/v1/updates/upd-1":
 		s := f.summaries[min(f.polls, len(f.summaries)-1)]
 		f.polls++
@@ -371,7 +371,7 @@ func TestCLI_UpdateCreateSendsRequest(t *testing.T) {
 		"--select", "model=m1,tag:site=lyon,device=d1", "--select", "device=d2",
 		"--max-in-flight", "10", "--window", "16", "--chunk-size", "4k", "--max-attempts", "5")
 	require.Equal(t, exitOK, r.code, r.stderr)
-	assert.Equal(t, "upd-new\n", r.stdout)
+	assert.Equal(t, "u-new\n", r.stdout)
 	require.NotNil(t, fake.created)
 	assert.Equal(t, rollout.CreateRequest{
 		FirmwareID: "fw-1",

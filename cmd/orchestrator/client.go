@@ -137,9 +137,9 @@ func (c *Client) Device(ctx context.Context, id string) (fleet.Device, error) {
 	return out, c.do(ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(id), nil, nil, &out)
 }
 
-// CreateUpdate starts an update.
-func (c *Client) CreateUpdate(ctx context.Context, req rollout.CreateRequest) (fleet.Update, error) {
-	var out fleet.Update
+// CreateUpdate starts an update and returns its summary.
+func (c *Client) CreateUpdate(ctx context.Context, req rollout.CreateRequest) (fleet.UpdateSummary, error) {
+	var out fleet.UpdateSummary
 	return out, c.do(ctx, http.MethodPost, "/api/v1/updates", nil, req, &out)
 }
 

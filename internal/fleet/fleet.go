@@ -113,10 +113,13 @@ func CanUpdateTransition(from, to UpdateState) bool {
 	return false
 }
 
-// Update is one rollout of a firmware to a set of devices.
+// Update is one rollout of a firmware to a set of devices. JSON names a
+// referenced object by its short name ("firmware", "device", "update"),
+// never name_id; UpdateSummary's full Firmware takes the "firmware" key
+// over FirmwareID, whose value is its ID.
 type Update struct {
 	ID         string      `json:"id"`
-	FirmwareID string      `json:"firmware_id"`
+	FirmwareID string      `json:"firmware"`
 	Selector   Selector    `json:"selector"`
 	Policy     Policy      `json:"policy"`
 	State      UpdateState `json:"state"`
@@ -127,11 +130,11 @@ type Update struct {
 
 // Progress is one device's progress in one update.
 type Progress struct {
-	UpdateID  string      `json:"update_id"`
-	DeviceID  string      `json:"device_id"`
+	UpdateID  string      `json:"update"`
+	DeviceID  string      `json:"device"`
 	State     DeviceState `json:"state"`
-	Offset    int64       `json:"offset"` // acknowledged bytes, a checkpoint
-	Attempts  int         `json:"attempts"`
+	Offset    int64       `json:"offset"`  // acknowledged bytes, a checkpoint
+	Attempts  int         `json:"attempt"` // the current attempt, from 1; 0: not offered yet
 	Reason    Reason      `json:"reason,omitempty"`
 	UpdatedAt time.Time   `json:"updated_at"`
 	// StartedAt is when the current attempt was offered; FinishedAt when the

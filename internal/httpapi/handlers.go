@@ -190,7 +190,14 @@ func (s *Server) createUpdate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fmt.Errorf("create update: %w", err))
 		return
 	}
-	writeJSON(w, http.StatusCreated, u)
+	// The summary, as every other update route answers, so that "firmware"
+	// is always the firmware object.
+	sum, err := s.Engine.Summary(r.Context(), u.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, sum)
 }
 
 func (s *Server) listUpdates(w http.ResponseWriter, r *http.Request) {

@@ -232,7 +232,7 @@ function updatesPage(view) {
     tr.replaceChildren(
       el("td", {}, el("a", { href: "#/updates/" + encodeURIComponent(sum.id), text: sum.id })),
       el("td", {}, badge(sum.state)),
-      el("td", { text: `${fw.name || ""} ${fw.version || sum.firmware_id}` }),
+      el("td", { text: `${fw.name || ""} ${fw.version || fw.id}` }),
       el("td", { class: "wide" }, progress),
       el("td", { text: `${finished(sum)}/${sum.total} (${percent(sum)}%)` }),
       el("td", { text: String(sum.in_flight) }),
@@ -305,7 +305,7 @@ function updatePage(view, id) {
     else if (s.waiting && active) phase += ` · waiting: ${s.waiting.replaceAll("_", " ")}`;
     $("#u-phase").textContent = phase;
     const fw = s.firmware || {};
-    $("#u-fw").textContent = `${fw.name || s.firmware_id} ${fw.version || ""} (${bytes(fw.size)})`;
+    $("#u-fw").textContent = `${fw.name || fw.id} ${fw.version || ""} (${bytes(fw.size)})`;
 
     const counts = $("#u-counts");
     counts.replaceChildren(...STATES.map((st) => {
@@ -402,8 +402,8 @@ function updatePage(view, id) {
         if (size) off.append(bar(p.offset / size), el("span", { class: "muted", text: " " + bytes(p.offset) }));
         else off.textContent = bytes(p.offset);
         return el("tr", {},
-          el("td", { text: p.device_id }), el("td", {}, badge(p.state)), off,
-          el("td", { text: String(p.attempts) }), el("td", { text: p.reason || "–" }),
+          el("td", { text: p.device }), el("td", {}, badge(p.state)), off,
+          el("td", { text: String(p.attempt) }), el("td", { text: p.reason || "–" }),
           el("td", { text: when(p.updated_at) }));
       }));
       const first = list.total ? page.offset + 1 : 0;
