@@ -147,7 +147,7 @@ type Progress struct {
 type Event struct {
 	Seq      int64     `json:"seq"`
 	Time     time.Time `json:"time"`
-	Type     string    `json:"type"` // "update" or "device"
+	Type     string    `json:"type"` // one of EventTypes
 	UpdateID string    `json:"update,omitempty"`
 	DeviceID string    `json:"device,omitempty"`
 	From     string    `json:"from,omitempty"`
@@ -166,6 +166,9 @@ const (
 	// EventIllegal records a device state change refused by the state machine.
 	EventIllegal = "illegal_transition"
 )
+
+// EventTypes lists every event type, for validation and documentation.
+var EventTypes = []string{EventUpdate, EventDevice, EventPhase, EventIllegal}
 
 // ParseTags parses "k=v,k2=v2".
 func ParseTags(s string) (map[string]string, error) {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -349,10 +350,10 @@ func pageParams(limitStr, offsetStr string) (limit, offset int, err error) {
 }
 
 // decodeStrict decodes one JSON object of at most MaxRequestBody bytes into
-// v. A value of the wrong type and trailing data are refused with a message
-// naming the field; unknown fields are tolerated (so that a newer client
-// can talk to this server) but named in a Warning header and the log, so
-// that a misspelt policy field does not go unnoticed.
+// v. A value of the wrong type, trailing data and unknown fields are refused
+// with a message naming them: every unknown field at once, nested ones by
+// their path (policy.windw), so that a misspelt policy field cannot pass
+// unnoticed and one round trip shows every mistake.
 func (s *Server) decodeStrict(w http.ResponseWriter, r *http.Request, v any) error {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBody))
 	if err != nil {
@@ -379,31 +380,84 @@ func (s *Server) decodeStrict(w http.ResponseWriter, r *http.Request, v any) err
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fleet.Errorf(fleet.ErrInvalidInput, "request body: trailing data after the JSON object")
 	}
-	if field := unknownField(body, v); field != "" {
-		w.Header().Set("Warning", "299 flota "+strconv.Quote(fmt.Sprintf("unknown field %q ignored", field)))
-		s.logger().Warn("request with an unknown field", "method", r.Method, "path", r.URL.Path, "field", field)
+	if unknown := unknownFields(body, reflect.TypeOf(v).Elem(), ""); len(unknown) > 0 {
+		names := make([]string, len(unknown))
+		for i, f := range unknown {
+			names[i] = strconv.Quote(f)
+		}
+		return fleet.Errorf(fleet.ErrInvalidInput, "request body: unknown field%s %s", plural(len(unknown)), strings.Join(names, ", "))
 	}
 	return nil
 }
 
-// unknownField returns the first field of body that v's type does not
-// have, or "".
-func unknownField(body []byte, v any) string {
-	fresh := reflect.New(reflect.TypeOf(v).Elem()).Interface()
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(fresh)
-	if err == nil {
+// maxUnknownFields bounds how many unknown fields a refusal names.
+const maxUnknownFields = 20
+
+// unknownFields returns the paths of the fields of the JSON object data that
+// the struct type t does not have, nested objects included, sorted, at most
+// maxUnknownFields. data has decoded into t already.
+func unknownFields(data []byte, t reflect.Type, prefix string) []string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || reflect.PointerTo(t).Implements(reflect.TypeFor[json.Unmarshaler]()) {
+		return nil
+	}
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(data, &obj) != nil {
+		return nil
+	}
+	fields := jsonFields(t)
+	var out []string
+	for name, raw := range obj {
+		f, ok := fields[name]
+		if !ok {
+			// encoding/json matches names case-insensitively.
+			for k, ft := range fields {
+				if strings.EqualFold(k, name) {
+					f, ok = ft, true
+					break
+				}
+			}
+		}
+		if !ok {
+			out = append(out, prefix+name)
+			continue
+		}
+		out = append(out, unknownFields(raw, f, prefix+name+".")...)
+	}
+	slices.Sort(out)
+	if len(out) > maxUnknownFields {
+		out = out[:maxUnknownFields]
+	}
+	return out
+}
+
+// jsonFields maps the JSON names of struct t's fields, embedded structs'
+// included, to their types.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for _, f := range reflect.VisibleFields(t) {
+		if !f.IsExported() || f.Anonymous && f.Type.Kind() == reflect.Struct {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = f.Type
+	}
+	return out
+}
+
+func plural(n int) string {
+	if n == 1 {
 		return ""
 	}
-	name, ok := strings.CutPrefix(err.Error(), "json: unknown field ")
-	if !ok {
-		return ""
-	}
-	if u, err := strconv.Unquote(name); err == nil {
-		return u
-	}
-	return name
+	return "s"
 }
 
 // writeJSON writes v with status. Encoding errors are a bug in the types.

@@ -51,6 +51,16 @@ func (s *Server) routes() []route {
 	}, s.accountRoutes()...)
 }
 
+// RouteNames returns "METHOD pattern" of every route of the JSON API, for
+// tests that check the OpenAPI document against the server.
+func (s *Server) RouteNames() []string {
+	var out []string
+	for _, r := range s.routes() {
+		out = append(out, r.method+" "+r.pattern)
+	}
+	return out
+}
+
 // Handler returns every route: the JSON API under /api/v1, the Prometheus
 // metrics at /metrics and the dashboard at /. Every route but the public
 // ones needs a token of Tokens (auth.go).
