@@ -532,7 +532,7 @@ func (c *cli) firmwareList(ctx context.Context, args []string) error {
 	t := newTable(c.stdout, "ID", "NAME", "VERSION", "MODEL", "SIZE", "SHA256", "SIGNED", "CREATED")
 	for _, fw := range fws {
 		t.row(fw.ID, fw.Name, fw.Version, orDash(fw.Model),
-			humanBytes(fw.Size), shortHash(fw.SHA256), signedColumn(fw), fw.CreatedAt.Local().Format(time.DateTime))
+			humanBytes(fw.Size), shortHash(fw.SHA256), signedColumn(fw), tableTime(fw.CreatedAt))
 	}
 	return t.flush()
 }
@@ -797,7 +797,7 @@ func (c *cli) updateList(ctx context.Context, args []string) error {
 	t := newTable(c.stdout, "ID", "STATE", "FIRMWARE", "DONE", "IN FLIGHT", "CREATED")
 	for _, u := range ups {
 		t.row(u.ID, u.State, cmp.Or(u.Firmware.ID, u.FirmwareID), fmt.Sprintf("%d/%d", u.Finished(), u.Total),
-			u.InFlight, u.CreatedAt.Local().Format(time.DateTime))
+			u.InFlight, tableTime(u.CreatedAt))
 	}
 	return t.flush()
 }
@@ -824,7 +824,7 @@ func (c *cli) updateDevices(ctx context.Context, args []string) error {
 	t := newTable(c.stdout, "DEVICE", "STATE", "OFFSET", "ATTEMPTS", "REASON", "UPDATED")
 	for _, p := range ps {
 		t.row(p.DeviceID, p.State, p.Offset, p.Attempts, orDash(string(p.Reason)),
-			p.UpdatedAt.Local().Format(time.DateTime))
+			tableTime(p.UpdatedAt))
 	}
 	return t.flush()
 }
@@ -880,7 +880,7 @@ func eventCells(e fleet.Event) []any {
 	if e.From != "" {
 		state = e.From + " -> " + e.State
 	}
-	return []any{e.Seq, e.Time.Local().Format("15:04:05.000"), e.Type,
+	return []any{e.Seq, tableTime(e.Time), e.Type,
 		orDash(e.DeviceID), state, orDash(string(e.Reason)), e.Offset, e.Attempt}
 }
 
@@ -1013,7 +1013,7 @@ func (c *cli) deviceList(ctx context.Context, args []string) error {
 	t := newTable(c.stdout, "ID", "MODEL", "VERSION", "ONLINE", "LAST SEEN", "TAGS")
 	for _, d := range devs {
 		t.row(d.ID, d.Model, d.Version, d.Online,
-			d.LastSeen.Local().Format(time.DateTime), formatTags(d.Tags))
+			tableTime(d.LastSeen), formatTags(d.Tags))
 	}
 	return t.flush()
 }

@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/fleet"
@@ -220,7 +219,7 @@ func (c *cli) accountList(ctx context.Context, name string, role fleet.Role, arg
 	}
 	t := newTable(c.stdout, "ID", "STATUS", "CREATED", "CHANGED")
 	for _, a := range out.Accounts {
-		t.row(a.ID, a.Status, a.CreatedAt.Local().Format(time.DateTime), a.UpdatedAt.Local().Format(time.DateTime))
+		t.row(a.ID, a.Status, tableTime(a.CreatedAt), tableTime(a.UpdatedAt))
 	}
 	return t.flush()
 }
