@@ -86,6 +86,9 @@ func (c *cli) deviceAdd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := fleet.CheckDeviceID(pos[0]); err != nil {
+		return &usageError{msg: strings.TrimPrefix(err.Error(), fleet.ErrInvalidInput.Error()+": "), spec: sp}
+	}
 	var out httpapi.CredentialList
 	req := httpapi.AddDeviceRequest{ID: pos[0], Model: *model, Tags: tags}
 	if err := c.client(*server).do(ctx, http.MethodPost, "/api/v1/devices", nil, req, &out); err != nil {

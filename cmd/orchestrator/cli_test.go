@@ -160,6 +160,13 @@ func TestCLI_UsageErrorsExit2(t *testing.T) {
 		{"anonymous with external broker", []string{"serve", "--broker", "tcp://h:1883", "--allow-anonymous"}, "embedded broker"},
 		{"bad memory limit", []string{"serve", "--memory-limit", "lots"}, `--memory-limit "lots"`},
 		{"bad interval", []string{"update", "watch", "u", "--interval", "0s"}, "--interval must be positive"},
+		{"version not semantic", []string{"firmware", "add", "fw.bin", "--version", "banana"}, `--version: version "banana" is not a semantic version`},
+		{"device ID character", []string{"device", "add", "x@y"}, `ID "x@y": "@" at position 2 is not allowed; an ID holds letters, digits, '.', '_' and '-' only`},
+		{"device ID reserved", []string{"device", "add", "inline"}, `"inline" is reserved`},
+		{"maintenance hour", []string{"update", "create", "--firmware", "f", "--maintenance", "25:00-02:00"}, `maintenance window start "25:00": the hour 25 is out of range 00..23`},
+		{"maintenance minute", []string{"update", "create", "--firmware", "f", "--maintenance", "22:00-02:75"}, `maintenance window end "02:75": the minute 75 is out of range 00..59`},
+		{"maintenance without end", []string{"update", "create", "--firmware", "f", "--maintenance", "22:00"}, "want START-END"},
+		{"event type", []string{"update", "events", "u", "--type", "phse"}, "the event types are update, device, phase, illegal_transition"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runCLI(t, "http://127.0.0.1:1", tc.args...)

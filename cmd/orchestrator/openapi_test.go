@@ -60,13 +60,19 @@ func (r *openAPIRun) call(method, template, path string, body []byte, ctype stri
 	data, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	require.Equal(t, status, resp.StatusCode, "%s %s: %s", method, path, data)
+	if resp.StatusCode/100 == 2 {
+		r.called[method+" "+template]++
+	}
+	if resp.StatusCode == http.StatusNoContent {
+		_, declared := asMap(op["responses"])["204"]
+		assert.True(t, declared, "%s %s: 204 is declared", method, path)
+		assert.Empty(t, data)
+		return nil
+	}
 	media, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	require.NoError(t, err, "%s %s: Content-Type", method, path)
 	schema, err := r.doc.responseSchema(op, resp.StatusCode, media)
 	require.NoError(t, err, "%s %s", method, path)
-	if resp.StatusCode/100 == 2 {
-		r.called[method+" "+template]++
-	}
 	if media != "application/json" {
 		return nil
 	}
@@ -214,14 +220,41 @@ func TestOpenAPI_EveryRouteAnswersWhatItDeclares(t *testing.T) {
 			r.call(method, pattern, strings.Replace(pattern, "{id}", url.PathEscape(id), 1), nil, "", http.StatusOK)
 		}
 	}
-	// Filters return what they declare too.
+	// Filters return what they declare too, and filter.
 	r.call("GET", "/api/v1/devices", "/api/v1/devices?online=true&model=sensor&limit=2", nil, "", http.StatusOK)
+	tagged := r.call("GET", "/api/v1/devices", "/api/v1/devices?tag=site%3Dlyon", nil, "", http.StatusOK).(map[string]any)
+	assert.EqualValues(t, 1, tagged["total"], "?tag= filters")
+	acct := r.call("GET", "/api/v1/devices/{id}", "/api/v1/devices/acct-1", nil, "", http.StatusOK).(map[string]any)
+	assert.NotContains(t, acct, "last_seen", "a device that never connected was never seen")
 	r.call("GET", "/api/v1/updates/{id}/devices", "/api/v1/updates/"+a["id"].(string)+"/devices?state=failed", nil, "", http.StatusOK)
+	running := r.call("GET", "/api/v1/updates", "/api/v1/updates?state=running", nil, "", http.StatusOK).(map[string]any)
+	assert.Len(t, running["updates"], 2)
+	none := r.call("GET", "/api/v1/updates", "/api/v1/updates?state=cancelled", nil, "", http.StatusOK).(map[string]any)
+	assert.Empty(t, none["updates"])
+	r.call("GET", "/api/v1/updates", "/api/v1/updates?state=pending", nil, "", http.StatusBadRequest)
+	evs := r.call("GET", "/api/v1/updates/{id}/events", "/api/v1/updates/"+a["id"].(string)+"/events?device=bad-000&type=device", nil, "", http.StatusOK).(map[string]any)
+	require.NotEmpty(t, evs["events"])
+	for _, e := range evs["events"].([]any) {
+		assert.Equal(t, "bad-000", e.(map[string]any)["device"])
+		assert.Equal(t, "device", e.(map[string]any)["type"])
+	}
+	r.call("GET", "/api/v1/updates/{id}/events", "/api/v1/updates/"+a["id"].(string)+"/events?devce=bad-000", nil, "", http.StatusBadRequest)
+	// The same image and version again is the same firmware.
+	q = url.Values{"version": {"2.0.0"}, "name": {"app"}, "model": {"sensor"}}
+	again := r.call("POST", "/api/v1/firmware", "/api/v1/firmware?"+q.Encode(), img, "application/octet-stream", http.StatusOK).(map[string]any)
+	assert.Equal(t, fw["id"], again["id"])
 
 	r.checkEventStream(b["id"].(string))
 
 	// Changes, in an order each of them succeeds in.
 	upd := "/api/v1/updates/" + a["id"].(string)
+	r.call("DELETE", "/api/v1/devices/{id}", "/api/v1/devices/bad-000", nil, "", http.StatusConflict) // failed, may be retried
+	r.call("DELETE", "/api/v1/devices/{id}", "/api/v1/devices/acct-1", nil, "", http.StatusNoContent)
+	r.call("GET", "/api/v1/devices/{id}", "/api/v1/devices/acct-1", nil, "", http.StatusNotFound)
+	r.call("DELETE", "/api/v1/firmware/{id}", "/api/v1/firmware/"+fw["id"].(string), nil, "", http.StatusConflict)
+	q = url.Values{"version": {"3.0.0"}}
+	unused := r.call("POST", "/api/v1/firmware", "/api/v1/firmware?"+q.Encode(), img[:1024], "application/octet-stream", http.StatusCreated).(map[string]any)
+	r.call("DELETE", "/api/v1/firmware/{id}", "/api/v1/firmware/"+unused["id"].(string), nil, "", http.StatusNoContent)
 	r.call("POST", "/api/v1/updates/{id}/pause", upd+"/pause", nil, "", http.StatusOK)
 	r.call("POST", "/api/v1/updates/{id}/resume", upd+"/resume", nil, "", http.StatusOK)
 	r.call("POST", "/api/v1/updates/{id}/retry-failed", upd+"/retry-failed", nil, "", http.StatusOK)

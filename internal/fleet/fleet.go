@@ -39,7 +39,7 @@ type Device struct {
 	Version   string            `json:"version"`
 	Tags      map[string]string `json:"tags,omitempty"`
 	FirstSeen time.Time         `json:"first_seen"`
-	LastSeen  time.Time         `json:"last_seen"`
+	LastSeen  time.Time         `json:"last_seen,omitzero"` // zero (absent): never connected
 	Online    bool              `json:"online"`
 }
 

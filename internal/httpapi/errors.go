@@ -51,6 +51,8 @@ var sentinels = []struct {
 	{fleet.ErrCredentialNotFound, http.StatusNotFound, "credential_not_found"},
 	{fleet.ErrCredentialExists, http.StatusConflict, "credential_exists"},
 	{fleet.ErrFirmwareDamaged, http.StatusConflict, "firmware_damaged"},
+	{fleet.ErrFirmwareExists, http.StatusConflict, "firmware_exists"},
+	{fleet.ErrFirmwareInUse, http.StatusConflict, "firmware_in_use"},
 	{fleet.ErrStoreUnavailable, http.StatusServiceUnavailable, CodeStoreUnavailable},
 	{fleet.ErrClosed, http.StatusServiceUnavailable, CodeUnavailable},
 	{protocol.ErrBadSignature, http.StatusBadRequest, "bad_signature"},

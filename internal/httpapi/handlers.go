@@ -98,6 +98,10 @@ func (s *Server) addFirmware(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "version is required"))
 		return
 	}
+	if err := fleet.CheckVersion(meta.Version); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	for _, f := range []struct {
 		name, value string
 		max         int
@@ -117,9 +121,13 @@ func (s *Server) addFirmware(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body := http.MaxBytesReader(w, r.Body, limit)
-	fw, err := s.Store.AddFirmwareVerified(r.Context(), meta, body, s.verifyFirmware)
+	fw, created, err := s.Store.AddFirmwareOnce(r.Context(), meta, body, s.verifyFirmware)
 	if err != nil {
 		s.writeError(w, r, fmt.Errorf("add firmware: %w", err))
+		return
+	}
+	if !created {
+		writeJSON(w, http.StatusOK, fw) // stored before: the same firmware
 		return
 	}
 	writeJSON(w, http.StatusCreated, fw)
@@ -150,8 +158,13 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	tags, err := tagParams(q["tag"])
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	f := sqlite.DeviceFilter{Model: q.Get("model"), Version: q.Get("version"), After: q.Get("after"),
-		Limit: limit, Offset: offset}
+		Tags: tags, Limit: limit, Offset: offset}
 	if v := q.Get("online"); v != "" {
 		online, err := strconv.ParseBool(v)
 		if err != nil {
@@ -202,6 +215,11 @@ func (s *Server) createUpdate(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listUpdates(w http.ResponseWriter, r *http.Request) {
+	state, err := updateStateParam(r.URL.Query().Get("state"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if !s.engineReady(w, r) {
 		return
 	}
@@ -216,6 +234,9 @@ func (s *Server) listUpdates(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			s.writeError(w, r, fmt.Errorf("summary of %s: %w", u.ID, err))
 			return
+		}
+		if state != "" && sum.State != state {
+			continue
 		}
 		out.Updates = append(out.Updates, sum)
 	}
@@ -261,6 +282,15 @@ func (s *Server) updateDevices(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) updateEvents(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	if err := checkQuery(q, "after", "limit", "device", "type"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	filter, err := eventFilter(q)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	var after int64
 	if v := q.Get("after"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -280,7 +310,7 @@ func (s *Server) updateEvents(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	evs, err := s.Store.Events(r.Context(), id, after, limit)
+	evs, err := s.Store.FilteredEvents(r.Context(), id, filter, after, limit)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -31,6 +31,7 @@ func (s *Server) routes() []route {
 		{"POST", "/api/v1/firmware", s.addFirmware},
 		{"GET", "/api/v1/firmware", s.listFirmware},
 		{"GET", "/api/v1/firmware/{id}", s.getFirmware},
+		{"DELETE", "/api/v1/firmware/{id}", s.deleteFirmware},
 
 		{"GET", "/api/v1/devices", s.listDevices},
 		{"GET", "/api/v1/devices/{id}", s.getDevice},

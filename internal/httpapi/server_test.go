@@ -345,7 +345,7 @@ func TestServer_FirmwareMetadataBounded(t *testing.T) {
 		})
 	}
 	var fw fleet.Firmware
-	resp := call(t, "POST", base+"/api/v1/firmware?version="+strings.Repeat("1", 64), strings.NewReader("image"), &fw)
+	resp := call(t, "POST", base+"/api/v1/firmware?version=1.0.0-"+strings.Repeat("a", 58), strings.NewReader("image"), &fw)
 	assert.Equal(t, http.StatusCreated, resp.StatusCode, "64 bytes, the protocol's bound, are fine")
 }
 

@@ -50,6 +50,7 @@ type DeviceFilter struct {
 	Model   string
 	Version string
 	Online  *bool
+	Tags    map[string]string // every one, with its value
 	After   string
 	Limit   int
 	Offset  int
@@ -108,6 +109,9 @@ func (s *Store) ListDevices(ctx context.Context, f DeviceFilter) ([]fleet.Device
 	if f.Online != nil {
 		w.add("online = ?", *f.Online)
 	}
+	if err := w.addTags(f.Tags); err != nil {
+		return nil, 0, fmt.Errorf("list devices: %w", err)
+	}
 	var total int
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices`+w.String(), w.args...).Scan(&total); err != nil {
 		return nil, 0, fmt.Errorf("count devices: %w", err)
@@ -164,17 +168,8 @@ func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.
 			absent = append(absent, k)
 		}
 	}
-	if len(want) > 0 {
-		js, err := json.Marshal(want)
-		if err != nil {
-			return nil, fmt.Errorf("select devices: %w", err)
-		}
-		// A device's tags have distinct keys: it matches when as many of
-		// them as are wanted are wanted pairs. The IN list does not depend
-		// on the device: SQLite builds its index once per query, and each
-		// device's tags are looked up in it.
-		w.add(`(SELECT count(*) FROM json_each(devices.tags) AS have
-			WHERE (have.key, have.value) IN (SELECT key, value FROM json_each(?))) = ?`, string(js), len(want))
+	if err := w.addTags(want); err != nil {
+		return nil, fmt.Errorf("select devices: %w", err)
 	}
 	if len(absent) > 0 {
 		slices.Sort(absent)
@@ -462,21 +457,7 @@ func scanEvent(sc scanner) (fleet.Event, error) {
 // in ascending order; updateID "" means events of every update (and those of
 // none). limit <= 0 means no limit.
 func (s *Store) Events(ctx context.Context, updateID string, afterSeq int64, limit int) ([]fleet.Event, error) {
-	db, err := s.db()
-	if err != nil {
-		return nil, err
-	}
-	var w where
-	if updateID != "" {
-		w.add("update_id = ?", updateID)
-	}
-	w.add("seq > ?", afterSeq)
-	rows, err := db.QueryContext(ctx, `SELECT `+eventCols+` FROM events`+w.String()+` ORDER BY seq`+
-		limitClause(limit, 0), w.args...)
-	if err != nil {
-		return nil, fmt.Errorf("events: %w", err)
-	}
-	return collect(rows, scanEvent, "events")
+	return s.FilteredEvents(ctx, updateID, EventFilter{}, afterSeq, limit)
 }
 
 // MaxEventSeq returns the highest event sequence number given out: the
