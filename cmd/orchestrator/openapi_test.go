@@ -259,6 +259,16 @@ func TestOpenAPI_EveryRouteAnswersWhatItDeclares(t *testing.T) {
 	r.call("POST", "/api/v1/updates/{id}/resume", upd+"/resume", nil, "", http.StatusOK)
 	r.call("POST", "/api/v1/updates/{id}/retry-failed", upd+"/retry-failed", nil, "", http.StatusOK)
 	r.call("POST", "/api/v1/updates/{id}/cancel", upd+"/cancel", nil, "", http.StatusOK)
+	// Once the update ended, the device goes; the update keeps its row.
+	poll(t, 10*time.Second, func() bool {
+		sum, err := c.Update(ctx, a["id"].(string))
+		return err == nil && sum.State.Terminal()
+	}, "update a ends")
+	r.call("DELETE", "/api/v1/devices/{id}", "/api/v1/devices/bad-000", nil, "", http.StatusNoContent)
+	r.call("GET", "/api/v1/devices/{id}", "/api/v1/devices/bad-000", nil, "", http.StatusNotFound)
+	rows := r.call("GET", "/api/v1/updates/{id}/devices", upd+"/devices", nil, "", http.StatusOK).(map[string]any)
+	assert.True(t, slices.ContainsFunc(rows["devices"].([]any), func(p any) bool { return p.(map[string]any)["device"] == "bad-000" }),
+		"the deleted device's progress row stays in the update's history")
 	r.call("POST", "/api/v1/backup", "/api/v1/backup", nil, "", http.StatusOK)
 	r.call("POST", "/api/v1/devices/{id}/revoke", "/api/v1/devices/prov-00001/revoke", nil, "", http.StatusOK)
 	r.call("POST", "/api/v1/monitors/{id}/revoke", "/api/v1/monitors/grafana/revoke", nil, "", http.StatusOK)
