@@ -170,7 +170,7 @@ func runFlotaBench(ctx context.Context, o options, image []byte, tmp string, std
 	if err != nil {
 		return res, err
 	}
-	var upd fleet.Update
+	var upd fleet.UpdateSummary
 	cpu := startCPU(orch, sim)
 	start := time.Now()
 	if err := api.do(ctx, "POST", "/api/v1/updates", "application/json", req, &upd); err != nil {

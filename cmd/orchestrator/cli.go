@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -41,6 +42,8 @@ type cli struct {
 	jsonLines bool
 	// token is the value of --token (cli_token.go).
 	token string
+	// events narrows the events update events prints (cli_manage.go).
+	events eventMatch
 }
 
 func newCLI(stdout, stderr io.Writer, getenv func(string) string) *cli {
@@ -80,42 +83,46 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--config FILE] [--print-config] [--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--mqtt-connect-rate N] [--mqtt-connect-ban D] [--mqtt-connect-timeout D] [--mqtt-max-connections N] [--mqtt-max-unauthenticated N] [--mqtt-max-unauthenticated-per-ip N] [--mqtt-max-connect-size BYTES] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT] [--event-retention D] [--event-max-rows N] [--new-database] [--skip-integrity-check] [--illegal-event-interval D] [--log-client-lines N] [--log-clients-total N] [--log-client-interval D]",
+	{name: "serve", args: "[--config FILE] [--print-config] [--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--mqtt-connect-rate N] [--mqtt-connect-ban D] [--mqtt-connect-timeout D] [--mqtt-max-connections N] [--mqtt-max-unauthenticated N] [--mqtt-max-unauthenticated-per-ip N] [--mqtt-max-connect-size BYTES] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT] [--event-retention D] [--event-max-rows N] [--new-database] [--skip-integrity-check] [--illegal-event-interval D] [--log-client-lines N] [--log-clients-total N] [--log-client-interval D] [--firmware-public-key F] [--broker URL [--broker-username U] [--broker-password P] [--broker-ca F] [--broker-cert F --broker-key F] [--broker-client-id ID]]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
 	{name: "keys generate", args: "[--out DIR]",
 		summary: "create an ed25519 firmware signing key pair (firmware.key, firmware.pub)",
 		example: "orchestrator keys generate --out /media/offline-usb/flota-keys"},
 	{name: "firmware add", args: "FILE --version V [--name N] [--model M] [--sign-key F] [--allow-downgrade]",
-		summary: "upload a firmware image (signed with --sign-key) and print its ID",
+		summary: "upload a firmware image (signed with --sign-key) and print its ID; the same file and version again print the stored one's",
 		example: "orchestrator firmware add build/sensor-2.1.0.bin --version 2.1.0 --model sensor-v2 --sign-key firmware.key"},
 	{name: "firmware list", args: "[--json]", summary: "list stored firmware",
 		example: "orchestrator firmware list --json"},
+	{name: "firmware delete", args: "ID", summary: "delete a firmware no update uses, and its image file",
+		example: "orchestrator firmware delete fw-1a2b3c4d5e6f"},
 	{name: "update create", args: "--firmware ID [--select model=M,version=V,tag:K=V,device=ID] [--max-in-flight N] [--window W] [--chunk-size B] [--max-attempts N] [--rate N] [--phases LIST] [--success-threshold F] [--soak D] [--manual-gates] [--failure-threshold T] [--failure-min N] [--idle-timeout D] [--confirm-timeout D] [--offline-after D] [--retry-backoff D] [--start-at TIME] [--maintenance HH:MM-HH:MM] [--timezone TZ] [--allow-downgrade] [--force] [--dynamic] [--online]",
 		summary: "start an update and print its ID",
 		example: "orchestrator update create --firmware fw-1a2b3c4d5e6f --select 'model=sensor-v2,version=<1.2.0,tag:site=lyon' --phases 1%,10%,100% --soak 30m --failure-threshold 5% --failure-min 20 --maintenance 22:00-04:00 --timezone Europe/Paris"},
 	{name: "update status", args: "ID [--json]", summary: "show an update's state, counts, bytes, rate and ETA",
-		example: "orchestrator update status upd-1a2b3c4d5e6f"},
+		example: "orchestrator update status u-1a2b3c4d5e6f"},
 	{name: "update watch", args: "ID [--interval 500ms] [--reconnect-for 2m] [--json]",
 		summary: "follow an update with a progress bar, rate and ETA until it ends, across orchestrator restarts; exit 0 if it completed, 1 otherwise",
-		example: "orchestrator update watch upd-1a2b3c4d5e6f --interval 1s"},
-	{name: "update list", args: "[--json]", summary: "list updates",
-		example: "orchestrator update list"},
+		example: "orchestrator update watch u-1a2b3c4d5e6f --interval 1s"},
+	{name: "update list", args: "[--state S] [--json]", summary: "list updates",
+		example: "orchestrator update list --state running"},
 	{name: "update devices", args: "ID [--state S] [--json]", summary: "list an update's devices and their progress",
-		example: "orchestrator update devices upd-1a2b3c4d5e6f --state failed"},
-	{name: "update events", args: "ID [--after SEQ] [--follow] [--interval 500ms] [--reconnect-for 2m] [--json]",
+		example: "orchestrator update devices u-1a2b3c4d5e6f --state failed"},
+	{name: "update events", args: "ID [--device ID] [--type T] [--after SEQ] [--follow] [--interval 500ms] [--reconnect-for 2m] [--json]",
 		summary: "print an update's event log; with --follow, until the update ends, across orchestrator restarts (exit 0 if it completed, 1 otherwise)",
-		example: "orchestrator update events upd-1a2b3c4d5e6f --follow --json"},
+		example: "orchestrator update events u-1a2b3c4d5e6f --follow --json"},
 	{name: "update pause", args: "ID", summary: "stop admitting devices; transfers in flight finish",
-		example: "orchestrator update pause upd-1a2b3c4d5e6f"},
+		example: "orchestrator update pause u-1a2b3c4d5e6f"},
 	{name: "update resume", args: "ID", summary: "admit devices to a paused update again",
-		example: "orchestrator update resume upd-1a2b3c4d5e6f"},
+		example: "orchestrator update resume u-1a2b3c4d5e6f"},
 	{name: "update cancel", args: "ID", summary: "cancel an update",
-		example: "orchestrator update cancel upd-1a2b3c4d5e6f"},
+		example: "orchestrator update cancel u-1a2b3c4d5e6f"},
 	{name: "update retry-failed", args: "ID", summary: "queue the failed devices again with fresh attempts (an ended update runs again)",
-		example: "orchestrator update retry-failed upd-1a2b3c4d5e6f"},
-	{name: "device list", args: "[--online] [--model M] [--version V] [--json]", summary: "list registered devices",
-		example: "orchestrator device list --online --model sensor-v2"},
+		example: "orchestrator update retry-failed u-1a2b3c4d5e6f"},
+	{name: "device list", args: "[--online] [--model M] [--version V] [--tag K=V]... [--json]", summary: "list registered devices",
+		example: "orchestrator device list --online --model sensor-v2 --tag site=lyon"},
+	{name: "device delete", args: "ID", summary: "delete a device and its MQTT account (not while an active update may still change it); its update history stays",
+		example: "orchestrator device delete sensor-0042"},
 	{name: "device summary", args: "[--json]", summary: "count devices online and offline, per model and version",
 		example: "orchestrator device summary"},
 	{name: "token new", args: "NAME --role read|admin [--expires DURATION] [--json]  |  --name NAME [--scope read|admin]",
@@ -195,6 +202,8 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		return c.serve(ctx, rest)
 	case "completion":
 		return c.completion(rest)
+	case completeIDsCommand:
+		return c.completeIDs(ctx, rest)
 	case "backup":
 		return c.backup(ctx, rest)
 	case "firmware", "update", "device", "keys", "monitor", "token":
@@ -212,6 +221,10 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 			return c.firmwareAdd(ctx, rest)
 		case "firmware list":
 			return c.firmwareList(ctx, rest)
+		case "firmware delete":
+			return c.deleteCommand(ctx, sub, "/api/v1/firmware/", rest)
+		case "device delete":
+			return c.deleteCommand(ctx, sub, "/api/v1/devices/", rest)
 		case "keys generate":
 			return c.keysGenerate(rest)
 		case "update create":
@@ -496,6 +509,9 @@ func (c *cli) firmwareAdd(ctx context.Context, args []string) error {
 	if err := required(sp, "version", *ver); err != nil {
 		return err
 	}
+	if err := fleet.CheckVersion(*ver); err != nil {
+		return &usageError{msg: "--version: " + strings.TrimPrefix(err.Error(), fleet.ErrInvalidInput.Error()+": "), spec: sp}
+	}
 	f, err := os.Open(pos[0])
 	if err != nil {
 		return err
@@ -548,7 +564,7 @@ func (c *cli) firmwareList(ctx context.Context, args []string) error {
 	t := newTable(c.stdout, "ID", "NAME", "VERSION", "MODEL", "SIZE", "SHA256", "SIGNED", "CREATED")
 	for _, fw := range fws {
 		t.row(fw.ID, fw.Name, fw.Version, orDash(fw.Model),
-			humanBytes(fw.Size), shortHash(fw.SHA256), signedColumn(fw), fw.CreatedAt.Local().Format(time.DateTime))
+			humanBytes(fw.Size), shortHash(fw.SHA256), signedColumn(fw), tableTime(fw.CreatedAt))
 	}
 	return t.flush()
 }
@@ -628,9 +644,12 @@ func (c *cli) updateCreate(ctx context.Context, args []string) error {
 	}
 	if *maint != "" {
 		start, end, ok := strings.Cut(*maint, "-")
+		if !ok {
+			return &usageError{msg: fmt.Sprintf("--maintenance %q: want START-END, HH:MM-HH:MM", *maint), spec: sp}
+		}
 		w := &fleet.MaintenanceWindow{Start: start, End: end, TimeZone: *tz}
-		if err := w.Validate(); !ok || err != nil {
-			return &usageError{msg: "--maintenance: want HH:MM-HH:MM and a valid --timezone", spec: sp}
+		if err := w.Validate(); err != nil {
+			return &usageError{msg: fmt.Sprintf("--maintenance %q: %s", *maint, strings.TrimPrefix(err.Error(), fleet.ErrInvalidPolicy.Error()+": ")), spec: sp}
 		}
 		pol.Maintenance = w
 	} else if *tz != "" {
@@ -670,7 +689,7 @@ func writeStatus(w io.Writer, s fleet.UpdateSummary) {
 	t.row("state", s.State)
 	t.row("created", showTime(s.CreatedAt)+" by "+orDash(termSafe(s.CreatedBy)))
 	t.row("selector", formatSelector(s.Selector))
-	t.row("firmware", fmt.Sprintf("%s (%s %s, %s)", s.FirmwareID, termSafe(s.Firmware.Name), termSafe(s.Firmware.Version), humanBytes(s.Firmware.Size)))
+	t.row("firmware", fmt.Sprintf("%s (%s %s, %s)", cmp.Or(s.Firmware.ID, s.FirmwareID), termSafe(s.Firmware.Name), termSafe(s.Firmware.Version), humanBytes(s.Firmware.Size)))
 	t.row("devices", fmt.Sprintf("%d/%d finished, %d in flight", s.Finished(), s.Total, s.InFlight))
 	t.row("states", formatCounts(s.Counts))
 	t.row("bytes", fmt.Sprintf("%s acked, %s sent, %d resends", humanBytes(s.BytesAcked), humanBytes(s.BytesSent), s.Resends))
@@ -811,11 +830,14 @@ func progressCore(s fleet.UpdateSummary) string {
 func (c *cli) updateList(ctx context.Context, args []string) error {
 	fs, sp := c.newFlags("update list")
 	server := c.serverFlag(fs)
+	state := fs.String("state", "", "only updates in this state (scheduled, running, paused, completed, completed_with_failures, aborted, cancelled)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
-	ups, err := c.client(*server).ListUpdates(ctx)
+	cl := c.client(*server)
+	cl.UpdateState = fleet.UpdateState(*state)
+	ups, err := cl.ListUpdates(ctx)
 	if err != nil {
 		return err
 	}
@@ -824,8 +846,8 @@ func (c *cli) updateList(ctx context.Context, args []string) error {
 	}
 	t := newTable(c.stdout, "ID", "STATE", "FIRMWARE", "DONE", "IN FLIGHT", "CREATED")
 	for _, u := range ups {
-		t.row(u.ID, u.State, u.FirmwareID, fmt.Sprintf("%d/%d", u.Finished(), u.Total),
-			u.InFlight, u.CreatedAt.Local().Format(time.DateTime))
+		t.row(u.ID, u.State, cmp.Or(u.Firmware.ID, u.FirmwareID), fmt.Sprintf("%d/%d", u.Finished(), u.Total),
+			u.InFlight, tableTime(u.CreatedAt))
 	}
 	return t.flush()
 }
@@ -852,7 +874,7 @@ func (c *cli) updateDevices(ctx context.Context, args []string) error {
 	t := newTable(c.stdout, "DEVICE", "STATE", "OFFSET", "ATTEMPTS", "REASON", "UPDATED")
 	for _, p := range ps {
 		t.row(p.DeviceID, p.State, p.Offset, p.Attempts, orDash(string(p.Reason)),
-			p.UpdatedAt.Local().Format(time.DateTime))
+			tableTime(p.UpdatedAt))
 	}
 	return t.flush()
 }
@@ -865,9 +887,14 @@ func (c *cli) updateEvents(ctx context.Context, args []string) error {
 	interval := fs.Duration("interval", 500*time.Millisecond, "polling interval of --follow")
 	asJSON := fs.Bool("json", false, "print JSON (with --follow: one event per line)")
 	reconnectFor := reconnectFlag(fs)
+	fs.StringVar(&c.events.device, "device", "", "only this device's events")
+	fs.StringVar(&c.events.typ, "type", "", "only events of this type: "+strings.Join(fleet.EventTypes, ", "))
 	pos, err := c.parse(fs, sp, args, "ID")
 	if err != nil {
 		return err
+	}
+	if err := c.events.check(); err != nil {
+		return &usageError{msg: err.Error(), spec: sp}
 	}
 	if *after < 0 {
 		return &usageError{msg: "--after must not be negative", spec: sp}
@@ -885,7 +912,7 @@ func (c *cli) updateEvents(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		all = append(all, page.Events...)
+		all = append(all, c.events.filter(page.Events)...)
 		if len(page.Events) == 0 || page.Next <= seq {
 			break
 		}
@@ -909,7 +936,7 @@ func eventCells(e fleet.Event) []any {
 	if e.From != "" {
 		state = e.From + " -> " + e.State
 	}
-	return []any{e.Seq, e.Time.Local().Format("15:04:05.000"), e.Type,
+	return []any{e.Seq, tableTime(e.Time), e.Type,
 		orDash(e.DeviceID), state, orDash(string(e.Reason)), e.Offset, e.Attempt}
 }
 
@@ -938,9 +965,11 @@ func (c *cli) followEvents(ctx context.Context, client *Client, id string, seq i
 				continue
 			}
 			seq = e.Seq
-			if asJSON {
+			switch {
+			case !c.events.match(e): // not printed; an update event still tells the end
+			case asJSON:
 				err = c.printJSONLine(e)
-			} else {
+			default:
 				_, err = fmt.Fprintln(c.stdout, cellsLine(eventCells(e), "  "))
 			}
 			if err != nil {
@@ -1029,11 +1058,13 @@ func (c *cli) deviceList(ctx context.Context, args []string) error {
 	online := fs.Bool("online", false, "only devices connected now")
 	model := fs.String("model", "", "only devices of this model")
 	ver := fs.String("version", "", "only devices running this version")
+	tags := tagFlag{}
+	fs.Var(tags, "tag", "only devices with this tag `K=V` (repeatable; every one must match)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
-	q := DeviceQuery{Model: *model, Version: *ver}
+	q := DeviceQuery{Model: *model, Version: *ver, Tags: tags}
 	if *online {
 		q.Online = online
 	}
@@ -1047,7 +1078,7 @@ func (c *cli) deviceList(ctx context.Context, args []string) error {
 	t := newTable(c.stdout, "ID", "MODEL", "VERSION", "ONLINE", "LAST SEEN", "TAGS")
 	for _, d := range devs {
 		t.row(d.ID, d.Model, d.Version, d.Online,
-			d.LastSeen.Local().Format(time.DateTime), formatTags(d.Tags))
+			tableTime(d.LastSeen), formatTags(d.Tags))
 	}
 	return t.flush()
 }

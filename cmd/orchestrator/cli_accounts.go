@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/fleet"
@@ -88,6 +87,9 @@ func (c *cli) deviceAdd(ctx context.Context, args []string) error {
 	pos, err := c.parse(fs, sp, args, "ID")
 	if err != nil {
 		return err
+	}
+	if err := fleet.CheckDeviceID(pos[0]); err != nil {
+		return &usageError{msg: strings.TrimPrefix(err.Error(), fleet.ErrInvalidInput.Error()+": "), spec: sp}
 	}
 	var out httpapi.CredentialList
 	req := httpapi.AddDeviceRequest{ID: pos[0], Model: *model, Tags: tags}
@@ -273,7 +275,7 @@ func (c *cli) accountList(ctx context.Context, name string, role fleet.Role, arg
 	}
 	t := newTable(c.stdout, "ID", "STATUS", "CREATED", "CHANGED")
 	for _, a := range out.Accounts {
-		t.row(a.ID, a.Status, a.CreatedAt.Local().Format(time.DateTime), a.UpdatedAt.Local().Format(time.DateTime))
+		t.row(a.ID, a.Status, tableTime(a.CreatedAt), tableTime(a.UpdatedAt))
 	}
 	return t.flush()
 }

@@ -160,6 +160,13 @@ func TestCLI_UsageErrorsExit2(t *testing.T) {
 		{"anonymous with external broker", []string{"serve", "--broker", "tcp://h:1883", "--allow-anonymous"}, "embedded broker"},
 		{"bad memory limit", []string{"serve", "--memory-limit", "lots"}, `--memory-limit "lots"`},
 		{"bad interval", []string{"update", "watch", "u", "--interval", "0s"}, "--interval must be positive"},
+		{"version not semantic", []string{"firmware", "add", "fw.bin", "--version", "banana"}, `--version: version "banana" is not a semantic version`},
+		{"device ID character", []string{"device", "add", "x@y"}, `ID "x@y": "@" at position 2 is not allowed; an ID holds letters, digits, '.', '_' and '-' only`},
+		{"device ID reserved", []string{"device", "add", "inline"}, `"inline" is reserved`},
+		{"maintenance hour", []string{"update", "create", "--firmware", "f", "--maintenance", "25:00-02:00"}, `maintenance window start "25:00": the hour 25 is out of range 00..23`},
+		{"maintenance minute", []string{"update", "create", "--firmware", "f", "--maintenance", "22:00-02:75"}, `maintenance window end "02:75": the minute 75 is out of range 00..59`},
+		{"maintenance without end", []string{"update", "create", "--firmware", "f", "--maintenance", "22:00"}, "want START-END"},
+		{"event type", []string{"update", "events", "u", "--type", "phse"}, "the event types are update, device, phase, illegal_transition"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runCLI(t, "http://127.0.0.1:1", tc.args...)
@@ -335,7 +342,7 @@ func (f *fakeEngineAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		f.created = &req
 		w.WriteHeader(201)
-		fmt.Fprint(w, `{"id":"upd-new","firmware_id":"`+req.FirmwareID+`","state":"running"}`)
+		fmt.Fprint(w, `{"id":"u-new","firmware":{"id":"`+req.FirmwareID+`"},"state":"running"}`)
 	case r.Method == "GET" && r.URL.Path == "/api/v1/updates/upd-1":
 		s := f.summaries[min(f.polls, len(f.summaries)-1)]
 		f.polls++
@@ -371,7 +378,7 @@ func TestCLI_UpdateCreateSendsRequest(t *testing.T) {
 		"--select", "model=m1,tag:site=lyon,device=d1", "--select", "device=d2",
 		"--max-in-flight", "10", "--window", "16", "--chunk-size", "4k", "--max-attempts", "5")
 	require.Equal(t, exitOK, r.code, r.stderr)
-	assert.Equal(t, "upd-new\n", r.stdout)
+	assert.Equal(t, "u-new\n", r.stdout)
 	require.NotNil(t, fake.created)
 	assert.Equal(t, rollout.CreateRequest{
 		FirmwareID: "fw-1",

@@ -40,10 +40,16 @@ type Client struct {
 	// Token is sent as "Authorization: Bearer Token" when not empty.
 	Token string
 	HTTP  *http.Client
+	// UpdateState narrows ListUpdates to updates in that state.
+	UpdateState fleet.UpdateState
 }
 
-// NewClient returns a client of the API at baseURL.
+// NewClient returns a client of the API at baseURL. A baseURL without a
+// scheme (127.0.0.1:8080) is taken as http://.
 func NewClient(baseURL string) *Client {
+	if !strings.Contains(baseURL, "://") {
+		baseURL = "http://" + baseURL
+	}
 	return &Client{
 		BaseURL: strings.TrimRight(baseURL, "/"),
 		HTTP:    &http.Client{Timeout: 5 * time.Minute}, // uploads of large images
@@ -98,6 +104,7 @@ func (c *Client) Firmware(ctx context.Context, id string) (fleet.Firmware, error
 type DeviceQuery struct {
 	Model, Version string
 	Online         *bool
+	Tags           map[string]string // every one, with its value
 	Limit, Offset  int
 }
 
@@ -106,6 +113,9 @@ func (c *Client) ListDevices(ctx context.Context, f DeviceQuery) (httpapi.Device
 	q := url.Values{}
 	setNonEmpty(q, "model", f.Model)
 	setNonEmpty(q, "version", f.Version)
+	for k, v := range f.Tags {
+		q.Add("tag", k+"="+v)
+	}
 	if f.Online != nil {
 		q.Set("online", strconv.FormatBool(*f.Online))
 	}
@@ -137,9 +147,9 @@ func (c *Client) Device(ctx context.Context, id string) (fleet.Device, error) {
 	return out, c.do(ctx, http.MethodGet, "/api/v1/devices/"+url.PathEscape(id), nil, nil, &out)
 }
 
-// CreateUpdate starts an update.
-func (c *Client) CreateUpdate(ctx context.Context, req rollout.CreateRequest) (fleet.Update, error) {
-	var out fleet.Update
+// CreateUpdate starts an update and returns its summary.
+func (c *Client) CreateUpdate(ctx context.Context, req rollout.CreateRequest) (fleet.UpdateSummary, error) {
+	var out fleet.UpdateSummary
 	return out, c.do(ctx, http.MethodPost, "/api/v1/updates", nil, req, &out)
 }
 
@@ -150,6 +160,7 @@ func (c *Client) ListUpdates(ctx context.Context) ([]fleet.UpdateSummary, error)
 	for {
 		q := url.Values{}
 		setPage(q, httpapi.MaxPageSize, len(all))
+		setNonEmpty(q, "state", string(c.UpdateState))
 		var page httpapi.UpdateList
 		if err := c.do(ctx, http.MethodGet, "/api/v1/updates", q, nil, &page); err != nil {
 			return nil, err
@@ -292,6 +303,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 }
 
 func (c *Client) newRequest(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
+	if u, err := url.Parse(c.BaseURL); err != nil || u.Host == "" || u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("server %q is not an orchestrator URL such as http://127.0.0.1:8080 or https://flota.example.com (see --server or FLOTA_SERVER)", c.BaseURL)
+	}
 	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
 	if err != nil {
 		return nil, fmt.Errorf("request %s %s: %w", method, path, err)

@@ -63,7 +63,7 @@ func requireConsistentEnd(t *testing.T, s *server, id, digest string, n int, sim
 	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: n}, st.Counts)
 
 	var rows []struct {
-		Device string            `json:"device_id"`
+		Device string            `json:"device"`
 		State  fleet.DeviceState `json:"state"`
 	}
 	require.NoError(t, json.Unmarshal([]byte(s.mustCLI("update", "devices", id, "--json")), &rows))

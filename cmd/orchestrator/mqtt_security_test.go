@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/flotaio/flota/internal/fleet"
+	"github.com/flotaio/flota/internal/httpapi"
 	"github.com/flotaio/flota/internal/protocol"
 )
 
@@ -414,8 +418,14 @@ func TestAccountCLI_ErrorsAreClearAndLoseNothing(t *testing.T) {
 	res = runCLI(t, url, "monitor", "add", "dev-1")
 	assert.Equal(t, exitFail, res.code, "a monitor cannot take a device's ID")
 	res = runCLI(t, url, "device", "add", "bad/id")
-	assert.Equal(t, exitFail, res.code)
-	assert.Contains(t, res.stderr, "invalid_input")
+	assert.Equal(t, exitUsage, res.code, "refused before asking the server")
+	assert.Contains(t, res.stderr, `"/" at position 4 is not allowed`)
+	var e httpapi.Error
+	code, body := postJSON(t, url+"/api/v1/devices", `{"id":"bad/id"}`)
+	require.NoError(t, json.Unmarshal(body, &e))
+	assert.Equal(t, http.StatusBadRequest, code)
+	assert.Equal(t, httpapi.CodeInvalidInput, e.Code)
+	assert.Contains(t, e.Message, `"/" at position 4 is not allowed; an ID holds letters, digits, '.', '_' and '-' only`)
 
 	out := filepath.Join(t.TempDir(), "creds.csv")
 	res = runCLI(t, url, "device", "provision", "--prefix", "f-", "--count", "3", "--out", out)
@@ -483,4 +493,20 @@ func TestE2E_DevicesimEnrollsAndWaitsForApproval(t *testing.T) {
 	require.Eventually(t, func() bool { return m.Broker.Online("enr-00001") }, 30*time.Second, 50*time.Millisecond,
 		"the approved device connects on its next retry")
 	assert.False(t, m.Broker.Online("enr-00002"), "the other is still pending")
+}
+
+// postJSON posts body with the admin token and returns the status and the
+// answer.
+func postJSON(t *testing.T, url, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+testAdminToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, data
 }

@@ -8,8 +8,11 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/flotaio/flota/internal/fleet"
 )
 
 // table writes aligned columns for people. Every cell goes through
@@ -101,4 +104,14 @@ func jsonTermSafe(b []byte) []byte {
 		b = b[n:]
 	}
 	return out
+}
+
+// tableTime formats t for a table: fleet.TextTimeLayout in local time
+// (with its offset), "never" for the zero time. Every time a table shows
+// goes through it; --json output keeps RFC 3339 in UTC.
+func tableTime(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.Local().Format(fleet.TextTimeLayout)
 }

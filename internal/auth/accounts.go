@@ -196,8 +196,8 @@ func (a *Accounts) Add(ctx context.Context, role fleet.Role, ids []string) ([]Is
 	out := make([]Issued, len(ids))
 	creds := make([]fleet.Credential, len(ids))
 	for i, id := range ids {
-		if !fleet.ValidDeviceID(id) {
-			return nil, fleet.Errorf(fleet.ErrInvalidInput, "account ID %q: want 1 to 64 of [A-Za-z0-9._-], not \"inline\"", id)
+		if err := fleet.CheckDeviceID(id); err != nil {
+			return nil, err
 		}
 		out[i] = Issued{ID: id, Secret: NewSecret()}
 		creds[i] = fleet.Credential{ID: id, Role: role, Status: fleet.CredentialActive}
@@ -253,6 +253,16 @@ func (a *Accounts) Revoke(ctx context.Context, role fleet.Role, id string) error
 		a.Disconnect(id)
 	}
 	return nil
+}
+
+// Forget drops what is cached of account id and ends its connection: for
+// an account the store no longer holds (a deleted device).
+func (a *Accounts) Forget(id string) {
+	a.init()
+	a.c.forget(id)
+	if a.Disconnect != nil {
+		a.Disconnect(id)
+	}
 }
 
 // Cached returns the number of accounts whose secret is cached.

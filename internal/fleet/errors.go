@@ -45,6 +45,12 @@ var (
 	// ErrFirmwareDamaged: a firmware image's file is missing, or its size
 	// or SHA-256 differs from the stored firmware's.
 	ErrFirmwareDamaged = errors.New("firmware image damaged")
+	// ErrFirmwareExists: the same image and version is stored already in
+	// a form the upload may not replace (signed, where the upload is not).
+	ErrFirmwareExists = errors.New("firmware already stored")
+	// ErrFirmwareInUse: an update refers to the firmware, which therefore
+	// stays.
+	ErrFirmwareInUse = errors.New("firmware in use")
 	// ErrStoreUnavailable: the store cannot write now (full disk, read-only
 	// or failing file system); it holds what it was given and retries.
 	ErrStoreUnavailable = errors.New("store unavailable")

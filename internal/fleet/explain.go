@@ -73,11 +73,17 @@ func (s UpdateSummary) Explain() string {
 	return strings.Join(parts, "; ")
 }
 
+// TextTimeLayout is how times are written for people, in CLI tables and in
+// sentences such as Explain's: date, time of day to the second, and the
+// offset from UTC, so that a line read elsewhere names the same instant.
+// JSON carries RFC 3339 in UTC instead.
+const TextTimeLayout = "2006-01-02 15:04:05 -07:00"
+
 // until formats a time the summary waits for, in UTC (the server's and the
 // reader's zones may differ; a summary is also read as JSON).
 func until(t *time.Time) string {
 	if t == nil {
 		return "-"
 	}
-	return t.UTC().Format(time.DateTime) + " UTC"
+	return t.UTC().Format(TextTimeLayout)
 }

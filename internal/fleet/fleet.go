@@ -39,7 +39,7 @@ type Device struct {
 	Version   string            `json:"version"`
 	Tags      map[string]string `json:"tags,omitempty"`
 	FirstSeen time.Time         `json:"first_seen"`
-	LastSeen  time.Time         `json:"last_seen"`
+	LastSeen  time.Time         `json:"last_seen,omitzero"` // zero (absent): never connected
 	Online    bool              `json:"online"`
 }
 
@@ -113,10 +113,13 @@ func CanUpdateTransition(from, to UpdateState) bool {
 	return false
 }
 
-// Update is one rollout of a firmware to a set of devices.
+// Update is one rollout of a firmware to a set of devices. JSON names a
+// referenced object by its short name ("firmware", "device", "update"),
+// never name_id; UpdateSummary's full Firmware takes the "firmware" key
+// over FirmwareID, whose value is its ID.
 type Update struct {
 	ID         string      `json:"id"`
-	FirmwareID string      `json:"firmware_id"`
+	FirmwareID string      `json:"firmware"`
 	Selector   Selector    `json:"selector"`
 	Policy     Policy      `json:"policy"`
 	State      UpdateState `json:"state"`
@@ -130,11 +133,11 @@ type Update struct {
 
 // Progress is one device's progress in one update.
 type Progress struct {
-	UpdateID  string      `json:"update_id"`
-	DeviceID  string      `json:"device_id"`
+	UpdateID  string      `json:"update"`
+	DeviceID  string      `json:"device"`
 	State     DeviceState `json:"state"`
-	Offset    int64       `json:"offset"` // acknowledged bytes, a checkpoint
-	Attempts  int         `json:"attempts"`
+	Offset    int64       `json:"offset"`  // acknowledged bytes, a checkpoint
+	Attempts  int         `json:"attempt"` // the current attempt, from 1; 0: not offered yet
 	Reason    Reason      `json:"reason,omitempty"`
 	UpdatedAt time.Time   `json:"updated_at"`
 	// StartedAt is when the current attempt was offered; FinishedAt when the
@@ -147,7 +150,7 @@ type Progress struct {
 type Event struct {
 	Seq      int64     `json:"seq"`
 	Time     time.Time `json:"time"`
-	Type     string    `json:"type"` // "update" or "device"
+	Type     string    `json:"type"` // one of EventTypes
 	UpdateID string    `json:"update,omitempty"`
 	DeviceID string    `json:"device,omitempty"`
 	From     string    `json:"from,omitempty"`
@@ -166,6 +169,9 @@ const (
 	// EventIllegal records a device state change refused by the state machine.
 	EventIllegal = "illegal_transition"
 )
+
+// EventTypes lists every event type, for validation and documentation.
+var EventTypes = []string{EventUpdate, EventDevice, EventPhase, EventIllegal}
 
 // ParseTags parses "k=v,k2=v2".
 func ParseTags(s string) (map[string]string, error) {

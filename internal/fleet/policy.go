@@ -297,24 +297,34 @@ type MaintenanceWindow struct {
 // parseClock returns the second of the day of "HH:MM" or "HH:MM:SS".
 func parseClock(s string) (int, error) {
 	s = strings.TrimSpace(s)
-	t, err := time.Parse("15:04", s)
-	if err != nil {
-		if t, err = time.Parse("15:04:05", s); err != nil {
-			return 0, Errorf(ErrInvalidPolicy, "maintenance time %q: want HH:MM or HH:MM:SS", s)
-		}
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 {
+		return 0, fmt.Errorf("%q: want HH:MM or HH:MM:SS", s)
 	}
-	return t.Hour()*3600 + t.Minute()*60 + t.Second(), nil
+	secs := 0
+	for i, p := range parts {
+		name, max := [3]string{"hour", "minute", "second"}[i], [3]int{23, 59, 59}[i]
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || len(p) != 2 && (i > 0 || len(p) != 1) {
+			return 0, fmt.Errorf("%q: the %s %q is not a number of two digits (want HH:MM or HH:MM:SS)", s, name, p)
+		}
+		if n > max {
+			return 0, fmt.Errorf("%q: the %s %d is out of range 00..%02d", s, name, n, max)
+		}
+		secs += n * [3]int{3600, 60, 1}[i]
+	}
+	return secs, nil
 }
 
 // Validate reports a malformed window.
 func (w MaintenanceWindow) Validate() error {
 	s, err := parseClock(w.Start)
 	if err != nil {
-		return err
+		return Errorf(ErrInvalidPolicy, "maintenance window start %v", err)
 	}
 	e, err := parseClock(w.End)
 	if err != nil {
-		return err
+		return Errorf(ErrInvalidPolicy, "maintenance window end %v", err)
 	}
 	if s == e {
 		return Errorf(ErrInvalidPolicy, "maintenance window is empty: start equals end")

@@ -17,6 +17,7 @@ func (s *Server) accountRoutes() []route {
 		{"POST", "/api/v1/devices/provision", s.provisionDevices},
 		{"POST", "/api/v1/devices/{id}/approve", s.approveDevice},
 		{"POST", "/api/v1/devices/{id}/revoke", s.revoke(fleet.RoleDevice)},
+		{"DELETE", "/api/v1/devices/{id}", s.deleteDevice},
 		{"POST", "/api/v1/monitors", s.addMonitor},
 		{"POST", "/api/v1/monitors/{id}/revoke", s.revoke(fleet.RoleMonitor)},
 		{"GET", "/api/v1/credentials", s.listCredentials},
@@ -116,14 +117,9 @@ func (s *Server) issue(w http.ResponseWriter, r *http.Request, role fleet.Role, 
 		return
 	}
 	if role == fleet.RoleDevice && (model != "" || len(tags) > 0) {
-		for _, id := range ids {
-			if err := s.Store.SaveDevice(fleet.Device{ID: id, Model: model, Tags: tags}); err != nil {
-				s.writeError(w, r, fmt.Errorf("register device %s: %w", id, err))
-				return
-			}
-		}
-		if err := s.Store.Wait(r.Context()); err != nil { // selectable once the answer arrives
-			s.writeError(w, r, err)
+		// Selectable once the answer arrives; never seen until they connect.
+		if err := s.Store.RegisterDevices(r.Context(), ids, model, tags); err != nil {
+			s.writeError(w, r, fmt.Errorf("register devices: %w", err))
 			return
 		}
 	}

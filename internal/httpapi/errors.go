@@ -54,6 +54,8 @@ var sentinels = []struct {
 	{fleet.ErrTokenExists, http.StatusConflict, "token_exists"},
 	{fleet.ErrTooManyTokens, http.StatusConflict, "too_many_tokens"},
 	{fleet.ErrFirmwareDamaged, http.StatusConflict, "firmware_damaged"},
+	{fleet.ErrFirmwareExists, http.StatusConflict, "firmware_exists"},
+	{fleet.ErrFirmwareInUse, http.StatusConflict, "firmware_in_use"},
 	{fleet.ErrStoreUnavailable, http.StatusServiceUnavailable, CodeStoreUnavailable},
 	{fleet.ErrClosed, http.StatusServiceUnavailable, CodeUnavailable},
 	{protocol.ErrBadSignature, http.StatusBadRequest, "bad_signature"},

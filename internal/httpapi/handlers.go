@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -98,6 +99,10 @@ func (s *Server) addFirmware(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "version is required"))
 		return
 	}
+	if err := fleet.CheckVersion(meta.Version); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	for _, f := range []struct {
 		name, value string
 		max         int
@@ -117,9 +122,13 @@ func (s *Server) addFirmware(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body := http.MaxBytesReader(w, r.Body, limit)
-	fw, err := s.Store.AddFirmwareVerified(r.Context(), meta, body, s.verifyFirmware)
+	fw, created, err := s.Store.AddFirmwareOnce(r.Context(), meta, body, s.verifyFirmware)
 	if err != nil {
 		s.writeError(w, r, fmt.Errorf("add firmware: %w", err))
+		return
+	}
+	if !created {
+		writeJSON(w, http.StatusOK, fw) // stored before: the same firmware
 		return
 	}
 	writeJSON(w, http.StatusCreated, fw)
@@ -150,16 +159,13 @@ func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	f := sqlite.DeviceFilter{Model: q.Get("model"), Version: q.Get("version"), After: q.Get("after"),
-		Prefix: q.Get("prefix"), Limit: limit, Offset: offset}
-	if v := q.Get("tag"); v != "" {
-		k, val, ok := strings.Cut(v, "=")
-		if !ok || k == "" {
-			s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "tag=%q: want key=value", v))
-			return
-		}
-		f.TagKey, f.TagValue = k, val
+	tags, err := tagParams(q["tag"])
+	if err != nil {
+		s.writeError(w, r, err)
+		return
 	}
+	f := sqlite.DeviceFilter{Model: q.Get("model"), Version: q.Get("version"), After: q.Get("after"),
+		Prefix: q.Get("prefix"), Tags: tags, Limit: limit, Offset: offset}
 	if v := q.Get("online"); v != "" {
 		online, err := strconv.ParseBool(v)
 		if err != nil {
@@ -200,10 +206,22 @@ func (s *Server) createUpdate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fmt.Errorf("create update: %w", err))
 		return
 	}
-	writeJSON(w, http.StatusCreated, u)
+	// The summary, as every other update route answers, so that "firmware"
+	// is always the firmware object.
+	sum, err := s.Engine.Summary(r.Context(), u.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, sum)
 }
 
 func (s *Server) listUpdates(w http.ResponseWriter, r *http.Request) {
+	state, err := updateStateParam(r.URL.Query().Get("state"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if !s.engineReady(w, r) {
 		return
 	}
@@ -224,6 +242,9 @@ func (s *Server) listUpdates(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			s.writeError(w, r, fmt.Errorf("summary of %s: %w", u.ID, err))
 			return
+		}
+		if state != "" && sum.State != state {
+			continue
 		}
 		out.Updates = append(out.Updates, sum)
 	}
@@ -269,6 +290,15 @@ func (s *Server) updateDevices(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) updateEvents(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	if err := checkQuery(q, "after", "limit", "device", "type"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	filter, err := eventFilter(q)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	var after int64
 	if v := q.Get("after"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -288,7 +318,7 @@ func (s *Server) updateEvents(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	evs, err := s.Store.Events(r.Context(), id, after, limit)
+	evs, err := s.Store.FilteredEvents(r.Context(), id, filter, after, limit)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -358,10 +388,10 @@ func pageParams(limitStr, offsetStr string) (limit, offset int, err error) {
 }
 
 // decodeStrict decodes one JSON object of at most MaxRequestBody bytes into
-// v. A value of the wrong type and trailing data are refused with a message
-// naming the field; unknown fields are tolerated (so that a newer client
-// can talk to this server) but named in a Warning header and the log, so
-// that a misspelt policy field does not go unnoticed.
+// v. A value of the wrong type, trailing data and unknown fields are refused
+// with a message naming them: every unknown field at once, nested ones by
+// their path (policy.windw), so that a misspelt policy field cannot pass
+// unnoticed and one round trip shows every mistake.
 func (s *Server) decodeStrict(w http.ResponseWriter, r *http.Request, v any) error {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBody))
 	if err != nil {
@@ -388,31 +418,84 @@ func (s *Server) decodeStrict(w http.ResponseWriter, r *http.Request, v any) err
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fleet.Errorf(fleet.ErrInvalidInput, "request body: trailing data after the JSON object")
 	}
-	if field := unknownField(body, v); field != "" {
-		w.Header().Set("Warning", "299 flota "+strconv.Quote(fmt.Sprintf("unknown field %q ignored", field)))
-		s.logger().Warn("request with an unknown field", "method", r.Method, "path", r.URL.Path, "field", field)
+	if unknown := unknownFields(body, reflect.TypeOf(v).Elem(), ""); len(unknown) > 0 {
+		names := make([]string, len(unknown))
+		for i, f := range unknown {
+			names[i] = strconv.Quote(f)
+		}
+		return fleet.Errorf(fleet.ErrInvalidInput, "request body: unknown field%s %s", plural(len(unknown)), strings.Join(names, ", "))
 	}
 	return nil
 }
 
-// unknownField returns the first field of body that v's type does not
-// have, or "".
-func unknownField(body []byte, v any) string {
-	fresh := reflect.New(reflect.TypeOf(v).Elem()).Interface()
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(fresh)
-	if err == nil {
+// maxUnknownFields bounds how many unknown fields a refusal names.
+const maxUnknownFields = 20
+
+// unknownFields returns the paths of the fields of the JSON object data that
+// the struct type t does not have, nested objects included, sorted, at most
+// maxUnknownFields. data has decoded into t already.
+func unknownFields(data []byte, t reflect.Type, prefix string) []string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || reflect.PointerTo(t).Implements(reflect.TypeFor[json.Unmarshaler]()) {
+		return nil
+	}
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(data, &obj) != nil {
+		return nil
+	}
+	fields := jsonFields(t)
+	var out []string
+	for name, raw := range obj {
+		f, ok := fields[name]
+		if !ok {
+			// encoding/json matches names case-insensitively.
+			for k, ft := range fields {
+				if strings.EqualFold(k, name) {
+					f, ok = ft, true
+					break
+				}
+			}
+		}
+		if !ok {
+			out = append(out, prefix+name)
+			continue
+		}
+		out = append(out, unknownFields(raw, f, prefix+name+".")...)
+	}
+	slices.Sort(out)
+	if len(out) > maxUnknownFields {
+		out = out[:maxUnknownFields]
+	}
+	return out
+}
+
+// jsonFields maps the JSON names of struct t's fields, embedded structs'
+// included, to their types.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for _, f := range reflect.VisibleFields(t) {
+		if !f.IsExported() || f.Anonymous && f.Type.Kind() == reflect.Struct {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = f.Type
+	}
+	return out
+}
+
+func plural(n int) string {
+	if n == 1 {
 		return ""
 	}
-	name, ok := strings.CutPrefix(err.Error(), "json: unknown field ")
-	if !ok {
-		return ""
-	}
-	if u, err := strconv.Unquote(name); err == nil {
-		return u
-	}
-	return name
+	return "s"
 }
 
 // writeJSON writes v with status. Encoding errors are a bug in the types.

@@ -357,7 +357,7 @@ func TestServer_HistoryAnswersCarryTheFieldsTheDashboardReads(t *testing.T) {
 		assert.Contains(t, h, k)
 	}
 	up := h["updates"].([]any)[0].(map[string]any)
-	for _, k := range []string{"update_id", "state", "update_state", "firmware_id", "attempts", "reason", "updated_at"} {
+	for _, k := range []string{"update", "state", "update_state", "firmware", "attempt", "reason", "updated_at"} {
 		assert.Contains(t, up, k)
 	}
 	b, err := json.Marshal(raw("/api/v1/updates/u-1/failures"))

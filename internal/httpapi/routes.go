@@ -31,6 +31,7 @@ func (s *Server) routes() []route {
 		{"POST", "/api/v1/firmware", s.addFirmware},
 		{"GET", "/api/v1/firmware", s.listFirmware},
 		{"GET", "/api/v1/firmware/{id}", s.getFirmware},
+		{"DELETE", "/api/v1/firmware/{id}", s.deleteFirmware},
 
 		{"GET", "/api/v1/devices", s.listDevices},
 		{"GET", "/api/v1/devices/{id}", s.getDevice},
@@ -52,6 +53,16 @@ func (s *Server) routes() []route {
 		{"GET", "/api/v1/events/stream", s.eventStream},
 		{"POST", "/api/v1/backup", s.backup},
 	}, append(s.accountRoutes(), s.tokenRoutes()...)...)
+}
+
+// RouteNames returns "METHOD pattern" of every route of the JSON API, for
+// tests that check the OpenAPI document against the server.
+func (s *Server) RouteNames() []string {
+	var out []string
+	for _, r := range s.routes() {
+		out = append(out, r.method+" "+r.pattern)
+	}
+	return out
 }
 
 // Handler returns every route: the JSON API under /api/v1, the Prometheus

@@ -47,7 +47,7 @@ func TestServer_CreateUpdateRefusesASelectorOverItsLimitsWith400(t *testing.T) {
 	e = callError(t, "POST", base+"/api/v1/updates", body(fleet.Selector{Devices: append(ids, "one-more")}), http.StatusBadRequest, "selector_too_large")
 	assert.Contains(t, e.Message, "device IDs: 10001, at most 10000")
 
-	var u fleet.Update
+	var u fleet.UpdateSummary
 	resp := call(t, "POST", base+"/api/v1/updates", body(fleet.Selector{Model: "m1", Tags: tags(fleet.MaxSelectorTags), Devices: ids}), &u)
 	require.Equal(t, http.StatusCreated, resp.StatusCode, "a selector at the limits selects")
 	s, err := eng.Summary(context.Background(), u.ID)

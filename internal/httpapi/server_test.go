@@ -314,19 +314,21 @@ func TestServer_CreateUpdateDecodesStrictly(t *testing.T) {
 		body := `{"firmware":"fw-1","selector":{"model":"m1"},"policy":{"window":4}}`
 		callError(t, "POST", url, strings.NewReader(body), http.StatusServiceUnavailable, CodeUnavailable)
 	})
-	for name, tc := range map[string]struct{ body, field string }{
-		"unknown field":  {`{"firmware":"fw-1","selectr":{}}`, "selectr"},
-		"unknown nested": {`{"firmware":"fw-1","policy":{"windw":4}}`, "windw"},
+	for name, tc := range map[string]struct{ body, msg string }{
+		"unknown field":  {`{"firmware":"fw-1","selectr":{}}`, `unknown field "selectr"`},
+		"unknown nested": {`{"firmware":"fw-1","policy":{"windw":4}}`, `unknown field "policy.windw"`},
+		"every unknown field": {`{"firmware":"fw-1","zeta":1,"policy":{"windw":4,"window":2,"maintenance":{"start":"22:00","end":"04:00","tz":"UTC"}},"selector":{"modl":"m"}}`,
+			`unknown fields "policy.maintenance.tz", "policy.windw", "selector.modl", "zeta"`},
 	} {
-		body, field := tc.body, tc.field
-		t.Run(name+" is tolerated and named", func(t *testing.T) {
-			var e Error
-			resp := call(t, "POST", url, strings.NewReader(body), &e)
-			assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "decoded, then refused for want of an engine: %+v", e)
-			assert.Contains(t, resp.Header.Get("Warning"), "unknown field")
-			assert.Contains(t, resp.Header.Get("Warning"), `\"`+field+`\"`)
+		body, msg := tc.body, tc.msg
+		t.Run(name+" is refused and named", func(t *testing.T) {
+			e := callError(t, "POST", url, strings.NewReader(body), http.StatusBadRequest, CodeInvalidInput)
+			assert.Contains(t, e.Message, msg)
 		})
 	}
+	t.Run("field names match case-insensitively, as decoding does", func(t *testing.T) {
+		callError(t, "POST", url, strings.NewReader(`{"Firmware":"fw-1","Policy":{"Window":4}}`), http.StatusServiceUnavailable, CodeUnavailable)
+	})
 }
 
 func TestServer_FirmwareMetadataBounded(t *testing.T) {
@@ -343,7 +345,7 @@ func TestServer_FirmwareMetadataBounded(t *testing.T) {
 		})
 	}
 	var fw fleet.Firmware
-	resp := call(t, "POST", base+"/api/v1/firmware?version="+strings.Repeat("1", 64), strings.NewReader("image"), &fw)
+	resp := call(t, "POST", base+"/api/v1/firmware?version=1.0.0-"+strings.Repeat("a", 58), strings.NewReader("image"), &fw)
 	assert.Equal(t, http.StatusCreated, resp.StatusCode, "64 bytes, the protocol's bound, are fine")
 }
 

@@ -216,7 +216,7 @@ func TestEngine_MaintenanceWindowWithAFakeClock(t *testing.T) {
 	if assert.NotNil(t, s.WaitingUntil) {
 		assert.Equal(t, time.Date(2026, 3, 1, 2, 0, 0, 0, time.UTC), *s.WaitingUntil, "the window opens at 02:00")
 	}
-	assert.Contains(t, s.WaitingDetail, "outside the maintenance window 02:00-03:00 UTC: opens 2026-03-01 02:00:00 UTC")
+	assert.Contains(t, s.WaitingDetail, "outside the maintenance window 02:00-03:00 UTC: opens 2026-03-01 02:00:00 +00:00")
 	assert.Zero(t, attempted(h, u.ID))
 
 	clock.Set(time.Date(2026, 3, 1, 2, 30, 0, 0, time.UTC))

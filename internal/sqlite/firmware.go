@@ -36,16 +36,29 @@ func (s *Store) AddFirmware(ctx context.Context, meta fleet.Firmware, r io.Reade
 // with the firmware as it would be stored (Size and SHA256 of the bytes
 // read): an error from verify keeps nothing, neither row nor image.
 func (s *Store) AddFirmwareVerified(ctx context.Context, meta fleet.Firmware, r io.Reader, verify func(fleet.Firmware) error) (fleet.Firmware, error) {
+	fw, _, err := s.AddFirmwareOnce(ctx, meta, r, verify)
+	return fw, err
+}
+
+// AddFirmwareOnce is AddFirmwareVerified that stores the same image once
+// per version and model: an upload whose bytes, version, model, signature
+// and downgrade permission match a stored firmware returns that one, with
+// created false (a script may upload again what it uploaded before). An
+// unsigned upload of an image stored signed, same version and model, is
+// refused with fleet.ErrFirmwareExists naming the signed one: an update
+// could otherwise go out unsigned by mistake. A signed upload of an image
+// stored unsigned is a new firmware.
+func (s *Store) AddFirmwareOnce(ctx context.Context, meta fleet.Firmware, r io.Reader, verify func(fleet.Firmware) error) (fw fleet.Firmware, created bool, err error) {
 	if strings.TrimSpace(meta.Version) == "" {
-		return fleet.Firmware{}, fleet.Errorf(fleet.ErrInvalidInput, "firmware version is required")
+		return fleet.Firmware{}, false, fleet.Errorf(fleet.ErrInvalidInput, "firmware version is required")
 	}
 	if _, err := s.db(); err != nil {
-		return fleet.Firmware{}, err
+		return fleet.Firmware{}, false, err
 	}
 	if meta.Name == "" {
 		meta.Name = "firmware"
 	}
-	fw := fleet.Firmware{
+	fw = fleet.Firmware{
 		ID:             fleet.NewID("fw"),
 		Name:           meta.Name,
 		Version:        meta.Version,
@@ -62,21 +75,47 @@ func (s *Store) AddFirmwareVerified(ctx context.Context, meta fleet.Firmware, r 
 		return verify(fw)
 	}
 	if err := s.storeBlob(ctx, r, check); err != nil {
-		return fleet.Firmware{}, fmt.Errorf("add firmware: %w", err)
+		return fleet.Firmware{}, false, fmt.Errorf("add firmware: %w", err)
 	}
-	err := s.doSync(ctx, func() error {
-		_, err := s.writer.ExecContext(ctx, sqlInsertFirmware, fw.ID, fw.Name, fw.Version, fw.Model,
+	err = s.doSync(ctx, func() error {
+		same, err := sameImage(ctx, s.writer, fw)
+		if err != nil {
+			return err
+		}
+		for _, old := range same {
+			if old.Signature == fw.Signature && old.AllowDowngrade == fw.AllowDowngrade {
+				fw = old
+				return nil
+			}
+		}
+		for _, old := range same {
+			if old.Signature != "" && fw.Signature == "" {
+				return fleet.Errorf(fleet.ErrFirmwareExists, "this image is stored signed as %s (version %s): use %s, or upload it with its signature", old.ID, old.Version, old.ID)
+			}
+		}
+		_, err = s.writer.ExecContext(ctx, sqlInsertFirmware, fw.ID, fw.Name, fw.Version, fw.Model,
 			fw.Size, fw.SHA256, fmtTime(fw.CreatedAt), fw.Signature, fw.AllowDowngrade)
 		if err == nil {
+			created = true
 			s.stats.transactions.Add(1)
 			s.stats.rows.Add(1)
 		}
 		return err
 	})
 	if err != nil {
-		return fleet.Firmware{}, fmt.Errorf("add firmware: %w", err)
+		return fleet.Firmware{}, false, fmt.Errorf("add firmware: %w", err)
 	}
-	return fw, nil
+	return fw, created, nil
+}
+
+// sameImage returns the stored firmware with fw's bytes, version and model.
+func sameImage(ctx context.Context, db *sql.DB, fw fleet.Firmware) ([]fleet.Firmware, error) {
+	rows, err := db.QueryContext(ctx, `SELECT `+firmwareCols+` FROM firmware WHERE sha256 = ? AND version = ? AND model = ? ORDER BY created_at, id`,
+		fw.SHA256, fw.Version, fw.Model)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, scanFirmware, "same image")
 }
 
 // storeBlob copies r into the firmware directory under its SHA-256, after

@@ -17,7 +17,7 @@ import (
 type DeviceUpdate struct {
 	fleet.Progress
 	UpdateState fleet.UpdateState `json:"update_state"`
-	FirmwareID  string            `json:"firmware_id"`
+	FirmwareID  string            `json:"firmware"`
 }
 
 // DeviceUpdates returns up to limit updates the device was in, newest

@@ -50,14 +50,12 @@ type DeviceFilter struct {
 	Model   string
 	Version string
 	Online  *bool
-	// Prefix matches devices whose ID starts with it; TagKey with TagValue
-	// those that have that tag.
-	Prefix   string
-	TagKey   string
-	TagValue string
-	After    string
-	Limit    int
-	Offset   int
+	// Prefix matches devices whose ID starts with it.
+	Prefix string
+	Tags   map[string]string // every one, with its value
+	After  string
+	Limit  int
+	Offset int
 }
 
 const deviceCols = `id, model, version, tags, first_seen, last_seen, online`
@@ -117,8 +115,8 @@ func (s *Store) ListDevices(ctx context.Context, f DeviceFilter) ([]fleet.Device
 		// A range on the primary key, not LIKE, so that the index serves it.
 		w.add("id >= ? AND id < ?", f.Prefix, f.Prefix+"\U0010FFFF")
 	}
-	if f.TagKey != "" {
-		w.add("EXISTS (SELECT 1 FROM json_each(devices.tags) AS t WHERE t.key = ? AND t.value = ?)", f.TagKey, f.TagValue)
+	if err := w.addTags(f.Tags); err != nil {
+		return nil, 0, fmt.Errorf("list devices: %w", err)
 	}
 	var total int
 	if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices`+w.String(), w.args...).Scan(&total); err != nil {
@@ -176,17 +174,8 @@ func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.
 			absent = append(absent, k)
 		}
 	}
-	if len(want) > 0 {
-		js, err := json.Marshal(want)
-		if err != nil {
-			return nil, fmt.Errorf("select devices: %w", err)
-		}
-		// A device's tags have distinct keys: it matches when as many of
-		// them as are wanted are wanted pairs. The IN list does not depend
-		// on the device: SQLite builds its index once per query, and each
-		// device's tags are looked up in it.
-		w.add(`(SELECT count(*) FROM json_each(devices.tags) AS have
-			WHERE (have.key, have.value) IN (SELECT key, value FROM json_each(?))) = ?`, string(js), len(want))
+	if err := w.addTags(want); err != nil {
+		return nil, fmt.Errorf("select devices: %w", err)
 	}
 	if len(absent) > 0 {
 		slices.Sort(absent)
@@ -476,21 +465,7 @@ func scanEvent(sc scanner) (fleet.Event, error) {
 // in ascending order; updateID "" means events of every update (and those of
 // none). limit <= 0 means no limit.
 func (s *Store) Events(ctx context.Context, updateID string, afterSeq int64, limit int) ([]fleet.Event, error) {
-	db, err := s.db()
-	if err != nil {
-		return nil, err
-	}
-	var w where
-	if updateID != "" {
-		w.add("update_id = ?", updateID)
-	}
-	w.add("seq > ?", afterSeq)
-	rows, err := db.QueryContext(ctx, `SELECT `+eventCols+` FROM events`+w.String()+` ORDER BY seq`+
-		limitClause(limit, 0), w.args...)
-	if err != nil {
-		return nil, fmt.Errorf("events: %w", err)
-	}
-	return collect(rows, scanEvent, "events")
+	return s.FilteredEvents(ctx, updateID, EventFilter{}, afterSeq, limit)
 }
 
 // MaxEventSeq returns the highest event sequence number given out: the

@@ -36,11 +36,11 @@ const DONE_GROUPS = GROUPS.filter((g) => g.states.every((s) => TERMINAL.has(s)))
 // through these, one per kind of object, so that a renamed field is a
 // one-line change.
 const PROGRESS = { // GET /updates/{id}/devices rows, /devices/{id}/history updates
-  update: (p) => p.update_id, device: (p) => p.device_id, attempts: (p) => p.attempts,
-  firmware: (p) => p.firmware_id, updateState: (p) => p.update_state,
+  update: (p) => p.update, device: (p) => p.device, attempts: (p) => p.attempt,
+  firmware: (p) => p.firmware, updateState: (p) => p.update_state,
 };
 const UPDATE = { // an update summary
-  firmwareID: (u) => u.firmware_id, createdBy: (u) => u.created_by,
+  firmwareID: (u) => (u.firmware || {}).id, createdBy: (u) => u.created_by,
 };
 const EVENT = { // the event log and the live stream
   update: (e) => e.update, device: (e) => e.device, attempt: (e) => e.attempt,
