@@ -270,6 +270,11 @@ func TestOpenAPI_EveryRouteAnswersWhatItDeclares(t *testing.T) {
 	assert.True(t, slices.ContainsFunc(rows["devices"].([]any), func(p any) bool { return p.(map[string]any)["device"] == "bad-000" }),
 		"the deleted device's progress row stays in the update's history")
 	r.call("POST", "/api/v1/backup", "/api/v1/backup", nil, "", http.StatusOK)
+	r.call("POST", "/api/v1/tokens", "/api/v1/tokens", []byte(`{"name":"ci","role":"read"}`), "application/json", http.StatusCreated)
+	r.call("POST", "/api/v1/tokens", "/api/v1/tokens", []byte(`{"name":"ci","role":"read"}`), "application/json", http.StatusConflict)
+	r.call("GET", "/api/v1/tokens", "/api/v1/tokens", nil, "", http.StatusOK)
+	r.call("POST", "/api/v1/tokens/{name}/revoke", "/api/v1/tokens/ci/revoke", nil, "", http.StatusOK)
+	r.call("POST", "/api/v1/tokens/{name}/revoke", "/api/v1/tokens/ci/revoke", nil, "", http.StatusNotFound)
 	r.call("POST", "/api/v1/devices/{id}/revoke", "/api/v1/devices/prov-00001/revoke", nil, "", http.StatusOK)
 	r.call("POST", "/api/v1/monitors/{id}/revoke", "/api/v1/monitors/grafana/revoke", nil, "", http.StatusOK)
 	// Approval needs a device that enrolled (serve --enroll-token-file):
