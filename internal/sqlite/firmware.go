@@ -64,6 +64,9 @@ func (s *Store) AddFirmwareVerified(ctx context.Context, meta fleet.Firmware, r 
 	if err := s.storeBlob(ctx, r, check); err != nil {
 		return fleet.Firmware{}, fmt.Errorf("add firmware: %w", err)
 	}
+	if err := s.replicateFirmware(fw.SHA256); err != nil {
+		return fleet.Firmware{}, fmt.Errorf("add firmware: %w", err)
+	}
 	err := s.doSync(ctx, func() error {
 		_, err := s.writer.ExecContext(ctx, sqlInsertFirmware, fw.ID, fw.Name, fw.Version, fw.Model,
 			fw.Size, fw.SHA256, fmtTime(fw.CreatedAt), fw.Signature, fw.AllowDowngrade)

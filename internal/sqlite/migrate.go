@@ -106,6 +106,15 @@ var migrations = []string{
 	// signed downgrade permission.
 	`ALTER TABLE firmware ADD COLUMN signature TEXT NOT NULL DEFAULT '';
 	ALTER TABLE firmware ADD COLUMN allow_downgrade INTEGER NOT NULL DEFAULT 0;`,
+
+	// 10: the orchestrators that served this database at an external
+	// broker, one row per start; the newest epoch fences older ones
+	// (standby.go).
+	`CREATE TABLE claims (
+		epoch      INTEGER PRIMARY KEY,
+		instance   TEXT NOT NULL,
+		claimed_at TEXT NOT NULL
+	);`,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.
