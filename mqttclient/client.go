@@ -152,6 +152,7 @@ type Client struct {
 	opts     Options
 	log      *slog.Logger
 	presence func(deviceID string, online bool)
+	found    func(deviceID string) // OnFoundOnline
 
 	cli       mqtt.Client
 	slots     chan struct{} // one element per QoS 1 publish in flight
@@ -674,6 +675,11 @@ func (c *Client) onMessage(_ mqtt.Client, m mqtt.Message) {
 			s.handler(topic, payload)
 		}
 	}
+	// A retained message is sent because of a new subscription (MQTT
+	// 3.1.1, 3.3.1.3), not because its device just published it.
+	if m.Retained() && c.found != nil && protocol.MatchTopic(statusFilter, topic) {
+		c.onFound(topic, payload)
+	}
 }
 
 // onStatus turns a device's retained status into a presence callback.
@@ -693,6 +699,26 @@ func (c *Client) onStatus(topic string, payload []byte) {
 	}
 	c.stats.presence.Add(1)
 	c.presence(id, online)
+}
+
+// OnFoundOnline sets the function told of each device whose retained
+// status, sent when the client subscribes, says it is online: it was
+// connected and subscribed before, and says no hello until it reconnects
+// (an orchestrator that restarted or took over, docs/DEPLOY.md). Call it
+// before Open; it runs on paho's delivery goroutine and must not block.
+func (c *Client) OnFoundOnline(fn func(deviceID string)) {
+	c.found = fn
+}
+
+// onFound passes a retained online status to the found callback.
+func (c *Client) onFound(topic string, payload []byte) {
+	id, kind, ok := protocol.ParseUpTopic(topic)
+	if !ok || kind != protocol.KindStatus || len(payload) == 0 {
+		return
+	}
+	if online, err := decodeStatus(payload); err == nil && online {
+		c.found(id)
+	}
 }
 
 // Connected reports whether the client has a connection to the broker now.

@@ -197,6 +197,9 @@ func (c *Client) Leading() bool {
 	return c.fence.leading && c.Connected()
 }
 
+// FenceErr returns why the client was fenced, or nil.
+func (c *Client) FenceErr() error { return c.fenced() }
+
 // Fenced returns a channel closed once the client is fenced (never, when
 // it does not claim).
 func (c *Client) Fenced() <-chan struct{} {
