@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -246,7 +247,10 @@ func (c *Client) open1() error {
 		c.subs = append(c.subs, sub{filter: statusFilter, handler: c.onStatus})
 	}
 	if c.fencing() {
-		c.subs = append(c.subs, sub{filter: ClaimTopic, handler: c.onClaim})
+		if strings.ContainsAny(c.opts.ClientID, "+#/") {
+			return fmt.Errorf("mqttclient: client ID %q: a claim topic cannot hold +, # or /", c.opts.ClientID)
+		}
+		c.subs = append(c.subs, sub{filter: ClaimTopic(c.opts.ClientID), handler: c.onClaim})
 	}
 	c.slots = make(chan struct{}, c.opts.MaxInFlight)
 	c.pending = make(chan pending, c.opts.MaxInFlight)
@@ -287,7 +291,7 @@ func (c *Client) awaitClaim() error {
 	case <-c.fence.first:
 	case <-t.C:
 		return c.abortOpen(fmt.Errorf("mqttclient: claim the broker %s: the claim did not come back within %s (can this user publish and subscribe to %s?)",
-			redact(c.opts.URL), c.opts.ConnectTimeout, ClaimTopic))
+			redact(c.opts.URL), c.opts.ConnectTimeout, ClaimTopic(c.opts.ClientID)))
 	}
 	if err := c.fenced(); err != nil {
 		return c.abortOpen(err)

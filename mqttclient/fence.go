@@ -21,7 +21,8 @@ import (
 // loop. MQTT 3.1.1 does not tell a client its ID was taken over.
 //
 // So each orchestrator claims the broker on every connection: it publishes
-// {"v":1,"epoch":E,"instance":I,"nonce":N}, retained, on ClaimTopic, where
+// {"v":1,"epoch":E,"instance":I,"nonce":N,"led":L}, retained, on
+// ClaimTopic(client ID), where
 // E is one more than the last epoch recorded in its database (a standby's
 // database is the primary's replica, so its epoch is higher) and I is
 // random per process. It subscribes to ClaimTopic before, so the broker
@@ -36,8 +37,14 @@ import (
 // answered with the own claim again, so that the retained one is the
 // leader's.
 
-// ClaimTopic carries the orchestrator's retained claim on the broker.
-const ClaimTopic = protocol.StatusRoot + "orchestrator"
+// ClaimRoot is where orchestrators claim the broker, one retained claim
+// per client ID (ClaimTopic): orchestrators that share a broker with
+// distinct client IDs (a fleet partitioned by update, ARCHITECTURE.md)
+// do not fence each other.
+const ClaimRoot = protocol.StatusRoot + "orchestrators/"
+
+// ClaimTopic returns the claim topic of an orchestrator's client ID.
+func ClaimTopic(clientID string) string { return ClaimRoot + clientID }
 
 // maxClaimSize bounds a claim payload.
 const maxClaimSize = 512
@@ -114,7 +121,7 @@ func (c *Client) publishClaim() mqtt.Token {
 	}
 	b, _ := json.Marshal(claim{V: 1, Epoch: c.opts.Epoch, Instance: c.opts.Instance, Nonce: f.nonce, Led: f.led})
 	f.mu.Unlock()
-	return c.cli.Publish(ClaimTopic, 1, true, b)
+	return c.cli.Publish(ClaimTopic(c.opts.ClientID), 1, true, b)
 }
 
 // onClaim handles a claim: the own echo opens the gate, a higher one
@@ -125,7 +132,7 @@ func (c *Client) onClaim(_ string, payload []byte) {
 	}
 	var cl claim
 	if err := json.Unmarshal(payload, &cl); err != nil || cl.Instance == "" {
-		c.log.Warn("ignoring a malformed orchestrator claim", "topic", ClaimTopic)
+		c.log.Warn("ignoring a malformed orchestrator claim", "topic", ClaimTopic(c.opts.ClientID))
 		return
 	}
 	f := c.fence

@@ -94,6 +94,22 @@ func TestClient_RestartedOldOrchestratorOnAStaleDatabaseIsRefusedAtOpen(t *testi
 	require.NoError(t, standby.Publish("flota/devices/d1/down/x", []byte("x"), false, 1))
 }
 
+func TestClient_OrchestratorsWithDistinctClientIDsDoNotFenceEachOther(t *testing.T) {
+	s := startMosquitto(t)
+	var fenced atomic.Int32
+	open := func(id string, epoch int64) *Client {
+		c := New(Options{URL: s.URL(), Username: mosquitto.OrchestratorUser, Password: s.Password(mosquitto.OrchestratorUser),
+			ClientID: id, Epoch: epoch, OnFenced: func(error) { fenced.Add(1) }})
+		require.NoError(t, c.Open())
+		t.Cleanup(func() { assert.NoError(t, c.Close()) })
+		return c
+	}
+	a, b := open("flota-orchestrator-a", 5), open("flota-orchestrator-b", 1)
+	assert.True(t, a.Leading())
+	assert.True(t, b.Leading())
+	assert.Zero(t, fenced.Load())
+}
+
 func TestClient_WithoutAnEpochClaimsNothing(t *testing.T) {
 	s := startMosquitto(t)
 	c := openClient(t, s, Options{})
@@ -101,7 +117,7 @@ func TestClient_WithoutAnEpochClaimsNothing(t *testing.T) {
 	assert.Nil(t, c.Fenced())
 	got := make(chan struct{}, 1)
 	dev := device(t, s, "watcher", nil)
-	await(t, dev.Subscribe(ClaimTopic, 1, func(mqtt.Client, mqtt.Message) { got <- struct{}{} }))
+	await(t, dev.Subscribe(ClaimRoot+"#", 1, func(mqtt.Client, mqtt.Message) { got <- struct{}{} }))
 	require.NoError(t, c.Publish("flota/devices/d1/down/x", []byte("x"), false, 1))
 	select {
 	case <-got:

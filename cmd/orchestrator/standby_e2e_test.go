@@ -284,3 +284,63 @@ func runSQLiteTrim(t *testing.T, db, query string) string {
 	t.Helper()
 	return strings.TrimSpace(runSQLite(t, db, query))
 }
+
+func TestE2E_ReturningOldPrimaryStopsWithStatus3(t *testing.T) {
+	b := &mosquitto.Server{Dir: t.TempDir(), ConfigDir: "../../testdata/mosquitto"}
+	require.NoError(t, b.Start())
+	t.Cleanup(func() { assert.NoError(t, b.Stop()) })
+	primary := startExternal(t, b, filepath.Join(t.TempDir(), "data"))
+	sm := startSim(t, primary, "--devices", "5", "--id-prefix", "ret-", "--model", "sim-a")
+	primary.waitOnline(5)
+
+	// The standby runs on a copy of the primary's database while the
+	// primary still runs (a partition that heals, a paused machine).
+	copyDir := filepath.Join(t.TempDir(), "copy")
+	primary.mustCLI("backup", "--out", copyDir)
+	standby := startExternal(t, b, copyDir)
+
+	// The primary loses its client ID, takes it back, sees the newer
+	// claim and exits with status 3.
+	primary.mu.Lock()
+	cmd := primary.cmd
+	primary.cmd = nil
+	primary.mu.Unlock()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee)
+		assert.Equal(t, exitFenced, ee.ExitCode())
+	case <-time.After(time.Minute): // bounds a hang, not a speed
+		t.Fatal("the old primary still runs a minute after the standby claimed the broker")
+	}
+	assert.Contains(t, primary.logString(), "another orchestrator took over the broker")
+
+	// Restarted on its own, stale, database, it stops at once.
+	args := append([]string{"serve", "--data", primary.data, "--http", "127.0.0.1:0"}, primary.serveArgs...)
+	out, err := exec.Command(primary.bin, args...).CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "%s", out)
+	assert.Equal(t, exitFenced, ee.ExitCode(), "%s", out)
+	assert.Contains(t, string(out), "fenced")
+
+	// The standby leads and drives the fleet.
+	poll(t, time.Minute, func() bool {
+		var st struct {
+			Broker struct {
+				Leading, Fenced bool
+			} `json:"broker"`
+		}
+		standby.getJSON("/api/v1/stats", &st)
+		require.False(t, st.Broker.Fenced)
+		return st.Broker.Leading
+	}, "the standby leads the broker")
+	fw, _ := standby.firmware(64<<10, "1.1.0")
+	id := strings.TrimSpace(standby.mustCLI("update", "create", "--firmware", fw))
+	_, code := standby.cli("update", "watch", id, "--interval", "250ms")
+	require.Zero(t, code)
+	for _, d := range sm.stop(t).DevicesDetail {
+		assert.Equal(t, 1, d.Installs, d.ID)
+	}
+}
