@@ -133,6 +133,9 @@ type Stats struct {
 	// Fenced: a newer orchestrator took over and this one sends nothing.
 	Leading bool `json:"leading"`
 	Fenced  bool `json:"fenced"`
+	// BadClaims counts claims on the client's claim topic that were not
+	// one (over 512 bytes, not JSON, no instance), and were ignored.
+	BadClaims int64 `json:"bad_claims"`
 }
 
 // sub is one local subscription.
@@ -173,7 +176,7 @@ type Client struct {
 
 	stats struct {
 		connects, lost, published, pubErrors, ackTimeouts, notConnected, busy,
-		received, presence, badStatus, fenced atomic.Int64
+		received, presence, badStatus, fenced, badClaims atomic.Int64
 	}
 
 	fence *fence // the claim on the broker, when Options.Epoch > 0 (fence.go)
@@ -748,6 +751,7 @@ func (c *Client) Stats() Stats {
 		BadStatus:       c.stats.badStatus.Load(),
 		Leading:         c.Leading(),
 		Fenced:          c.fenced() != nil,
+		BadClaims:       c.stats.badClaims.Load(),
 	}
 }
 

@@ -127,12 +127,15 @@ func (c *Client) publishClaim() mqtt.Token {
 // onClaim handles a claim: the own echo opens the gate, a higher one
 // fences, a lower one is answered. It runs on paho's delivery goroutine.
 func (c *Client) onClaim(_ string, payload []byte) {
-	if len(payload) == 0 || len(payload) > maxClaimSize {
-		return // a cleared claim, or not one
+	if len(payload) == 0 {
+		return // a cleared claim
 	}
 	var cl claim
-	if err := json.Unmarshal(payload, &cl); err != nil || cl.Instance == "" {
-		c.log.Warn("ignoring a malformed orchestrator claim", "topic", ClaimTopic(c.opts.ClientID))
+	if len(payload) > maxClaimSize || json.Unmarshal(payload, &cl) != nil || cl.V != 1 || cl.Instance == "" {
+		// Only the orchestrator's broker user may write here: counted,
+		// logged at debug level only, ignored.
+		c.stats.badClaims.Add(1)
+		c.log.Debug("ignoring a malformed orchestrator claim", "topic", ClaimTopic(c.opts.ClientID), "size", len(payload))
 		return
 	}
 	f := c.fence

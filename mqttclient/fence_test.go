@@ -2,6 +2,7 @@ package mqttclient
 
 import (
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,6 +108,25 @@ func TestClient_OrchestratorsWithDistinctClientIDsDoNotFenceEachOther(t *testing
 	a, b := open("flota-orchestrator-a", 5), open("flota-orchestrator-b", 1)
 	assert.True(t, a.Leading())
 	assert.True(t, b.Leading())
+	assert.Zero(t, fenced.Load())
+}
+
+func TestClient_MalformedClaimsAreCountedAndIgnored(t *testing.T) {
+	s := startMosquitto(t)
+	var fenced atomic.Int32
+	c, err := claimant(t, s, 1, &fenced)
+	require.NoError(t, err)
+	pub := device(t, s, "publisher", func(o *mqtt.ClientOptions) {
+		o.SetUsername(mosquitto.OrchestratorUser).SetPassword(s.Password(mosquitto.OrchestratorUser))
+	})
+	topic := ClaimTopic(DefaultClientID)
+	for _, p := range []string{"not json", `{"v":1,"epoch":99}`, `{"v":2,"epoch":99,"instance":"x"}`,
+		`{"v":1,"epoch":99,"instance":"` + strings.Repeat("x", 600) + `"}`} {
+		await(t, pub.Publish(topic, 1, false, p))
+	}
+	eventually(t, func() bool { return c.Stats().BadClaims == 4 }, "four bad claims counted")
+	assert.True(t, c.Leading())
+	require.NoError(t, c.Publish("flota/devices/d1/down/x", []byte("x"), false, 1))
 	assert.Zero(t, fenced.Load())
 }
 
