@@ -84,7 +84,7 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--mqtt-connect-rate N] [--mqtt-connect-ban D] [--mqtt-connect-timeout D] [--mqtt-max-connections N] [--mqtt-max-unauthenticated N] [--mqtt-max-unauthenticated-per-ip N] [--mqtt-max-connect-size BYTES] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT] [--event-retention D] [--event-max-rows N] [--new-database] [--skip-integrity-check] [--illegal-event-interval D] [--log-client-lines N] [--log-clients-total N] [--log-client-interval D]",
+	{name: "serve", args: "[--config FILE] [--print-config] [--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--mqtt-connect-rate N] [--mqtt-connect-ban D] [--mqtt-connect-timeout D] [--mqtt-max-connections N] [--mqtt-max-unauthenticated N] [--mqtt-max-unauthenticated-per-ip N] [--mqtt-max-connect-size BYTES] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT] [--event-retention D] [--event-max-rows N] [--new-database] [--skip-integrity-check] [--illegal-event-interval D] [--log-client-lines N] [--log-clients-total N] [--log-client-interval D]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
 	{name: "keys generate", args: "[--out DIR]",
@@ -122,9 +122,13 @@ var commands = []*spec{
 		example: "orchestrator device list --online --model sensor-v2"},
 	{name: "device summary", args: "[--json]", summary: "count devices online and offline, per model and version",
 		example: "orchestrator device summary"},
-	{name: "token new", args: "--name NAME [--scope read|admin]",
-		summary: "make an API token: print it, and the hashed line for serve's token file",
-		example: "orchestrator token new --name grafana --scope read >grafana.token 2>>tokens.txt"},
+	{name: "token new", args: "NAME --role read|admin [--expires DURATION] [--json]  |  --name NAME [--scope read|admin]",
+		summary: "make an API token the server keeps (its hash), working at once, and print it, shown this once; with --name instead, offline: print a token and its line for serve's token file",
+		example: "orchestrator token new grafana --role read --expires 90d >grafana.token    # offline: orchestrator token new --name ci --scope admin 2>>tokens.txt"},
+	{name: "token list", args: "[--json]", summary: "list the API tokens (name, role, where kept, created, last used, expires), never their secrets; admin only",
+		example: "orchestrator token list"},
+	{name: "token revoke", args: "NAME", summary: "revoke an API token the server keeps, at once; its name may be used again",
+		example: "orchestrator token revoke grafana"},
 	{name: "completion", args: "bash|zsh", summary: "print a shell completion script",
 		example: "source <(orchestrator completion bash)    # or: orchestrator completion zsh > \"${fpath[1]}/_orchestrator\""},
 	{name: "version", args: "[--json]", summary: "print the version", example: "orchestrator version"},
@@ -238,7 +242,11 @@ func (c *cli) dispatch(ctx context.Context, args []string) error {
 		case "device summary":
 			return c.deviceSummary(ctx, rest)
 		case "token new":
-			return c.tokenNew(rest)
+			return c.tokenNew(ctx, rest)
+		case "token list":
+			return c.tokenList(ctx, rest)
+		case "token revoke":
+			return c.tokenRevoke(ctx, rest)
 		}
 		if ok, err := c.accountCommand(ctx, sub, rest); ok {
 			return err
@@ -390,7 +398,7 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.IntVar(&m.Config.Window, "window", m.Config.Window, "largest chunk window of any update; sizes the broker's per-client queues (0: default)")
 	fs.StringVar(&m.Config.Broker, "broker", "", "external MQTT broker, tcp://HOST:PORT or ssl://HOST:PORT, instead of the embedded one (--mqtt and --window unused)")
 	fs.StringVar(&m.Config.BrokerUsername, "broker-username", "", "user name at the external broker")
-	fs.StringVar(&m.Config.BrokerPassword, "broker-password", c.getenv("FLOTA_BROKER_PASSWORD"), "password at the external broker (env FLOTA_BROKER_PASSWORD)")
+	fs.StringVar(&m.Config.BrokerPassword, "broker-password", "", "password at the external broker (better in $FLOTA_BROKER_PASSWORD or the --config file than on the command line)")
 	fs.StringVar(&m.Config.BrokerCA, "broker-ca", "", "PEM file of the CAs that sign the external broker's certificate (default: system roots)")
 	fs.StringVar(&m.Config.BrokerCert, "broker-cert", "", "PEM client certificate for the external broker")
 	fs.StringVar(&m.Config.BrokerKey, "broker-key", "", "PEM key of --broker-cert")
@@ -410,8 +418,15 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.BoolVar(&m.Config.NewDatabase, "new-database", false, "start an empty database although the data directory holds an earlier run's state but no database (everything it held is forgotten)")
 	fs.BoolVar(&m.Config.SkipIntegrityCheck, "skip-integrity-check", false, "skip the quick check of the database at start (for very large databases)")
 	standbyFlags(fs, &m.Config)
+	cfg := addConfigFlags(fs)
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
+	}
+	if cfg.print {
+		return writeConfig(c.stdout, fs)
+	}
+	if err := applyConfig(fs, c.getenv, cfg); err != nil {
+		return &usageError{msg: err.Error(), spec: sp}
 	}
 	if err := m.Config.checkSecurity(); err != nil {
 		return &usageError{msg: err.Error(), spec: sp}

@@ -27,7 +27,7 @@ func completionWords() map[string][]string {
 			add(parts[0], parts[1])
 		}
 		flags := flagPattern.FindAllString(sp.args, -1)
-		if len(parts) == 2 && parts[0] != "token" {
+		if len(parts) == 2 && parts[0] != "keys" {
 			flags = append(flags, "--server", "--token")
 		}
 		for _, f := range append(flags, "--help") {

@@ -35,6 +35,13 @@ var (
 	ErrCredentialNotFound = errors.New("credential not found")
 	// ErrCredentialExists: the ID already names a device or monitor account.
 	ErrCredentialExists = errors.New("credential already exists")
+	// ErrTokenNotFound: no API token in the database by that name.
+	ErrTokenNotFound = errors.New("api token not found")
+	// ErrTokenExists: the name already names an API token (in the database
+	// or the token file).
+	ErrTokenExists = errors.New("api token already exists")
+	// ErrTooManyTokens: the database holds MaxAPITokens tokens already.
+	ErrTooManyTokens = errors.New("too many api tokens")
 	// ErrFirmwareDamaged: a firmware image's file is missing, or its size
 	// or SHA-256 differs from the stored firmware's.
 	ErrFirmwareDamaged = errors.New("firmware image damaged")

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -12,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -175,6 +177,29 @@ func (t *Tokens) Len() int {
 	return len(t.entries)
 }
 
+// has reports whether a token of the file is named name.
+func (t *Tokens) has(name string) bool {
+	if t == nil {
+		return false
+	}
+	for _, e := range t.entries {
+		if e.name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// entriesByName returns the entries sorted by name.
+func (t *Tokens) entriesByName() []tokenEntry {
+	if t == nil {
+		return nil
+	}
+	out := slices.Clone(t.entries)
+	slices.SortFunc(out, func(a, b tokenEntry) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
 // Lookup returns what token is known as. It compares the token's SHA-256
 // with every entry in constant time, so that neither the time it takes nor
 // its result reveals how much of a guess was right.
@@ -221,6 +246,9 @@ func requiredScope(r *http.Request) Scope {
 	if !apiPath(p) && p != "/metrics" {
 		return 0
 	}
+	if p == tokensPath || strings.HasPrefix(p, tokensPath+"/") {
+		return ScopeAdmin // the list names every key to the API
+	}
 	read := r.Method == http.MethodGet || r.Method == http.MethodHead
 	if read && publicPaths[p] {
 		return 0
@@ -257,11 +285,14 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		info, ok := s.Tokens.Lookup(requestToken(r))
-		if !ok {
+		info, st := s.lookupToken(r.Context(), requestToken(r))
+		if st != tokenValid {
+			msg := "a valid API token is required: Authorization: Bearer TOKEN"
+			if st == tokenExpired {
+				msg = fmt.Sprintf("API token %q has expired", info.Name)
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="flota"`)
-			writeJSON(w, http.StatusUnauthorized, Error{Code: CodeUnauthorized,
-				Message: "a valid API token is required: Authorization: Bearer TOKEN"})
+			writeJSON(w, http.StatusUnauthorized, Error{Code: CodeUnauthorized, Message: msg})
 			return
 		}
 		if info.Scope < need {
@@ -269,6 +300,6 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 				Message: fmt.Sprintf("token %q has scope %s; %s %s needs %s", info.Name, info.Scope, r.Method, r.URL.Path, need)})
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenInfoKey{}, info)))
 	})
 }

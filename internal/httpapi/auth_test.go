@@ -125,7 +125,7 @@ func TestServer_EveryRouteNeedsItsScope(t *testing.T) {
 	paths := []route{{method: "GET", pattern: "/metrics"}}
 	paths = append(paths, s.routes()...)
 	for _, r := range paths {
-		path := strings.ReplaceAll(r.pattern, "{id}", "x")
+		path := strings.NewReplacer("{id}", "x", "{name}", "x").Replace(r.pattern)
 		t.Run(r.method+" "+path, func(t *testing.T) {
 			if publicPaths[r.pattern] {
 				st, _ := authStatus(t, base, "", r.method, path, nil)
@@ -141,7 +141,7 @@ func TestServer_EveryRouteNeedsItsScope(t *testing.T) {
 			assert.Equal(t, http.StatusUnauthorized, st, "not a bearer token")
 
 			st, _ = authStatus(t, base, testReadToken, r.method, path, nil)
-			if r.method == "GET" {
+			if r.method == "GET" && !strings.HasPrefix(r.pattern, tokensPath) {
 				assert.NotContains(t, []int{401, 403}, st, "a read token reads")
 			} else {
 				assert.Equal(t, http.StatusForbidden, st, "a read token does not change things")

@@ -48,7 +48,7 @@ func (s *Server) routes() []route {
 
 		{"GET", "/api/v1/events/stream", s.eventStream},
 		{"POST", "/api/v1/backup", s.backup},
-	}, s.accountRoutes()...)
+	}, append(s.accountRoutes(), s.tokenRoutes()...)...)
 }
 
 // Handler returns every route: the JSON API under /api/v1, the Prometheus
@@ -64,7 +64,7 @@ func (s *Server) Handler() http.Handler {
 	// The dashboard answers every other GET; it sends unknown API paths a
 	// JSON error.
 	mux.Handle(dashboardPattern, s.dashboard())
-	return s.logRequests(s.authenticate(s.storeGuard(apiErrors(mux))))
+	return s.countRequests(mux, s.logRequests(s.authenticate(s.storeGuard(apiErrors(mux)))))
 }
 
 // apiPath reports whether a request path belongs to the JSON API.

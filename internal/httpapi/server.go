@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/flotaio/flota/internal/auth"
 	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/rollout"
@@ -92,13 +94,19 @@ type Server struct {
 	initErr  error // the subscription's error, returned by Open
 	hub      *hub
 	metrics  http.Handler
+	// apiTokens are the database's API tokens (apitokens.go).
+	apiTokens *dbTokens
+	// requests is flota_http_requests_total (httpmetrics.go).
+	requests *prometheus.CounterVec
+	// tokenUses ends the goroutine that records their last uses.
+	tokenUses chan struct{}
 
 	// mu guards ln, srv and closed.
 	mu     sync.Mutex
 	ln     net.Listener
 	srv    *http.Server
 	closed bool
-	wg     sync.WaitGroup // the Serve goroutine
+	wg     sync.WaitGroup // the Serve goroutine and recordTokenUses
 }
 
 // Open listens on Addr and serves in a tracked goroutine until Close.
@@ -114,7 +122,12 @@ func (s *Server) Open() error {
 	if err := s.init(); err != nil {
 		return err
 	}
-	if s.Tokens.Len() == 0 {
+	// The database's tokens are read now, so that a start fails on a
+	// database that cannot give them rather than refusing their holders.
+	if err := s.loadAPITokens(context.Background(), false); err != nil {
+		return fmt.Errorf("httpapi: api tokens: %w", err)
+	}
+	if s.Tokens.Len() == 0 && s.apiTokens.count() == 0 {
 		s.logger().Warn("no API tokens: only health, the OpenAPI document and the dashboard's files answer")
 	}
 	ln, err := net.Listen("tcp", s.Addr)
@@ -129,6 +142,9 @@ func (s *Server) Open() error {
 		ErrorLog:          slog.NewLogLogger(s.logger().Handler(), slog.LevelWarn),
 	}
 	srv := s.srv
+	s.tokenUses = make(chan struct{})
+	done := s.tokenUses
+	s.wg.Go(func() { s.recordTokenUses(done) })
 	s.wg.Go(func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.logger().Error("http serve", "err", err)
@@ -174,6 +190,7 @@ func (s *Server) Close() error {
 	if err != nil {
 		err = errors.Join(fmt.Errorf("httpapi: shutdown: %w", err), srv.Close())
 	}
+	close(s.tokenUses)
 	s.wg.Wait()
 	return err
 }
@@ -183,6 +200,8 @@ func (s *Server) Close() error {
 func (s *Server) init() error {
 	s.initOnce.Do(func() {
 		s.hub = newHub(s.logger())
+		s.apiTokens = newDBTokens()
+		s.requests = newRequestCounter()
 		s.metrics = s.newMetrics()
 		if s.Subscribe == nil {
 			return

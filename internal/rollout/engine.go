@@ -91,6 +91,7 @@ type Engine struct {
 		beyondSent        atomic.Int64 // acks refused past the bytes sent
 		illegalSuppressed atomic.Int64 // illegal changes not recorded as events
 	}
+	failures failureCounts // attempts that ended failed, by reason (failures.go)
 
 	// Loop-owned state.
 	runs       map[string]*run                // active updates by ID

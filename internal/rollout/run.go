@@ -161,6 +161,9 @@ func (e *Engine) setState(t *target, to fleet.DeviceState, reason fleet.Reason) 
 		r.slots--
 	}
 	r.dirty = true
+	if to == fleet.StateFailed {
+		e.failures.add(reason)
+	}
 	t.p.Offset = t.acked // the device's word: a resume may start below the last checkpoint
 	t.saved = t.p.Offset
 	e.record(t.p, t.handle, fleet.Event{Type: fleet.EventDevice, UpdateID: r.u.ID, DeviceID: t.p.DeviceID, From: string(from),

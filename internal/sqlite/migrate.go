@@ -107,7 +107,10 @@ var migrations = []string{
 	`ALTER TABLE firmware ADD COLUMN signature TEXT NOT NULL DEFAULT '';
 	ALTER TABLE firmware ADD COLUMN allow_downgrade INTEGER NOT NULL DEFAULT 0;`,
 
-	// 10: the orchestrators that served this database at an external
+	// 10: HTTP API tokens (apitokens.go).
+	migrationAPITokens,
+
+	// 11: the orchestrators that served this database at an external
 	// broker, one row per start; the newest epoch fences older ones
 	// (standby.go).
 	`CREATE TABLE claims (
