@@ -34,14 +34,14 @@ var (
 	litestreamErr  error
 )
 
-// litestream returns a Litestream binary: $FLOTA_LITESTREAM, bin/litestream
+// litestream returns a Litestream binary: $LITESTREAM_BIN, bin/litestream
 // (make test builds it), one on the PATH, or one built with go install
 // into the user's cache directory (a minute, once per machine). It skips
 // the test, saying why, only when none can be had.
 func litestream(t *testing.T) string {
 	t.Helper()
 	litestreamOnce.Do(func() {
-		for _, p := range []string{os.Getenv("FLOTA_LITESTREAM"), "../../bin/litestream"} {
+		for _, p := range []string{os.Getenv("LITESTREAM_BIN"), "../../bin/litestream"} {
 			if p == "" {
 				continue
 			}
@@ -71,7 +71,7 @@ func litestream(t *testing.T) string {
 		}
 	})
 	if litestreamErr != nil {
-		t.Skipf("no Litestream binary, and it cannot be built here (needs the Go module proxy and a C compiler; or set FLOTA_LITESTREAM): %v", litestreamErr)
+		t.Skipf("no Litestream binary, and it cannot be built here (needs the Go module proxy and a C compiler; or set LITESTREAM_BIN): %v", litestreamErr)
 	}
 	return litestreamPath
 }
@@ -88,7 +88,7 @@ func startLitestream(t *testing.T, data, replicaURL string) *replicator {
 	t.Helper()
 	r := &replicator{out: &lockedBuffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(litestream(t), "replicate", "-config", "../../deploy/litestream/litestream.yml")
-	r.cmd.Env = append(os.Environ(), "FLOTA_DATA="+data, "FLOTA_REPLICA_URL="+replicaURL)
+	r.cmd.Env = append(os.Environ(), "FLOTA_DATA="+data, "LITESTREAM_REPLICA_URL="+replicaURL)
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
 	require.NoError(t, r.cmd.Start())
 	go func() {
