@@ -22,10 +22,10 @@ import (
 //
 // So each orchestrator claims the broker on every connection: it publishes
 // {"v":1,"epoch":E,"instance":I,"nonce":N,"led":L}, retained, on
-// ClaimTopic(client ID), where
-// E is one more than the last epoch recorded in its database (a standby's
-// database is the primary's replica, so its epoch is higher) and I is
-// random per process. It subscribes to ClaimTopic before, so the broker
+// ClaimTopic(client ID), where E is one more than the last epoch recorded
+// in its database (a standby's database is the primary's replica, so its
+// epoch is higher), I is random per process and N per connection. It
+// subscribes to ClaimTopic before, so the broker
 // sends it the retained claim first, then its own claim back; until that
 // echo arrives, Publish refuses (ErrNotConnected), so a returning
 // orchestrator sends nothing before it knows whether it leads. A claim of
