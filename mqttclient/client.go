@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -101,6 +102,15 @@ type Options struct {
 	MaxReconnectInterval time.Duration
 	KeepAlive            time.Duration
 
+	// Epoch, when positive, makes the client claim the broker under it
+	// on every connection and stop for good when a newer orchestrator
+	// claims it (fence.go). Instance names this process (NewInstance);
+	// OnFenced is called once, on paho's delivery goroutine, when the
+	// client is fenced: it must not block.
+	Epoch    int64
+	Instance string
+	OnFenced func(error)
+
 	Logger *slog.Logger
 }
 
@@ -119,6 +129,13 @@ type Stats struct {
 	Received        int64  `json:"received"`         // messages received
 	Presence        int64  `json:"presence"`         // device status messages passed to the presence callback
 	BadStatus       int64  `json:"bad_status"`       // device status messages that did not decode
+	// Leading: the client's claim on the broker is the newest (fence.go);
+	// Fenced: a newer orchestrator took over and this one sends nothing.
+	Leading bool `json:"leading"`
+	Fenced  bool `json:"fenced"`
+	// BadClaims counts claims on the client's claim topic that were not
+	// one (over 512 bytes, not JSON, no instance), and were ignored.
+	BadClaims int64 `json:"bad_claims"`
 }
 
 // sub is one local subscription.
@@ -139,6 +156,7 @@ type Client struct {
 	opts     Options
 	log      *slog.Logger
 	presence func(deviceID string, online bool)
+	found    func(deviceID string) // OnFoundOnline
 
 	cli       mqtt.Client
 	slots     chan struct{} // one element per QoS 1 publish in flight
@@ -158,8 +176,10 @@ type Client struct {
 
 	stats struct {
 		connects, lost, published, pubErrors, ackTimeouts, notConnected, busy,
-		received, presence, badStatus atomic.Int64
+		received, presence, badStatus, fenced, badClaims atomic.Int64
 	}
+
+	fence *fence // the claim on the broker, when Options.Epoch > 0 (fence.go)
 }
 
 // New returns a client for opts with the defaults filled in.
@@ -188,7 +208,10 @@ func New(opts Options) *Client {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Client{opts: opts, log: opts.Logger.With("broker", redact(opts.URL))}
+	if opts.Epoch > 0 && opts.Instance == "" {
+		opts.Instance = NewInstance()
+	}
+	return &Client{opts: opts, log: opts.Logger.With("broker", redact(opts.URL)), fence: newFence()}
 }
 
 // OnPresence sets the function told when a device's retained status says it
@@ -202,6 +225,18 @@ func (c *Client) OnPresence(fn func(deviceID string, online bool)) {
 // after ConnectTimeout. Later connection losses are repaired in the
 // background until Close.
 func (c *Client) Open() error {
+	if err := c.open1(); err != nil {
+		return err
+	}
+	if c.fencing() {
+		return c.awaitClaim()
+	}
+	return nil
+}
+
+// open1 connects; Open then waits for the claim, without c.mu, which the
+// delivery of the claim's echo takes.
+func (c *Client) open1() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.open || c.closed {
@@ -213,6 +248,12 @@ func (c *Client) Open() error {
 	}
 	if c.presence != nil {
 		c.subs = append(c.subs, sub{filter: statusFilter, handler: c.onStatus})
+	}
+	if c.fencing() {
+		if strings.ContainsAny(c.opts.ClientID, "+#/") {
+			return fmt.Errorf("mqttclient: client ID %q: a claim topic cannot hold +, # or /", c.opts.ClientID)
+		}
+		c.subs = append(c.subs, sub{filter: ClaimTopic(c.opts.ClientID), handler: c.onClaim})
 	}
 	c.slots = make(chan struct{}, c.opts.MaxInFlight)
 	c.pending = make(chan pending, c.opts.MaxInFlight)
@@ -242,6 +283,39 @@ func (c *Client) Open() error {
 	}()
 	c.log.Info("connected to the broker", "client_id", c.opts.ClientID)
 	return nil
+}
+
+// awaitClaim waits, in Open, until the broker sent the client's first
+// claim back, or a newer one; on failure it closes the client.
+func (c *Client) awaitClaim() error {
+	t := time.NewTimer(c.opts.ConnectTimeout)
+	defer t.Stop()
+	select {
+	case <-c.fence.first:
+	case <-t.C:
+		return c.abortOpen(fmt.Errorf("mqttclient: claim the broker %s: the claim did not come back within %s (can this user publish and subscribe to %s?)",
+			redact(c.opts.URL), c.opts.ConnectTimeout, ClaimTopic(c.opts.ClientID)))
+	}
+	if err := c.fenced(); err != nil {
+		return c.abortOpen(err)
+	}
+	// The retained claim now says this one led: a stale orchestrator that
+	// claims the same epoch later yields to it.
+	if tok := c.publishClaim(); tok != nil {
+		if err := c.wait(tok); err != nil {
+			return c.abortOpen(fmt.Errorf("mqttclient: claim the broker %s: %w", redact(c.opts.URL), err))
+		}
+	}
+	if err := c.fenced(); err != nil {
+		return c.abortOpen(err)
+	}
+	return nil
+}
+
+// abortOpen closes a connected client whose Open fails.
+func (c *Client) abortOpen(err error) error {
+	_ = c.Close() // always nil
+	return err
 }
 
 // clientOptions translates Options into paho's.
@@ -286,6 +360,12 @@ func (c *Client) clientOptions() (*mqtt.ClientOptions, error) {
 			c.log.Warn("connection to the broker lost; reconnecting", "err", err)
 		}).
 		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {
+			// paho calls it before each attempt, on the goroutine that
+			// connects: the gate is closed before the new connection exists
+			// (the on-connect handler runs later, on a goroutine of its own).
+			if c.fencing() {
+				c.newConnection()
+			}
 			c.log.Debug("reconnecting to the broker")
 		})
 	switch u.Scheme {
@@ -385,9 +465,15 @@ func (c *Client) Publish(topic string, payload []byte, retain bool, qos byte) er
 	if !c.isOpen() {
 		return fmt.Errorf("publish %s: %w", topic, fleet.ErrClosed)
 	}
+	if err := c.fenced(); err != nil {
+		return fmt.Errorf("publish %s: %w", topic, err)
+	}
 	if !c.cli.IsConnectionOpen() {
 		c.stats.notConnected.Add(1)
 		return fmt.Errorf("publish %s: %w", topic, ErrNotConnected)
+	}
+	if err := c.gate(); err != nil {
+		return fmt.Errorf("publish %s: %w", topic, err)
 	}
 	// paho writes the packet later, on its own goroutine, and the engine
 	// reuses its chunk buffer as soon as Publish returns.
@@ -561,6 +647,9 @@ func (c *Client) subscriber() {
 		select {
 		case <-c.ctx.Done():
 			return
+		case <-c.Fenced():
+			c.cli.Disconnect(0) // no reconnection: the broker is another's
+			return
 		case <-c.connected:
 		case <-retry.C:
 		}
@@ -569,6 +658,9 @@ func (c *Client) subscriber() {
 		var err error
 		if c.cli.IsConnectionOpen() {
 			err = c.syncSubs(c.wanted())
+			if err == nil && c.fencing() {
+				c.publishClaim() // after the SUBACK: its echo follows the retained claim
+			}
 		}
 		c.subMu.Unlock()
 		if err != nil && c.ctx.Err() == nil {
@@ -590,6 +682,11 @@ func (c *Client) onMessage(_ mqtt.Client, m mqtt.Message) {
 			s.handler(topic, payload)
 		}
 	}
+	// A retained message is sent because of a new subscription (MQTT
+	// 3.1.1, 3.3.1.3), not because its device just published it.
+	if m.Retained() && c.found != nil && protocol.MatchTopic(statusFilter, topic) {
+		c.onFound(topic, payload)
+	}
 }
 
 // onStatus turns a device's retained status into a presence callback.
@@ -609,6 +706,26 @@ func (c *Client) onStatus(topic string, payload []byte) {
 	}
 	c.stats.presence.Add(1)
 	c.presence(id, online)
+}
+
+// OnFoundOnline sets the function told of each device whose retained
+// status, sent when the client subscribes, says it is online: it was
+// connected and subscribed before, and says no hello until it reconnects
+// (an orchestrator that restarted or took over, docs/DEPLOY.md). Call it
+// before Open; it runs on paho's delivery goroutine and must not block.
+func (c *Client) OnFoundOnline(fn func(deviceID string)) {
+	c.found = fn
+}
+
+// onFound passes a retained online status to the found callback.
+func (c *Client) onFound(topic string, payload []byte) {
+	id, kind, ok := protocol.ParseUpTopic(topic)
+	if !ok || kind != protocol.KindStatus || len(payload) == 0 {
+		return
+	}
+	if online, err := decodeStatus(payload); err == nil && online {
+		c.found(id)
+	}
 }
 
 // Connected reports whether the client has a connection to the broker now.
@@ -632,6 +749,9 @@ func (c *Client) Stats() Stats {
 		Received:        c.stats.received.Load(),
 		Presence:        c.stats.presence.Load(),
 		BadStatus:       c.stats.badStatus.Load(),
+		Leading:         c.Leading(),
+		Fenced:          c.fenced() != nil,
+		BadClaims:       c.stats.badClaims.Load(),
 	}
 }
 

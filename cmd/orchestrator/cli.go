@@ -28,6 +28,10 @@ const (
 	exitOK    = 0
 	exitFail  = 1 // the command ran and failed, or an update did not complete
 	exitUsage = 2 // bad command line
+	// exitFenced: serve stopped because a newer orchestrator claimed the
+	// external broker; a service manager must not restart it
+	// (RestartPreventExitStatus=3, docs/DEPLOY.md).
+	exitFenced = 3
 )
 
 // cli runs one command line. Its output goes to stdout (results) and stderr
@@ -167,6 +171,9 @@ func (c *cli) run(ctx context.Context, args []string) int {
 		return exitOK
 	case errors.As(err, &exitErr):
 		return exitErr.code
+	case errors.Is(err, mqttclient.ErrFenced):
+		fmt.Fprintf(c.stderr, "error: %v\n", err)
+		return exitFenced
 	case errors.As(err, &usage):
 		fmt.Fprintf(c.stderr, "error: %s\n", usage.msg)
 		switch {
@@ -425,6 +432,7 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.IntVar(&m.Config.LogLimit.Total, "log-clients-total", logsafe.DefaultTotal, "log lines (info and above) all MQTT clients together may cause per --log-client-interval")
 	fs.BoolVar(&m.Config.NewDatabase, "new-database", false, "start an empty database although the data directory holds an earlier run's state but no database (everything it held is forgotten)")
 	fs.BoolVar(&m.Config.SkipIntegrityCheck, "skip-integrity-check", false, "skip the quick check of the database at start (for very large databases)")
+	standbyFlags(fs, &m.Config)
 	cfg := addConfigFlags(fs)
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
@@ -486,8 +494,12 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	if m.Debug != nil {
 		fmt.Fprintf(c.stderr, "debug profiles on %s\n", m.Debug.URL())
 	}
-	<-ctx.Done()
-	m.Logger.Info("shutting down", "cause", context.Cause(ctx))
+	select {
+	case <-ctx.Done():
+		m.Logger.Info("shutting down", "cause", context.Cause(ctx))
+	case <-m.Fenced():
+		return m.closeFenced()
+	}
 	if err := m.Close(); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}

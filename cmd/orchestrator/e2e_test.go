@@ -84,6 +84,9 @@ type server struct {
 	// under is a command line the server runs under (such as prlimit and
 	// its arguments), or nil.
 	under []string
+	// external: the server uses an external broker (serve --broker), at
+	// mqttAddr.
+	external bool
 }
 
 func startServer(t *testing.T, serveArgs ...string) *server {
@@ -144,6 +147,9 @@ func (s *server) start(mqttAddr, httpAddr string) {
 			s.mu.Unlock()
 			if a, ok := strings.CutPrefix(line, "mqtt listening on tcp://"); ok {
 				mqttSeen = a
+			}
+			if a, ok := strings.CutPrefix(line, "mqtt broker tcp://"); ok {
+				mqttSeen = a // an external broker (--broker)
 			}
 			if a, ok := strings.CutPrefix(line, "mqtt listening on ssl://"); ok {
 				s.mu.Lock()
@@ -294,8 +300,11 @@ func startSim(t *testing.T, s *server, args ...string) *sim {
 	t.Helper()
 	_, bin := binaries(t)
 	sm := &sim{summary: filepath.Join(t.TempDir(), "summary.json"), out: &bytes.Buffer{}, done: make(chan error, 1)}
-	all := append([]string{"--broker", "tcp://" + s.mqttAddr, "--summary", sm.summary, "--reboot-delay", "100ms",
-		"--credentials", s.provision(args)}, args...)
+	all := []string{"--broker", "tcp://" + s.mqttAddr, "--summary", sm.summary, "--reboot-delay", "100ms"}
+	if !s.external { // an external broker has its own accounts
+		all = append(all, "--credentials", s.provision(args))
+	}
+	all = append(all, args...)
 	sm.cmd = exec.Command(bin, all...)
 	sm.cmd.Stdout, sm.cmd.Stderr = sm.out, sm.out
 	require.NoError(t, sm.cmd.Start())

@@ -117,6 +117,11 @@ type Config struct {
 	// but no database; SkipIntegrityCheck skips the database's quick_check
 	// at start (sqlite.Store).
 	NewDatabase, SkipIntegrityCheck bool
+	// Litestream: Litestream replicates the database and runs its WAL
+	// checkpoints; FirmwareReplica is the directory every firmware image
+	// is copied to, and fetched from when missing (standby.go).
+	Litestream      bool
+	FirmwareReplica string
 }
 
 // Main is the orchestrator with its production wiring, so that tests run
@@ -203,6 +208,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.Store.Logger = m.Logger.With("component", "store")
 	m.Store.Retention = sqlite.Retention{MaxAge: m.Config.EventRetention, MaxRows: m.Config.EventMaxRows}
 	m.Store.NewDatabase, m.Store.SkipIntegrityCheck = m.Config.NewDatabase, m.Config.SkipIntegrityCheck
+	m.Store.NoAutoCheckpoint, m.Store.FirmwareReplica = m.Config.Litestream, m.Config.FirmwareReplica
 	if err := m.Store.Open(); err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
@@ -214,7 +220,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 
 	var brokerStats func() any
 	if m.Config.Broker != "" {
-		if err := m.openClient(); err != nil {
+		if err := m.openClient(ctx); err != nil {
 			return err
 		}
 		c := m.Client
@@ -314,8 +320,15 @@ func (m *Main) Close() error {
 
 // openClient connects to the external broker and creates the engine on it.
 // Presence comes from the devices' retained status messages (docs/PROTOCOL.md).
-func (m *Main) openClient() error {
+func (m *Main) openClient(ctx context.Context) error {
+	instance := mqttclient.NewInstance()
+	epoch, err := m.Store.Claim(ctx, instance)
+	if err != nil {
+		return err
+	}
 	m.Client = mqttclient.New(mqttclient.Options{
+		Epoch:    epoch,
+		Instance: instance,
 		URL:      m.Config.Broker,
 		ClientID: m.Config.BrokerClientID,
 		Username: m.Config.BrokerUsername,
@@ -328,6 +341,7 @@ func (m *Main) openClient() error {
 	m.Engine = m.newEngine(m.Client)
 	engine := m.Engine
 	m.Client.OnPresence(func(id string, online bool) { engine.DevicePresence(id, online) })
+	m.Client.OnFoundOnline(engine.DeviceFoundOnline)
 	if err := m.Client.Open(); err != nil {
 		return fmt.Errorf("open broker client: %w", err)
 	}

@@ -344,6 +344,8 @@ func (e *Engine) dispatch(m inbound) {
 		// device sends after subscribing.
 	case kindOffline:
 		e.deviceOffline(m.device)
+	case kindFound:
+		e.foundOnline(m.device) // takeover.go
 	case protocol.KindStatus:
 		// A device's retained online/offline status: presence comes from
 		// the transport (broker hooks, or the transport reading these).

@@ -77,6 +77,9 @@ func (s *Store) AddFirmwareOnce(ctx context.Context, meta fleet.Firmware, r io.R
 	if err := s.storeBlob(ctx, r, check); err != nil {
 		return fleet.Firmware{}, false, fmt.Errorf("add firmware: %w", err)
 	}
+	if err := s.replicateFirmware(fw.SHA256); err != nil {
+		return fleet.Firmware{}, false, fmt.Errorf("add firmware: %w", err)
+	}
 	err = s.doSync(ctx, func() error {
 		same, err := sameImage(ctx, s.writer, fw)
 		if err != nil {

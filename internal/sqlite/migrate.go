@@ -114,6 +114,15 @@ var migrations = []string{
 	`ALTER TABLE updates ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
 	CREATE INDEX progress_device ON progress(device_id);
 	CREATE INDEX events_device_seq ON events(device_id, seq);`,
+
+	// 12: the orchestrators that served this database at an external
+	// broker, one row per start; the newest epoch fences older ones
+	// (standby.go).
+	`CREATE TABLE claims (
+		epoch      INTEGER PRIMARY KEY,
+		instance   TEXT NOT NULL,
+		claimed_at TEXT NOT NULL
+	);`,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.

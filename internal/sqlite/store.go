@@ -83,11 +83,19 @@ type Store struct {
 	// left state but no database (startup.go); SkipIntegrityCheck skips
 	// the quick_check of the database at Open.
 	NewDatabase, SkipIntegrityCheck bool
+	// NoAutoCheckpoint leaves WAL checkpoints to another process:
+	// Litestream, which replicates the WAL and must checkpoint it itself
+	// (standby.go). FirmwareReplica, when set, is a second directory
+	// that every firmware image is written to before its row commits,
+	// and that Open fetches missing images from (standby.go).
+	NoAutoCheckpoint bool
+	FirmwareReplica  string
 
-	// mu guards state, and is read-held while sending on ops so that Close
+	// mu guards state and missing, and is read-held while sending on ops so that Close
 	// (which write-holds it) never closes ops under a sender.
-	mu    sync.RWMutex
-	state int
+	mu      sync.RWMutex
+	state   int
+	missing []MissingFirmware // images found missing by Open (standby.go)
 
 	ops    chan writeOp   // the write queue, read by the writer goroutine only
 	writer *sql.DB        // one connection, used by the writer goroutine only
@@ -241,7 +249,7 @@ func (s *Store) Open() (err error) {
 			s.closeDBs()
 		}
 	}()
-	s.writer = sql.OpenDB(writerConnector{dsn: s.Path() + "?" + writerPragmas, drv: &sqlite3.SQLiteDriver{}})
+	s.writer = sql.OpenDB(writerConnector{dsn: s.Path() + "?" + writerPragmas, drv: &sqlite3.SQLiteDriver{}, noAutoCheckpoint: s.NoAutoCheckpoint})
 	s.writer.SetMaxOpenConns(1)
 	s.writer.SetMaxIdleConns(1)
 	s.writer.SetConnMaxLifetime(0)
@@ -255,6 +263,9 @@ func (s *Store) Open() (err error) {
 		return fmt.Errorf("open store %s: %w", s.Path(), err)
 	}
 	if s.stmts, err = prepareWriteStmts(s.writer); err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	if err := s.syncFirmwareReplica(context.Background()); err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
 

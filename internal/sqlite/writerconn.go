@@ -30,6 +30,9 @@ import (
 type writerConnector struct {
 	dsn string
 	drv *sqlite3.SQLiteDriver
+	// noAutoCheckpoint turns the connection's automatic checkpoints off
+	// (Store.NoAutoCheckpoint); go-sqlite3 has no DSN parameter for it.
+	noAutoCheckpoint bool
 }
 
 func (c writerConnector) Connect(context.Context) (driver.Conn, error) {
@@ -40,6 +43,11 @@ func (c writerConnector) Connect(context.Context) (driver.Conn, error) {
 	sc, ok := conn.(*sqlite3.SQLiteConn)
 	if !ok {
 		return nil, errors.Join(fmt.Errorf("sqlite3 driver returned %T", conn), conn.Close())
+	}
+	if c.noAutoCheckpoint {
+		if _, err := sc.Exec(`PRAGMA wal_autocheckpoint = 0`, nil); err != nil {
+			return nil, errors.Join(fmt.Errorf("turn automatic checkpoints off: %w", err), conn.Close())
+		}
 	}
 	return &writerConn{SQLiteConn: sc}, nil
 }
