@@ -150,12 +150,6 @@ func (c *Client) onClaim(_ string, payload []byte) {
 			f.releaseFirst()
 			f.mu.Unlock()
 			c.log.Info("leading the broker", "epoch", c.opts.Epoch, "instance", c.opts.Instance)
-			if !cl.Led {
-				// The retained claim must say that this one led: an old
-				// primary restarted at the same epoch yields to it
-				// instead of winning on the instance order.
-				c.publishClaim()
-			}
 			return
 		}
 		f.mu.Unlock()

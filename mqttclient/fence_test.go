@@ -1,7 +1,6 @@
 package mqttclient
 
 import (
-	"encoding/json"
 	"errors"
 	"strings"
 	"sync/atomic"
@@ -147,35 +146,3 @@ func TestClient_WithoutAnEpochClaimsNothing(t *testing.T) {
 	}
 }
 
-// TestClient_TheRetainedClaimSaysTheLeaderLed: an old primary restarted at
-// the leader's epoch reads the retained claim first; it must say that the
-// leader led, or the instance order could let the stale one win.
-func TestClient_TheRetainedClaimSaysTheLeaderLed(t *testing.T) {
-	s := startMosquitto(t)
-	var fenced atomic.Int32
-	leader, err := claimant(t, s, 2, &fenced)
-	require.NoError(t, err)
-	require.True(t, leader.Leading())
-	// The retained claim, or the claim that replaces it, says so.
-	got := make(chan claim, 16)
-	reader := device(t, s, "claim-reader", func(o *mqtt.ClientOptions) {
-		o.SetUsername(mosquitto.OrchestratorUser).SetPassword(s.Password(mosquitto.OrchestratorUser))
-	})
-	await(t, reader.Subscribe(ClaimTopic(DefaultClientID), 1, func(_ mqtt.Client, m mqtt.Message) {
-		var cl claim
-		if json.Unmarshal(m.Payload(), &cl) == nil {
-			got <- cl
-		}
-	}))
-	deadline := time.After(10 * time.Second)
-	for {
-		select {
-		case cl := <-got:
-			if cl.Led {
-				return
-			}
-		case <-deadline:
-			t.Fatal("no claim says the leader led")
-		}
-	}
-}
