@@ -145,4 +145,3 @@ func TestClient_WithoutAnEpochClaimsNothing(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 }
-
