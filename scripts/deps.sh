@@ -19,6 +19,7 @@ want sqlite3 command -v sqlite3
 want gcc command -v gcc
 want chromium command -v chromium
 want chromium-driver command -v chromedriver
+want rabbitmq-server test -x /usr/lib/rabbitmq/bin/rabbitmq-server
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then

@@ -28,7 +28,8 @@
 # Users (the same as testdata/mosquitto): flota-orchestrator (password
 # "secret"; the whole flota/ tree) and flota-device, the account of every
 # anonymous MQTT client, confined to its own topics by topic permissions
-# with {client_id} expansion. As root it runs the nodes as root.
+# with {client_id} expansion. Every MQTT session queue has a mirror on a
+# second node. As root it runs the nodes as root.
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -97,7 +98,7 @@ write_node_config() {
     for ((i = 1; i <= NODES; i++)); do
       echo "cluster_formation.classic_config.nodes.$i = flota-$i@localhost"
     done
-    # Loopback test cluster: detect a killed node within seconds.
+    # A killed node's connections close at once on loopback; the rest go on.
     echo "cluster_partition_handling = ignore"
     echo "vm_memory_high_watermark.relative = 0.2"
     echo "disk_free_limit.absolute = 50MB"
@@ -119,6 +120,20 @@ wait_node() {
     kill -0 "${!pid}" 2>/dev/null || die "node $n exited at start; see $DIR/node$n/log"
     ((SECONDS - t0 < START_TIMEOUT)) || die "node $n: no MQTT listener after ${START_TIMEOUT}s; see $DIR/node$n/log"
     sleep 0.2
+  done
+}
+
+# wait_mqtt N: node N accepts an MQTT connection. A listening port is not
+# enough: until the MQTT plugin's client ID registry has formed across the
+# cluster, CONNECT is answered "server unavailable". Needs mosquitto_pub
+# (mosquitto-clients); without it, only the port is checked.
+wait_mqtt() {
+  local n=$1 mqtt="MQTT_PORT_$n" t0=$SECONDS
+  command -v mosquitto_pub >/dev/null || return 0
+  until mosquitto_pub -h 127.0.0.1 -p "${!mqtt}" -i "flota-ready-$n" -u flota-orchestrator -P secret \
+    -t flota/ready -n -q 1 2>/dev/null; do
+    ((SECONDS - t0 < START_TIMEOUT)) || die "node $n: MQTT connections refused after ${START_TIMEOUT}s; see $DIR/node$n/log"
+    sleep 0.5
   done
 }
 
@@ -190,6 +205,9 @@ cmd_start() {
     wait_node "$n"
   done
   setup_users
+  for ((n = 1; n <= NODES; n++)); do
+    wait_mqtt "$n"
+  done
   echo "rabbitmq-cluster: $NODES nodes up in ${SECONDS}s, MQTT on$(for ((n = 1; n <= NODES; n++)); do v="MQTT_PORT_$n"; printf ' 127.0.0.1:%s' "${!v}"; done)" >&2
 }
 
@@ -207,6 +225,14 @@ setup_users() {
     '^flota\.devices\.{client_id}\.up\.' \
     '^flota\.(devices\.{client_id}\.down\.|events\.|status\.)'
   ctl 1 delete_user guest >/dev/null 2>&1 || true
+  # An MQTT client's subscriptions are a durable queue on the node it
+  # connected to, clean session or not. When that node dies the queue is
+  # down, and RabbitMQ refuses the client's subscription on every other node
+  # until the node returns. With a mirror on a second node it survives one
+  # node's death: the orchestrator resumes its session elsewhere, a device
+  # subscribes again.
+  ctl 1 set_policy -p / --apply-to queues mqtt-sessions '^mqtt-subscription-' \
+    '{"ha-mode":"exactly","ha-params":2,"ha-sync-mode":"automatic"}' >/dev/null
 }
 
 cmd_kill() {
@@ -223,6 +249,7 @@ cmd_restart() {
   [ -z "${!pid:-}" ] || ! kill -0 "${!pid}" 2>/dev/null || die "node $n is running"
   start_node "$n"
   wait_node "$n"
+  wait_mqtt "$n"
   echo "rabbitmq-cluster: node $n up in ${SECONDS}s" >&2
 }
 

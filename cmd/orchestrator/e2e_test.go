@@ -144,6 +144,9 @@ func (s *server) start(mqttAddr, httpAddr string) {
 			if a, ok := strings.CutPrefix(line, "mqtt listening on tcp://"); ok {
 				mqttSeen = a
 			}
+			if a, ok := strings.CutPrefix(line, "mqtt broker "); ok {
+				mqttSeen = a // external broker mode: its URLs
+			}
 			if a, ok := strings.CutPrefix(line, "mqtt listening on ssl://"); ok {
 				s.mu.Lock()
 				s.tlsAddr = a
@@ -291,10 +294,15 @@ type simSummary struct {
 
 func startSim(t *testing.T, s *server, args ...string) *sim {
 	t.Helper()
+	return runSim(t, append([]string{"--broker", "tcp://" + s.mqttAddr, "--credentials", s.provision(args)}, args...)...)
+}
+
+// runSim starts devicesim with args (and a summary file), killed at cleanup.
+func runSim(t *testing.T, args ...string) *sim {
+	t.Helper()
 	_, bin := binaries(t)
 	sm := &sim{summary: filepath.Join(t.TempDir(), "summary.json"), out: &bytes.Buffer{}, done: make(chan error, 1)}
-	all := append([]string{"--broker", "tcp://" + s.mqttAddr, "--summary", sm.summary, "--reboot-delay", "100ms",
-		"--credentials", s.provision(args)}, args...)
+	all := append([]string{"--summary", sm.summary, "--reboot-delay", "100ms"}, args...)
 	sm.cmd = exec.Command(bin, all...)
 	sm.cmd.Stdout, sm.cmd.Stderr = sm.out, sm.out
 	require.NoError(t, sm.cmd.Start())
