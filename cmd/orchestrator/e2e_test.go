@@ -254,7 +254,13 @@ func (s *server) getJSON(path string, v any) {
 // waitOnline waits until n devices are online.
 func (s *server) waitOnline(n int) {
 	s.t.Helper()
-	poll(s.t, 60*time.Second, func() bool {
+	s.waitOnlineWithin(n, 60*time.Second)
+}
+
+// waitOnlineWithin waits until n devices are online, for at most within.
+func (s *server) waitOnlineWithin(n int, within time.Duration) {
+	s.t.Helper()
+	poll(s.t, within, func() bool {
 		out, code := s.cli("device", "list", "--online", "--json")
 		if code != 0 {
 			return false
