@@ -208,7 +208,6 @@ func testClusterUpdateSurvivesNodeKills(t *testing.T, c *rabbitmq.Cluster) {
 	}
 
 	waitAcked(2, "killing node 2")
-	kill2 := time.Now().UTC()
 	require.NoError(t, c.KillNode(2))
 	stall2 := stall()
 	t.Logf("node 2 killed: the fleet's progress stalled %s", stall2.Round(10*time.Millisecond))
@@ -218,7 +217,7 @@ func testClusterUpdateSurvivesNodeKills(t *testing.T, c *rabbitmq.Cluster) {
 	// fleet's are acked before the resume.
 	waitAcked(3, "restarting node 2")
 	s.mustCLI("update", "pause", id)
-	t0 = time.Now().UTC()
+	t0 = time.Now()
 	require.NoError(t, c.RestartNode(2))
 	restart := time.Since(t0)
 	t.Logf("node 2 restarted in %s", restart.Round(time.Millisecond))
@@ -246,13 +245,6 @@ func testClusterUpdateSurvivesNodeKills(t *testing.T, c *rabbitmq.Cluster) {
 		assert.Equal(t, "1.1.0", d.Version, d.ID)
 		assert.Equal(t, digest, d.ImageSHA256, d.ID)
 	}
-	// The devices of node 2 that were mid-transfer came back with a hello
-	// from another node, which re-offered their transfer (PROTOCOL.md §8),
-	// before the pause.
-	back := s.sqlite3(fmt.Sprintf("SELECT count(*)||' '||ifnull(max(julianday(time)-julianday('%s'))*86400, 0) FROM events "+
-		"WHERE update_id='%s' AND state='offered' AND from_state IN ('downloading','accepted') AND time > '%s' AND time < '%s'",
-		kill2.Format(time.RFC3339Nano), id, kill2.Format(time.RFC3339Nano), t0.Format(time.RFC3339Nano)))
-	t.Logf("node 2 killed: transfers resumed on other nodes (count, seconds after the kill for the last): %s", back)
 	t.Logf("cluster: %d devices x %d KiB in %s (%.1f MiB/s), orchestrator CPU %s (%.1f ms per device update); "+
 		"stall after killing the devices' other node %s, after killing the orchestrator's node %s; node restart %s; resends %d",
 		devices+heldBack, size>>10, took.Round(time.Millisecond), float64(all)/took.Seconds()/(1<<20),
