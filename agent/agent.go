@@ -71,7 +71,10 @@ type Faults struct {
 
 // Config configures an Agent. Zero durations take the Default constants.
 type Config struct {
-	Broker  string            // tcp://host:port, or ssl://host:port with TLSConfig
+	// Broker is tcp://host:port, or ssl://host:port with TLSConfig; or the
+	// nodes of a cluster, comma-separated, tried in order at every
+	// connection attempt.
+	Broker  string
 	ID      string            // device ID, also the MQTT client ID
 	Model   string            // hardware model, compared with an offer's firmware model
 	Version string            // version running at start
@@ -585,7 +588,6 @@ func (a *Agent) connect() {
 	gen := a.gen.Add(1)
 	opts := mqtt.NewClientOptions().
 		SetStore(pahostore.New()). // paho's MemoryStore races on reconnect (pahostore)
-		AddBroker(a.cfg.Broker).
 		SetClientID(a.cfg.ID).
 		SetCleanSession(true).
 		SetOrderMatters(true). // chunks must reach the queue in order
@@ -602,6 +604,11 @@ func (a *Agent) connect() {
 				a.updateStats(func(s *Stats) { s.Connected = false })
 			}
 		})
+	for _, u := range strings.Split(a.cfg.Broker, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			opts.AddBroker(u)
+		}
+	}
 	// Presence for brokers without connection hooks: the broker publishes
 	// this when the connection ends without a DISCONNECT.
 	opts.SetBinaryWill(a.statusTopic(), statusOffline, 1, true)

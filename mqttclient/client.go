@@ -72,7 +72,8 @@ var (
 // Options configure a Client. Zero fields take the Default constants.
 type Options struct {
 	// URL is the broker: tcp://host:port, or ssl://host:port (also tls://,
-	// mqtts://) for TLS.
+	// mqtts://) for TLS; or the nodes of a cluster, comma-separated, tried
+	// in order at every connection attempt (SplitURLs).
 	URL string
 	// ClientID must be unique among the broker's clients, and different
 	// from every device ID: a device that connects with it takes the
@@ -320,16 +321,12 @@ func (c *Client) abortOpen(err error) error {
 
 // clientOptions translates Options into paho's.
 func (c *Client) clientOptions() (*mqtt.ClientOptions, error) {
-	u, err := url.Parse(c.opts.URL)
+	urls, isTLS, err := parseURLs(c.opts.URL)
 	if err != nil {
-		return nil, fmt.Errorf("mqttclient: broker URL: %w", err)
-	}
-	if u.Host == "" {
-		return nil, fmt.Errorf("mqttclient: broker URL %q: want tcp://host:port or ssl://host:port", redact(c.opts.URL))
+		return nil, err
 	}
 	o := mqtt.NewClientOptions().
 		SetStore(pahostore.New()). // paho's MemoryStore races on reconnect (pahostore)
-		AddBroker(c.opts.URL).
 		SetClientID(c.opts.ClientID).
 		// A session that outlives a connection: the broker keeps the
 		// subscriptions and queues device reports while the orchestrator
@@ -368,19 +365,17 @@ func (c *Client) clientOptions() (*mqtt.ClientOptions, error) {
 			}
 			c.log.Debug("reconnecting to the broker")
 		})
-	switch u.Scheme {
-	case "tcp", "mqtt":
-		if c.opts.CAFile != "" || c.opts.CertFile != "" {
-			return nil, fmt.Errorf("mqttclient: TLS files given for a %s:// broker URL; use ssl://", u.Scheme)
-		}
-	case "ssl", "tls", "mqtts", "tcps":
+	for _, u := range urls {
+		o.AddBroker(u)
+	}
+	if isTLS {
 		cfg, err := c.tlsConfig()
 		if err != nil {
 			return nil, err
 		}
 		o.SetTLSConfig(cfg)
-	default:
-		return nil, fmt.Errorf("mqttclient: broker URL scheme %q: want tcp or ssl", u.Scheme)
+	} else if c.opts.CAFile != "" || c.opts.CertFile != "" {
+		return nil, errors.New("mqttclient: TLS files given for a tcp:// broker URL; use ssl://")
 	}
 	if c.opts.Username != "" {
 		o.SetUsername(c.opts.Username)
@@ -757,6 +752,12 @@ func (c *Client) Stats() Stats {
 
 // redact drops a password from a broker URL for logs.
 func redact(raw string) string {
+	if urls := SplitURLs(raw); len(urls) > 1 {
+		for i, u := range urls {
+			urls[i] = redact(u)
+		}
+		return strings.Join(urls, ",")
+	}
 	u, err := url.Parse(raw)
 	if err != nil || u.User == nil {
 		return raw

@@ -38,6 +38,7 @@ want util-linux command -v prlimit
 want mount command -v mount
 want mount command -v umount
 want bash command -v bash
+want rabbitmq-server test -x /usr/lib/rabbitmq/bin/rabbitmq-server
 
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then

@@ -21,6 +21,7 @@ import (
 	"github.com/flotaio/flota/agent"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
+	"github.com/flotaio/flota/mqttclient"
 )
 
 // closeParallelism bounds how many agents disconnect at once at exit.
@@ -80,7 +81,7 @@ type options struct {
 func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs := flag.NewFlagSet("devicesim", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned; main prints them with the usage
-	fs.StringVar(&o.broker, "broker", "tcp://127.0.0.1:1883", "MQTT broker URL")
+	fs.StringVar(&o.broker, "broker", "tcp://127.0.0.1:1883", "MQTT broker URL, or the nodes of a cluster, comma-separated: device i connects first to node i mod N and fails over to the others")
 	fs.IntVar(&o.devices, "devices", 10, "number of simulated devices")
 	fs.StringVar(&o.idPrefix, "id-prefix", "sim-", "device ID prefix; IDs are the prefix and a 5-digit number from 00001")
 	fs.StringVar(&o.model, "model", "sim-a", "device model")
@@ -150,9 +151,16 @@ func parseFlags(args []string) (options, error) {
 	if fs.NArg() > 0 {
 		return o, usagef("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
-	u, err := url.Parse(o.broker)
-	if err != nil || u.Scheme == "" || u.Host == "" {
+	var err error
+	brokers := mqttclient.SplitURLs(o.broker)
+	if len(brokers) == 0 {
 		return o, usagef("--broker %q: want a URL such as tcp://127.0.0.1:1883", o.broker)
+	}
+	for _, b := range brokers {
+		u, err := url.Parse(b)
+		if err != nil || u.Scheme == "" || u.Host == "" {
+			return o, usagef("--broker %q: want a URL such as tcp://127.0.0.1:1883", b)
+		}
 	}
 	if o.devices < 1 {
 		return o, usagef("--devices must be at least 1, got %d", o.devices)
@@ -253,7 +261,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			stateFile = filepath.Join(o.stateDir, id+".json")
 		}
 		cfg := agent.Config{
-			Broker: o.broker, ID: id, Model: o.model, Version: o.version, Tags: o.tags,
+			Broker: strings.Join(mqttclient.RotateURLs(mqttclient.SplitURLs(o.broker), i), ","), ID: id, Model: o.model, Version: o.version, Tags: o.tags,
 			RebootDelay: rebootDelay, InstallDelay: o.installDelay, Faults: o.faults, StateFile: stateFile,
 			Seed: seed + uint64(i) + 1, Logger: log, Username: o.username, Password: o.password,
 			PublicKey: o.publicKey,

@@ -31,6 +31,8 @@ func TestParseFlags_Validation(t *testing.T) {
 		"disconnect NaN":     {"--disconnect", "NaN"},
 		"bad tags":           {"--tags", "novalue"},
 		"bad broker":         {"--broker", "127.0.0.1:1883"},
+		"bad second broker":  {"--broker", "tcp://127.0.0.1:1883,127.0.0.1:1884"},
+		"no broker":          {"--broker", " , "},
 		"bad prefix":         {"--id-prefix", "a/b"},
 		"connect rate":       {"--connect-rate", "0"},
 		"negative duration":  {"--duration", "-1s"},

@@ -411,7 +411,7 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	maxFW := sizeFlag64(httpapi.DefaultMaxFirmwareSize)
 	fs.Var(&maxFW, "max-firmware-size", "largest firmware upload in `bytes`, suffixes KB/KiB/MB/MiB/GB/GiB")
 	fs.IntVar(&m.Config.Window, "window", m.Config.Window, "largest chunk window of any update; sizes the broker's per-client queues (0: default)")
-	fs.StringVar(&m.Config.Broker, "broker", "", "external MQTT broker, tcp://HOST:PORT or ssl://HOST:PORT, instead of the embedded one (--mqtt and --window unused)")
+	fs.StringVar(&m.Config.Broker, "broker", "", "external MQTT broker, tcp://HOST:PORT or ssl://HOST:PORT, or the nodes of a cluster, comma-separated (tried in order at each connection), instead of the embedded one (--mqtt and --window unused)")
 	fs.StringVar(&m.Config.BrokerUsername, "broker-username", "", "user name at the external broker")
 	fs.StringVar(&m.Config.BrokerPassword, "broker-password", "", "password at the external broker (better in $FLOTA_BROKER_PASSWORD or the --config file than on the command line)")
 	fs.StringVar(&m.Config.BrokerCA, "broker-ca", "", "PEM file of the CAs that sign the external broker's certificate (default: system roots)")

@@ -258,7 +258,13 @@ func (s *server) getJSON(path string, v any) {
 // waitOnline waits until n devices are online.
 func (s *server) waitOnline(n int) {
 	s.t.Helper()
-	poll(s.t, 60*time.Second, func() bool {
+	s.waitOnlineWithin(n, 60*time.Second)
+}
+
+// waitOnlineWithin waits until n devices are online, for at most within.
+func (s *server) waitOnlineWithin(n int, within time.Duration) {
+	s.t.Helper()
+	poll(s.t, within, func() bool {
 		out, code := s.cli("device", "list", "--online", "--json")
 		if code != 0 {
 			return false
@@ -298,13 +304,19 @@ type simSummary struct {
 
 func startSim(t *testing.T, s *server, args ...string) *sim {
 	t.Helper()
-	_, bin := binaries(t)
-	sm := &sim{summary: filepath.Join(t.TempDir(), "summary.json"), out: &bytes.Buffer{}, done: make(chan error, 1)}
-	all := []string{"--broker", "tcp://" + s.mqttAddr, "--summary", sm.summary, "--reboot-delay", "100ms"}
+	all := []string{"--broker", "tcp://" + s.mqttAddr}
 	if !s.external { // an external broker has its own accounts
 		all = append(all, "--credentials", s.provision(args))
 	}
-	all = append(all, args...)
+	return runSim(t, append(all, args...)...)
+}
+
+// runSim starts devicesim with args (and a summary file), killed at cleanup.
+func runSim(t *testing.T, args ...string) *sim {
+	t.Helper()
+	_, bin := binaries(t)
+	sm := &sim{summary: filepath.Join(t.TempDir(), "summary.json"), out: &bytes.Buffer{}, done: make(chan error, 1)}
+	all := append([]string{"--summary", sm.summary, "--reboot-delay", "100ms"}, args...)
 	sm.cmd = exec.Command(bin, all...)
 	sm.cmd.Stdout, sm.cmd.Stderr = sm.out, sm.out
 	require.NoError(t, sm.cmd.Start())
