@@ -26,7 +26,7 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/flota-agent ./cmd/flota-agent
 
 # The end-to-end tests build the orchestrator and devicesim without -race
-# while they run, inside the 10 minute timeout: build them first, so that on
+# while they run, inside the test timeout: build them first, so that on
 # a fresh machine the tests only link them (a cold build takes minutes).
 # Litestream is built from the Go module proxy into bin/ (a minute on a
 # fresh machine, seconds after); without it the standby test skips, saying so.
@@ -36,7 +36,7 @@ test:
 	$(MAKE) -C agents/c test
 	GOBIN=$(abspath $(BIN)) $(GO) install github.com/benbjohnson/litestream/cmd/litestream@$(LITESTREAM_VERSION) || \
 		echo "litestream $(LITESTREAM_VERSION) could not be built: the standby test will skip" >&2
-	$(GO) test -race -count=1 -timeout 10m ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
 	cd third_party/mochi && $(GO) test -race -count=1 -timeout 5m ./...
 
 # Install (as root) what the tests need, or print the one command to run.
