@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
@@ -21,7 +22,7 @@ import (
 // loop. MQTT 3.1.1 does not tell a client its ID was taken over.
 //
 // So each orchestrator claims the broker on every connection: it publishes
-// {"v":1,"epoch":E,"instance":I,"nonce":N,"led":L}, retained, on
+// {"v":1,"epoch":E,"instance":I,"nonce":N,"led":L,"led_at":T}, retained, on
 // ClaimTopic(client ID), where E is one more than the last epoch recorded
 // in its database (a standby's database is the primary's replica, so its
 // epoch is higher), I is random per process and N per connection. It
@@ -33,7 +34,10 @@ import (
 // ErrFenced from then on, the client disconnects for good and OnFenced is
 // called. At an equal epoch (an old primary restarted on its own, stale,
 // database), a claimant that has not led yet yields to one that has (the
-// claim says, "led"); two alike are ordered by instance. A lower claim is
+// claim says, "led"), and of two that led, the later yields to the one
+// that led first ("led_at": the standby, which the stale primary can only
+// have displaced while the standby was reconnecting); two that never led
+// are ordered by instance. A lower claim is
 // answered with the own claim again, so that the retained one is the
 // leader's.
 
@@ -59,7 +63,8 @@ type claim struct {
 	Epoch    int64  `json:"epoch"`
 	Instance string `json:"instance"`
 	Nonce    string `json:"nonce"`
-	Led      bool   `json:"led"` // the claimant has led the broker since it started
+	Led      bool   `json:"led"`              // the claimant has led the broker since it started
+	LedAt    int64  `json:"led_at,omitempty"` // when it first led, Unix nanoseconds
 }
 
 // fence is the client's claim state.
@@ -68,6 +73,7 @@ type fence struct {
 	nonce    string        // of the claims published on the current connection
 	leading  bool          // own claim echoed on this connection, nothing higher seen
 	led      bool          // leading was true once
+	ledAt    int64         // when, Unix nanoseconds
 	err      error         // ErrFenced, with the winner, once fenced
 	first    chan struct{} // closed at the first echo or on fencing
 	firstSet bool
@@ -119,7 +125,7 @@ func (c *Client) publishClaim() mqtt.Token {
 		f.mu.Unlock()
 		return nil
 	}
-	b, _ := json.Marshal(claim{V: 1, Epoch: c.opts.Epoch, Instance: c.opts.Instance, Nonce: f.nonce, Led: f.led})
+	b, _ := json.Marshal(claim{V: 1, Epoch: c.opts.Epoch, Instance: c.opts.Instance, Nonce: f.nonce, Led: f.led, LedAt: f.ledAt})
 	f.mu.Unlock()
 	return c.cli.Publish(ClaimTopic(c.opts.ClientID), 1, true, b)
 }
@@ -147,6 +153,9 @@ func (c *Client) onClaim(_ string, payload []byte) {
 	if cl.Instance == c.opts.Instance {
 		if cl.Nonce == f.nonce && !f.leading {
 			f.leading, f.led = true, true
+			if f.ledAt == 0 {
+				f.ledAt = time.Now().UnixNano()
+			}
 			f.releaseFirst()
 			f.mu.Unlock()
 			c.log.Info("leading the broker", "epoch", c.opts.Epoch, "instance", c.opts.Instance)
@@ -155,8 +164,7 @@ func (c *Client) onClaim(_ string, payload []byte) {
 		f.mu.Unlock()
 		return
 	}
-	yield := cl.Epoch > c.opts.Epoch || (cl.Epoch == c.opts.Epoch &&
-		(cl.Led && !f.led || cl.Led == f.led && cl.Instance > c.opts.Instance))
+	yield := cl.Epoch > c.opts.Epoch || cl.Epoch == c.opts.Epoch && yieldAtEqualEpoch(cl, f.led, f.ledAt, c.opts.Instance)
 	if !yield {
 		f.mu.Unlock()
 		c.log.Info("an older orchestrator claimed the broker; claiming it again", "its_epoch", cl.Epoch, "epoch", c.opts.Epoch)
@@ -175,6 +183,18 @@ func (c *Client) onClaim(_ string, payload []byte) {
 	if c.opts.OnFenced != nil {
 		c.opts.OnFenced(err)
 	}
+}
+
+// yieldAtEqualEpoch orders two claimants of one epoch: one that led
+// before the other wins, then one that led at all, then the instance.
+func yieldAtEqualEpoch(cl claim, led bool, ledAt int64, instance string) bool {
+	switch {
+	case cl.Led && led && cl.LedAt != 0 && ledAt != 0 && cl.LedAt != ledAt:
+		return cl.LedAt < ledAt
+	case cl.Led != led:
+		return cl.Led
+	}
+	return cl.Instance > instance
 }
 
 // releaseFirst ends Open's wait. The caller holds f.mu.

@@ -145,3 +145,20 @@ func TestClient_WithoutAnEpochClaimsNothing(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 }
+
+// TestYieldAtEqualEpoch_TheFirstToLeadWins: a stale primary restarted at
+// the standby's epoch may lead while the standby reconnects; when they
+// meet, the one that led later yields, whatever their instance names.
+func TestYieldAtEqualEpoch_TheFirstToLeadWins(t *testing.T) {
+	standby := claim{Instance: "a", Led: true, LedAt: 100}
+	// The stale primary ("z" would win on the instance order) led later.
+	assert.True(t, yieldAtEqualEpoch(standby, true, 200, "z"), "the later leader yields")
+	assert.False(t, yieldAtEqualEpoch(claim{Instance: "z", Led: true, LedAt: 200}, true, 100, "a"), "the first leader stays")
+	assert.True(t, yieldAtEqualEpoch(standby, false, 0, "z"), "one that never led yields to one that led")
+	assert.False(t, yieldAtEqualEpoch(claim{Instance: "z"}, true, 100, "a"), "one that led stays")
+	assert.True(t, yieldAtEqualEpoch(claim{Instance: "z"}, false, 0, "a"), "never led, either: the instance orders")
+	assert.False(t, yieldAtEqualEpoch(claim{Instance: "a"}, false, 0, "z"))
+	// A claim of an older version says led without a time: led decides,
+	// then the instance.
+	assert.True(t, yieldAtEqualEpoch(claim{Instance: "z", Led: true}, true, 100, "a"))
+}
