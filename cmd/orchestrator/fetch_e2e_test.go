@@ -357,7 +357,7 @@ func TestFetch_SlowServerTimesOut(t *testing.T) {
 
 func TestFetch_CancelledMidwayStoresNothing(t *testing.T) {
 	store := newArtifactStore(t, map[string]http.HandlerFunc{"/fw.bin": stall(t, 4096, 1000000)})
-	s := fetchServer(t, "--fetch-read-timeout", "1m")
+	s := fetchServer(t, "--fetch-read-timeout", "1m", "--max-fetches", "1")
 	id := strings.TrimSpace(s.mustCLI("firmware", "add", "--url", store.URL+"/fw.bin", "--version", "1.0.0", "--no-wait"))
 	require.True(t, strings.HasPrefix(id, "fetch-"), id)
 	var job httpapi.FetchJob
@@ -367,6 +367,12 @@ func TestFetch_CancelledMidwayStoresNothing(t *testing.T) {
 	}, "the fetch has bytes")
 	assert.EqualValues(t, 1000000, job.Total)
 	assert.True(t, job.Unverified)
+	var refusal httpapi.Error
+	require.Equal(t, http.StatusServiceUnavailable, s.api("POST", "/api/v1/firmware/fetches",
+		httpapi.FetchRequest{URL: store.URL + "/fw.bin", Version: "1.0.1"}, &refusal), "--max-fetches 1 runs")
+	assert.Equal(t, "too_many_fetches", refusal.Code)
+	assert.Equal(t, "1", fetchRefused(s.metrics(), "busy"))
+
 	require.Equal(t, http.StatusOK, s.api("POST", "/api/v1/firmware/fetches/"+id+"/cancel", nil, &job))
 	assert.Equal(t, httpapi.FetchCancelled, job.State)
 	var fws httpapi.FirmwareList
@@ -374,4 +380,22 @@ func TestFetch_CancelledMidwayStoresNothing(t *testing.T) {
 	assert.Empty(t, fws.Firmware)
 	noPartialImages(t, s)
 	assert.Equal(t, http.StatusNotFound, s.api("GET", "/api/v1/firmware/fetches/fetch-nope", nil, nil))
+}
+
+func TestFetch_RestartForgetsRunningFetchesAndTheirPartialFiles(t *testing.T) {
+	store := newArtifactStore(t, map[string]http.HandlerFunc{"/fw.bin": stall(t, 4096, 1000000)})
+	s := fetchServer(t, "--fetch-read-timeout", "1m")
+	id := strings.TrimSpace(s.mustCLI("firmware", "add", "--url", store.URL+"/fw.bin", "--version", "1.0.0", "--sha256", strings.Repeat("a", 64), "--no-wait"))
+	var job httpapi.FetchJob
+	poll(t, 30*time.Second, func() bool {
+		require.Equal(t, http.StatusOK, s.api("GET", "/api/v1/firmware/fetches/"+id, nil, &job))
+		return job.Bytes > 0
+	}, "the fetch has bytes")
+	s.kill() // a crash: the partial file stays until the next start
+	partial, err := filepath.Glob(filepath.Join(s.data, "firmware", ".*"))
+	require.NoError(t, err)
+	require.NotEmpty(t, partial, "the crash left the partial download")
+	s.restart()
+	assert.Equal(t, http.StatusNotFound, s.api("GET", "/api/v1/firmware/fetches/"+id, nil, nil), "jobs live in memory")
+	noPartialImages(t, s)
 }

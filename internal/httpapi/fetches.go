@@ -80,8 +80,10 @@ type fetches struct {
 	stop    context.CancelFunc
 	wg      sync.WaitGroup // the fetch goroutines
 
-	// mu guards jobs, order and running.
+	// mu guards jobs, order, running and closed, and orders wg.Go before
+	// the Wait of close.
 	mu      sync.Mutex
+	closed  bool
 	jobs    map[string]*fetchJob
 	order   []string // job IDs, oldest first
 	running int
@@ -98,6 +100,9 @@ func newFetches() *fetches {
 
 // close cancels the running fetches and waits for them.
 func (f *fetches) close() {
+	f.mu.Lock()
+	f.closed = true // no fetch starts after: wg.Wait below sees them all
+	f.mu.Unlock()
 	f.stop()
 	f.wg.Wait()
 }
@@ -151,7 +156,7 @@ func (s *Server) startFetch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithCancelCause(s.fetches.ctx)
-	fj, err := s.addFetchJob(req, cancel)
+	fj, err := s.addFetchJob(req, cancel, func(fj *fetchJob) { s.runFetch(ctx, fj, req, meta, tmp) })
 	if err != nil {
 		cancel(nil)
 		tmp.Close()
@@ -166,15 +171,18 @@ func (s *Server) startFetch(w http.ResponseWriter, r *http.Request) {
 	} else {
 		log.Info("firmware fetch started")
 	}
-	s.fetches.wg.Go(func() { s.runFetch(ctx, fj, req, meta, tmp) })
 	writeJSON(w, http.StatusAccepted, s.fetchSnapshot(fj))
 }
 
-// addFetchJob records a new running job, or refuses when MaxFetches run.
-func (s *Server) addFetchJob(req FetchRequest, cancel context.CancelCauseFunc) (*fetchJob, error) {
+// addFetchJob records a new running job and starts run on it, or refuses
+// when MaxFetches run or the server closes.
+func (s *Server) addFetchJob(req FetchRequest, cancel context.CancelCauseFunc, run func(*fetchJob)) (*fetchJob, error) {
 	f := s.fetches
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.closed {
+		return nil, errors.New("the server is shutting down")
+	}
 	if max := orDefault(s.MaxFetches, DefaultMaxFetches); f.running >= max {
 		return nil, fmt.Errorf("%d firmware fetches are running, the most allowed (serve --max-fetches): try again when one ends", max)
 	}
@@ -192,6 +200,7 @@ func (s *Server) addFetchJob(req FetchRequest, cancel context.CancelCauseFunc) (
 	f.jobs[fj.job.ID] = fj
 	f.order = append(f.order, fj.job.ID)
 	f.running++
+	f.wg.Go(func() { run(fj) })
 	return fj, nil
 }
 
