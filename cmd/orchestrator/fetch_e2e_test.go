@@ -324,6 +324,7 @@ func TestFetch_ImageOverTheSizeLimitIsRefusedBeforeItIsAllRead(t *testing.T) {
 		assert.Contains(t, res.stderr, "larger than --max-firmware-size", path)
 	}
 	poll(t, 30*time.Second, func() bool { return store.active.Load() == 0 }, "the server's writes fail")
+	t.Logf("the server wrote %d bytes of the 2×64 MiB offered", store.written.Load())
 	assert.Less(t, store.written.Load(), int64(2*16<<20), "the server could not send the whole 2×64 MiB")
 	assert.Equal(t, "2", fetchRefused(s.metrics(), "too_large"))
 	noPartialImages(t, s)

@@ -93,13 +93,13 @@ func New(o Options) *Fetcher {
 	tr := o.Transport
 	if tr == nil {
 		tr = &http.Transport{
-			Proxy:                 nil, // a proxy would dial for us, past the address check
-			DialContext:           dial,
-			TLSHandshakeTimeout:   connect,
-			ResponseHeaderTimeout: o.ReadTimeout,
-			MaxIdleConns:          4,
-			IdleConnTimeout:       30 * time.Second,
-			ForceAttemptHTTP2:     true,
+			Proxy:                  nil, // a proxy would dial for us, past the address check
+			DialContext:            dial,
+			TLSHandshakeTimeout:    connect,
+			ResponseHeaderTimeout:  o.ReadTimeout,
+			MaxResponseHeaderBytes: 64 << 10,
+			DisableKeepAlives:      true, // a Fetcher lives for one fetch: nothing idle is left behind
+			ForceAttemptHTTP2:      true,
 		}
 	}
 	max := o.MaxRedirects
@@ -144,7 +144,6 @@ type Result struct {
 	Size     int64
 	SHA256   string // hex
 	Attempts int
-	Resumed  int // attempts that went on from where the previous one stopped
 }
 
 // Fetch downloads raw into w, which must be empty, computing the SHA-256 on
@@ -161,9 +160,6 @@ func (f *Fetcher) Fetch(ctx context.Context, raw string, w *os.File, progress Pr
 	var res Result
 	backoff := f.opts.Backoff
 	for res.Attempts = 1; ; res.Attempts++ {
-		if d.done > 0 {
-			res.Resumed++
-		}
 		err = d.attempt(ctx)
 		if err == nil {
 			break
@@ -180,9 +176,6 @@ func (f *Fetcher) Fetch(ctx context.Context, raw string, w *os.File, progress Pr
 			return res, context.Cause(ctx)
 		}
 		backoff = min(2*backoff, maxBackoff)
-	}
-	if d.done > 0 {
-		res.Resumed = min(res.Resumed, res.Attempts-1)
 	}
 	res.Size, res.SHA256 = d.done, hex.EncodeToString(d.h.Sum(nil))
 	return res, nil
@@ -275,9 +268,9 @@ func (d *download) attempt(parent context.Context) error {
 			d.validator = resp.Header.Get("Last-Modified")
 		}
 	case resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
-		return transientError{fmt.Errorf("%w: %s", ErrHTTPStatus, resp.Status)}
+		return transientError{fmt.Errorf("%w: %s", ErrHTTPStatus, status(resp))}
 	default:
-		return fmt.Errorf("%w: %s", ErrHTTPStatus, resp.Status)
+		return fmt.Errorf("%w: %s", ErrHTTPStatus, status(resp))
 	}
 	if d.total > d.f.opts.MaxSize {
 		return fmt.Errorf("%w: the server announces %d bytes, the limit is %d", ErrTooLarge, d.total, d.f.opts.MaxSize)
@@ -317,6 +310,12 @@ func (d *download) attempt(parent context.Context) error {
 		return transientError{fmt.Errorf("connection ended after %d of %d bytes", d.done, d.total)}
 	}
 	return nil
+}
+
+// status names an answer's status by its code: the reason phrase is the
+// server's own text.
+func status(resp *http.Response) string {
+	return fmt.Sprintf("%d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 }
 
 // redactErr removes the URL from a *url.Error: it may carry credentials.

@@ -65,3 +65,32 @@ func TestFetch_CredentialsGoToTheirHostOnly(t *testing.T) {
 	assert.Equal(t, "Bearer secret", got["127.0.0.1"])
 	assert.Empty(t, got["localhost"], "the redirect's other host got no credentials")
 }
+
+func TestFetch_RetriesServerErrorsNotClientErrors(t *testing.T) {
+	var calls sync.Map // path → *int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := calls.LoadOrStore(r.URL.Path, new(int))
+		*n.(*int)++
+		if r.URL.Path == "/flaky" && *n.(*int) == 3 {
+			_, _ = w.Write([]byte("image"))
+			return
+		}
+		code := http.StatusServiceUnavailable
+		if r.URL.Path == "/gone" {
+			code = http.StatusNotFound
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(code)
+	}))
+	defer srv.Close()
+	p, err := ParsePolicy("127.0.0.1")
+	require.NoError(t, err)
+	f := New(Options{MaxSize: 1 << 20, Attempts: 3, Backoff: 1, Policy: p})
+	res, err := f.Fetch(context.Background(), srv.URL+"/flaky", tempFile(t), nil)
+	require.NoError(t, err)
+	assert.Equal(t, 3, res.Attempts, "two 503s, then the image")
+	res, err = f.Fetch(context.Background(), srv.URL+"/gone", tempFile(t), nil)
+	require.ErrorIs(t, err, ErrHTTPStatus)
+	assert.Equal(t, 1, res.Attempts, "a 404 is not tried again")
+	assert.Contains(t, err.Error(), "404 Not Found")
+}
