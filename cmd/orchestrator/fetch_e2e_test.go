@@ -400,3 +400,22 @@ func TestFetch_RestartForgetsRunningFetchesAndTheirPartialFiles(t *testing.T) {
 	assert.Equal(t, http.StatusNotFound, s.api("GET", "/api/v1/firmware/fetches/"+id, nil, nil), "jobs live in memory")
 	noPartialImages(t, s)
 }
+
+func TestFetch_CLIShowsProgressWhileItWaits(t *testing.T) {
+	const pieces, piece = 25, 1024
+	store := newArtifactStore(t, map[string]http.HandlerFunc{
+		"/trickle.bin": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", strconv.Itoa(pieces*piece))
+			for range pieces { // 2.5 s at least: the CLI asks every second
+				_, _ = w.Write(make([]byte, piece))
+				w.(http.Flusher).Flush()
+				time.Sleep(100 * time.Millisecond)
+			}
+		},
+	})
+	s := fetchServer(t)
+	res := s.cliFull("firmware", "add", "--url", store.URL+"/trickle.bin", "--version", "1.0.0")
+	require.Zero(t, res.code, res.stderr)
+	assert.Regexp(t, `fetch-[0-9a-f]+: running [0-9.]+ KiB of 25\.0 KiB, [0-9.]+ (B|KiB)/s`, res.stderr)
+	assert.True(t, strings.HasPrefix(strings.TrimSpace(res.stdout), "fw-"), res.stdout)
+}
