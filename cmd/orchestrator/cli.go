@@ -87,14 +87,14 @@ type spec struct {
 
 // commands lists every command in the order of the overview.
 var commands = []*spec{
-	{name: "serve", args: "[--config FILE] [--print-config] [--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--mqtt-connect-rate N] [--mqtt-connect-ban D] [--mqtt-connect-timeout D] [--mqtt-max-connections N] [--mqtt-max-unauthenticated N] [--mqtt-max-unauthenticated-per-ip N] [--mqtt-max-connect-size BYTES] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT] [--event-retention D] [--event-max-rows N] [--new-database] [--skip-integrity-check] [--illegal-event-interval D] [--log-client-lines N] [--log-clients-total N] [--log-client-interval D] [--firmware-public-key F] [--broker URL [--broker-username U] [--broker-password P] [--broker-ca F] [--broker-cert F --broker-key F] [--broker-client-id ID]]",
+	{name: "serve", args: "[--config FILE] [--print-config] [--data DIR] [--mqtt HOST:PORT] [--http HOST:PORT] [--api-token-file FILE] [--max-firmware-size BYTES] [--log-level LEVEL] [--window N] [--mqtt-tls HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F]] [--enroll-token-file F [--auto-approve]] [--mqtt-rate-limit N] [--mqtt-connect-rate N] [--mqtt-connect-ban D] [--mqtt-connect-timeout D] [--mqtt-max-connections N] [--mqtt-max-unauthenticated N] [--mqtt-max-unauthenticated-per-ip N] [--mqtt-max-connect-size BYTES] [--allow-anonymous] [--memory-limit SIZE] [--debug-addr HOST:PORT] [--event-retention D] [--event-max-rows N] [--new-database] [--skip-integrity-check] [--illegal-event-interval D] [--log-client-lines N] [--log-clients-total N] [--log-client-interval D] [--firmware-public-key F] [--fetch-allow LIST] [--fetch-credentials-file F] [--fetch-connect-timeout D] [--fetch-read-timeout D] [--fetch-attempts N] [--fetch-backoff D] [--max-fetches N] [--broker URL [--broker-username U] [--broker-password P] [--broker-ca F] [--broker-cert F --broker-key F] [--broker-client-id ID]]",
 		summary: "run the orchestrator: MQTT broker, rollout engine, store and HTTP API",
 		example: "orchestrator serve --data ./flota-data --mqtt 0.0.0.0:1883 --http 127.0.0.1:8080"},
 	{name: "keys generate", args: "[--out DIR]",
 		summary: "create an ed25519 firmware signing key pair (firmware.key, firmware.pub)",
 		example: "orchestrator keys generate --out /media/offline-usb/flota-keys"},
-	{name: "firmware add", args: "FILE --version V [--name N] [--model M] [--sign-key F] [--allow-downgrade]",
-		summary: "upload a firmware image (signed with --sign-key) and print its ID; the same file and version again print the stored one's",
+	{name: "firmware add", args: "FILE --version V [--name N] [--model M] [--sign-key F] [--allow-downgrade] | --url URL --version V [--name N] [--model M] [--sha256 HEX] [--signature SIG [--allow-downgrade]] [--no-wait]",
+		summary: "upload a firmware image (signed with --sign-key), or have the server fetch it from --url, and print its ID; the same file and version again print the stored one's",
 		example: "orchestrator firmware add build/sensor-2.1.0.bin --version 2.1.0 --model sensor-v2 --sign-key firmware.key"},
 	{name: "firmware list", args: "[--json]", summary: "list stored firmware",
 		example: "orchestrator firmware list --json"},
@@ -433,6 +433,7 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 	fs.BoolVar(&m.Config.NewDatabase, "new-database", false, "start an empty database although the data directory holds an earlier run's state but no database (everything it held is forgotten)")
 	fs.BoolVar(&m.Config.SkipIntegrityCheck, "skip-integrity-check", false, "skip the quick check of the database at start (for very large databases)")
 	standbyFlags(fs, &m.Config)
+	fetchFlags(fs, &m.Config.Fetch)
 	cfg := addConfigFlags(fs)
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
@@ -463,6 +464,7 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 		return &usageError{msg: err.Error(), spec: sp}
 	}
 	m.Config.MaxFirmwareSize = int64(maxFW)
+	m.Config.Fetch.EnvCredentials = c.getenv(fetchCredentialsEnv)
 	if m.Config.Window < 0 || m.Config.Window > fleet.MaxWindow {
 		return &usageError{msg: fmt.Sprintf("--window must be 0..%d", fleet.MaxWindow), spec: sp}
 	}
@@ -507,6 +509,9 @@ func (c *cli) serve(ctx context.Context, args []string) error {
 }
 
 func (c *cli) firmwareAdd(ctx context.Context, args []string) error {
+	if wantsURL(args) {
+		return c.firmwareFetch(ctx, args)
+	}
 	fs, sp := c.newFlags("firmware add")
 	server := c.serverFlag(fs)
 	ver := fs.String("version", "", "firmware version (required)")
@@ -514,9 +519,13 @@ func (c *cli) firmwareAdd(ctx context.Context, args []string) error {
 	model := fs.String("model", "", "device model the image is for (default: any)")
 	signKey := fs.String("sign-key", "", "PEM ed25519 private key (orchestrator keys generate) to sign the image with")
 	allowDowngrade := fs.Bool("allow-downgrade", false, "sign a permission for devices to install this image over a newer version (needs --sign-key)")
+	byURL := addURLFlags(fs)
 	pos, err := c.parse(fs, sp, args, "FILE")
 	if err != nil {
 		return err
+	}
+	if byURL.sha256 != "" || byURL.signature != "" || byURL.noWait {
+		return &usageError{msg: "--sha256, --signature and --no-wait go with --url", spec: sp}
 	}
 	if err := required(sp, "version", *ver); err != nil {
 		return err

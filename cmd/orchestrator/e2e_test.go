@@ -214,6 +214,17 @@ const cliTimeout = 5 * time.Minute
 // and exit code.
 func (s *server) cli(args ...string) (string, int) {
 	s.t.Helper()
+	res := s.cliFull(args...)
+	if res.code != 0 {
+		s.t.Logf("orchestrator %s: exit %d: %s", strings.Join(args, " "), res.code, res.stderr)
+	}
+	return res.stdout, res.code
+}
+
+// cliFull runs an operator command against the server and returns its
+// exit code, stdout and stderr.
+func (s *server) cliFull(args ...string) result {
+	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, s.bin, append(args, "--server", s.url)...)
@@ -230,10 +241,7 @@ func (s *server) cli(args ...string) (string, int) {
 	} else {
 		require.NoError(s.t, err)
 	}
-	if code != 0 {
-		s.t.Logf("orchestrator %s: exit %d: %s", strings.Join(args, " "), code, errb.String())
-	}
-	return out.String(), code
+	return result{code: code, stdout: out.String(), stderr: errb.String()}
 }
 
 func (s *server) mustCLI(args ...string) string {

@@ -5,10 +5,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"mime"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strings"
@@ -164,6 +167,23 @@ func TestOpenAPI_EveryRouteAnswersWhatItDeclares(t *testing.T) {
 	q = url.Values{"version": {"2.0.0"}, "name": {"any"}}
 	fwAny := r.call("POST", "/api/v1/firmware", "/api/v1/firmware?"+q.Encode(), img[:4096], "application/octet-stream", http.StatusCreated).(map[string]any)
 
+	// Firmware fetched from a URL: a job that ends done, with its firmware.
+	store := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(img[:8192]) }))
+	defer store.Close()
+	sum := sha256.Sum256(img[:8192])
+	job := r.call("POST", "/api/v1/firmware/fetches", "/api/v1/firmware/fetches", jsonBody(t, map[string]any{
+		"url": store.URL + "/fw.bin", "version": "2.0.1", "sha256": hex.EncodeToString(sum[:])}), "application/json", http.StatusAccepted).(map[string]any)
+	fetchPath := "/api/v1/firmware/fetches/" + job["id"].(string)
+	poll(t, 20*time.Second, func() bool {
+		j := r.call("GET", "/api/v1/firmware/fetches/{id}", fetchPath, nil, "", http.StatusOK).(map[string]any)
+		return j["state"] != "running"
+	}, "the fetch ends")
+	done := r.call("POST", "/api/v1/firmware/fetches/{id}/cancel", fetchPath+"/cancel", nil, "", http.StatusOK).(map[string]any)
+	assert.Equal(t, "done", done["state"], "an ended job is answered as it is")
+	r.call("GET", "/api/v1/firmware/fetches/{id}", "/api/v1/firmware/fetches/fetch-nope", nil, "", http.StatusNotFound)
+	r.call("POST", "/api/v1/firmware/fetches", "/api/v1/firmware/fetches", jsonBody(t, map[string]any{
+		"url": "file:///etc/passwd", "version": "2.0.1"}), "application/json", http.StatusBadRequest)
+
 	// Accounts: a device with a model (registered at once), provisioned
 	// devices, a monitor.
 	r.call("POST", "/api/v1/devices", "/api/v1/devices", jsonBody(t, map[string]any{"id": "acct-1", "model": "spare", "tags": map[string]string{"site": "lyon"}}), "application/json", http.StatusCreated)
@@ -204,6 +224,7 @@ func TestOpenAPI_EveryRouteAnswersWhatItDeclares(t *testing.T) {
 		"updates":  {a["id"].(string), b["id"].(string)},
 		"devices":  {"ok-000", "bad-000", "evil-1", "acct-1"},
 		"firmware": {fw["id"].(string), fwAny["id"].(string)},
+		"fetches":  {job["id"].(string)},
 	}
 	for _, route := range routes {
 		method, pattern, _ := strings.Cut(route, " ")
@@ -215,6 +236,9 @@ func TestOpenAPI_EveryRouteAnswersWhatItDeclares(t *testing.T) {
 			continue
 		}
 		kind := strings.Split(strings.TrimPrefix(pattern, "/api/v1/"), "/")[0]
+		if strings.HasPrefix(pattern, "/api/v1/firmware/fetches/") {
+			kind = "fetches"
+		}
 		require.NotEmpty(t, ids[kind], "no IDs to call %s with", route)
 		for _, id := range ids[kind] {
 			r.call(method, pattern, strings.Replace(pattern, "{id}", url.PathEscape(id), 1), nil, "", http.StatusOK)

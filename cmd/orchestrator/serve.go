@@ -122,6 +122,8 @@ type Config struct {
 	// is copied to, and fetched from when missing (standby.go).
 	Litestream      bool
 	FirmwareReplica string
+	// Fetch configures firmware fetched from URLs (serve_fetch.go).
+	Fetch FetchConfig
 }
 
 // Main is the orchestrator with its production wiring, so that tests run
@@ -267,6 +269,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if m.Broker != nil {
 		health = append(health, m.Broker.Degraded)
 	}
+	fetchOpts, err := m.Config.Fetch.options()
+	if err != nil {
+		return err
+	}
 	m.HTTP = &httpapi.Server{
 		Addr:        m.Config.HTTPAddr,
 		Store:       m.Store,
@@ -284,6 +290,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 
 		MaxFirmwareSize:   m.Config.MaxFirmwareSize,
 		FirmwarePublicKey: fwKey,
+		Fetch:             fetchOpts,
+		MaxFetches:        m.Config.Fetch.MaxFetches,
 	}
 	if err := m.HTTP.Open(); err != nil {
 		return fmt.Errorf("open http: %w", err)

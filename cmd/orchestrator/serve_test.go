@@ -23,6 +23,7 @@ func newTestMain(t *testing.T) *Main {
 	m.Config.HTTPAddr = "127.0.0.1:0"
 	m.Logger = slog.New(slog.DiscardHandler)
 	m.Config.APITokenFile = writeTestTokens(t)
+	m.Config.Fetch.Allow = "127.0.0.1/32" // the tests' artifact stores are httptest servers
 	return m
 }
 

@@ -95,22 +95,9 @@ func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
 func (s *Server) addFirmware(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	meta := fleet.Firmware{Name: q.Get("name"), Version: q.Get("version"), Model: q.Get("model")}
-	if meta.Version == "" {
-		s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "version is required"))
-		return
-	}
-	if err := fleet.CheckVersion(meta.Version); err != nil {
+	if err := checkFirmwareMeta(meta); err != nil {
 		s.writeError(w, r, err)
 		return
-	}
-	for _, f := range []struct {
-		name, value string
-		max         int
-	}{{"name", meta.Name, MaxFirmwareName}, {"version", meta.Version, protocol.MaxIdentLen}, {"model", meta.Model, protocol.MaxIdentLen}} {
-		if len(f.value) > f.max || !utf8.ValidString(f.value) {
-			s.writeError(w, r, fleet.Errorf(fleet.ErrInvalidInput, "%s: want at most %d bytes of UTF-8", f.name, f.max))
-			return
-		}
 	}
 	if err := signatureParams(q, &meta); err != nil {
 		s.writeError(w, r, err)
@@ -132,6 +119,26 @@ func (s *Server) addFirmware(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, fw)
+}
+
+// checkFirmwareMeta checks the name, version and model of a new firmware,
+// uploaded or fetched.
+func checkFirmwareMeta(meta fleet.Firmware) error {
+	if meta.Version == "" {
+		return fleet.Errorf(fleet.ErrInvalidInput, "version is required")
+	}
+	if err := fleet.CheckVersion(meta.Version); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name, value string
+		max         int
+	}{{"name", meta.Name, MaxFirmwareName}, {"version", meta.Version, protocol.MaxIdentLen}, {"model", meta.Model, protocol.MaxIdentLen}} {
+		if len(f.value) > f.max || !utf8.ValidString(f.value) {
+			return fleet.Errorf(fleet.ErrInvalidInput, "%s: want at most %d bytes of UTF-8", f.name, f.max)
+		}
+	}
+	return nil
 }
 
 func (s *Server) listFirmware(w http.ResponseWriter, r *http.Request) {

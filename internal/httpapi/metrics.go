@@ -253,7 +253,7 @@ func numbers(v any) (map[string]float64, error) {
 // process.
 func (s *Server) newMetrics() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collector{s: s}, opsCollector{s: s}, s.requests,
+	reg.MustRegister(collector{s: s}, opsCollector{s: s}, s.requests, s.fetches.refused,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{

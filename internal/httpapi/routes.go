@@ -52,7 +52,7 @@ func (s *Server) routes() []route {
 
 		{"GET", "/api/v1/events/stream", s.eventStream},
 		{"POST", "/api/v1/backup", s.backup},
-	}, append(s.accountRoutes(), s.tokenRoutes()...)...)
+	}, append(append(s.accountRoutes(), s.tokenRoutes()...), s.fetchRoutes()...)...)
 }
 
 // RouteNames returns "METHOD pattern" of every route of the JSON API, for

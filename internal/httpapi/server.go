@@ -22,6 +22,7 @@ import (
 	"github.com/flotaio/flota/internal/protocol"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/internal/sqlite"
+	"github.com/flotaio/flota/internal/urlfetch"
 )
 
 // Defaults of a Server.
@@ -79,6 +80,15 @@ type Server struct {
 	FirmwarePublicKey ed25519.PublicKey
 	// MaxFirmwareSize bounds an uploaded image; 0 means DefaultMaxFirmwareSize.
 	MaxFirmwareSize int64
+	// Fetch configures the firmware fetches (fetches.go): allowed
+	// addresses, timeouts, retries and the artifact stores' credentials.
+	// MaxSize is MaxFirmwareSize.
+	Fetch urlfetch.Options
+	// MaxFetches bounds the fetches running at once; 0 means
+	// DefaultMaxFetches.
+	MaxFetches int
+	// MaxFetchJobs bounds the fetch jobs kept; 0 means DefaultMaxFetchJobs.
+	MaxFetchJobs int
 	// ShutdownTimeout bounds Close; 0 means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
 	// StreamBuffer is DefaultStreamBuffer when 0.
@@ -105,6 +115,7 @@ type Server struct {
 	// tokenUses ends the goroutine that records their last uses.
 	tokenUses chan struct{}
 	replays   *replayLimit
+	fetches   *fetches
 
 	// mu guards ln, srv and closed.
 	mu     sync.Mutex
@@ -182,6 +193,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	_ = s.init()  // a subscription error was reported by Open
 	s.hub.close() // ends the event streams, which Shutdown would wait for
+	s.fetches.close()
 	if srv == nil {
 		return nil
 	}
@@ -208,6 +220,7 @@ func (s *Server) init() error {
 		s.apiTokens = newDBTokens()
 		s.requests = newRequestCounter()
 		s.replays = newReplayLimit(s.MaxTimelineReplays)
+		s.fetches = newFetches()
 		s.metrics = s.newMetrics()
 		if s.Subscribe == nil {
 			return
