@@ -211,7 +211,8 @@ type entry struct {
 }
 
 // readConfigFile reads key = value lines; blank lines and lines starting
-// with # are skipped, and a value may be quoted with double quotes.
+// with # are skipped, and a value may be quoted with double quotes. An
+// unquoted value with a blank before a # is refused as a trailing comment.
 func readConfigFile(path string) ([]entry, error) {
 	b, err := readBounded(path, maxConfigFile)
 	if err != nil {
@@ -231,6 +232,11 @@ func readConfigFile(path string) ([]entry, error) {
 		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
 		if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 			v = v[1 : len(v)-1]
+		} else if strings.Contains(v, " #") || strings.Contains(v, "\t#") {
+			// Most likely a comment, which would become part of the
+			// value: in a hook, sh -c 'CMD "$@"' would comment out
+			// the image path.
+			return nil, fmt.Errorf("%s:%d: %s: a comment after a value; put it on a line of its own, or quote the value", path, n, k)
 		}
 		out = append(out, entry{n, k, v})
 	}
