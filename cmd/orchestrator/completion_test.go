@@ -15,7 +15,8 @@ import (
 func TestCompletion_FlagsEachCommandTakes(t *testing.T) {
 	words := completionWords()
 	assert.NotContains(t, words["keys generate"], "--server", "keys generate runs without a server")
-	assert.NotContains(t, words["token new"], "--server")
+	assert.Contains(t, words["token new"], "--server", "token new asks the server to keep the token")
+	assert.Contains(t, words["token revoke"], "--token")
 	for _, f := range []string{"--broker", "--broker-username", "--broker-ca", "--broker-cert", "--broker-key", "--broker-client-id", "--firmware-public-key"} {
 		assert.Contains(t, words["serve"], f)
 	}

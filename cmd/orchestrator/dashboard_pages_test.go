@@ -111,7 +111,7 @@ func TestDashboard_UploadCreateFailureSummaryAndDeviceHistory(t *testing.T) {
 	id := strings.TrimPrefix(hash, "#/updates/")
 	u, err := c.Update(ctx, id)
 	require.NoError(t, err)
-	assert.Equal(t, fw.ID, u.FirmwareID)
+	assert.Equal(t, fw.ID, u.Firmware.ID)
 	assert.Equal(t, 2, u.Policy.MaxInFlight)
 	assert.Equal(t, "ops", u.CreatedBy, "the update records the dashboard's token")
 

@@ -5,6 +5,7 @@ package main
 // a file replica, real orchestrator and devicesim processes.
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -319,7 +320,10 @@ func TestE2E_ReturningOldPrimaryStopsWithStatus3(t *testing.T) {
 
 	// Restarted on its own, stale, database, it stops at once.
 	args := append([]string{"serve", "--data", primary.data, "--http", "127.0.0.1:0"}, primary.serveArgs...)
-	out, err := exec.Command(primary.bin, args...).CombinedOutput()
+	rctx, cancel := context.WithTimeout(context.Background(), time.Minute) // bounds a hang, not a speed
+	defer cancel()
+	out, err := exec.CommandContext(rctx, primary.bin, args...).CombinedOutput()
+	require.NoError(t, rctx.Err(), "the old primary restarted on its stale database still runs after a minute:\n%s", out)
 	var ee *exec.ExitError
 	require.ErrorAs(t, err, &ee, "%s", out)
 	assert.Equal(t, exitFenced, ee.ExitCode(), "%s", out)

@@ -274,10 +274,13 @@ func TestServer_UpdateRecordsTheTokenThatCreatedIt(t *testing.T) {
 	seedDevices(t, s.Store, fleet.Device{ID: "d1", Model: "m1", Version: "1.0"})
 	fw, err := s.Store.AddFirmware(ctx, fleet.Firmware{Version: "2.0", Model: "m1"}, strings.NewReader("image"))
 	require.NoError(t, err)
-	// A body cannot claim another creator.
+	// A body cannot claim another creator: the field is refused.
 	body := fmt.Sprintf(`{"firmware":%q,"selector":{"model":"m1"},"created_by":"mallory"}`, fw.ID)
-	var u fleet.Update
-	resp := call(t, "POST", base+"/api/v1/updates", strings.NewReader(body), &u)
+	resp := call(t, "POST", base+"/api/v1/updates", strings.NewReader(body), nil)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	body = fmt.Sprintf(`{"firmware":%q,"selector":{"model":"m1"}}`, fw.ID)
+	var u fleet.UpdateSummary
+	resp = call(t, "POST", base+"/api/v1/updates", strings.NewReader(body), &u)
 	require.Equal(t, http.StatusCreated, resp.StatusCode)
 	assert.Equal(t, "ops", u.CreatedBy, "the admin token's name")
 
