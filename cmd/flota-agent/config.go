@@ -104,8 +104,8 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.healthCmd, "health-command", "", "shell command run after booting into a new version; non-zero exit: roll back")
 	fs.StringVar(&c.confirmCmd, "confirm-command", "", "shell command that marks the new version good after it is healthy (rauc status mark-good); non-zero exit: roll back")
 	fs.StringVar(&c.rollbackCmd, "rollback-command", "", "shell command that goes back to the previous version when the new one is not healthy or not confirmed")
-	fs.BoolVar(&c.requireConfirm, "require-confirm", false, "after booting into a new version, wait for `flota-agent confirm` before reporting success")
-	fs.DurationVar(&c.confirmTimeout, "confirm-timeout", defaultConfirmTimeout, "how long to wait for `flota-agent confirm`; then roll back")
+	fs.BoolVar(&c.requireConfirm, "require-confirm", false, "after booting into a new version, wait for \"flota-agent confirm\" before reporting success")
+	fs.DurationVar(&c.confirmTimeout, "confirm-timeout", defaultConfirmTimeout, "how long to wait for \"flota-agent confirm\"; then roll back")
 	fs.DurationVar(&c.hookTimeout, "hook-timeout", defaultHookTimeout, "longest the reboot, health, confirm, rollback and version commands may run")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 }

@@ -187,3 +187,16 @@ func TestDevice_VersionMustBeAProtocolVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestRun_HelpShowsUsageSubcommandAndFlagTypes(t *testing.T) {
+	var out strings.Builder
+	err := run(context.Background(), []string{"--help"}, &out, func(string) string { return "" })
+	require.ErrorIs(t, err, flag.ErrHelp)
+	help := out.String()
+	assert.Contains(t, help, "usage: flota-agent [--config FILE] [flags]")
+	assert.Contains(t, help, "flota-agent confirm")
+	assert.Contains(t, help, "example:")
+	// A back-quoted word in a flag's help would become its value's name.
+	assert.Regexp(t, `-confirm-timeout duration\n`, help)
+	assert.Regexp(t, `-require-confirm\n`, help)
+}
