@@ -205,7 +205,7 @@ func (s *Server) recordTokenUses(done <-chan struct{}) {
 			return
 		case e := <-s.apiTokens.touches:
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if err := s.Store.TouchAPIToken(ctx, e.Name, *e.LastUsedAt); err != nil {
+			if err := s.Store.TouchAPIToken(ctx, e, *e.LastUsedAt); err != nil {
 				s.logger().Warn("api token: record last use", "token", e.Name, "err", err)
 			}
 			cancel()
