@@ -104,8 +104,8 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.healthCmd, "health-command", "", "shell command run after booting into a new version; non-zero exit: roll back")
 	fs.StringVar(&c.confirmCmd, "confirm-command", "", "shell command that marks the new version good after it is healthy (rauc status mark-good); non-zero exit: roll back")
 	fs.StringVar(&c.rollbackCmd, "rollback-command", "", "shell command that goes back to the previous version when the new one is not healthy or not confirmed")
-	fs.BoolVar(&c.requireConfirm, "require-confirm", false, "after booting into a new version, wait for `flota-agent confirm` before reporting success")
-	fs.DurationVar(&c.confirmTimeout, "confirm-timeout", defaultConfirmTimeout, "how long to wait for `flota-agent confirm`; then roll back")
+	fs.BoolVar(&c.requireConfirm, "require-confirm", false, "after booting into a new version, wait for \"flota-agent confirm\" before reporting success")
+	fs.DurationVar(&c.confirmTimeout, "confirm-timeout", defaultConfirmTimeout, "how long to wait for \"flota-agent confirm\"; then roll back")
 	fs.DurationVar(&c.hookTimeout, "hook-timeout", defaultHookTimeout, "longest the reboot, health, confirm, rollback and version commands may run")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 }
@@ -211,7 +211,8 @@ type entry struct {
 }
 
 // readConfigFile reads key = value lines; blank lines and lines starting
-// with # are skipped, and a value may be quoted with double quotes.
+// with # are skipped, and a value may be quoted with double quotes. An
+// unquoted value with a blank before a # is refused as a trailing comment.
 func readConfigFile(path string) ([]entry, error) {
 	b, err := readBounded(path, maxConfigFile)
 	if err != nil {
@@ -231,6 +232,11 @@ func readConfigFile(path string) ([]entry, error) {
 		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
 		if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 			v = v[1 : len(v)-1]
+		} else if strings.Contains(v, " #") || strings.Contains(v, "\t#") {
+			// Most likely a comment, which would become part of the
+			// value: in a hook, sh -c 'CMD "$@"' would comment out
+			// the image path.
+			return nil, fmt.Errorf("%s:%d: %s: a comment after a value; put it on a line of its own, or quote the value", path, n, k)
 		}
 		out = append(out, entry{n, k, v})
 	}

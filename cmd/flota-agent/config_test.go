@@ -55,6 +55,10 @@ require-confirm = true
 	assert.True(t, c.requireConfirm)
 	assert.Equal(t, defaultMaxImageSize, int(c.maxImageSize), "defaults stay")
 
+	c, err = parse(t, []string{"--config", writeFile(t, "quoted.conf", `install-command = "install #1"`+"\n")}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "install #1", c.installCmd, "a quoted value keeps its #")
+
 	c, err = parse(t, nil, map[string]string{"FLOTA_AGENT_CONFIG": conf})
 	require.NoError(t, err)
 	assert.Equal(t, "tcp://file:1883", c.broker, "FLOTA_AGENT_CONFIG names the file")
@@ -67,6 +71,8 @@ func TestConfig_RefusesUnknownKeysBadValuesAndHugeFiles(t *testing.T) {
 		"bad duration": "install-timeout = soon\n",
 		"config key":   "config = /etc/other.conf\n",
 		"too large":    "# " + strings.Repeat("x", maxConfigFile) + "\n",
+		// sh -c 'CMD "$@"' would comment out the image path.
+		"comment after a value": "install-command = /usr/local/bin/install   # the installer\n",
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := parse(t, []string{"--config", writeFile(t, "agent.conf", content)}, nil)
@@ -180,4 +186,17 @@ func TestDevice_VersionMustBeAProtocolVersion(t *testing.T) {
 			assert.Error(t, err, "%q", content)
 		}
 	}
+}
+
+func TestRun_HelpShowsUsageSubcommandAndFlagTypes(t *testing.T) {
+	var out strings.Builder
+	err := run(context.Background(), []string{"--help"}, &out, func(string) string { return "" })
+	require.ErrorIs(t, err, flag.ErrHelp)
+	help := out.String()
+	assert.Contains(t, help, "usage: flota-agent [--config FILE] [flags]")
+	assert.Contains(t, help, "flota-agent confirm")
+	assert.Contains(t, help, "example:")
+	// A back-quoted word in a flag's help would become its value's name.
+	assert.Regexp(t, `-confirm-timeout duration\n`, help)
+	assert.Regexp(t, `-require-confirm\n`, help)
 }

@@ -43,6 +43,22 @@ func main() {
 	}
 }
 
+// usageText heads --help, above the flags.
+const usageText = `usage: flota-agent [--config FILE] [flags]   run the agent
+       flota-agent confirm [--config FILE]   confirm the version just booted (--require-confirm)
+
+flota-agent downloads firmware offered by a flota orchestrator and hands it
+to the install command; docs/AGENT.md describes the hooks and a RAUC setup.
+Every flag may also be set as FLOTA_AGENT_<FLAG> or as a key of --config.
+
+example:
+  flota-agent --broker ssl://flota.example.com:8883 --id gw-00001 --model gateway-v2 \
+    --password-file /etc/flota/device.secret --public-key /etc/flota/firmware.pub \
+    --version-file /etc/flota/version --install-command 'rauc install' --reboot-command 'systemctl reboot'
+
+flags:
+`
+
 // run runs the command line args; logs go to stderr.
 func run(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
 	confirm := len(args) > 0 && args[0] == "confirm"
@@ -52,6 +68,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, getenv func(strin
 	var c config
 	fs := flag.NewFlagSet("flota-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usageText)
+		fs.PrintDefaults()
+	}
 	c.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -130,6 +130,9 @@ func (c *cagent) start() {
 	c.cmd = exec.Command(c.args[0], c.args[1:]...)
 	c.cmd.Env = append(os.Environ(), "ASAN_OPTIONS=detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1")
 	c.cmd.Stdout, c.cmd.Stderr = c.out, c.out
+	// A hook's child left running holds the output pipe: Wait must not
+	// wait for it.
+	c.cmd.WaitDelay = 5 * time.Second
 	require.NoError(c.t, c.cmd.Start())
 	c.done = make(chan error, 1)
 	go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait() }(c.cmd, c.done)
@@ -426,4 +429,26 @@ func TestCAgent_DeviceThatNeverConfirmsFails(t *testing.T) {
 	assert.Contains(t, out, "never comes back")
 	assert.Equal(t, 1, sm.stop(t).Updated)
 	t.Logf("rollback and no confirmation: %s", time.Since(begin).Round(10*time.Millisecond))
+}
+
+func TestCAgent_HungInstallCommandIsKilledAtItsTimeout(t *testing.T) {
+	s := startServer(t)
+	pids := filepath.Join(t.TempDir(), "installer.pid")
+	// The installer hangs, and so does a child of its own.
+	c := startCAgent(t, s, "hang-", "--tags", "grp=h", "--install-timeout", "2",
+		"--install-command", `sleep 300 & echo $! >`+pids+`; wait`)
+	s.waitOnline(1)
+	fw, _ := s.firmware(16*1024, "1.1.0")
+	id, st := s.runUpdate(fw, "h")
+	assert.Equal(t, 1, st.Counts[fleet.StateFailed])
+	s.requireReasons(id, fleet.StateFailed, map[string]fleet.Reason{c.ID: fleet.ReasonInstallFailed})
+
+	out := c.stop()
+	assert.Contains(t, out, "install command killed after 2s")
+	b, err := os.ReadFile(pids)
+	require.NoError(t, err)
+	child, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return syscall.Kill(child, 0) == syscall.ESRCH },
+		30*time.Second, 50*time.Millisecond, "the installer's child was killed with its group")
 }

@@ -708,7 +708,7 @@ func writeStatus(w io.Writer, s fleet.UpdateSummary) {
 	t := newTable(w)
 	t.row("update", s.ID)
 	t.row("state", s.State)
-	t.row("created", showTime(s.CreatedAt)+" by "+orDash(termSafe(s.CreatedBy)))
+	t.row("created", tableTime(s.CreatedAt)+" by "+orDash(termSafe(s.CreatedBy)))
 	t.row("selector", formatSelector(s.Selector))
 	t.row("firmware", fmt.Sprintf("%s (%s %s, %s)", cmp.Or(s.Firmware.ID, s.FirmwareID), termSafe(s.Firmware.Name), termSafe(s.Firmware.Version), humanBytes(s.Firmware.Size)))
 	t.row("devices", fmt.Sprintf("%d/%d finished, %d in flight", s.Finished(), s.Total, s.InFlight))

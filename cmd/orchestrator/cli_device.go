@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/httpapi"
@@ -41,10 +40,10 @@ func (c *cli) deviceShow(ctx context.Context, args []string) error {
 	t.row("model", orDash(termSafe(d.Model)))
 	t.row("version", orDash(termSafe(d.Version)))
 	t.row("online", d.Online)
-	t.row("last seen", showTime(d.LastSeen))
-	t.row("first seen", showTime(d.FirstSeen))
+	t.row("last seen", tableTime(d.LastSeen))
+	t.row("first seen", tableTime(d.FirstSeen))
 	t.row("tags", orDash(termSafe(formatTags(d.Tags))))
-	last := "–"
+	last := "-"
 	if h.LastUpdate != "" {
 		last = fmt.Sprintf("%s in %s", h.LastState, h.LastUpdate)
 	}
@@ -55,7 +54,7 @@ func (c *cli) deviceShow(ctx context.Context, args []string) error {
 	fmt.Fprintf(c.stdout, "\nupdates (%d of %d, newest first):\n", len(h.Updates), h.UpdatesTotal)
 	t = newTable(c.stdout, "UPDATE", "UPDATE STATE", "FIRMWARE", "STATE", "ATTEMPTS", "REASON", "UPDATED")
 	for _, u := range h.Updates {
-		t.row(u.UpdateID, u.UpdateState, u.FirmwareID, u.State, u.Attempts, orDash(string(u.Reason)), showTime(u.UpdatedAt))
+		t.row(u.UpdateID, u.UpdateState, u.FirmwareID, u.State, u.Attempts, orDash(string(u.Reason)), tableTime(u.UpdatedAt))
 	}
 	if err := t.flush(); err != nil {
 		return err
@@ -63,18 +62,9 @@ func (c *cli) deviceShow(ctx context.Context, args []string) error {
 	fmt.Fprintf(c.stdout, "\nevents (last %d, newest first):\n", len(h.Events))
 	t = newTable(c.stdout, "SEQ", "TIME", "UPDATE", "FROM", "STATE", "REASON", "ATTEMPT")
 	for _, e := range h.Events {
-		t.row(e.Seq, showTime(e.Time), orDash(e.UpdateID), orDash(e.From), e.State, orDash(string(e.Reason)), e.Attempt)
+		t.row(e.Seq, tableTime(e.Time), orDash(e.UpdateID), orDash(e.From), e.State, orDash(string(e.Reason)), e.Attempt)
 	}
 	return t.flush()
-}
-
-// showTime formats a time for a table: local, to the second, with its UTC
-// offset; "–" for the zero time.
-func showTime(t time.Time) string {
-	if t.IsZero() {
-		return "–"
-	}
-	return t.Local().Format("2006-01-02 15:04:05 -07:00")
 }
 
 // formatSelector prints a selector as its JSON, which names every field.

@@ -85,7 +85,7 @@ func (c *cli) tokenNew(ctx context.Context, args []string) error {
 	}
 	until := "never expires"
 	if out.ExpiresAt != nil {
-		until = "expires " + out.ExpiresAt.Local().Format(time.DateTime)
+		until = "expires " + tableTime(*out.ExpiresAt)
 	}
 	fmt.Fprintf(c.stderr, "%s token %s created (%s); it follows and is shown only this once\n", out.Role, out.Name, until)
 	fmt.Fprintln(c.stdout, out.Token)
@@ -143,7 +143,7 @@ func (c *cli) tokenList(ctx context.Context, args []string) error {
 		if t == nil {
 			return none
 		}
-		return t.Local().Format(time.DateTime)
+		return tableTime(*t)
 	}
 	now := time.Now()
 	t := newTable(c.stdout, "NAME", "ROLE", "SOURCE", "CREATED", "LAST USED", "EXPIRES")

@@ -26,6 +26,7 @@ func TestCLI_TokenNewListRevokeWithoutRestart(t *testing.T) {
 	token := strings.TrimSpace(r.stdout)
 	require.True(t, strings.HasPrefix(token, httpapi.TokenPrefix), "stdout is the token alone: %q", r.stdout)
 	assert.Contains(t, r.stderr, "shown only this once")
+	assert.Regexp(t, "expires "+tableTimeRe.String(), r.stderr, "the table time convention")
 	assert.NotContains(t, r.stderr, token)
 
 	c := NewClient(m.HTTPURL())
@@ -36,7 +37,8 @@ func TestCLI_TokenNewListRevokeWithoutRestart(t *testing.T) {
 	r = runCLI(t, m.HTTPURL(), "token", "list")
 	require.Zero(t, r.code, r.stderr)
 	assert.Regexp(t, `(?m)^NAME\s+ROLE\s+SOURCE\s+CREATED\s+LAST USED\s+EXPIRES`, r.stdout)
-	assert.Regexp(t, `(?m)^dashboard\s+read\s+database\s+\S+ \S+\s+\S+ \S+\s+\S+ \S+$`, r.stdout, "used once, expires in 90 days")
+	tt := tableTimeRe.String()
+	assert.Regexp(t, `(?m)^dashboard\s+read\s+database\s+`+tt+`\s+`+tt+`\s+`+tt+`$`, r.stdout, "used once, expires in 90 days; times as every table prints them")
 	assert.Regexp(t, `(?m)^ops\s+admin\s+file\s+-\s`, r.stdout)
 	assert.NotContains(t, r.stdout, token)
 

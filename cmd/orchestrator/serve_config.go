@@ -123,7 +123,8 @@ func readConfigFile(fs *flag.FlagSet, path string) (map[string]configLine, error
 // parseConfig parses KEY = VALUE lines. Blank lines and lines whose first
 // non-blank character is # are skipped; there are no comments after a
 // value. VALUE is the rest of the line without surrounding blanks, or a Go
-// double-quoted string (for a value with surrounding blanks or a #). KEY
+// double-quoted string (for a value with surrounding blanks or a #: an
+// unquoted one is refused, since it is most likely a comment). KEY
 // must name a flag of fs other than --config and --print-config.
 func parseConfig(fs *flag.FlagSet, r io.Reader) (map[string]configLine, error) {
 	out := map[string]configLine{}
@@ -159,6 +160,11 @@ func parseConfig(fs *flag.FlagSet, r io.Reader) (map[string]configLine, error) {
 				return nil, fmt.Errorf("line %d: %s: bad quoted value", n, key)
 			}
 			value = uq
+		} else if strings.Contains(value, "#") {
+			// A string flag would take a trailing comment as part of
+			// its value: an address, a path or a user name that then
+			// fails far from here, or not at all.
+			return nil, fmt.Errorf(`line %d: %s: a # in a value must be quoted ("…#…"); comments go on lines of their own`, n, key)
 		}
 		out[key] = configLine{value: value, n: n}
 	}

@@ -83,6 +83,9 @@ func TestServeConfig_BadFilesAndVariablesAreRefusedWithTheirPlace(t *testing.T) 
 		"config in file":  {"config = other.conf\n", `unknown key "config"`},
 		"print in file":   {"print-config = true\n", `unknown key "print-config"`},
 		"comment after":   {"window = 3 # three\n", ".conf: line 1: window: "},
+		// A string flag would take the comment as part of its value.
+		"comment after a string": {"\ndata = /var/lib/flota   # the state\n", `.conf: line 2: data: a # in a value must be quoted ("…#…"); comments go on lines of their own`},
+		"# in a string":          {"data = a#b\n", `line 1: data: a # in a value must be quoted`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			fs, choice, _ := configTestFlags()

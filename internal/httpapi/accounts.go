@@ -136,7 +136,7 @@ func (s *Server) approveDevice(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fmt.Errorf("approve %s: %w", id, err))
 		return
 	}
-	s.logger().Info("device approved", "device", id)
+	s.logger().Info("device approved", "device", id, "by", requester(r))
 	s.writeAccount(w, r, id)
 }
 
@@ -150,7 +150,7 @@ func (s *Server) revoke(role fleet.Role) http.HandlerFunc {
 			s.writeError(w, r, fmt.Errorf("revoke %s: %w", id, err))
 			return
 		}
-		s.logger().Warn("mqtt account revoked", "role", role, "id", id)
+		s.logger().Warn("mqtt account revoked", "role", role, "id", id, "by", requester(r))
 		s.writeAccount(w, r, id)
 	}
 }

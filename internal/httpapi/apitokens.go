@@ -32,6 +32,10 @@ const touchInterval = time.Minute
 // make a token that outlives everyone who knows about it.
 const maxTokenLifetime = 10 * 365 * 24 * time.Hour
 
+// codeTokenInFile refuses revoking a token of the token file (409): only
+// editing the file and restarting removes it.
+const codeTokenInFile = "token_in_file"
+
 // Token sources in APITokenInfo.
 const (
 	TokenSourceDatabase = "database"
@@ -201,7 +205,7 @@ func (s *Server) recordTokenUses(done <-chan struct{}) {
 			return
 		case e := <-s.apiTokens.touches:
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			if err := s.Store.TouchAPIToken(ctx, e.Name, *e.LastUsedAt); err != nil {
+			if err := s.Store.TouchAPIToken(ctx, e, *e.LastUsedAt); err != nil {
 				s.logger().Warn("api token: record last use", "token", e.Name, "err", err)
 			}
 			cancel()
@@ -341,7 +345,7 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	defer t.change.Unlock()
 	e, err := s.Store.DeleteAPIToken(r.Context(), name)
 	if errors.Is(err, fleet.ErrTokenNotFound) && s.Tokens.has(name) {
-		writeJSON(w, http.StatusConflict, Error{Code: "token_in_file",
+		writeJSON(w, http.StatusConflict, Error{Code: codeTokenInFile,
 			Message: fmt.Sprintf("token %q is in the token file: delete its line there and restart serve", name)})
 		return
 	}

@@ -19,7 +19,7 @@ func (s *Server) deleteFirmware(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fmt.Errorf("delete firmware: %w", err))
 		return
 	}
-	s.logger().Info("firmware deleted", "firmware", id)
+	s.logger().Info("firmware deleted", "firmware", id, "by", requester(r))
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -36,7 +36,7 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request) {
 	if s.Accounts != nil {
 		s.Accounts.Forget(id) // after the store: a login in flight cannot re-cache it
 	}
-	s.logger().Warn("device deleted", "device", id)
+	s.logger().Warn("device deleted", "device", id, "by", requester(r))
 	w.WriteHeader(http.StatusNoContent)
 }
 

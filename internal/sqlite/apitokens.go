@@ -87,11 +87,13 @@ func (s *Store) DeleteAPIToken(ctx context.Context, name string) (fleet.APIToken
 	return t, nil
 }
 
-// TouchAPIToken records that token name was used at the given time; a
-// token deleted meanwhile is ignored.
-func (s *Store) TouchAPIToken(ctx context.Context, name string, at time.Time) error {
+// TouchAPIToken records that token t was used at the given time. A token
+// deleted meanwhile is ignored, also when a new one has taken its name:
+// the row is found by name and hash.
+func (s *Store) TouchAPIToken(ctx context.Context, t fleet.APIToken, at time.Time) error {
+	name := t.Name
 	err := s.doSync(ctx, func() error {
-		if _, err := s.writer.ExecContext(ctx, `UPDATE api_tokens SET last_used_at = ? WHERE name = ?`, fmtTime(at), name); err != nil {
+		if _, err := s.writer.ExecContext(ctx, `UPDATE api_tokens SET last_used_at = ? WHERE name = ? AND hash = ?`, fmtTime(at), name, t.Hash); err != nil {
 			return err
 		}
 		s.stats.transactions.Add(1)

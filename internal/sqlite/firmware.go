@@ -5,10 +5,8 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,27 +72,52 @@ func (s *Store) AddFirmwareOnce(ctx context.Context, meta fleet.Firmware, r io.R
 		}
 		return verify(fw)
 	}
-	if err := s.storeBlob(ctx, r, check); err != nil {
+	tmp, err := s.storeBlob(ctx, r, check)
+	if err != nil {
 		return fleet.Firmware{}, false, fmt.Errorf("add firmware: %w", err)
 	}
-	if err := s.replicateFirmware(fw.SHA256); err != nil {
+	// The image is moved into place on the writer, which also runs
+	// DeleteFirmware: a delete of another firmware with these bytes either
+	// removes the file before the move, or sees this row and keeps it.
+	placed := false
+	defer func() {
+		if !placed {
+			os.Remove(tmp)
+		}
+	}()
+	if err := s.replicateFirmware(tmp, fw.SHA256); err != nil {
 		return fleet.Firmware{}, false, fmt.Errorf("add firmware: %w", err)
+	}
+	if s.afterBlob != nil {
+		s.afterBlob()
 	}
 	err = s.doSync(ctx, func() error {
 		same, err := sameImage(ctx, s.writer, fw)
 		if err != nil {
 			return err
 		}
-		for _, old := range same {
+		var reuse *fleet.Firmware
+		for i, old := range same {
 			if old.Signature == fw.Signature && old.AllowDowngrade == fw.AllowDowngrade {
-				fw = old
-				return nil
+				reuse = &same[i]
+				break
 			}
 		}
-		for _, old := range same {
-			if old.Signature != "" && fw.Signature == "" {
-				return fleet.Errorf(fleet.ErrFirmwareExists, "this image is stored signed as %s (version %s): use %s, or upload it with its signature", old.ID, old.Version, old.ID)
+		if reuse == nil {
+			for _, old := range same {
+				if old.Signature != "" && fw.Signature == "" {
+					return fleet.Errorf(fleet.ErrFirmwareExists, "this image is stored signed as %s (version %s): use %s, or upload it with its signature", old.ID, old.Version, old.ID)
+				}
 			}
+		}
+		// Same bytes already stored: the move replaces them with themselves.
+		if err := os.Rename(tmp, s.FirmwarePath(fw.SHA256)); err != nil {
+			return err
+		}
+		placed = true
+		if reuse != nil {
+			fw = *reuse
+			return nil
 		}
 		_, err = s.writer.ExecContext(ctx, sqlInsertFirmware, fw.ID, fw.Name, fw.Version, fw.Model,
 			fw.Size, fw.SHA256, fmtTime(fw.CreatedAt), fw.Signature, fw.AllowDowngrade)
@@ -121,12 +144,13 @@ func sameImage(ctx context.Context, db *sql.DB, fw fleet.Firmware) ([]fleet.Firm
 	return collect(rows, scanFirmware, "same image")
 }
 
-// storeBlob copies r into the firmware directory under its SHA-256, after
-// check accepted the hex digest and the size.
-func (s *Store) storeBlob(ctx context.Context, r io.Reader, check func(sum string, size int64) error) (err error) {
+// storeBlob copies r into a synced temporary file of the firmware
+// directory and returns its path, after check accepted the hex digest and
+// the size. The caller moves it to its SHA-256's name or removes it.
+func (s *Store) storeBlob(ctx context.Context, r io.Reader, check func(sum string, size int64) error) (_ string, err error) {
 	f, err := os.CreateTemp(filepath.Join(s.DataDir, FirmwareDir), tempPrefix+"*")
 	if err != nil {
-		return err
+		return "", err
 	}
 	tmp := f.Name()
 	defer func() {
@@ -138,37 +162,21 @@ func (s *Store) storeBlob(ctx context.Context, r io.Reader, check func(sum strin
 	h := sha256.New()
 	size, err := io.Copy(io.MultiWriter(f, h), ctxReader{ctx: ctx, r: r})
 	if err != nil {
-		return fmt.Errorf("copy image: %w", err)
+		return "", fmt.Errorf("copy image: %w", err)
 	}
 	if err = f.Chmod(0o644); err != nil {
-		return err
+		return "", err
 	}
 	if err = f.Sync(); err != nil {
-		return err
+		return "", err
 	}
 	if err = f.Close(); err != nil {
-		return err
+		return "", err
 	}
-	sum := hex.EncodeToString(h.Sum(nil))
-	if err = check(sum, size); err != nil {
-		return err
+	if err = check(hex.EncodeToString(h.Sum(nil)), size); err != nil {
+		return "", err
 	}
-	final := s.FirmwarePath(sum)
-	switch _, statErr := os.Stat(final); {
-	case statErr == nil:
-		// Same bytes already stored: keep that file.
-		if err = os.Remove(tmp); err != nil {
-			return err
-		}
-	case errors.Is(statErr, fs.ErrNotExist):
-		if err = os.Rename(tmp, final); err != nil {
-			return err
-		}
-	default:
-		err = statErr
-		return err
-	}
-	return nil
+	return tmp, nil
 }
 
 // removeStaleUploads deletes partial uploads left by a crash.

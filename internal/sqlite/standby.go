@@ -132,9 +132,10 @@ func appendSplit(list []string, csv string) []string {
 	return append(list, strings.Split(csv, ",")...)
 }
 
-// replicateFirmware writes the stored image sum to FirmwareReplica, if set
+// replicateFirmware writes the image at src, of SHA-256 sum, to
+// FirmwareReplica under sum, if set
 // and not there yet.
-func (s *Store) replicateFirmware(sum string) error {
+func (s *Store) replicateFirmware(src, sum string) error {
 	if s.FirmwareReplica == "" {
 		return nil
 	}
@@ -142,7 +143,7 @@ func (s *Store) replicateFirmware(sum string) error {
 	if _, err := os.Stat(remote); err == nil {
 		return nil
 	}
-	if err := copyImage(s.FirmwarePath(sum), remote, sum); err != nil {
+	if err := copyImage(src, remote, sum); err != nil {
 		return fmt.Errorf("firmware replica: %w", err)
 	}
 	return nil

@@ -142,6 +142,10 @@ type Store struct {
 		writeFailures  atomic.Int64
 		commitNanos    atomic.Int64
 	}
+
+	// afterBlob, when set (by tests), runs between an upload's image copy
+	// and its row.
+	afterBlob func()
 }
 
 // New returns a Store for dataDir with the default configuration.

@@ -40,6 +40,7 @@ typedef struct {
     /* options */
     const char *host, *id, *password, *dir, *install_cmd, *reboot_cmd, *version_file;
     int port, keepalive;
+    unsigned install_timeout_s; /* then the install command's process group is killed */
     const char *initial_version, *model;
     flota_tag tags[MAX_TAGS];
     size_t ntags;
@@ -245,14 +246,37 @@ static bool h_install(void *u, const char *version)
         if (pid < 0)
             return false;
         if (pid == 0) {
+            /* A process group of its own, so that a timeout kills all of it. */
+            setpgid(0, 0);
             setenv("FLOTA_IMAGE", img, 1);
             setenv("FLOTA_VERSION", version, 1);
             execl("/bin/sh", "sh", "-c", p->install_cmd, "flota-install", img, version, (char *)NULL);
             _exit(127);
         }
-        int st;
-        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-            ;
+        setpgid(pid, pid);
+        /* A hung installer must not hold the agent forever: past
+         * --install-timeout its whole group is killed and the install
+         * fails. */
+        int st = 0;
+        uint64_t waited_ms = 0;
+        for (;;) {
+            pid_t r = waitpid(pid, &st, WNOHANG);
+            if (r == pid)
+                break;
+            if (r < 0 && errno != EINTR) {
+                logf_("install command: waitpid: %s", strerror(errno));
+                return false;
+            }
+            if (waited_ms >= (uint64_t)p->install_timeout_s * 1000u) {
+                kill(-pid, SIGKILL);
+                while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+                    ;
+                logf_("install command killed after %us", p->install_timeout_s);
+                return false;
+            }
+            usleep(50 * 1000);
+            waited_ms += 50;
+        }
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
             logf_("install command failed (status %d)", st);
             return false;
@@ -572,6 +596,7 @@ static void usage(void)
             "  --version-file FILE (the running image's version, read at every start)\n"
             "  --public-key FILE (PEM ed25519: refuse unsigned images and downgrades)\n"
             "  --install-command CMD (sh -c CMD with $1 = image, $2 = version; exit 0 = installed)\n"
+            "  --install-timeout S (then the command's process group is killed: install_failed; default 1800)\n"
             "  --reboot-command CMD (run instead of the built-in reboot, then exit)\n"
             "  --max-chunk N (default 4096) --max-window N (default 4) --slot-size N (default 64 MiB)\n"
             "  --persist-interval-ms N (least time between two writes of the offset, default 0)\n"
@@ -591,12 +616,14 @@ int main(int argc, char **argv)
     p.max_window = 4;
     p.slot_size = 64u << 20;
     p.keepalive = 30;
+    p.install_timeout_s = 1800;
     p.slot_fd = -1;
     static const struct option opts[] = {
         {"broker", 1, 0, 'b'}, {"id", 1, 0, 'i'}, {"password", 1, 0, 'P'},
         {"credentials", 1, 0, 'C'}, {"state-dir", 1, 0, 'd'}, {"model", 1, 0, 'm'},
         {"version", 1, 0, 'v'}, {"tags", 1, 0, 't'}, {"public-key", 1, 0, 'k'},
         {"install-command", 1, 0, 'I'}, {"reboot-command", 1, 0, 'R'},
+        {"install-timeout", 1, 0, 'T'},
         {"max-chunk", 1, 0, 'c'}, {"max-window", 1, 0, 'w'}, {"slot-size", 1, 0, 's'},
         {"persist-interval-ms", 1, 0, 'p'}, {"keepalive", 1, 0, 'K'},
         {"corrupt-every", 1, 0, 'x'}, {"corrupt-stored", 0, 0, 'X'},
@@ -621,6 +648,13 @@ int main(int argc, char **argv)
             break;
         case 'k': pkfile = optarg; break;
         case 'I': p.install_cmd = optarg; break;
+        case 'T':
+            p.install_timeout_s = (unsigned)strtoul(optarg, NULL, 10);
+            if (p.install_timeout_s == 0) {
+                usage();
+                return 2;
+            }
+            break;
         case 'R': p.reboot_cmd = optarg; break;
         case 'c': p.max_chunk = (uint32_t)strtoul(optarg, NULL, 10); break;
         case 'w': p.max_window = (uint32_t)strtoul(optarg, NULL, 10); break;
