@@ -88,8 +88,8 @@ func (c *cli) backup(ctx context.Context, args []string) (err error) {
 	if err := checkBackupDB(filepath.Join(*out, sqlite.DBFile)); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stdout, "backup written to %s: database, %d firmware images, %d files, %s; restore with: orchestrator serve --data %s\n",
-		*out, images, files, humanBytes(bytes), *out)
+	fmt.Fprintf(c.stdout, "backup written to %s: database, %s, %s, %s; restore with: orchestrator serve --data %s\n",
+		*out, plural(images, "firmware image"), plural(files, "file"), humanBytes(bytes), *out)
 	return nil
 }
 
@@ -135,4 +135,12 @@ func checkBackupDB(path string) error {
 		return fmt.Errorf("backup: database fails its integrity check: %s", res)
 	}
 	return nil
+}
+
+// plural returns "1 thing" or "n things".
+func plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
