@@ -452,3 +452,19 @@ func TestCAgent_HungInstallCommandIsKilledAtItsTimeout(t *testing.T) {
 	require.Eventually(t, func() bool { return syscall.Kill(child, 0) == syscall.ESRCH },
 		30*time.Second, 50*time.Millisecond, "the installer's child was killed with its group")
 }
+
+func TestCAgent_InstallCommandInheritsNoSocket(t *testing.T) {
+	s := startServer(t)
+	fds := filepath.Join(t.TempDir(), "installer.fds")
+	// The installer writes what its open descriptors point at.
+	c := startCAgent(t, s, "fds-", "--tags", "grp=f",
+		"--install-command", `for f in /proc/$$/fd/*; do readlink "$f" || true; done >`+fds)
+	s.waitOnline(1)
+	fw, _ := s.firmware(16*1024, "1.1.0")
+	_, st := s.runUpdate(fw, "f")
+	assert.Equal(t, 1, st.Counts[fleet.StateSucceeded])
+	c.stop()
+	b, err := os.ReadFile(fds)
+	require.NoError(t, err)
+	assert.NotContains(t, string(b), "socket:", "the installer holds none of the agent's sockets:\n%s", b)
+}

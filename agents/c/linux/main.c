@@ -248,6 +248,13 @@ static bool h_install(void *u, const char *version)
         if (pid == 0) {
             /* A process group of its own, so that a timeout kills all of it. */
             setpgid(0, 0);
+            /* The installer gets stdin, stdout and stderr only: not the
+             * MQTT socket nor the agent's open files. */
+            long max = sysconf(_SC_OPEN_MAX);
+            if (max < 0 || max > 65536)
+                max = 65536;
+            for (int fd = 3; fd < max; fd++)
+                close(fd);
             setenv("FLOTA_IMAGE", img, 1);
             setenv("FLOTA_VERSION", version, 1);
             execl("/bin/sh", "sh", "-c", p->install_cmd, "flota-install", img, version, (char *)NULL);
