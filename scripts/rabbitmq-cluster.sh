@@ -115,7 +115,8 @@ start_node() {
 }
 
 wait_node() {
-  local n=$1 mqtt="MQTT_PORT_$n" pid="PID_$n" t0=$SECONDS
+  local n=$1
+  local mqtt="MQTT_PORT_$n" pid="PID_$n" t0=$SECONDS
   until port_used "${!mqtt}"; do
     kill -0 "${!pid}" 2>/dev/null || die "node $n exited at start; see $DIR/node$n/log"
     ((SECONDS - t0 < START_TIMEOUT)) || die "node $n: no MQTT listener after ${START_TIMEOUT}s; see $DIR/node$n/log"
@@ -128,7 +129,8 @@ wait_node() {
 # cluster, CONNECT is answered "server unavailable". Needs mosquitto_pub
 # (mosquitto-clients); without it, only the port is checked.
 wait_mqtt() {
-  local n=$1 mqtt="MQTT_PORT_$n" t0=$SECONDS
+  local n=$1
+  local mqtt="MQTT_PORT_$n" t0=$SECONDS
   command -v mosquitto_pub >/dev/null || return 0
   until mosquitto_pub -h 127.0.0.1 -p "${!mqtt}" -i "flota-ready-$n" -u flota-orchestrator -P secret \
     -t flota/ready -n -q 1 2>/dev/null; do
@@ -197,11 +199,15 @@ cmd_start() {
     set_env "DIST_PORT_$n" $((BASE_PORT + 10 * n + 3))
     write_node_config "$n"
   done
-  # All nodes boot together: classic peer discovery joins them.
-  for ((n = 1; n <= NODES; n++)); do
+  # Node 1 boots first; classic peer discovery then joins the others to
+  # it. Booted all at once, nodes can find each other before any has its
+  # tables ("tables_not_present") and one may never come up.
+  start_node 1
+  wait_node 1
+  for ((n = 2; n <= NODES; n++)); do
     start_node "$n"
   done
-  for ((n = 1; n <= NODES; n++)); do
+  for ((n = 2; n <= NODES; n++)); do
     wait_node "$n"
   done
   setup_users
