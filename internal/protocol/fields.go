@@ -60,10 +60,31 @@ func checkHelloFields(h *Hello) string {
 			return "tags"
 		}
 	}
-	if h.Transfer != nil && !ValidIdent(h.Transfer.Update) {
-		return "transfer.update"
+	if h.Image != "" && !ValidSHA256(h.Image) {
+		return "image"
+	}
+	if t := h.Transfer; t != nil {
+		if !ValidIdent(t.Update) {
+			return "transfer.update"
+		}
+		if t.Encoding != "" && t.Encoding != EncodingDeflate && t.Encoding != EncodingBSDiff {
+			return "transfer.encoding"
+		}
 	}
 	return ""
+}
+
+// ValidSHA256 reports whether s is a SHA-256 digest in lower-case hex.
+func ValidSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // checkReportFields returns which string field of r breaks the rules, or "".

@@ -40,6 +40,9 @@ type Hello struct {
 	MaxChunk  int      `json:"max_chunk,omitempty"`
 	MaxWindow int      `json:"max_window,omitempty"`
 	Caps      []string `json:"caps,omitempty"`
+	// Image is the SHA-256 (lower-case hex) of the image the device runs:
+	// the base a delta payload is made against (protocol 1.1, optional).
+	Image string `json:"image,omitempty"`
 }
 
 // Held is the transfer a device holds across a reconnect or a reboot.
@@ -48,6 +51,9 @@ type Held struct {
 	Handle uint32            `json:"handle"`
 	Offset int64             `json:"offset"`
 	State  fleet.DeviceState `json:"state"`
+	// Encoding is the payload the offset counts bytes of: "" for the
+	// image itself, else an Encoding* name (protocol 1.1).
+	Encoding string `json:"encoding,omitempty"`
 }
 
 // FirmwareInfo describes the image in an offer.
@@ -77,7 +83,22 @@ type Offer struct {
 	Firmware  FirmwareInfo `json:"firmware"`
 	ChunkSize int          `json:"chunk_size"`
 	Window    int          `json:"window"`
+	// Encoding says what the chunks carry (protocol 1.1): "" the image
+	// itself; EncodingDeflate the image compressed; EncodingBSDiff a delta
+	// from the image whose SHA-256 is Base. With an encoding, offsets,
+	// acks and chunks count bytes of the payload, PayloadSize long; the
+	// firmware's size, digest and signature are the reconstructed image's.
+	Encoding    string `json:"encoding,omitempty"`
+	PayloadSize int64  `json:"payload_size,omitempty"`
+	Base        string `json:"base,omitempty"`
 }
+
+// Payload encodings, named in hello caps (what a device can decode) and in
+// offers (what the chunks carry).
+const (
+	EncodingDeflate = "deflate"
+	EncodingBSDiff  = "bsdiff"
+)
 
 // Report is a device's change of state in a transfer: accepted (with the
 // offset it holds), rejected, downloaded, verified, installing, rebooting,
@@ -224,6 +245,15 @@ func DecodeOffer(b []byte) (Offer, error) {
 		// No orchestrator offers more: a device must not size its
 		// buffers from a number it cannot trust.
 		return Offer{}, invalid(KindOffer, ErrBadValue, "window %d over %d", m.Window, MaxDeviceWindow)
+	}
+	switch m.Encoding {
+	case "":
+	case EncodingDeflate, EncodingBSDiff:
+		if m.PayloadSize <= 0 || (m.Encoding == EncodingBSDiff) != ValidSHA256(m.Base) {
+			return Offer{}, invalid(KindOffer, ErrBadValue, "payload_size or base for encoding %s", m.Encoding)
+		}
+	default:
+		return Offer{}, invalid(KindOffer, ErrBadValue, "encoding")
 	}
 	return m, nil
 }
