@@ -22,6 +22,18 @@ func earlierRun(t *testing.T, dir string) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "api-tokens"), []byte("admin admin x\n"), 0o600))
 }
 
+// earlierRunDB leaves an earlier run in dir and returns its database's
+// path and size, which spans many pages.
+func earlierRunDB(t *testing.T, dir string) (string, int64) {
+	t.Helper()
+	earlierRun(t, dir)
+	db := filepath.Join(dir, DBFile)
+	fi, err := os.Stat(db)
+	require.NoError(t, err)
+	require.Greater(t, fi.Size(), int64(64*4096), "the events fill many pages")
+	return db, fi.Size()
+}
+
 func openErr(dir string, configure func(*Store)) (*Store, error) {
 	s := New(dir)
 	s.Logger = slog.New(slog.DiscardHandler)
@@ -91,11 +103,7 @@ func TestStore_OpenStartsAFirstRunInAnEmptyDirectory(t *testing.T) {
 
 func TestStore_OpenRefusesADamagedDatabase(t *testing.T) {
 	dir := t.TempDir()
-	earlierRun(t, dir)
-	db := filepath.Join(dir, DBFile)
-	fi, err := os.Stat(db)
-	require.NoError(t, err)
-	require.Greater(t, fi.Size(), int64(64*4096), "the events fill many pages")
+	db, size := earlierRunDB(t, dir)
 	// Garbage over pages near the end of the file: the event table's.
 	f, err := os.OpenFile(db, os.O_RDWR, 0)
 	require.NoError(t, err)
@@ -103,7 +111,7 @@ func TestStore_OpenRefusesADamagedDatabase(t *testing.T) {
 	for i := range garbage {
 		garbage[i] = byte(i*7 + 3)
 	}
-	_, err = f.WriteAt(garbage, fi.Size()-16*4096)
+	_, err = f.WriteAt(garbage, size-16*4096)
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
 
@@ -116,6 +124,30 @@ func TestStore_OpenRefusesADamagedDatabase(t *testing.T) {
 	s, err := openErr(dir, func(s *Store) { s.SkipIntegrityCheck = true })
 	require.NoError(t, err, "--skip-integrity-check opens it all the same: the schema is intact")
 	require.NoError(t, s.Close())
+}
+
+// A database cut short (a copy interrupted, a disk that lost its tail) is
+// refused at start with an error naming the file, whether the cut leaves
+// the header page only or half the pages.
+func TestStore_OpenRefusesADatabaseCutShort(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		keep func(size int64) int64
+	}{
+		{"first_page", func(int64) int64 { return 4096 }},
+		{"half", func(size int64) int64 { return size / 2 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			db, size := earlierRunDB(t, dir)
+			require.NoError(t, os.Truncate(db, tc.keep(size)))
+
+			_, err := openErr(dir, nil)
+			require.Error(t, err, "a database cut short is refused")
+			assert.Contains(t, err.Error(), db)
+			assert.Contains(t, err.Error(), "restore")
+		})
+	}
 }
 
 func TestStore_OpenRefusesAReadOnlyDataDirectory(t *testing.T) {
