@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -47,5 +48,24 @@ func TestMetrics_PassTheLinter(t *testing.T) {
 func TestStatusClass(t *testing.T) {
 	for status, want := range map[int]string{200: "2xx", 201: "2xx", 304: "3xx", 404: "4xx", 503: "5xx", 99: "other", 600: "other", http.StatusSwitchingProtocols: "1xx"} {
 		assert.Equal(t, want, statusClass(status), "%d", status)
+	}
+}
+
+// Every metric the collector serves is one it describes: a pedantic
+// registry (what a program embedding the collector may use) refuses a
+// metric collected under a descriptor Describe never sent.
+func TestMetrics_CollectorDescribesEveryMetricItCollects(t *testing.T) {
+	s := &Server{BrokerStats: func() any { return map[string]int{"clients": 3} }}
+	newTestAPI(t, s)
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(collector{s: s}))
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	names := map[string]bool{}
+	for _, f := range families {
+		names[f.GetName()] = true
+	}
+	for _, want := range []string{"flota_store_write_failures_total", "flota_store_held_writes", "flota_store_writes_dropped_total"} {
+		assert.True(t, names[want], "%s is served", want)
 	}
 }

@@ -117,7 +117,7 @@ type collector struct{ s *Server }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
-		descIllegal, descBeyondSent, descIllegalSuppressed, descEngineLogDropped, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
+		descIllegal, descBeyondSent, descIllegalSuppressed, descEngineLogDropped, descStoreTx, descStoreRows, descStoreDrop, descStoreFail, descStoreHeld, descStoreLast, descStoreBatch, descStoreCommit,
 		descStreamClients, descStreamDropped, descTimelineRef} {
 		ch <- d
 	}
