@@ -22,7 +22,7 @@ import (
 // an update of many devices emits events in bursts, and checks that no
 // sequence number between the first and the last it saw is missing.
 func TestE2E_QoS1MonitorReceivesEveryEventSeq(t *testing.T) {
-	const devices = 1000
+	const devices = 2000
 	s := startServer(t)
 	host, port, _ := strings.Cut(s.mqttAddr, ":")
 	monSecret := strings.TrimSpace(s.mustCLI("monitor", "add", "monitor-seq"))
@@ -103,4 +103,5 @@ func TestE2E_QoS1MonitorReceivesEveryEventSeq(t *testing.T) {
 		}
 	}
 	require.Empty(t, missing, "%d of %d event seqs missing between %d and %d", len(missing), last-first+1, first, last)
+	t.Logf("QoS 1 monitor during a %d-device update: %d event seqs, %d to %d, none missing", devices, last-first+1, first, last)
 }
