@@ -119,6 +119,11 @@ func TestE2E_FailingCanaryPhaseStopsAtItsGate(t *testing.T) {
 	st := s.status(id)
 	assert.Equal(t, "failed", st.Gate)
 	assert.Equal(t, 18, st.Counts[fleet.StateQueued], "nothing past the canary started")
+	// Text status says why nothing starts, with the gate's figures, and
+	// promises no ETA.
+	out := s.mustCLI("update", "status", id)
+	assert.Contains(t, out, "phase 1 gate failed (succeeded=0 needed=2 of 2)")
+	assert.Regexp(t, `(?m)^eta\s+-$`, out)
 	poll(t, 30*time.Second, func() bool {
 		return s.sqlite3("SELECT reason FROM events WHERE update_id='"+id+"' AND type='phase' AND state='failed'") == "gate_failed"
 	}, "the failed gate is in the event log")
