@@ -210,6 +210,9 @@ func (s *Server) createUpdate(w http.ResponseWriter, r *http.Request) {
 	req.CreatedBy = requester(r)
 	u, err := s.Engine.CreateUpdate(r.Context(), req)
 	if err != nil {
+		if errors.Is(err, fleet.ErrSelectorTooLarge) {
+			s.selectorRefused.Add(1)
+		}
 		s.writeError(w, r, fmt.Errorf("create update: %w", err))
 		return
 	}

@@ -76,6 +76,7 @@ var (
 	descStreamClients = desc("flota_http_stream_clients", "Connected event stream (SSE) clients.")
 	descStreamDropped = desc("flota_http_stream_dropped_messages_total", "Messages dropped for slow event stream clients (they catch up from the store).")
 	descTimelineRef   = desc("flota_http_timeline_refused_total", "Update timeline requests refused with 503: as many event log replays were running as allowed.")
+	descSelectorRef   = desc("flota_http_selector_refused_total", "Updates refused with 400 selector_too_large: a selector over the store's limits (fleet.MaxSelector*).")
 
 	descIllegalSuppressed = desc("flota_device_illegal_events_suppressed_total", "Refused device state changes counted but not recorded as events (--illegal-event-interval).")
 	descEngineLogDropped  = desc("flota_engine_log_lines_suppressed_total", "Engine log lines about a device dropped by the per-client log limit.")
@@ -118,7 +119,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
 		descIllegal, descBeyondSent, descIllegalSuppressed, descEngineLogDropped, descStoreTx, descStoreRows, descStoreDrop, descStoreFail, descStoreHeld, descStoreLast, descStoreBatch, descStoreCommit,
-		descStreamClients, descStreamDropped, descTimelineRef} {
+		descStreamClients, descStreamDropped, descTimelineRef, descSelectorRef} {
 		ch <- d
 	}
 	for _, m := range brokerMetrics {
@@ -188,6 +189,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	put(descStreamClients, prometheus.GaugeValue, float64(s.hub.count()))
 	put(descStreamDropped, prometheus.CounterValue, float64(s.hub.dropped.Load()))
 	put(descTimelineRef, prometheus.CounterValue, float64(s.replays.refused.Load()))
+	put(descSelectorRef, prometheus.CounterValue, float64(s.selectorRefused.Load()))
 }
 
 // collectUpdates counts updates by state and, for the active ones, their

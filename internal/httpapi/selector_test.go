@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -46,6 +47,7 @@ func TestServer_CreateUpdateRefusesASelectorOverItsLimitsWith400(t *testing.T) {
 	}
 	e = callError(t, "POST", base+"/api/v1/updates", body(fleet.Selector{Devices: append(ids, "one-more")}), http.StatusBadRequest, "selector_too_large")
 	assert.Contains(t, e.Message, "device IDs: 10001, at most 10000")
+	assert.Regexp(t, regexp.MustCompile(`(?m)^flota_http_selector_refused_total 2$`), scrape(t, base), "each refusal counted")
 
 	var u fleet.UpdateSummary
 	resp := call(t, "POST", base+"/api/v1/updates", body(fleet.Selector{Model: "m1", Tags: tags(fleet.MaxSelectorTags), Devices: ids}), &u)

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -116,6 +117,9 @@ type Server struct {
 	tokenUses chan struct{}
 	replays   *replayLimit
 	fetches   *fetches
+	// selectorRefused counts updates refused for a selector over the
+	// store's limits (flota_http_selector_refused_total).
+	selectorRefused atomic.Int64
 
 	// mu guards ln, srv and closed.
 	mu     sync.Mutex
