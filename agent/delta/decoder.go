@@ -133,6 +133,9 @@ func (d *Decoder) resume() {
 
 // Checkpoint returns the last segment boundary whose target bytes have all
 // been written to out: persist it (after making out durable) to resume.
+// It moves when a segment ends, before the decoder writes any byte of the
+// next one, so out's Write may call it to note the state of its output at
+// exactly Checkpoint().Target bytes (a running hash, say).
 func (d *Decoder) Checkpoint() Checkpoint {
 	return d.cp
 }
@@ -274,7 +277,11 @@ func (d *Decoder) copyOut(in *inflated, n int, toEOF bool) error {
 			return nil
 		}
 		if err != nil {
-			return in.wrap(err, "literal bytes")
+			what := "literal bytes"
+			if toEOF {
+				what = "segment content"
+			}
+			return in.wrap(err, what)
 		}
 	}
 	if toEOF {

@@ -143,13 +143,9 @@ func TestDiff_SmallChangesGiveASmallPayload(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	base := codeLike(r, 1<<20)
 	target := mutate(r, base, 10, 1, 4096)
-	var full, payload bytes.Buffer
-	_, err := Compress(&full, bytes.NewReader(target))
-	require.NoError(t, err)
-	_, err = Diff(&payload, base, target, DiffOptions{})
-	require.NoError(t, err)
-	t.Logf("target %d, compressed %d, delta %d (%.2f%%)", len(target), full.Len(), payload.Len(), 100*float64(payload.Len())/float64(len(target)))
-	require.Less(t, payload.Len(), len(target)*3/100)
+	enc := encodeBoth(t, base, target)
+	t.Logf("target %d, compressed %d, delta %d (%.2f%%)", len(target), len(enc[Deflate]), len(enc[BSDiff]), 100*float64(len(enc[BSDiff]))/float64(len(target)))
+	require.Less(t, len(enc[BSDiff]), len(target)*3/100)
 }
 
 func TestDiff_RefusesInputsOverMaxSize(t *testing.T) {
@@ -213,14 +209,22 @@ func payloads(t testing.TB) (base, target []byte, enc map[string][]byte) {
 		p := &testPayloads
 		p.base = codeLike(r, 250_000)
 		p.target = mutate(r, p.base, 100, 20, 20_000)
-		var c, d bytes.Buffer
-		if _, p.err = Compress(&c, bytes.NewReader(p.target)); p.err == nil {
-			_, p.err = Diff(&d, p.base, p.target, DiffOptions{})
-		}
-		p.enc = map[string][]byte{Deflate: c.Bytes(), BSDiff: d.Bytes()}
+		p.enc = encodeBoth(t, p.base, p.target)
 	})
-	require.NoError(t, testPayloads.err)
+	require.NotNil(t, testPayloads.enc)
 	return testPayloads.base, testPayloads.target, testPayloads.enc
+}
+
+// encodeBoth returns target's deflate payload and its bsdiff payload from
+// base, by encoding name.
+func encodeBoth(t testing.TB, base, target []byte) map[string][]byte {
+	t.Helper()
+	var c, d bytes.Buffer
+	_, err := Compress(&c, bytes.NewReader(target))
+	require.NoError(t, err)
+	_, err = Diff(&d, base, target, DiffOptions{})
+	require.NoError(t, err)
+	return map[string][]byte{Deflate: c.Bytes(), BSDiff: d.Bytes()}
 }
 
 // testPayloads is made once for the tests that share it, read-only.
@@ -228,7 +232,6 @@ var testPayloads struct {
 	once         sync.Once
 	base, target []byte
 	enc          map[string][]byte
-	err          error
 }
 
 // checkpoints decodes payload byte by byte and returns every checkpoint,
@@ -274,6 +277,46 @@ func TestDecoder_ResumesFromEveryCheckpoint(t *testing.T) {
 				require.Equal(t, int64(len(payload)), d.Checkpoint().Payload)
 				require.True(t, bytes.Equal(target, out.Bytes()), "resume from %+v", cp)
 			}
+		})
+	}
+}
+
+// checkpointSpy is a decoder's output that, at each Write, compares the
+// decoder's checkpoint with the bytes it holds.
+type checkpointSpy struct {
+	d       *Decoder
+	n       int64
+	last    Checkpoint
+	exact   int // checkpoints first seen with exactly their Target written
+	inexact int
+}
+
+func (w *checkpointSpy) Write(p []byte) (int, error) {
+	if cp := w.d.Checkpoint(); cp != w.last {
+		if cp.Target == w.n {
+			w.exact++
+		} else {
+			w.inexact++
+		}
+		w.last = cp
+	}
+	w.n += int64(len(p))
+	return len(p), nil
+}
+
+func TestDecoder_CheckpointMovesBeforeTheNextSegmentsFirstByte(t *testing.T) {
+	base, _, enc := payloads(t)
+	for encoding, payload := range enc {
+		t.Run(encoding, func(t *testing.T) {
+			spy := &checkpointSpy{}
+			d, err := NewDecoder(encoding, bytes.NewReader(base), int64(len(base)), spy, Checkpoint{})
+			require.NoError(t, err)
+			spy.d = d
+			_, err = d.Write(payload) // all at once: segments end mid-Write
+			require.NoError(t, err)
+			require.NoError(t, d.Close())
+			require.Zero(t, spy.inexact)
+			require.Greater(t, spy.exact, 3)
 		})
 	}
 }
