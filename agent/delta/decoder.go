@@ -29,7 +29,8 @@ var errStopped = errors.New("delta: decoder closed")
 // The inflater pulls its input, while payload bytes are pushed by Write;
 // the decoding loop runs as a coroutine (iter.Pull) that Write resumes
 // with each piece and that yields when it has used it all. Only the caller's
-// goroutine and that coroutine, never both at once, touch the decoder.
+// goroutine and that coroutine, never both at once, touch the decoder; a
+// Decoder is for one goroutine at a time.
 type Decoder struct {
 	encoding string
 	base     io.ReaderAt
