@@ -26,7 +26,7 @@ const (
 // BenchmarkDiff measures payload sizes (as % of the image), the time and
 // CPU time of Diff and its peak heap:
 //
-//	go test -run XXX -bench BenchmarkDiff -benchtime 1x ./agent/delta
+//	go test -run XXX -bench 'BenchmarkDiff$' -benchtime 1x ./agent/delta
 //
 // "devicesim" builds cmd/devicesim at two commits with git worktree (cached
 // under $TMPDIR/flota-delta-bench), as go build makes it, stripped as
