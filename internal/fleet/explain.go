@@ -94,7 +94,7 @@ func until(t *time.Time) string {
 // 43% (12.1 MiB of 28.0 MiB)".
 func (f *FetchProgress) String() string {
 	switch {
-	case f == nil:
+	case f == nil, f.Bytes <= 0 && f.Total < 0: // nothing known yet, or only the engine's view
 		return "firmware fetching"
 	case f.Total > 0:
 		return fmt.Sprintf("firmware fetching: %d%% (%s of %s)", f.Bytes*100/f.Total, HumanBytes(f.Bytes), HumanBytes(f.Total))

@@ -255,7 +255,14 @@ func (s *Server) runFetch(ctx context.Context, fj *fetchJob, req FetchRequest, m
 			}
 			if pending != "" {
 				fw, err = s.Store.FillPendingFirmware(ctx, pending, tmp, verify)
-			} else {
+				if errors.Is(err, fleet.ErrFirmwareNotFound) {
+					// An operator deleted the pending firmware of an
+					// update that could not be created: stored anew.
+					pending = ""
+					_, err = tmp.Seek(0, io.SeekStart)
+				}
+			}
+			if pending == "" && err == nil {
 				fw, _, err = s.Store.AddFirmwareOnce(ctx, meta, tmp, verify)
 			}
 		}
