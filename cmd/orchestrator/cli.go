@@ -680,6 +680,9 @@ func (c *cli) updateCreate(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if u.State == fleet.UpdateWaiting {
+		fmt.Fprintf(c.stderr, "%d device(s) chosen; the update starts when its firmware is fetched (%s)\n", u.Total, u.Explain())
+	}
 	fmt.Fprintln(c.stdout, u.ID)
 	return nil
 }

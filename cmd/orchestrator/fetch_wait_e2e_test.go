@@ -64,7 +64,10 @@ func TestFetch_UpdateCreatedWhileFetchingWaitsThenRunsWhenTheFetchEnds(t *testin
 	s.waitOnline(devices)
 	fetchID := startHeldFetch(t, s, store.URL+"/app.bin", "--sha256", sum)
 
-	id := strings.TrimSpace(s.mustCLI("update", "create", "--firmware", fetchID))
+	created := s.cliFull("update", "create", "--firmware", fetchID)
+	require.Zero(t, created.code, created.stderr)
+	assert.Contains(t, created.stderr, "5 device(s) chosen; the update starts when its firmware is fetched (firmware fetching: 50% (32.0 KiB of 64.0 KiB))")
+	id := strings.TrimSpace(created.stdout)
 	st := s.status(id)
 	assert.Equal(t, fleet.UpdateWaiting, st.State)
 	assert.Equal(t, "firmware_fetching", st.Waiting)
