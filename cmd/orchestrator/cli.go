@@ -100,7 +100,7 @@ var commands = []*spec{
 		example: "orchestrator firmware list --json"},
 	{name: "firmware delete", args: "ID", summary: "delete a firmware no update uses, and its image file",
 		example: "orchestrator firmware delete fw-1a2b3c4d5e6f"},
-	{name: "update create", args: "--firmware ID [--select model=M,version=V,tag:K=V,device=ID] [--max-in-flight N] [--window W] [--chunk-size B] [--max-attempts N] [--rate N] [--phases LIST] [--success-threshold F] [--soak D] [--manual-gates] [--failure-threshold T] [--failure-min N] [--idle-timeout D] [--confirm-timeout D] [--offline-after D] [--retry-backoff D] [--start-at TIME] [--maintenance HH:MM-HH:MM] [--timezone TZ] [--allow-downgrade] [--force] [--dynamic] [--online]",
+	{name: "update create", args: "--firmware ID|FETCH-ID [--select model=M,version=V,tag:K=V,device=ID] [--max-in-flight N] [--window W] [--chunk-size B] [--max-attempts N] [--rate N] [--phases LIST] [--success-threshold F] [--soak D] [--manual-gates] [--failure-threshold T] [--failure-min N] [--idle-timeout D] [--confirm-timeout D] [--offline-after D] [--retry-backoff D] [--start-at TIME] [--maintenance HH:MM-HH:MM] [--timezone TZ] [--allow-downgrade] [--force] [--dynamic] [--online]",
 		summary: "start an update and print its ID",
 		example: "orchestrator update create --firmware fw-1a2b3c4d5e6f --select 'model=sensor-v2,version=<1.2.0,tag:site=lyon' --phases 1%,10%,100% --soak 30m --failure-threshold 5% --failure-min 20 --maintenance 22:00-04:00 --timezone Europe/Paris"},
 	{name: "update status", args: "ID [--json]", summary: "show an update's state, counts, bytes, rate and ETA",
@@ -595,7 +595,7 @@ func (c *cli) updateCreate(ctx context.Context, args []string) error {
 	server := c.serverFlag(fs)
 	var req rollout.CreateRequest
 	sel := &selectorFlag{sel: &req.Selector}
-	fs.StringVar(&req.FirmwareID, "firmware", "", "firmware ID (required)")
+	fs.StringVar(&req.FirmwareID, "firmware", "", "firmware ID, or the ID of a fetch still running (firmware add --url --no-wait): the update waits for it (required)")
 	fs.Var(sel, "select", "target devices: `criteria` model=M,version=V,tag:K=V,device=ID (repeatable; every criterion must match; none: all devices)")
 	fs.IntVar(&req.Policy.MaxInFlight, "max-in-flight", 0, fmt.Sprintf("devices transferring at once (default %d)", fleet.DefaultMaxInFlight))
 	fs.IntVar(&req.Policy.Window, "window", 0, fmt.Sprintf("unacknowledged chunks per device, 1..%d (default %d)", fleet.MaxWindow, fleet.DefaultWindow))
@@ -680,6 +680,9 @@ func (c *cli) updateCreate(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if u.State == fleet.UpdateWaiting {
+		fmt.Fprintf(c.stderr, "%d device(s) chosen; the update starts when its firmware is fetched (%s)\n", u.Total, u.Explain())
+	}
 	fmt.Fprintln(c.stdout, u.ID)
 	return nil
 }
@@ -720,6 +723,9 @@ func writeStatus(w io.Writer, s fleet.UpdateSummary) {
 	}
 	if w := s.Explain(); w != "" {
 		t.row("waiting", w)
+	}
+	if s.EndedReason != "" {
+		t.row("ended", termSafe(s.EndedReason))
 	}
 	_ = t.flush() // stdout; nothing to report to
 }
@@ -851,7 +857,7 @@ func progressCore(s fleet.UpdateSummary) string {
 func (c *cli) updateList(ctx context.Context, args []string) error {
 	fs, sp := c.newFlags("update list")
 	server := c.serverFlag(fs)
-	state := fs.String("state", "", "only updates in this state (scheduled, running, paused, completed, completed_with_failures, aborted, cancelled)")
+	state := fs.String("state", "", "only updates in this state (waiting, scheduled, running, paused, completed, completed_with_failures, aborted, cancelled, failed)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
@@ -867,7 +873,11 @@ func (c *cli) updateList(ctx context.Context, args []string) error {
 	}
 	t := newTable(c.stdout, "ID", "STATE", "FIRMWARE", "DONE", "IN FLIGHT", "CREATED")
 	for _, u := range ups {
-		t.row(u.ID, u.State, cmp.Or(u.Firmware.ID, u.FirmwareID), fmt.Sprintf("%d/%d", u.Finished(), u.Total),
+		state := string(u.State)
+		if u.FirmwareFetch != nil {
+			state += " (" + u.FirmwareFetch.String() + ")"
+		}
+		t.row(u.ID, state, cmp.Or(u.Firmware.ID, u.FirmwareID), fmt.Sprintf("%d/%d", u.Finished(), u.Total),
 			u.InFlight, tableTime(u.CreatedAt))
 	}
 	return t.flush()
@@ -1244,18 +1254,7 @@ func formatTags(tags map[string]string) string {
 }
 
 // humanBytes formats n in binary units.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
-}
+func humanBytes(n int64) string { return fleet.HumanBytes(n) }
 
 func shortHash(h string) string {
 	if len(h) > 12 {

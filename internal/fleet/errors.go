@@ -45,6 +45,9 @@ var (
 	// ErrFirmwareDamaged: a firmware image's file is missing, or its size
 	// or SHA-256 differs from the stored firmware's.
 	ErrFirmwareDamaged = errors.New("firmware image damaged")
+	// ErrFirmwareFetching: the firmware's image is still being fetched
+	// (fleet.Firmware.Fetch): it cannot be read yet.
+	ErrFirmwareFetching = errors.New("firmware still fetching")
 	// ErrFirmwareExists: the same image and version is stored already in
 	// a form the upload may not replace (signed, where the upload is not).
 	ErrFirmwareExists = errors.New("firmware already stored")

@@ -58,6 +58,8 @@ func (s UpdateSummary) Explain() string {
 	case "offline_devices":
 	case "store":
 		parts = append(parts, "the store cannot write (see the orchestrator's health): the update goes on when it can")
+	case "firmware_fetching":
+		parts = append(parts, s.FirmwareFetch.String())
 	case "firmware_damaged":
 		parts = append(parts, "the image's file is missing or changed: restore it, then 'update resume'")
 	default:
@@ -86,4 +88,30 @@ func until(t *time.Time) string {
 		return "-"
 	}
 	return t.UTC().Format(TextTimeLayout)
+}
+
+// String says how far the fetch went, for people: "firmware fetching:
+// 43% (12.1 MiB of 28.0 MiB)".
+func (f *FetchProgress) String() string {
+	switch {
+	case f == nil, f.Bytes <= 0 && f.Total < 0: // nothing known yet, or only the engine's view
+		return "firmware fetching"
+	case f.Total > 0:
+		return fmt.Sprintf("firmware fetching: %d%% (%s of %s)", f.Bytes*100/f.Total, HumanBytes(f.Bytes), HumanBytes(f.Total))
+	}
+	return fmt.Sprintf("firmware fetching: %s", HumanBytes(f.Bytes))
+}
+
+// HumanBytes writes a size for people, in binary units: 512 B, 12.1 MiB.
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
 }

@@ -58,6 +58,11 @@ type Firmware struct {
 	// base64, made where the private key is; empty: unsigned.
 	Signature string    `json:"signature,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// Fetch names the fetch job still bringing the image when an update
+	// was created on it: Size and SHA256 are unknown (0, "") until it
+	// ends. A fetch that failed leaves it set; such a firmware is not
+	// listed.
+	Fetch string `json:"fetch,omitempty"`
 }
 
 // UpdateState is the state of a whole update.
@@ -66,33 +71,40 @@ type UpdateState string
 // Update states.
 const (
 	UpdateScheduled             UpdateState = "scheduled" // waits for its start_at
+	UpdateWaiting               UpdateState = "waiting"   // waits for its firmware's fetch to end
 	UpdateRunning               UpdateState = "running"
 	UpdatePaused                UpdateState = "paused" // by an operator, a manual gate or a failed gate
 	UpdateCompleted             UpdateState = "completed"
 	UpdateCompletedWithFailures UpdateState = "completed_with_failures"
 	UpdateAborted               UpdateState = "aborted" // the failure threshold tripped
 	UpdateCancelled             UpdateState = "cancelled"
+	UpdateFailed                UpdateState = "failed" // its firmware's fetch failed: nothing was offered
 )
 
 // Terminal reports whether no device of the update will change any more
 // (unless an operator retries its failed devices).
 func (s UpdateState) Terminal() bool {
 	switch s {
-	case UpdateCompleted, UpdateCompletedWithFailures, UpdateAborted, UpdateCancelled:
+	case UpdateCompleted, UpdateCompletedWithFailures, UpdateAborted, UpdateCancelled, UpdateFailed:
 		return true
 	}
 	return false
 }
 
-// Active reports whether the update holds its devices: scheduled, running
-// or paused. A device is in at most one active update.
+// Active reports whether the update holds its devices: waiting, scheduled,
+// running or paused. A device is in at most one active update.
 func (s UpdateState) Active() bool {
-	return s == UpdateScheduled || s == UpdateRunning || s == UpdatePaused
+	return s == UpdateWaiting || s == UpdateScheduled || s == UpdateRunning || s == UpdatePaused
 }
+
+// UpdateStates lists every update state, for validation and metrics.
+var UpdateStates = []UpdateState{UpdateWaiting, UpdateScheduled, UpdateRunning, UpdatePaused,
+	UpdateCompleted, UpdateCompletedWithFailures, UpdateAborted, UpdateCancelled, UpdateFailed}
 
 // updateTransitions is the update state machine. Retrying the failed devices
 // of an ended update runs it again.
 var updateTransitions = map[UpdateState][]UpdateState{
+	UpdateWaiting:               {UpdateScheduled, UpdateRunning, UpdateCancelled, UpdateFailed},
 	UpdateScheduled:             {UpdateRunning, UpdateCancelled},
 	UpdateRunning:               {UpdatePaused, UpdateCompleted, UpdateCompletedWithFailures, UpdateAborted, UpdateCancelled},
 	UpdatePaused:                {UpdateRunning, UpdateCompleted, UpdateCompletedWithFailures, UpdateAborted, UpdateCancelled},
@@ -100,6 +112,7 @@ var updateTransitions = map[UpdateState][]UpdateState{
 	UpdateCompletedWithFailures: {UpdateRunning},
 	UpdateAborted:               {UpdateRunning},
 	UpdateCancelled:             nil,
+	UpdateFailed:                nil,
 }
 
 // CanUpdateTransition reports whether an update may go from one state to
@@ -129,6 +142,10 @@ type Update struct {
 	// CreatedBy names who created the update: the API token's name; empty
 	// for updates created before it was recorded.
 	CreatedBy string `json:"created_by,omitempty"`
+	// EndedReason says why an update created on a firmware still fetching
+	// ended before it started: the fetch's error, its cancel, or a restart
+	// of the orchestrator while it ran.
+	EndedReason string `json:"ended_reason,omitempty"`
 }
 
 // Progress is one device's progress in one update.

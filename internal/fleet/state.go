@@ -151,4 +151,7 @@ const (
 	ReasonScheduled        Reason = "scheduled"         // the update's start time came
 	ReasonFirmwareDamaged  Reason = "firmware_damaged"  // the image's file is missing or differs from the stored firmware
 	ReasonUnknownUpdate    Reason = "unknown_update"    // (device) cancel of an update it does not hold
+	ReasonFirmwareFetched  Reason = "firmware_fetched"  // the fetch of the firmware an update waited for ended well
+	ReasonFetchFailed      Reason = "fetch_failed"      // the fetch of the firmware an update waited for failed
+	ReasonFetchCancelled   Reason = "fetch_cancelled"   // the fetch of the firmware an update waited for was cancelled
 )

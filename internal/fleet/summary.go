@@ -53,9 +53,19 @@ type UpdateSummary struct {
 	PausedReason Reason `json:"paused_reason,omitempty"`
 	// GateFigures are the current phase's gate figures once decided.
 	GateFigures *GateFigures `json:"gate_figures,omitempty"`
+	// FirmwareFetch is the fetch a waiting update waits for, and how far
+	// it went.
+	FirmwareFetch *FetchProgress `json:"firmware_fetch,omitempty"`
 	// WaitingDetail is Explain's sentence, for dashboards.
 	WaitingDetail string    `json:"waiting_detail,omitempty"`
 	Time          time.Time `json:"time"`
+}
+
+// FetchProgress is how far the fetch of a firmware went.
+type FetchProgress struct {
+	ID    string `json:"id"`
+	Bytes int64  `json:"bytes"`
+	Total int64  `json:"total"` // -1 while unknown
 }
 
 // GateFigures are the figures a phase gate was decided on: Succeeded of

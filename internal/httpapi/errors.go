@@ -55,6 +55,7 @@ var sentinels = []struct {
 	{fleet.ErrTooManyTokens, http.StatusConflict, "too_many_tokens"},
 	{fleet.ErrFirmwareDamaged, http.StatusConflict, "firmware_damaged"},
 	{fleet.ErrFirmwareExists, http.StatusConflict, "firmware_exists"},
+	{fleet.ErrFirmwareFetching, http.StatusConflict, "firmware_fetching"},
 	{fleet.ErrFirmwareInUse, http.StatusConflict, "firmware_in_use"},
 	{fleet.ErrStoreUnavailable, http.StatusServiceUnavailable, CodeStoreUnavailable},
 	{fleet.ErrClosed, http.StatusServiceUnavailable, CodeUnavailable},

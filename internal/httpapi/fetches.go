@@ -67,7 +67,13 @@ type FetchJob struct {
 // fetchJob is a FetchJob and its cancellation.
 type fetchJob struct {
 	cancel context.CancelCauseFunc
-	job    FetchJob // guarded by fetches.mu
+	meta   fleet.Firmware // what the image is stored as
+	// Guarded by fetches.mu: the job as shown; the pending firmware an
+	// update was created on (fetchwait.go); sealed once the download
+	// ended, when no pending firmware is added any more.
+	job     FetchJob
+	pending string
+	sealed  bool
 }
 
 // errCancelled is the cause of a fetch cancelled by an operator.
@@ -156,7 +162,7 @@ func (s *Server) startFetch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithCancelCause(s.fetches.ctx)
-	fj, err := s.addFetchJob(req, cancel, func(fj *fetchJob) { s.runFetch(ctx, fj, req, meta, tmp) })
+	fj, err := s.addFetchJob(req, meta, cancel, func(fj *fetchJob) { s.runFetch(ctx, fj, req, meta, tmp) })
 	if err != nil {
 		cancel(nil)
 		tmp.Close()
@@ -176,7 +182,7 @@ func (s *Server) startFetch(w http.ResponseWriter, r *http.Request) {
 
 // addFetchJob records a new running job and starts run on it, or refuses
 // when MaxFetches run or the server closes.
-func (s *Server) addFetchJob(req FetchRequest, cancel context.CancelCauseFunc, run func(*fetchJob)) (*fetchJob, error) {
+func (s *Server) addFetchJob(req FetchRequest, meta fleet.Firmware, cancel context.CancelCauseFunc, run func(*fetchJob)) (*fetchJob, error) {
 	f := s.fetches
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -195,7 +201,7 @@ func (s *Server) addFetchJob(req FetchRequest, cancel context.CancelCauseFunc, r
 		}
 		i++
 	}
-	fj := &fetchJob{cancel: cancel, job: FetchJob{ID: fleet.NewID("fetch"), URL: urlfetch.Redact(req.URL), State: FetchRunning,
+	fj := &fetchJob{cancel: cancel, meta: meta, job: FetchJob{ID: fleet.NewID("fetch"), URL: urlfetch.Redact(req.URL), State: FetchRunning,
 		Total: -1, Unverified: req.SHA256 == "" && req.Signature == "", CreatedAt: time.Now().UTC()}}
 	f.jobs[fj.job.ID] = fj
 	f.order = append(f.order, fj.job.ID)
@@ -235,16 +241,40 @@ func (s *Server) runFetch(ctx context.Context, fj *fetchJob, req FetchRequest, m
 	if err == nil && req.SHA256 != "" && res.SHA256 != req.SHA256 {
 		err = fmt.Errorf("%w: the image's SHA-256 is %s, not the %s asked for: discarded", errDigestMismatch, res.SHA256, req.SHA256)
 	}
+	s.fetches.mu.Lock()
+	fj.sealed = true
+	pending := fj.pending
+	s.fetches.mu.Unlock()
 	if err == nil {
 		if _, err = tmp.Seek(0, io.SeekStart); err == nil {
-			fw, _, err = s.Store.AddFirmwareOnce(ctx, meta, tmp, func(fw fleet.Firmware) error {
+			verify := func(fw fleet.Firmware) error {
 				if req.SHA256 != "" && fw.SHA256 != req.SHA256 {
 					return fmt.Errorf("%w: stored %s, asked for %s", errDigestMismatch, fw.SHA256, req.SHA256)
 				}
 				return s.verifyFirmware(fw)
-			})
+			}
+			if pending != "" {
+				fw, err = s.Store.FillPendingFirmware(ctx, pending, tmp, verify)
+				if errors.Is(err, fleet.ErrFirmwareNotFound) {
+					// An operator deleted the pending firmware of an
+					// update that could not be created: stored anew.
+					pending = ""
+					_, err = tmp.Seek(0, io.SeekStart)
+				}
+			}
+			if pending == "" && err == nil {
+				fw, _, err = s.Store.AddFirmwareOnce(ctx, meta, tmp, verify)
+			}
 		}
 	}
+	s.endFetch(ctx, fj, res, fw, err)
+	if pending != "" {
+		s.fetchEnded(fj, pending, err)
+	}
+}
+
+// endFetch records the end of a fetch in its job.
+func (s *Server) endFetch(ctx context.Context, fj *fetchJob, res urlfetch.Result, fw fleet.Firmware, err error) {
 	now := time.Now().UTC()
 	log := s.logger().With("fetch", fj.job.ID, "url", fj.job.URL)
 	s.fetches.mu.Lock()

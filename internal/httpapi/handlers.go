@@ -208,6 +208,14 @@ func (s *Server) createUpdate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req.CreatedBy = requester(r)
+	if strings.HasPrefix(req.FirmwareID, fetchIDPrefix) {
+		id, err := s.fetchFirmware(r.Context(), req.FirmwareID)
+		if err != nil {
+			s.writeError(w, r, fmt.Errorf("create update: %w", err))
+			return
+		}
+		req.FirmwareID = id
+	}
 	u, err := s.Engine.CreateUpdate(r.Context(), req)
 	if err != nil {
 		if errors.Is(err, fleet.ErrSelectorTooLarge) {
@@ -218,7 +226,7 @@ func (s *Server) createUpdate(w http.ResponseWriter, r *http.Request) {
 	}
 	// The summary, as every other update route answers, so that "firmware"
 	// is always the firmware object.
-	sum, err := s.Engine.Summary(r.Context(), u.ID)
+	sum, err := s.summary(r.Context(), u.ID)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -248,7 +256,7 @@ func (s *Server) listUpdates(w http.ResponseWriter, r *http.Request) {
 	}
 	out := UpdateList{Updates: make([]fleet.UpdateSummary, 0, len(ups)), Total: total}
 	for _, u := range ups {
-		sum, err := s.Engine.Summary(r.Context(), u.ID)
+		sum, err := s.summary(r.Context(), u.ID)
 		if err != nil {
 			s.writeError(w, r, fmt.Errorf("summary of %s: %w", u.ID, err))
 			return
@@ -265,7 +273,7 @@ func (s *Server) getUpdate(w http.ResponseWriter, r *http.Request) {
 	if !s.engineReady(w, r) {
 		return
 	}
-	sum, err := s.Engine.Summary(r.Context(), r.PathValue("id"))
+	sum, err := s.summary(r.Context(), r.PathValue("id"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -359,7 +367,7 @@ func (s *Server) control(op func(*rollout.Engine, context.Context, string) error
 			s.writeError(w, r, err)
 			return
 		}
-		sum, err := s.Engine.Summary(r.Context(), id)
+		sum, err := s.summary(r.Context(), id)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -578,7 +586,7 @@ func (s *Server) retryFailed(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	sum, err := s.Engine.Summary(r.Context(), id)
+	sum, err := s.summary(r.Context(), id)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

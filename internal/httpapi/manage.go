@@ -76,8 +76,7 @@ func eventFilter(q url.Values) (sqlite.EventFilter, error) {
 }
 
 // updateStates is every update state, for messages.
-var updateStates = []fleet.UpdateState{fleet.UpdateScheduled, fleet.UpdateRunning, fleet.UpdatePaused,
-	fleet.UpdateCompleted, fleet.UpdateCompletedWithFailures, fleet.UpdateAborted, fleet.UpdateCancelled}
+var updateStates = fleet.UpdateStates
 
 // updateStateParam reads ?state= of the update list: "" for every state.
 func updateStateParam(v string) (fleet.UpdateState, error) {

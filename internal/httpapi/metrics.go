@@ -202,8 +202,7 @@ func (c collector) collectUpdates(ctx context.Context, ch chan<- prometheus.Metr
 		return
 	}
 	byState := map[fleet.UpdateState]int{}
-	for _, st := range []fleet.UpdateState{fleet.UpdateScheduled, fleet.UpdateRunning, fleet.UpdatePaused,
-		fleet.UpdateCompleted, fleet.UpdateCompletedWithFailures, fleet.UpdateAborted, fleet.UpdateCancelled} {
+	for _, st := range fleet.UpdateStates {
 		byState[st] = 0
 	}
 	for _, u := range ups {

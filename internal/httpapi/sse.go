@@ -181,7 +181,7 @@ func (s *Server) eventStream(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(&st.buf, "retry: 2000\n\n")
 
 	if update != "" && s.Engine != nil {
-		if sum, err := s.Engine.Summary(ctx, update); err == nil {
+		if sum, err := s.summary(ctx, update); err == nil {
 			st.write(sseSummary, "", protocol.Encode(sum))
 		}
 	}

@@ -39,6 +39,8 @@ func (e *Engine) waiting(r *run, now time.Time) string {
 	switch {
 	case e.storeWaiting() != "":
 		return waitingStore
+	case r.u.State == fleet.UpdateWaiting:
+		return "firmware_fetching"
 	case r.blobErr != nil:
 		return string(fleet.ReasonFirmwareDamaged)
 	case r.u.State == fleet.UpdateScheduled:

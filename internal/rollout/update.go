@@ -43,6 +43,13 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 		return fleet.Update{}, fleet.Errorf(fleet.ErrInvalidInput, "firmware is required")
 	}
 	blob, fw, err := e.openBlob(ctx, req.FirmwareID)
+	fetching := errors.Is(err, fleet.ErrFirmwareFetching)
+	if fetching {
+		// The update waits for the fetch (fetching.go): its targets are
+		// chosen now, from the firmware's version and model.
+		blob = brokenBlob{err}
+		fw, err = e.Store.Firmware(ctx, req.FirmwareID)
+	}
 	if err != nil {
 		return fleet.Update{}, err
 	}
@@ -60,6 +67,9 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 		State: fleet.UpdateRunning, CreatedAt: now, StartedAt: &now, CreatedBy: req.CreatedBy}
 	if pol.StartAt != nil && pol.StartAt.After(now) {
 		u.State, u.StartedAt = fleet.UpdateScheduled, nil
+	}
+	if fetching {
+		u.State, u.StartedAt = fleet.UpdateWaiting, nil
 	}
 
 	var createErr error
@@ -132,6 +142,11 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 			e.emit(fleet.Event{Type: fleet.EventPhase, UpdateID: u.ID, State: "started", Phase: 1})
 		}
 		r.maybeDone = !pol.Dynamic
+		if fetching {
+			// The fetch may have ended between the firmware's read and
+			// now, its news handled before this run existed.
+			e.checkFetched(ctx, r)
+		}
 		e.checkRun(r, e.now())
 		e.finishRuns()
 	})
@@ -153,6 +168,11 @@ func (e *Engine) loadRun(ctx context.Context, u fleet.Update) (*run, error) {
 	switch {
 	case errors.Is(blobErr, fleet.ErrFirmwareDamaged):
 		blob = brokenBlob{blobErr} // the run loads, paused (damagedRun)
+	case errors.Is(blobErr, fleet.ErrFirmwareFetching) && u.State == fleet.UpdateWaiting:
+		if fw, blobErr = e.Store.Firmware(ctx, u.FirmwareID); blobErr != nil {
+			return nil, blobErr
+		}
+		blob, blobErr = brokenBlob{fleet.ErrFirmwareFetching}, nil // restore ends it (restoreWaiting)
 	case blobErr != nil:
 		return nil, blobErr
 	}
@@ -259,7 +279,10 @@ func (e *Engine) restore(ctx context.Context) error {
 		if r.blobErr != nil {
 			e.damagedRun(r)
 		}
-		e.Logger.Info("resumed update", "update", u.ID, "state", u.State, "devices", len(r.targets), "phase", r.phase+1)
+		if u.State == fleet.UpdateWaiting {
+			e.restoreWaiting(ctx, r)
+		}
+		e.Logger.Info("resumed update", "update", u.ID, "state", r.u.State, "devices", len(r.targets), "phase", r.phase+1)
 	}
 	return nil
 }
@@ -272,7 +295,7 @@ func (e *Engine) finishRuns() {
 		}
 		r.maybeDone = false
 		e.checkRun(r, e.now()) // thresholds and gates move when devices end
-		if r.u.State == fleet.UpdateScheduled || r.u.Policy.Dynamic && r.u.State.Active() {
+		if r.u.State == fleet.UpdateScheduled || r.u.State == fleet.UpdateWaiting || r.u.Policy.Dynamic && r.u.State.Active() {
 			continue // a dynamic update runs until an operator ends it
 		}
 		done := true
@@ -324,7 +347,13 @@ func (e *Engine) setUpdateState(r *run, state fleet.UpdateState, reason fleet.Re
 	if state.Terminal() {
 		r.u.FinishedAt = &now
 	}
-	if err := e.Store.SetUpdateState(r.u.ID, state, now); err != nil {
+	save := e.Store.SetUpdateState
+	if state.Terminal() && r.u.EndedReason != "" {
+		save = func(id string, state fleet.UpdateState, at time.Time) error {
+			return e.Store.EndUpdate(id, state, at, r.u.EndedReason)
+		}
+	}
+	if err := save(r.u.ID, state, now); err != nil {
 		e.Logger.Error("save update state", "update", r.u.ID, "err", err)
 	}
 	e.emit(fleet.Event{Type: fleet.EventUpdate, UpdateID: r.u.ID, From: string(from), State: string(state), Reason: reason, Phase: r.phase + 1})
@@ -401,6 +430,9 @@ func (e *Engine) summary(r *run, now time.Time) fleet.UpdateSummary {
 		Phase: r.phase + 1, Phases: slices.Clone(r.phases), Gate: r.gate, Waiting: e.waiting(r, now)}
 	if len(r.phases) <= 1 {
 		s.Phase, s.Phases = 0, nil
+	}
+	if r.u.State == fleet.UpdateWaiting {
+		s.FirmwareFetch = &fleet.FetchProgress{ID: r.fw.Fetch, Total: -1} // the API adds how far it went
 	}
 	e.explain(r, &s)
 	return s

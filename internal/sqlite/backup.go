@@ -50,7 +50,7 @@ func (s *Store) Backup(ctx context.Context, dir string) ([]BackupFile, error) {
 		return nil, fmt.Errorf("backup: %w", err)
 	}
 	defer db.Close()
-	rows, err := db.QueryContext(ctx, `SELECT DISTINCT sha256 FROM firmware ORDER BY sha256`)
+	rows, err := db.QueryContext(ctx, `SELECT DISTINCT sha256 FROM firmware WHERE sha256 != '' ORDER BY sha256`)
 	if err != nil {
 		return nil, fmt.Errorf("backup: list firmware: %w", err)
 	}

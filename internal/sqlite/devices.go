@@ -75,8 +75,8 @@ func (s *Store) DeleteDevice(ctx context.Context, id string) error {
 		}
 		var upd, state string
 		err = tx.QueryRowContext(ctx, `SELECT p.update_id, p.state FROM progress p JOIN updates u ON u.id = p.update_id
-			WHERE p.device_id = ? AND u.state IN (?, ?, ?) AND p.state NOT IN (?, ?, ?, ?) LIMIT 1`,
-			id, string(fleet.UpdateScheduled), string(fleet.UpdateRunning), string(fleet.UpdatePaused),
+			WHERE p.device_id = ? AND u.state IN (?, ?, ?, ?) AND p.state NOT IN (?, ?, ?, ?) LIMIT 1`,
+			id, string(fleet.UpdateWaiting), string(fleet.UpdateScheduled), string(fleet.UpdateRunning), string(fleet.UpdatePaused),
 			string(fleet.StateSucceeded), string(fleet.StateRejected), string(fleet.StateSkipped), string(fleet.StateCancelled)).Scan(&upd, &state)
 		switch {
 		case err == nil:
@@ -132,7 +132,7 @@ func (s *Store) DeleteFirmware(ctx context.Context, id string) error {
 			return fmt.Errorf("commit: %w", err)
 		}
 		s.stats.transactions.Add(1)
-		if others == 0 {
+		if others == 0 && fw.SHA256 != "" { // a firmware whose fetch failed has no image
 			if err := os.Remove(s.FirmwarePath(fw.SHA256)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("firmware %s deleted, its image file stays: %w", id, err)
 			}

@@ -1,6 +1,7 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"database/sql"
@@ -47,6 +48,12 @@ func (s *Store) AddFirmwareVerified(ctx context.Context, meta fleet.Firmware, r 
 // could otherwise go out unsigned by mistake. A signed upload of an image
 // stored unsigned is a new firmware.
 func (s *Store) AddFirmwareOnce(ctx context.Context, meta fleet.Firmware, r io.Reader, verify func(fleet.Firmware) error) (fw fleet.Firmware, created bool, err error) {
+	return s.addFirmware(ctx, meta, r, verify, "")
+}
+
+// addFirmware is AddFirmwareOnce, or with pending the ID of a firmware
+// still fetching (AddPendingFirmware), FillPendingFirmware.
+func (s *Store) addFirmware(ctx context.Context, meta fleet.Firmware, r io.Reader, verify func(fleet.Firmware) error, pending string) (fw fleet.Firmware, created bool, err error) {
 	if strings.TrimSpace(meta.Version) == "" {
 		return fleet.Firmware{}, false, fleet.Errorf(fleet.ErrInvalidInput, "firmware version is required")
 	}
@@ -57,7 +64,7 @@ func (s *Store) AddFirmwareOnce(ctx context.Context, meta fleet.Firmware, r io.R
 		meta.Name = "firmware"
 	}
 	fw = fleet.Firmware{
-		ID:             fleet.NewID("fw"),
+		ID:             cmp.Or(pending, fleet.NewID("fw")),
 		Name:           meta.Name,
 		Version:        meta.Version,
 		Model:          meta.Model,
@@ -98,9 +105,18 @@ func (s *Store) AddFirmwareOnce(ctx context.Context, meta fleet.Firmware, r io.R
 		}
 		var reuse *fleet.Firmware
 		for i, old := range same {
-			if old.Signature == fw.Signature && old.AllowDowngrade == fw.AllowDowngrade {
+			if pending == "" && old.Signature == fw.Signature && old.AllowDowngrade == fw.AllowDowngrade {
 				reuse = &same[i]
 				break
+			}
+		}
+		if pending != "" {
+			var fetch string
+			if err := s.writer.QueryRowContext(ctx, `SELECT fetch FROM firmware WHERE id = ?`, pending).Scan(&fetch); err != nil {
+				return notFound(err, fleet.ErrFirmwareNotFound, pending)
+			}
+			if fetch == "" {
+				return fleet.Errorf(fleet.ErrFirmwareExists, "firmware %s is not waiting for a fetch", pending)
 			}
 		}
 		if reuse == nil {
@@ -119,8 +135,13 @@ func (s *Store) AddFirmwareOnce(ctx context.Context, meta fleet.Firmware, r io.R
 			fw = *reuse
 			return nil
 		}
-		_, err = s.writer.ExecContext(ctx, sqlInsertFirmware, fw.ID, fw.Name, fw.Version, fw.Model,
-			fw.Size, fw.SHA256, fmtTime(fw.CreatedAt), fw.Signature, fw.AllowDowngrade)
+		if pending != "" {
+			_, err = s.writer.ExecContext(ctx, `UPDATE firmware SET size = ?, sha256 = ?, created_at = ?, fetch = '' WHERE id = ?`,
+				fw.Size, fw.SHA256, fmtTime(fw.CreatedAt), fw.ID)
+		} else {
+			_, err = s.writer.ExecContext(ctx, sqlInsertFirmware, fw.ID, fw.Name, fw.Version, fw.Model,
+				fw.Size, fw.SHA256, fmtTime(fw.CreatedAt), fw.Signature, fw.AllowDowngrade)
+		}
 		if err == nil {
 			created = true
 			s.stats.transactions.Add(1)
@@ -209,12 +230,12 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-const firmwareCols = `id, name, version, model, size, sha256, created_at, signature, allow_downgrade`
+const firmwareCols = `id, name, version, model, size, sha256, created_at, signature, allow_downgrade, fetch`
 
 func scanFirmware(sc interface{ Scan(...any) error }) (fleet.Firmware, error) {
 	var fw fleet.Firmware
 	var created string
-	if err := sc.Scan(&fw.ID, &fw.Name, &fw.Version, &fw.Model, &fw.Size, &fw.SHA256, &created, &fw.Signature, &fw.AllowDowngrade); err != nil {
+	if err := sc.Scan(&fw.ID, &fw.Name, &fw.Version, &fw.Model, &fw.Size, &fw.SHA256, &created, &fw.Signature, &fw.AllowDowngrade, &fw.Fetch); err != nil {
 		return fleet.Firmware{}, err
 	}
 	var err error
@@ -237,13 +258,14 @@ func (s *Store) Firmware(ctx context.Context, id string) (fleet.Firmware, error)
 	return fw, nil
 }
 
-// ListFirmware returns every firmware, newest first.
+// ListFirmware returns every firmware, newest first, but those still
+// fetching or whose fetch failed (AddPendingFirmware): they have no image.
 func (s *Store) ListFirmware(ctx context.Context) ([]fleet.Firmware, error) {
 	db, err := s.db()
 	if err != nil {
 		return nil, err
 	}
-	rows, err := db.QueryContext(ctx, `SELECT `+firmwareCols+` FROM firmware ORDER BY created_at DESC, id`)
+	rows, err := db.QueryContext(ctx, `SELECT `+firmwareCols+` FROM firmware WHERE fetch = '' ORDER BY created_at DESC, id`)
 	if err != nil {
 		return nil, fmt.Errorf("list firmware: %w", err)
 	}
@@ -251,12 +273,16 @@ func (s *Store) ListFirmware(ctx context.Context) ([]fleet.Firmware, error) {
 }
 
 // OpenFirmware opens the image of the firmware with that ID for reading (the
-// caller closes it), or returns fleet.ErrFirmwareNotFound. When the image's
+// caller closes it), or returns fleet.ErrFirmwareNotFound, or
+// fleet.ErrFirmwareFetching with the firmware while it has no image. When the image's
 // file cannot be opened, it returns the firmware with the error.
 func (s *Store) OpenFirmware(ctx context.Context, id string) (*os.File, fleet.Firmware, error) {
 	fw, err := s.Firmware(ctx, id)
 	if err != nil {
 		return nil, fleet.Firmware{}, err
+	}
+	if fw.Fetch != "" {
+		return nil, fw, fleet.Errorf(fleet.ErrFirmwareFetching, "firmware %s: fetch %s has not brought its image", id, fw.Fetch)
 	}
 	f, err := os.Open(s.FirmwarePath(fw.SHA256))
 	if err != nil {

@@ -123,6 +123,12 @@ var migrations = []string{
 		instance   TEXT NOT NULL,
 		claimed_at TEXT NOT NULL
 	);`,
+
+	// 13: a firmware still being fetched when an update was created on it
+	// (fetch = the job's ID; size 0 and sha256 '' until it ends), and why
+	// such an update ended before it started.
+	`ALTER TABLE firmware ADD COLUMN fetch TEXT NOT NULL DEFAULT '';
+	ALTER TABLE updates ADD COLUMN ended_reason TEXT NOT NULL DEFAULT '';`,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.

@@ -225,13 +225,13 @@ func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.
 
 // --- updates ---
 
-const updateCols = `id, firmware_id, selector, policy, state, created_at, started_at, finished_at, created_by`
+const updateCols = `id, firmware_id, selector, policy, state, created_at, started_at, finished_at, created_by, ended_reason`
 
 func scanUpdate(sc scanner) (fleet.Update, error) {
 	var u fleet.Update
 	var sel, pol, state, created string
 	var started, finished sql.NullString
-	if err := sc.Scan(&u.ID, &u.FirmwareID, &sel, &pol, &state, &created, &started, &finished, &u.CreatedBy); err != nil {
+	if err := sc.Scan(&u.ID, &u.FirmwareID, &sel, &pol, &state, &created, &started, &finished, &u.CreatedBy, &u.EndedReason); err != nil {
 		return fleet.Update{}, err
 	}
 	u.State = fleet.UpdateState(state)
@@ -299,10 +299,11 @@ func (s *Store) StoppingUpdates(ctx context.Context) ([]fleet.Update, error) {
 		string(fleet.StateCancelled), string(fleet.StateSkipped))
 }
 
-// ActiveUpdates returns the scheduled, running and paused updates, oldest first.
+// ActiveUpdates returns the waiting, scheduled, running and paused
+// updates, oldest first.
 func (s *Store) ActiveUpdates(ctx context.Context) ([]fleet.Update, error) {
-	return s.queryUpdates(ctx, `SELECT `+updateCols+` FROM updates WHERE state IN (?, ?, ?) ORDER BY created_at, rowid`,
-		string(fleet.UpdateScheduled), string(fleet.UpdateRunning), string(fleet.UpdatePaused))
+	return s.queryUpdates(ctx, `SELECT `+updateCols+` FROM updates WHERE state IN (?, ?, ?, ?) ORDER BY created_at, rowid`,
+		string(fleet.UpdateWaiting), string(fleet.UpdateScheduled), string(fleet.UpdateRunning), string(fleet.UpdatePaused))
 }
 
 func (s *Store) queryUpdates(ctx context.Context, query string, args ...any) ([]fleet.Update, error) {

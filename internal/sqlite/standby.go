@@ -57,6 +57,7 @@ func (s *Store) syncFirmwareReplica(ctx context.Context) error {
 	rows, err := s.writer.QueryContext(ctx, `SELECT f.sha256, f.id, COALESCE(GROUP_CONCAT(u.id), '')
 		FROM firmware f LEFT JOIN updates u ON u.firmware_id = f.id
 			AND u.state NOT IN ('completed', 'failed', 'cancelled')
+		WHERE f.sha256 != '' -- a firmware still fetching has no image yet
 		GROUP BY f.id ORDER BY f.sha256, f.id`)
 	if err != nil {
 		return fmt.Errorf("list firmware images: %w", err)

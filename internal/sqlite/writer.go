@@ -67,10 +67,12 @@ const (
 			offset, attempt, phase)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	// Parameters: state, started_at candidate (NULL unless entering running),
-	// finished_at candidate (NULL unless terminal), id.
+	// finished_at candidate (NULL unless terminal), id, ended_reason ('':
+	// unchanged).
 	sqlSetUpdateState = `UPDATE updates SET state = ?1,
 			started_at = COALESCE(started_at, ?2),
-			finished_at = COALESCE(finished_at, ?3)
+			finished_at = COALESCE(finished_at, ?3),
+			ended_reason = COALESCE(NULLIF(?5, ''), ended_reason)
 		WHERE id = ?4`
 	sqlSaveCounters = `UPDATE updates SET bytes_sent = ?, bytes_acked = ?, resends = ? WHERE id = ?`
 	sqlInsertUpdate = `INSERT INTO updates (id, firmware_id, selector, policy, state, created_at,
@@ -472,9 +474,10 @@ func (s *Store) AppendEvent(e fleet.Event) error {
 }
 
 type setUpdateStateOp struct {
-	id    string
-	state fleet.UpdateState
-	at    time.Time
+	id     string
+	state  fleet.UpdateState
+	at     time.Time
+	reason string // ended_reason; "": unchanged
 }
 
 func (*setUpdateStateOp) isWriteOp() {}
@@ -495,6 +498,7 @@ func (o *setUpdateStateOp) exec(ctx context.Context, ws *writeStmts) error {
 		st.setNull(2)
 	}
 	st.setText(3, o.id)
+	st.setText(4, o.reason)
 	if err := st.exec(ctx); err != nil {
 		return fmt.Errorf("set update %s state: %w", o.id, err)
 	}
@@ -508,6 +512,15 @@ func (s *Store) SetUpdateState(id string, state fleet.UpdateState, at time.Time)
 		at = time.Now()
 	}
 	return s.enqueue(context.Background(), &setUpdateStateOp{id: id, state: state, at: at})
+}
+
+// EndUpdate is SetUpdateState to a terminal state that also records why
+// the update ended (fleet.Update.EndedReason).
+func (s *Store) EndUpdate(id string, state fleet.UpdateState, at time.Time, reason string) error {
+	if at.IsZero() {
+		at = time.Now()
+	}
+	return s.enqueue(context.Background(), &setUpdateStateOp{id: id, state: state, at: at, reason: reason})
 }
 
 // Counters are an update's transfer totals.

@@ -13,7 +13,7 @@ const PAGE = 50;
 const STATES = ["queued", "offered", "accepted", "downloading", "downloaded", "verified",
   "installing", "rebooting", "succeeded", "rejected", "failed", "cancelled", "skipped", "offline"];
 const TERMINAL = new Set(["succeeded", "rejected", "failed", "cancelled", "skipped", "offline"]);
-const UPDATE_TERMINAL = new Set(["completed", "completed_with_failures", "aborted", "cancelled"]);
+const UPDATE_TERMINAL = new Set(["completed", "completed_with_failures", "aborted", "cancelled", "failed"]);
 
 // Chart groups: devices per state over time, stacked; each terminal state
 // has its own colour, in the progress bars as in the chart.
@@ -402,6 +402,7 @@ function updatePage(view, id) {
     let phase = s.phase ? `${s.phase} of ${(s.phases || []).length || s.phase}` + (s.gate ? ` (${s.gate.replaceAll("_", " ")})` : "") : "—";
     if (s.waiting_detail && active) phase += ` · ${s.waiting_detail}`;
     else if (s.waiting && active) phase += ` · waiting: ${s.waiting.replaceAll("_", " ")}`;
+    else if (s.ended_reason && !active) phase += ` · ${s.ended_reason}`;
     $("#u-phase").textContent = phase;
     const fw = s.firmware || {};
     $("#u-fw").textContent = `${fw.name || UPDATE.firmwareID(s)} ${fw.version || ""} (${bytes(fw.size)})`;
