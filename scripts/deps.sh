@@ -32,6 +32,7 @@ want libsodium-dev test -e /usr/include/sodium.h
 want clang command -v clang
 want gcc-arm-none-eabi command -v arm-none-eabi-gcc
 want make command -v make
+want git command -v git
 want openssl command -v openssl
 want coreutils command -v stdbuf
 want util-linux command -v prlimit
