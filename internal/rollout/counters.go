@@ -25,7 +25,7 @@ import "github.com/flotaio/flota/internal/fleet"
 // credit counts the bytes of t's current attempt up to offset in the
 // run's bytes acked, each once.
 func (r *run) credit(t *target, offset int64) {
-	offset = min(offset, r.fw.Size)
+	offset = min(offset, t.size())
 	if offset > t.credited {
 		r.bytesAcked += offset - t.credited
 		t.credited = offset
