@@ -220,16 +220,19 @@ func TestBuilder_DeletingAFirmwareDeletesItsPayloadsAndTheDeltasFromIt(t *testin
 }
 
 func TestBuilder_DiskFullKeepsTheBuildPendingUntilThereIsRoom(t *testing.T) {
-	dir := tmpfs.Mount(t, 8<<20)
-	s := builderStore(t, dir)
+	// The payload directory on a file system of its own, filled up; the
+	// database stays writable, so that a build recorded failed would show.
+	full := tmpfs.Mount(t, 1<<20)
+	s := builderStore(t, "")
+	require.NoError(t, os.Mkdir(filepath.Join(full, "payloads"), 0o755))
+	require.NoError(t, os.Symlink(filepath.Join(full, "payloads"), filepath.Join(s.DataDir, sqlite.PayloadDir)))
 	fw := storeImage(t, s, compressible(300_000, 8), "1.0.0")
 	b := rollout.NewBuilder(s, testLogger(t))
 	require.NoError(t, b.Want(context.Background(), fw, nil))
-	require.NoError(t, os.MkdirAll(filepath.Join(dir, sqlite.PayloadDir), 0o755))
-	filler := filepath.Join(dir, "filler")
+	filler := filepath.Join(full, "filler")
 	f, err := os.Create(filler)
 	require.NoError(t, err)
-	_, err = io.Copy(f, io.LimitReader(zeros{}, 16<<20))
+	_, err = io.Copy(f, io.LimitReader(zeros{}, 4<<20))
 	require.Error(t, err, "the file system is full")
 	require.NoError(t, f.Close())
 
