@@ -109,6 +109,7 @@ func (h *harness) twoVersions(size int, seed uint64) (base, target []byte, baseF
 func payloadDevice(t *testing.T, h *harness, id string, image []byte, caps ...string) *scripted {
 	s := newScripted(t, h, id, "1.0.0")
 	s.helloImage(image, caps, nil)
+	h.waitImage(id, image) // the engine took this hello, not only the first
 	return s
 }
 
@@ -320,7 +321,7 @@ func TestEngine_FailedDeltaBuildSendsAnotherPayload(t *testing.T) {
 	assert.Equal(t, fleet.PayloadFailed, failed.State)
 	assert.Contains(t, failed.Error, "diff exploded")
 	assert.Empty(t, failed.Path)
-	assert.Equal(t, int64(1), h.engine.Builder.Stats().Failed)
+	eventually(t, 5*time.Second, func() bool { return h.engine.Builder.Stats().Failed == 1 }, "counted failed")
 
 	d := payloadDevice(t, h, "fallback", base, "bsdiff")
 	h.waitDevices(1)
