@@ -174,13 +174,22 @@ func TestBuilder_StartBuildsWhatWasPendingAndRemovesOrphanFiles(t *testing.T) {
 	require.NoError(t, os.WriteFile(orphan, []byte("left by a crash"), 0o644))
 	require.NoError(t, os.WriteFile(orphan+".tmp", []byte("half written"), 0o644))
 
-	openBuilder(t, s, nil)
+	b = openBuilder(t, s, nil)
 	_, err := os.Stat(orphan)
 	assert.ErrorIs(t, err, os.ErrNotExist, "a file no payload names is removed")
 	_, err = os.Stat(orphan + ".tmp")
 	assert.ErrorIs(t, err, os.ErrNotExist)
 	ps := builtPayloads(t, s, fw, 1)
 	assert.Equal(t, fleet.PayloadReady, ps[0].State, ps[0].Error)
+
+	// A ready payload whose file is gone (a data directory restored from
+	// a backup, which holds the images only) is built again.
+	require.NoError(t, b.Close())
+	require.NoError(t, os.Remove(filepath.Join(dir, ps[0].Path)))
+	openBuilder(t, s, nil)
+	again := builtPayloads(t, s, fw, 1)
+	assert.Equal(t, fleet.PayloadReady, again[0].State, again[0].Error)
+	assert.FileExists(t, filepath.Join(dir, again[0].Path))
 }
 
 func TestBuilder_DeletingAFirmwareDeletesItsPayloadsAndTheDeltasFromIt(t *testing.T) {
