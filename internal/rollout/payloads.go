@@ -545,11 +545,12 @@ func (e *Engine) closeBuilder() {
 	e.Builder.Close() //nolint:errcheck // it returns nil
 }
 
-// builderStats returns the builder's counters, nil without one.
-func (e *Engine) builderStats() *BuilderStats {
-	if e.Builder == nil {
-		return nil
+// withBuilder returns s with b's counters, if there is a builder.
+func (s Stats) withBuilder(b *Builder) Stats {
+	if b == nil {
+		return s
 	}
-	s := e.Builder.Stats()
-	return &s
+	p := b.Stats()
+	s.PayloadsBuilt, s.PayloadsFailed, s.PayloadsSkipped, s.PayloadsRefused, s.PayloadRetries = p.Built, p.Failed, p.Skipped, p.Refused, p.Retries
+	return s
 }
