@@ -119,7 +119,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
 		descIllegal, descBeyondSent, descIllegalSuppressed, descEngineLogDropped, descStoreTx, descStoreRows, descStoreDrop, descStoreFail, descStoreHeld, descStoreLast, descStoreBatch, descStoreCommit,
-		descStreamClients, descStreamDropped, descTimelineRef, descSelectorRef} {
+		descStreamClients, descStreamDropped, descTimelineRef, descSelectorRef, descPayloadBuilds} {
 		ch <- d
 	}
 	for _, m := range brokerMetrics {
@@ -172,6 +172,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		put(descBeyondSent, prometheus.CounterValue, float64(es.AcksBeyondSent))
 		put(descIllegalSuppressed, prometheus.CounterValue, float64(es.IllegalEventsSuppressed))
 		put(descEngineLogDropped, prometheus.CounterValue, float64(es.LogLinesSuppressed))
+		putPayloadBuilds(put, es)
 	}
 
 	if s.BrokerStats != nil {

@@ -83,6 +83,9 @@ func (e *Engine) admit(r *run) {
 			kept = append(kept, t)
 			continue
 		}
+		if e.waitsForPayload(t, now) {
+			continue // in the run's payload wait queue (choose.go)
+		}
 		t.queued = false
 		e.start(t)
 	}
@@ -96,6 +99,9 @@ func (e *Engine) admit(r *run) {
 		t.queued = false
 		if !e.eligible(t) {
 			continue
+		}
+		if e.waitsForPayload(t, now) {
+			continue // in the run's payload wait queue (choose.go)
 		}
 		t.started, t.phase = true, r.phase
 		r.started++
@@ -118,6 +124,7 @@ func (e *Engine) start(t *target) {
 	case t.p.State == fleet.StateQueued:
 		if !t.resume {
 			t.p.Attempts++
+			t.picked = false // a new attempt chooses its payload
 		}
 		e.offer(t)
 	case t.resume && t.p.State.Transferring():

@@ -152,6 +152,9 @@ func (s *Store) addFirmware(ctx context.Context, meta fleet.Firmware, r io.Reade
 	if err != nil {
 		return fleet.Firmware{}, false, fmt.Errorf("add firmware: %w", err)
 	}
+	if fn := s.firmwareAdded.Load(); fn != nil && created {
+		(*fn)(fw)
+	}
 	return fw, created, nil
 }
 

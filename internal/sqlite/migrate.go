@@ -129,6 +129,10 @@ var migrations = []string{
 	// such an update ended before it started.
 	`ALTER TABLE firmware ADD COLUMN fetch TEXT NOT NULL DEFAULT '';
 	ALTER TABLE updates ADD COLUMN ended_reason TEXT NOT NULL DEFAULT '';`,
+	// 14: payloads (payloads.go): what a device runs and decodes, the
+	// payload of each device's current attempt, and the encoded copies
+	// kept of each image.
+	migrationPayloads,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.
