@@ -131,13 +131,15 @@ type Config struct {
 	// messages (docs/PROTOCOL.md §13); a clean session loses what its
 	// queue held at a reconnection anyway.
 	SubscribeQoS0 bool
-	// ResubscribeAfter, when positive, subscribes once more this long (plus
-	// up to half as much, at random) after each connection's subscription.
-	// RabbitMQ 3.10 may drop a QoS 0 subscription's queue while the device
-	// stays connected (it deletes a dead node's queues by name, the one a
-	// device that failed over declared again included): the second
-	// SUBSCRIBE then fails, RabbitMQ closes the connection, and the device
-	// reconnects and subscribes afresh (docs/BROKERS.md). Zero: never.
+	// ResubscribeAfter, when positive, subscribes again this long (plus up
+	// to half as much, at random) after each connection's subscription,
+	// then at doubling intervals (at most 16 times as long), and says its
+	// online status and hello again each time. RabbitMQ 3.10
+	// may drop a QoS 0 subscription's queue while the device stays
+	// connected (it deletes a dead node's queues by name, the one a device
+	// that failed over declared again included): the SUBSCRIBE that follows
+	// fails, RabbitMQ closes the connection, and the device reconnects and
+	// subscribes afresh (docs/BROKERS.md). Zero: never.
 	ResubscribeAfter time.Duration
 	// KeepAlive is the MQTT keepalive (default DefaultKeepAlive); negative:
 	// none, which saves paho's keepalive goroutine and ticker per device.
@@ -286,6 +288,7 @@ type Agent struct {
 	helloTimer     *time.Timer
 	resubTimer     *time.Timer // Config.ResubscribeAfter
 	resubGen       uint64      // the client generation resubTimer is for
+	resubDelay     time.Duration
 	retries        int
 	link           *link      // nil without Bandwidth and Latency (link.go)
 	power          powerState // fault injection of power cuts (power.go)
@@ -726,12 +729,9 @@ func (a *Agent) onConnected() {
 		a.helloTimer = time.NewTimer(a.cfg.RetryInterval)
 		return
 	}
-	if d := a.cfg.ResubscribeAfter; d > 0 {
-		if a.resubTimer != nil {
-			a.resubTimer.Stop()
-		}
-		a.resubTimer = time.NewTimer(d + time.Duration(a.rng.Int64N(int64(d/2)+1)))
-		a.resubGen = a.gen.Load()
+	if a.cfg.ResubscribeAfter > 0 {
+		a.resubGen, a.resubDelay = a.gen.Load(), a.cfg.ResubscribeAfter
+		a.armResubscribe()
 	}
 	a.updateStats(func(s *Stats) { s.Connected = true })
 	// Retained, so that an orchestrator connecting later learns it too;
@@ -749,14 +749,32 @@ func (a *Agent) downQoS() byte {
 	return 1
 }
 
-// resubscribe sends the connection's SUBSCRIBE again (ResubscribeAfter).
-// It does not wait: a broker that lost the subscription's queue closes the
+// armResubscribe schedules the next resubscribe after resubDelay, plus up
+// to half as much at random.
+func (a *Agent) armResubscribe() {
+	if a.resubTimer != nil {
+		a.resubTimer.Stop()
+	}
+	d := a.resubDelay
+	a.resubTimer = time.NewTimer(d + time.Duration(a.rng.Int64N(int64(d/2)+1)))
+}
+
+// resubscribe sends the connection's SUBSCRIBE again (ResubscribeAfter),
+// then its online status and hello: a cluster may deliver the will of the
+// device's previous connection (offline) after this connection's online
+// status, and the orchestrator then waits for a hello. It does not wait for
+// the SUBACK: a broker that lost the subscription's queue closes the
 // connection, and the agent reconnects.
 func (a *Agent) resubscribe() {
 	if !a.online || a.client == nil || a.resubGen != a.gen.Load() || !a.client.IsConnectionOpen() {
 		return
 	}
-	a.client.Subscribe(protocol.DownFilter(a.cfg.ID), a.downQoS(), a.handler(a.resubGen))
+	c := a.client
+	c.Subscribe(protocol.DownFilter(a.cfg.ID), a.downQoS(), a.handler(a.resubGen))
+	c.Publish(a.statusTopic(), 1, true, statusOnline)
+	a.sayHello(a.heldHello())
+	a.resubDelay = min(2*a.resubDelay, 16*a.cfg.ResubscribeAfter)
+	a.armResubscribe()
 }
 
 // statusTopic is the device's retained presence topic.

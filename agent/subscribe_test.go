@@ -67,15 +67,21 @@ func TestAgent_SubscribeQoS0SubscribesDownTopicsAtQoS0AndUpdates(t *testing.T) {
 	}
 }
 
-func TestAgent_ResubscribeAfterSubscribesOnceMorePerConnection(t *testing.T) {
+func TestAgent_ResubscribeAfterSubscribesAgainAtDoublingIntervals(t *testing.T) {
 	o := startOrch(t)
 	hook := &subscribeHook{qos: map[string][]byte{}}
 	require.NoError(t, o.srv.AddHook(hook, nil))
+	t0 := time.Now()
 	startAgent(t, o, func(c *Config) {
 		c.SubscribeQoS0 = true
-		c.ResubscribeAfter = 50 * time.Millisecond
+		c.ResubscribeAfter = 100 * time.Millisecond
 	})
-	eventually(t, func() bool { return len(hook.granted(protocol.DownFilter("dev-1"))) == 2 }, "second subscription")
-	time.Sleep(300 * time.Millisecond) // more than the longest pause: no third one
-	assert.Equal(t, []byte{0, 0}, hook.granted(protocol.DownFilter("dev-1")))
+	// Again after 100-150 ms, then 200-300 ms later, then 400-600 ms later.
+	eventually(t, func() bool { return len(hook.granted(protocol.DownFilter("dev-1"))) >= 4 }, "three more subscriptions")
+	assert.GreaterOrEqual(t, time.Since(t0), 700*time.Millisecond, "the intervals double")
+	assert.Equal(t, []byte{0, 0, 0, 0}, hook.granted(protocol.DownFilter("dev-1"))[:4])
+	// With each, the device says hello again.
+	for i := 0; i < 3; i++ {
+		recv(t, o.hello, "hello said again")
+	}
 }

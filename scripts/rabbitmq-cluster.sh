@@ -28,9 +28,8 @@
 # Users (the same as testdata/mosquitto): flota-orchestrator (password
 # "secret"; the whole flota/ tree) and flota-device, the account of every
 # anonymous MQTT client, confined to its own topics by topic permissions
-# with {client_id} expansion. A persistent session's queue (the
-# orchestrator's) is a quorum queue, replicated on every node; devices
-# subscribe at QoS 0 (docs/BROKERS.md). As root it runs the nodes as root.
+# with {client_id} expansion. Every MQTT session queue has a mirror on a
+# second node. As root it runs the nodes as root.
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
@@ -92,10 +91,6 @@ write_node_config() {
     echo "mqtt.exchange = amq.topic"
     # The orchestrator's session queue receives every device's acks.
     echo "mqtt.prefetch = 100"
-    # A persistent session (the orchestrator's) is a quorum queue on every
-    # node: it survives a node's death, and the client resumes it on
-    # another node. Clean sessions keep classic queues.
-    echo "mqtt.durable_queue_type = quorum"
     echo "log.console = false"
     echo "log.file.level = warning"
     echo "cluster_formation.peer_discovery_backend = classic_config"
@@ -236,6 +231,14 @@ setup_users() {
     '^flota\.devices\.{client_id}\.up\.' \
     '^flota\.(devices\.{client_id}\.down\.|events\.|status\.)'
   ctl 1 delete_user guest >/dev/null 2>&1 || true
+  # An MQTT client's subscriptions are a durable queue on the node it
+  # connected to, clean session or not. When that node dies the queue is
+  # down, and RabbitMQ refuses the client's subscription on every other node
+  # until the node returns. With a mirror on a second node it survives one
+  # node's death: the orchestrator resumes its session elsewhere, a device
+  # subscribes again.
+  ctl 1 set_policy -p / --apply-to queues mqtt-sessions '^mqtt-subscription-' \
+    '{"ha-mode":"exactly","ha-params":2,"ha-sync-mode":"automatic"}' >/dev/null
 }
 
 cmd_kill() {

@@ -96,8 +96,8 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.Float64Var(&o.faults.Disconnect, "disconnect", 0, "probability (0..1) that a device disconnects once mid-transfer")
 	fs.Uint64Var(&o.seed, "seed", 0, "seed of the fault injection (0: random)")
 	fs.IntVar(&o.connectRate, "connect-rate", 500, "connections opened per second at start")
-	fs.IntVar(&o.subscribeQoS, "subscribe-qos", 1, "QoS of each device's down subscription, 0 or 1 (0 on a RabbitMQ cluster: docs/BROKERS.md)")
-	fs.DurationVar(&o.resubscribe, "resubscribe-after", 0, "subscribe once more this long after each connection, so that a subscription RabbitMQ lost ends the connection (docs/BROKERS.md); 0: never")
+	fs.IntVar(&o.subscribeQoS, "subscribe-qos", 1, "QoS of each device's down subscription, 0 or 1 (docs/BROKERS.md, \"Large fleets on RabbitMQ 3.10\")")
+	fs.DurationVar(&o.resubscribe, "resubscribe-after", 0, "subscribe again this long after each connection, then at doubling intervals, so that a subscription RabbitMQ lost ends the connection (docs/BROKERS.md); 0: never")
 	fs.StringVar(&o.summaryFile, "summary", "", "write the summary as JSON to this file")
 	fs.StringVar(&o.stateDir, "state-dir", "", "keep each device's state (version, held transfer, install count) in DIR/<id>.json, "+
 		"created if missing; a devicesim restarted with the same DIR resumes its devices where they were. "+
