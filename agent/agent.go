@@ -123,6 +123,24 @@ type Config struct {
 	// per second (0: instantly). The agent's loop blocks while it writes,
 	// before it acks, as a device that writes from its only buffer does.
 	FlashRate int64
+	// SubscribeQoS0 subscribes to the down topics at QoS 0 instead of 1.
+	// On a RabbitMQ cluster a QoS 1 subscription is a durable queue on one
+	// node, and while that node is down no other node lets the device
+	// subscribe again; a QoS 0 subscription is a transient queue that dies
+	// with its node (docs/BROKERS.md). The protocol tolerates lost down
+	// messages (docs/PROTOCOL.md §13); a clean session loses what its
+	// queue held at a reconnection anyway.
+	SubscribeQoS0 bool
+	// ResubscribeAfter, when positive, subscribes again this long (plus up
+	// to half as much, at random) after each connection's subscription,
+	// then at doubling intervals (at most 16 times as long), and says its
+	// online status and hello again each time. RabbitMQ 3.10
+	// may drop a QoS 0 subscription's queue while the device stays
+	// connected (it deletes a dead node's queues by name, the one a device
+	// that failed over declared again included): the SUBSCRIBE that follows
+	// fails, RabbitMQ closes the connection, and the device reconnects and
+	// subscribes afresh (docs/BROKERS.md). Zero: never.
+	ResubscribeAfter time.Duration
 	// KeepAlive is the MQTT keepalive (default DefaultKeepAlive); negative:
 	// none, which saves paho's keepalive goroutine and ticker per device.
 	KeepAlive time.Duration
@@ -268,6 +286,9 @@ type Agent struct {
 	installTimer   *time.Timer
 	reconnTimer    *time.Timer
 	helloTimer     *time.Timer
+	resubTimer     *time.Timer // Config.ResubscribeAfter
+	resubGen       uint64      // the client generation resubTimer is for
+	resubDelay     time.Duration
 	retries        int
 	link           *link      // nil without Bandwidth and Latency (link.go)
 	power          powerState // fault injection of power cuts (power.go)
@@ -466,6 +487,9 @@ func (a *Agent) run(ctx context.Context) {
 			if a.online && a.client.IsConnectionOpen() {
 				a.onConnected()
 			}
+		case <-timerC(a.resubTimer):
+			a.resubTimer = nil
+			a.resubscribe()
 		case <-timerC(a.installTimer):
 			a.installTimer = nil
 			a.finishInstall(nil)
@@ -486,7 +510,7 @@ func (a *Agent) run(ctx context.Context) {
 }
 
 func (a *Agent) stopTimers() {
-	for _, t := range []*time.Timer{a.installTimer, a.reconnTimer, a.helloTimer} {
+	for _, t := range []*time.Timer{a.installTimer, a.reconnTimer, a.helloTimer, a.resubTimer} {
 		if t != nil {
 			t.Stop()
 		}
@@ -586,6 +610,7 @@ func (a *Agent) connect() {
 		return // closed while the Device decided what booted: nothing is said
 	}
 	gen := a.gen.Add(1)
+	jitter := &reconnectJitter{base: a.cfg.RetryInterval, stale: func() bool { return a.gen.Load() != gen }}
 	opts := mqtt.NewClientOptions().
 		SetStore(pahostore.New()). // paho's MemoryStore races on reconnect (pahostore)
 		SetClientID(a.cfg.ID).
@@ -597,7 +622,11 @@ func (a *Agent) connect() {
 		SetConnectTimeout(a.cfg.DialTimeout).
 		SetWriteTimeout(10 * time.Second).
 		SetKeepAlive(max(a.cfg.KeepAlive, 0)).
-		SetOnConnectHandler(func(mqtt.Client) { a.notifyConnected(gen) }).
+		SetOnConnectHandler(func(mqtt.Client) {
+			jitter.connected()
+			a.notifyConnected(gen)
+		}).
+		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { jitter.pause() }).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			if a.gen.Load() == gen {
 				a.logger().Info("connection lost", "err", err)
@@ -694,11 +723,15 @@ func (a *Agent) handler(gen uint64) mqtt.MessageHandler {
 // subscriptions) and then says hello. It runs on the loop, so it may wait.
 func (a *Agent) onConnected() {
 	c := a.client
-	tok := c.Subscribe(protocol.DownFilter(a.cfg.ID), 1, a.handler(a.gen.Load()))
+	tok := c.Subscribe(protocol.DownFilter(a.cfg.ID), a.downQoS(), a.handler(a.gen.Load()))
 	if !tok.WaitTimeout(a.cfg.PublishTimeout) || tok.Error() != nil {
 		a.logger().Warn("subscribe failed", "err", tok.Error())
 		a.helloTimer = time.NewTimer(a.cfg.RetryInterval)
 		return
+	}
+	if a.cfg.ResubscribeAfter > 0 {
+		a.resubGen, a.resubDelay = a.gen.Load(), a.cfg.ResubscribeAfter
+		a.armResubscribe()
 	}
 	a.updateStats(func(s *Stats) { s.Connected = true })
 	// Retained, so that an orchestrator connecting later learns it too;
@@ -706,6 +739,42 @@ func (a *Agent) onConnected() {
 	c.Publish(a.statusTopic(), 1, true, statusOnline)
 	a.sayHello(a.heldHello())
 	a.readyOnce.Do(func() { close(a.ready) })
+}
+
+// downQoS is the QoS of the subscription to the down topics.
+func (a *Agent) downQoS() byte {
+	if a.cfg.SubscribeQoS0 {
+		return 0
+	}
+	return 1
+}
+
+// armResubscribe schedules the next resubscribe after resubDelay, plus up
+// to half as much at random.
+func (a *Agent) armResubscribe() {
+	if a.resubTimer != nil {
+		a.resubTimer.Stop()
+	}
+	d := a.resubDelay
+	a.resubTimer = time.NewTimer(d + time.Duration(a.rng.Int64N(int64(d/2)+1)))
+}
+
+// resubscribe sends the connection's SUBSCRIBE again (ResubscribeAfter),
+// then its online status and hello: a cluster may deliver the will of the
+// device's previous connection (offline) after this connection's online
+// status, and the orchestrator then waits for a hello. It does not wait for
+// the SUBACK: a broker that lost the subscription's queue closes the
+// connection, and the agent reconnects.
+func (a *Agent) resubscribe() {
+	if !a.online || a.client == nil || a.resubGen != a.gen.Load() || !a.client.IsConnectionOpen() {
+		return
+	}
+	c := a.client
+	c.Subscribe(protocol.DownFilter(a.cfg.ID), a.downQoS(), a.handler(a.resubGen))
+	c.Publish(a.statusTopic(), 1, true, statusOnline)
+	a.sayHello(a.heldHello())
+	a.resubDelay = min(2*a.resubDelay, 16*a.cfg.ResubscribeAfter)
+	a.armResubscribe()
 }
 
 // statusTopic is the device's retained presence topic.

@@ -181,6 +181,9 @@ type Client struct {
 	}
 
 	fence *fence // the claim on the broker, when Options.Epoch > 0 (fence.go)
+
+	attempt atomic.Value // string: the broker URL of the latest connection attempt, redacted
+	lostAt  atomic.Int64 // when the connection was lost, Unix nanoseconds; 0 while connected
 }
 
 // New returns a client for opts with the defaults filled in.
@@ -345,8 +348,20 @@ func (c *Client) clientOptions() (*mqtt.ClientOptions, error) {
 		SetKeepAlive(c.opts.KeepAlive).
 		SetWriteTimeout(DefaultWriteTimeout).
 		SetDefaultPublishHandler(c.onMessage).
+		SetConnectionAttemptHandler(func(u *url.URL, cfg *tls.Config) *tls.Config {
+			c.attempt.Store(u.Redacted())
+			return cfg
+		}).
 		SetOnConnectHandler(func(mqtt.Client) {
-			c.stats.connects.Add(1)
+			if n := c.stats.connects.Add(1); n > 1 {
+				// A reconnection: which node, after how long without one
+				// (the stall a lost broker node causes the engine).
+				var down time.Duration
+				if t := c.lostAt.Swap(0); t != 0 {
+					down = time.Since(time.Unix(0, t))
+				}
+				c.log.Info("reconnected to the broker", "node", c.attempt.Load(), "down_for", down.Round(time.Millisecond))
+			}
 			select {
 			case c.connected <- struct{}{}:
 			default: // a signal is pending: the subscriber will see this connection
@@ -354,6 +369,7 @@ func (c *Client) clientOptions() (*mqtt.ClientOptions, error) {
 		}).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			c.stats.lost.Add(1)
+			c.lostAt.CompareAndSwap(0, time.Now().UnixNano())
 			c.log.Warn("connection to the broker lost; reconnecting", "err", err)
 		}).
 		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {

@@ -2,8 +2,11 @@ package mqttclient
 
 import (
 	"bufio"
+	"log/slog"
 	"os/exec"
+	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -224,9 +227,28 @@ func TestClient_PresenceFromRetainedStatusAndLastWill(t *testing.T) {
 	assert.Equal(t, 1, up.count(`flota/devices/dev-early/up/status {"online":1}`), "one delivery per message")
 }
 
+// logBuffer is an io.Writer for a test's logger.
+type logBuffer struct {
+	mu sync.Mutex // guards b
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 func TestClient_ResubscribesAfterBrokerRestart(t *testing.T) {
 	s := startMosquitto(t)
-	c := openClient(t, s, Options{})
+	var logs logBuffer
+	c := openClient(t, s, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	var up recorder
 	require.NoError(t, c.Subscribe(protocol.UpFilter, up.handle))
 
@@ -245,6 +267,8 @@ func TestClient_ResubscribesAfterBrokerRestart(t *testing.T) {
 		return up.has("flota/devices/dev-1/up/ack ack-1")
 	}, "report received after the restart")
 	assert.GreaterOrEqual(t, c.Stats().ConnectionsLost, int64(1))
+	// The log says where it reconnected and after how long.
+	assert.Regexp(t, `msg="reconnected to the broker" .*node=`+regexp.QuoteMeta(s.URL())+` down_for=[1-9][0-9.]*m?s`, logs.String())
 }
 
 func TestClient_BoundsPublishesAwaitingAck(t *testing.T) {

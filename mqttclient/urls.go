@@ -20,15 +20,25 @@ func SplitURLs(list string) []string {
 	return urls
 }
 
-// RotateURLs returns urls starting at index i mod len(urls): a fleet whose
+// RotateURLs returns urls ordered for device i of a fleet: first node
+// i mod len(urls), then the others, rotated by i / len(urls). A fleet whose
 // device i takes RotateURLs(urls, i) spreads its first connections over
-// the cluster's nodes, and each device still fails over to every node.
+// the cluster's nodes, and when a node dies its devices spread over the
+// others instead of all failing over to the next one; each device still
+// tries every node.
 func RotateURLs(urls []string, i int) []string {
-	if len(urls) == 0 {
+	n := len(urls)
+	if n == 0 {
 		return nil
 	}
-	i %= len(urls)
-	return append(append([]string(nil), urls[i:]...), urls[:i]...)
+	first := i % n
+	rest := append(append([]string(nil), urls[first+1:]...), urls[:first]...)
+	out := []string{urls[first]}
+	if len(rest) > 0 {
+		k := (i / n) % len(rest)
+		out = append(append(out, rest[k:]...), rest[:k]...)
+	}
+	return out
 }
 
 // parseURLs checks every URL of list and returns them with their common

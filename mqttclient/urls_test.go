@@ -13,8 +13,13 @@ import (
 func TestSplitAndRotateURLs(t *testing.T) {
 	urls := SplitURLs(" tcp://a:1, ,tcp://b:2,tcp://c:3,")
 	require.Equal(t, []string{"tcp://a:1", "tcp://b:2", "tcp://c:3"}, urls)
-	assert.Equal(t, []string{"tcp://b:2", "tcp://c:3", "tcp://a:1"}, RotateURLs(urls, 4))
+	assert.Equal(t, []string{"tcp://b:2", "tcp://c:3", "tcp://a:1"}, RotateURLs(urls, 1))
 	assert.Equal(t, urls, RotateURLs(urls, 0))
+	// The devices of one node fail over to the others in turn.
+	assert.Equal(t, []string{"tcp://a:1", "tcp://c:3", "tcp://b:2"}, RotateURLs(urls, 3))
+	assert.Equal(t, []string{"tcp://b:2", "tcp://a:1", "tcp://c:3"}, RotateURLs(urls, 4))
+	assert.Equal(t, urls, RotateURLs(urls, 6))
+	assert.Equal(t, []string{"tcp://b:2", "tcp://a:1"}, RotateURLs(urls[:2], 3))
 	assert.Nil(t, RotateURLs(nil, 3))
 	assert.Equal(t, "tcp://u:xxxxx@a:1,tcp://b:2", redact("tcp://u:pw@a:1,tcp://b:2"))
 

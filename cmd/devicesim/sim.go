@@ -76,6 +76,8 @@ type options struct {
 	maxWindow       int   // as maxChunk
 	limitedEvery    int   // every this many devices is limited, from the first
 	quietLimits     bool  // limited devices enforce their limits without stating them
+	subscribeQoS    int   // QoS of the down subscription, 0 or 1
+	resubscribe     time.Duration
 }
 
 func newFlagSet(o *options, tags *string) *flag.FlagSet {
@@ -94,6 +96,8 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.Float64Var(&o.faults.Disconnect, "disconnect", 0, "probability (0..1) that a device disconnects once mid-transfer")
 	fs.Uint64Var(&o.seed, "seed", 0, "seed of the fault injection (0: random)")
 	fs.IntVar(&o.connectRate, "connect-rate", 500, "connections opened per second at start")
+	fs.IntVar(&o.subscribeQoS, "subscribe-qos", 1, "QoS of each device's down subscription, 0 or 1 (docs/BROKERS.md, \"Large fleets on RabbitMQ 3.10\")")
+	fs.DurationVar(&o.resubscribe, "resubscribe-after", 0, "subscribe again this long after each connection, then at doubling intervals, so that a subscription RabbitMQ lost ends the connection (docs/BROKERS.md); 0: never")
 	fs.StringVar(&o.summaryFile, "summary", "", "write the summary as JSON to this file")
 	fs.StringVar(&o.stateDir, "state-dir", "", "keep each device's state (version, held transfer, install count) in DIR/<id>.json, "+
 		"created if missing; a devicesim restarted with the same DIR resumes its devices where they were. "+
@@ -186,7 +190,7 @@ func parseFlags(args []string) (options, error) {
 	if o.connectRate < 1 {
 		return o, usagef("--connect-rate must be at least 1, got %d", o.connectRate)
 	}
-	if o.rebootDelay < 0 || o.installDelay < 0 || o.duration < 0 || o.latency < 0 || o.keepAlive < 0 {
+	if o.rebootDelay < 0 || o.installDelay < 0 || o.duration < 0 || o.latency < 0 || o.keepAlive < 0 || o.resubscribe < 0 {
 		return o, usagef("--reboot-delay, --install-delay, --duration, --latency and --keepalive must not be negative")
 	}
 	if o.maxChunk != 0 && (o.maxChunk < protocol.MinDeviceChunk || o.maxChunk > protocol.MaxChunkPayload) {
@@ -197,6 +201,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.limitedEvery < 1 {
 		return o, usagef("--limited-every must be at least 1, got %d", o.limitedEvery)
+	}
+	if o.subscribeQoS != 0 && o.subscribeQoS != 1 {
+		return o, usagef("--subscribe-qos must be 0 or 1, got %d", o.subscribeQoS)
 	}
 	if o.keepAlive > 0 && o.keepAlive < time.Second {
 		return o, usagef("--keepalive must be 0 or at least 1s, got %s", o.keepAlive)
@@ -266,6 +273,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			Seed: seed + uint64(i) + 1, Logger: log, Username: o.username, Password: o.password,
 			PublicKey: o.publicKey,
 			Bandwidth: o.bandwidth, Latency: o.latency, KeepAlive: keepAlive(o.keepAlive), FlashRate: o.flashRate,
+			SubscribeQoS0: o.subscribeQoS == 0, ResubscribeAfter: o.resubscribe,
 		}
 		if i%o.limitedEvery == 0 {
 			cfg.MaxChunk, cfg.MaxWindow, cfg.QuietLimits = o.maxChunk, o.maxWindow, o.quietLimits

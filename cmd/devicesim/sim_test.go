@@ -51,6 +51,7 @@ func TestParseFlags_Validation(t *testing.T) {
 		"max chunk too high": {"--max-chunk", "65537"},
 		"max window 65":      {"--max-window", "65"},
 		"limited every 0":    {"--max-chunk", "1024", "--limited-every", "0"},
+		"subscribe QoS 2":    {"--subscribe-qos", "2"},
 	}
 	for name, args := range bad {
 		t.Run(name, func(t *testing.T) {

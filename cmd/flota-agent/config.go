@@ -58,6 +58,8 @@ type config struct {
 	maxChunk     int
 	maxWindow    int
 	checkpoint   int64
+	subscribeQoS int
+	resubscribe  time.Duration
 
 	installCmd     string
 	installTimeout time.Duration
@@ -97,6 +99,8 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.maxChunk, "max-chunk", 0, "largest chunk payload taken, in bytes, stated in the hello (0: the update's)")
 	fs.IntVar(&c.maxWindow, "max-window", 0, "largest window taken, in chunks, stated in the hello (0: the update's)")
 	fs.Int64Var(&c.checkpoint, "checkpoint-bytes", 0, "bytes between two saves of a download's progress (0: 1 MiB); a crash re-downloads at most this much")
+	fs.IntVar(&c.subscribeQoS, "subscribe-qos", 1, "QoS of the subscription to the device's down topics, 0 or 1 (docs/BROKERS.md, \"Large fleets on RabbitMQ 3.10\")")
+	fs.DurationVar(&c.resubscribe, "resubscribe-after", 0, "subscribe again this long after each connection, then at doubling intervals, so that a subscription the broker lost ends the connection (RabbitMQ: docs/BROKERS.md); 0: never")
 	fs.StringVar(&c.installCmd, "install-command", "", "shell command that installs the image, whose path is its last argument; exit 0: installed (required)")
 	fs.DurationVar(&c.installTimeout, "install-timeout", defaultInstallTimeout, "longest an install command may run; then it is killed and the install failed")
 	fs.StringVar(&c.rebootCmd, "reboot-command", "", "shell command that reboots into the installed image (empty: the new version runs without a reboot)")
@@ -175,6 +179,12 @@ func (c *config) check() error {
 	}
 	if (c.certFile == "") != (c.keyFile == "") {
 		errs = append(errs, errors.New("--cert-file and --key-file go together"))
+	}
+	if c.resubscribe < 0 {
+		errs = append(errs, errors.New("--resubscribe-after must not be negative"))
+	}
+	if c.subscribeQoS != 0 && c.subscribeQoS != 1 {
+		errs = append(errs, fmt.Errorf("--subscribe-qos must be 0 or 1, got %d", c.subscribeQoS))
 	}
 	if c.maxImageSize <= 0 {
 		errs = append(errs, errors.New("--max-image-size must be positive"))

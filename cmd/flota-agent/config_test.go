@@ -82,11 +82,11 @@ func TestConfig_RefusesUnknownKeysBadValuesAndHugeFiles(t *testing.T) {
 }
 
 func TestConfig_CheckNamesWhatIsMissing(t *testing.T) {
-	c, err := parse(t, []string{"--version", "1.0.0", "--version-file", "/etc/version", "--cert-file", "c.pem", "--image-name", "../x"}, nil)
+	c, err := parse(t, []string{"--version", "1.0.0", "--version-file", "/etc/version", "--cert-file", "c.pem", "--image-name", "../x", "--subscribe-qos", "2"}, nil)
 	require.NoError(t, err)
 	err = c.check()
 	require.Error(t, err)
-	for _, want := range []string{"--broker", "--id", "--model", "--install-command", "exactly one of --version", "--cert-file and --key-file", "--image-name"} {
+	for _, want := range []string{"--broker", "--id", "--model", "--install-command", "exactly one of --version", "--cert-file and --key-file", "--image-name", "--subscribe-qos"} {
 		assert.Contains(t, err.Error(), want)
 	}
 }

@@ -116,12 +116,14 @@ func serve(ctx context.Context, c *config, log *slog.Logger) error {
 	cfg := agent.Config{
 		Broker: c.broker, ID: c.id, Model: c.model, Version: running, Tags: tags,
 		MaxImageSize: c.maxImageSize, MaxChunk: c.maxChunk, MaxWindow: c.maxWindow,
-		StateFile:       filepath.Join(c.stateDir, stateFileName),
-		CheckpointBytes: c.checkpoint,
-		Username:        c.username,
-		Logger:          log,
-		Device:          dev,
-		RebootWait:      c.rebootWait,
+		StateFile:        filepath.Join(c.stateDir, stateFileName),
+		CheckpointBytes:  c.checkpoint,
+		Username:         c.username,
+		Logger:           log,
+		Device:           dev,
+		RebootWait:       c.rebootWait,
+		SubscribeQoS0:    c.subscribeQoS == 0,
+		ResubscribeAfter: c.resubscribe,
 	}
 	if c.passwordFile != "" {
 		if cfg.Password, err = readSecret(c.passwordFile); err != nil {
