@@ -152,3 +152,9 @@ const (
 	ReasonFirmwareDamaged  Reason = "firmware_damaged"  // the image's file is missing or differs from the stored firmware
 	ReasonUnknownUpdate    Reason = "unknown_update"    // (device) cancel of an update it does not hold
 )
+
+// Reasons of a device that refuses an encoded payload (docs/PROTOCOL.md §5.4).
+const (
+	ReasonBaseMismatch        Reason = "base_mismatch"        // (device) a delta's base is not the image the device runs
+	ReasonUnsupportedEncoding Reason = "unsupported_encoding" // (device) the device cannot decode the offer's payload encoding
+)
