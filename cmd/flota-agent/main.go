@@ -123,6 +123,11 @@ func serve(ctx context.Context, c *config, log *slog.Logger) error {
 		Device:          dev,
 		RebootWait:      c.rebootWait,
 	}
+	if c.runningImage != "" {
+		based := &baseDevice{device: dev}
+		defer based.close()
+		cfg.Device = based
+	}
 	if c.passwordFile != "" {
 		if cfg.Password, err = readSecret(c.passwordFile); err != nil {
 			return fmt.Errorf("--password-file: %w", err)
