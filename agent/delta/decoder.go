@@ -1,9 +1,9 @@
 package delta
 
 import (
-	"compress/flate"
 	"errors"
 	"fmt"
+	"github.com/klauspost/compress/flate"
 	"io"
 	"iter"
 )

@@ -46,7 +46,7 @@ const (
 // generously by the tests: the inflater (32 KiB window and Huffman tables),
 // two 1 KiB operation buffers, and the stack of the coroutine that runs the
 // inflater.
-const DecoderMemoryBound = 128 << 10
+const DecoderMemoryBound = 96 << 10
 
 var (
 	// ErrCorrupt is wrapped by every error a decoder returns for a payload

@@ -1,7 +1,6 @@
 package delta
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -143,27 +142,38 @@ func bsdiff(ow *opWriter, sa []int32, old, new []byte) error {
 	return nil
 }
 
-// search returns the longest prefix of new found in old, and where.
+// search returns the longest prefix of new found in old, and where: a
+// binary search of the suffix array. Unlike bsdiff's, it orders a suffix
+// that is a proper prefix of new before new, as lexicographic order does,
+// so it converges on the longest match rather than the shortest one (in a
+// run of zeros, bsdiff's finds 2-byte matches); and it skips the bytes both
+// bounds are known to share with new (Manber and Myers' accelerant), so a
+// long match costs its length once rather than at every step.
 func search(sa []int32, old, new []byte) (n, pos int) {
-	if len(sa) == 0 {
+	if len(sa) == 0 || len(new) == 0 {
 		return 0, 0
 	}
 	st, en := 0, len(sa)-1
+	lcpSt := matchlen(old[sa[st]:], new)
+	lcpEn := matchlen(old[sa[en]:], new)
 	for en-st >= 2 {
 		x := st + (en-st)/2
 		o := old[sa[x]:]
-		if bytes.Compare(o[:min(len(o), len(new))], new[:min(len(o), len(new))]) < 0 {
-			st = x
-		} else {
-			en = x
+		k := min(lcpSt, lcpEn)
+		m := k + matchlen(o[k:], new[k:])
+		switch {
+		case m == len(new):
+			return m, int(sa[x])
+		case m == len(o) || o[m] < new[m]:
+			st, lcpSt = x, m
+		default:
+			en, lcpEn = x, m
 		}
 	}
-	x := matchlen(old[sa[st]:], new)
-	y := matchlen(old[sa[en]:], new)
-	if x > y {
-		return x, int(sa[st])
+	if lcpSt > lcpEn {
+		return lcpSt, int(sa[st])
 	}
-	return y, int(sa[en])
+	return lcpEn, int(sa[en])
 }
 
 // matchlen is the length of the common prefix of a and b.
@@ -237,6 +247,7 @@ func (ow *opWriter) copy(lit []byte) error {
 		k := min(free, len(lit))
 		ow.raw = binary.AppendUvarint(ow.raw, uint64(k)<<1|opCopy)
 		ow.raw = append(ow.raw, lit[:k]...)
+
 		lit = lit[k:]
 	}
 	return nil
