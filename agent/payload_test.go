@@ -24,12 +24,12 @@ type deltaPair struct {
 
 // newDeltaPair makes a base of n random bytes and a target that changes 8
 // bytes in each of 4 places and inserts 1 KiB.
-func newDeltaPair(t *testing.T, n int) deltaPair { return newDeltaPairInserting(t, n, 1024) }
+func newDeltaPair(t testing.TB, n int) deltaPair { return newDeltaPairInserting(t, n, 1024) }
 
 // newDeltaPairInserting is newDeltaPair with an insertion of ins random
 // bytes, which the payload carries as they are: a large payload of many
 // segments.
-func newDeltaPairInserting(t *testing.T, n, ins int) deltaPair {
+func newDeltaPairInserting(t testing.TB, n, ins int) deltaPair {
 	t.Helper()
 	base := newImage(n)
 	r := rand.New(rand.NewPCG(uint64(n), 2))
