@@ -29,7 +29,8 @@ var errStopped = errors.New("delta: decoder closed")
 // The inflater pulls its input, while payload bytes are pushed by Write;
 // the decoding loop runs as a coroutine (iter.Pull) that Write resumes
 // with each piece and that yields when it has used it all. Only the caller's
-// goroutine and that coroutine, never both at once, touch the decoder.
+// goroutine and that coroutine, never both at once, touch the decoder; a
+// Decoder is for one goroutine at a time.
 type Decoder struct {
 	encoding string
 	base     io.ReaderAt
@@ -133,6 +134,9 @@ func (d *Decoder) resume() {
 
 // Checkpoint returns the last segment boundary whose target bytes have all
 // been written to out: persist it (after making out durable) to resume.
+// It moves when a segment ends, before the decoder writes any byte of the
+// next one, so out's Write may call it to note the state of its output at
+// exactly Checkpoint().Target bytes (a running hash, say).
 func (d *Decoder) Checkpoint() Checkpoint {
 	return d.cp
 }
@@ -274,7 +278,11 @@ func (d *Decoder) copyOut(in *inflated, n int, toEOF bool) error {
 			return nil
 		}
 		if err != nil {
-			return in.wrap(err, "literal bytes")
+			what := "literal bytes"
+			if toEOF {
+				what = "segment content"
+			}
+			return in.wrap(err, what)
 		}
 	}
 	if toEOF {

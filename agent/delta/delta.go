@@ -12,13 +12,14 @@
 // cut at the last segment boundary it wrote (Decoder.Checkpoint). The byte
 // layout is in docs/PROTOCOL.md; why these formats, in docs/ARCHITECTURE.md.
 //
-// Memory. Diff holds base, target and a suffix array of the base: about
-// 9×len(base)+len(target) bytes at its peak, 5×len(base)+len(target) while
-// it searches; DiffOptions.MaxSize bounds the inputs. The decoder needs the
-// 32 KiB inflate window, the inflater's tables and a few small buffers: a C
-// implementation with a tinf/uzlib-class inflater fits in about 40 KiB. This
-// Go decoder's heap stays under DecoderMemoryBound (asserted by
-// TestDecoder_HeapStaysUnderBoundWhileDecodingMiBs).
+// Memory. Diff holds base, target and a suffix array of the base (see
+// DiffOptions for the bound and the limit). A decoder needs the 32 KiB
+// inflate window, the inflater's tables and a few small buffers: in C with
+// a tinf/uzlib-class inflater, under 40 KiB (docs/PROTOCOL.md). This Go
+// decoder allocates about 48 KiB when it starts and nothing per segment,
+// whatever the payload's length, plus its coroutine's stack;
+// TestDecoder_HeapStaysUnderBoundWhileDecodingMiBs asserts
+// DecoderMemoryBound.
 package delta
 
 import (
@@ -42,11 +43,11 @@ const (
 	MaxSegmentInput = MaxSegmentOutput + 1024
 )
 
-// DecoderMemoryBound is the heap this package's Decoder may use, asserted
-// generously by the tests: the inflater (32 KiB window and Huffman tables),
-// two 1 KiB operation buffers, and the stack of the coroutine that runs the
-// inflater.
-const DecoderMemoryBound = 96 << 10
+// DecoderMemoryBound bounds the heap a Decoder allocates in its life,
+// whatever the payload: klauspost's inflater (its 32 KiB window and Huffman
+// tables, which it reuses from block to block, where compress/flate
+// allocates new ones), two 1 KiB operation buffers and the coroutine.
+const DecoderMemoryBound = 64 << 10
 
 var (
 	// ErrCorrupt is wrapped by every error a decoder returns for a payload

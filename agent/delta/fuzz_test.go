@@ -22,16 +22,10 @@ func FuzzDecoder(f *testing.F) {
 	r := rand.New(rand.NewPCG(15, 16))
 	base := codeLike(r, 20_000)
 	target := mutate(r, base, 5, 5, 1000)
-	var c, d bytes.Buffer
-	if _, err := Compress(&c, bytes.NewReader(target)); err != nil {
-		f.Fatal(err)
-	}
-	if _, err := Diff(&d, base, target, DiffOptions{}); err != nil {
-		f.Fatal(err)
-	}
-	f.Add(false, uint16(0), c.Bytes())
-	f.Add(true, uint16(0), d.Bytes())
-	f.Add(true, uint16(7), d.Bytes()[:len(d.Bytes())/2])
+	enc := encodeBoth(f, base, target)
+	f.Add(false, uint16(0), enc[Deflate])
+	f.Add(true, uint16(0), enc[BSDiff])
+	f.Add(true, uint16(7), enc[BSDiff][:len(enc[BSDiff])/2])
 	f.Add(false, uint16(1), []byte{0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01})
 	f.Fuzz(func(t *testing.T, bsdiff bool, split uint16, payload []byte) {
 		encoding := Deflate
