@@ -4,8 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"github.com/klauspost/compress/flate"
 	"io"
+
+	"github.com/klauspost/compress/flate"
 )
 
 // compressLevel is the DEFLATE level of every segment. Payloads are made

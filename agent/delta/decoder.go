@@ -3,9 +3,10 @@ package delta
 import (
 	"errors"
 	"fmt"
-	"github.com/klauspost/compress/flate"
 	"io"
 	"iter"
+
+	"github.com/klauspost/compress/flate"
 )
 
 // Operations in a bsdiff segment: a uvarint n<<1|kind, then for opAdd a
@@ -98,9 +99,10 @@ func (d *Decoder) ExpectTarget(size int64) {
 	d.expect = size
 }
 
-// Write decodes payload bytes p, which follow the ones written before.
-// Target bytes are written to out before Write returns, except those of an
-// operation that continues in the next piece.
+// Write decodes payload bytes p, which follow the ones written before; it
+// uses all of p unless it fails. The target bytes p completes are written
+// to out before it returns, but for a few the inflater may hold until the
+// next piece; Checkpoint counts only bytes written.
 func (d *Decoder) Write(p []byte) (int, error) {
 	if d.err != nil {
 		return 0, d.err

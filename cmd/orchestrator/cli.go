@@ -100,7 +100,7 @@ var commands = []*spec{
 		example: "orchestrator firmware list --json"},
 	{name: "firmware delete", args: "ID", summary: "delete a firmware no update uses, and its image file",
 		example: "orchestrator firmware delete fw-1a2b3c4d5e6f"},
-	{name: "update create", args: "--firmware ID [--select model=M,version=V,tag:K=V,device=ID] [--max-in-flight N] [--window W] [--chunk-size B] [--max-attempts N] [--rate N] [--phases LIST] [--success-threshold F] [--soak D] [--manual-gates] [--failure-threshold T] [--failure-min N] [--idle-timeout D] [--confirm-timeout D] [--offline-after D] [--retry-backoff D] [--start-at TIME] [--maintenance HH:MM-HH:MM] [--timezone TZ] [--allow-downgrade] [--force] [--dynamic] [--online]",
+	{name: "update create", args: "--firmware ID [--select model=M,version=V,tag:K=V,device=ID] [--max-in-flight N] [--window W] [--chunk-size B] [--max-attempts N] [--rate N] [--phases LIST] [--success-threshold F] [--soak D] [--manual-gates] [--failure-threshold T] [--failure-min N] [--idle-timeout D] [--confirm-timeout D] [--offline-after D] [--retry-backoff D] [--start-at TIME] [--maintenance HH:MM-HH:MM] [--timezone TZ] [--allow-downgrade] [--force] [--dynamic] [--online] [--no-delta] [--no-compress]",
 		summary: "start an update and print its ID",
 		example: "orchestrator update create --firmware fw-1a2b3c4d5e6f --select 'model=sensor-v2,version=<1.2.0,tag:site=lyon' --phases 1%,10%,100% --soak 30m --failure-threshold 5% --failure-min 20 --maintenance 22:00-04:00 --timezone Europe/Paris"},
 	{name: "update status", args: "ID [--json]", summary: "show an update's state, counts, bytes, rate and ETA",
@@ -582,10 +582,10 @@ func (c *cli) firmwareList(ctx context.Context, args []string) error {
 	if *asJSON {
 		return c.printJSON(nonNilSlice(fws))
 	}
-	t := newTable(c.stdout, "ID", "NAME", "VERSION", "MODEL", "SIZE", "SHA256", "SIGNED", "CREATED")
+	t := newTable(c.stdout, "ID", "NAME", "VERSION", "MODEL", "SIZE", "SHA256", "SIGNED", "CREATED", "PAYLOADS")
 	for _, fw := range fws {
 		t.row(fw.ID, fw.Name, fw.Version, orDash(fw.Model),
-			humanBytes(fw.Size), shortHash(fw.SHA256), signedColumn(fw), tableTime(fw.CreatedAt))
+			humanBytes(fw.Size), shortHash(fw.SHA256), signedColumn(fw), tableTime(fw.CreatedAt), formatPayloads(fw.Payloads))
 	}
 	return t.flush()
 }
@@ -620,6 +620,8 @@ func (c *cli) updateCreate(ctx context.Context, args []string) error {
 	fs.BoolVar(&pol.AllowDowngrade, "allow-downgrade", false, "also update devices running a newer version")
 	fs.BoolVar(&pol.Force, "force", false, "update every selected device, even one on the target version")
 	fs.BoolVar(&pol.Dynamic, "dynamic", false, "devices that appear later and match the selector join; the update runs until cancelled")
+	fs.BoolVar(&pol.NoDelta, "no-delta", false, "send no device a delta from the image it runs")
+	fs.BoolVar(&pol.NoCompress, "no-compress", false, "send no device a compressed image")
 	if _, err := c.parse(fs, sp, args); err != nil {
 		return err
 	}
@@ -714,6 +716,12 @@ func writeStatus(w io.Writer, s fleet.UpdateSummary) {
 	t.row("devices", fmt.Sprintf("%d/%d finished, %d in flight", s.Finished(), s.Total, s.InFlight))
 	t.row("states", formatCounts(s.Counts))
 	t.row("bytes", fmt.Sprintf("%s acked, %s sent, %d resends", humanBytes(s.BytesAcked), humanBytes(s.BytesSent), s.Resends))
+	if s.ImageBytes > 0 {
+		t.row("wire", fmt.Sprintf("%s of %s images (%d%%)", humanBytes(s.BytesSent), humanBytes(s.ImageBytes), s.BytesSent*100/s.ImageBytes))
+	}
+	if len(s.Encodings) > 0 {
+		t.row("payloads", formatEncodings(s.Encodings))
+	}
 	t.row("rate", humanBytes(int64(s.RateBps))+"/s")
 	if !s.State.Terminal() {
 		t.row("eta", formatETA(s.ETASeconds))
@@ -892,10 +900,14 @@ func (c *cli) updateDevices(ctx context.Context, args []string) error {
 	if *asJSON {
 		return c.printJSON(nonNilSlice(ps))
 	}
-	t := newTable(c.stdout, "DEVICE", "STATE", "OFFSET", "ATTEMPTS", "REASON", "UPDATED")
+	t := newTable(c.stdout, "DEVICE", "STATE", "OFFSET", "ATTEMPTS", "REASON", "PAYLOAD", "SIZE", "WIRE", "UPDATED")
 	for _, p := range ps {
+		size := "-"
+		if p.Encoding != "" {
+			size = humanBytes(p.PayloadSize)
+		}
 		t.row(p.DeviceID, p.State, p.Offset, p.Attempts, orDash(string(p.Reason)),
-			tableTime(p.UpdatedAt))
+			orDash(p.Encoding), size, humanBytes(p.WireBytes), tableTime(p.UpdatedAt))
 	}
 	return t.flush()
 }

@@ -363,6 +363,7 @@ func (m *Main) newEngine(tr rollout.Transport) *rollout.Engine {
 	e := rollout.New(m.Store, tr, m.Logger.With("component", "engine"))
 	e.LogLimit = m.Config.LogLimit
 	e.IllegalEventInterval = m.Config.IllegalEventInterval
+	e.Builder = rollout.NewBuilder(m.Store, m.Logger.With("component", "payloads"))
 	return e
 }
 

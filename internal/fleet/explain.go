@@ -63,6 +63,10 @@ func (s UpdateSummary) Explain() string {
 	default:
 		parts = append(parts, s.Waiting)
 	}
+	if s.PayloadsPending > 0 {
+		parts = append(parts, fmt.Sprintf("%d device(s) wait for a delta being built (at most %s each, then they get the image)",
+			s.PayloadsPending, DefaultPayloadWait))
+	}
 	if s.Unseen > 0 {
 		p := fmt.Sprintf("%d device(s) not connected", s.Unseen)
 		if s.UnseenUntil != nil {

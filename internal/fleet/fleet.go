@@ -41,6 +41,11 @@ type Device struct {
 	FirstSeen time.Time         `json:"first_seen"`
 	LastSeen  time.Time         `json:"last_seen,omitzero"` // zero (absent): never connected
 	Online    bool              `json:"online"`
+	// Image is the SHA-256 of the image the device said it runs, and Caps
+	// the payload encodings it said it decodes (its last hello): what
+	// decides whether it is sent a delta or a compressed image.
+	Image string   `json:"image,omitempty"`
+	Caps  []string `json:"caps,omitempty"`
 }
 
 // Firmware is one image stored once in the data directory.
@@ -58,6 +63,9 @@ type Firmware struct {
 	// base64, made where the private key is; empty: unsigned.
 	Signature string    `json:"signature,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// Payloads are the encoded copies kept of the image (a compressed
+	// one, deltas from older versions); only the firmware routes fill it.
+	Payloads []Payload `json:"payloads,omitempty"`
 }
 
 // UpdateState is the state of a whole update.
@@ -144,6 +152,14 @@ type Progress struct {
 	// device reached a terminal state.
 	StartedAt  *time.Time `json:"started_at,omitempty"`
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	// Encoding and PayloadSize are what the current attempt sends: the
+	// image itself ("full"), compressed ("deflate") or a delta ("delta"),
+	// and its size, which Offset counts bytes of; empty before the first
+	// offer. WireBytes counts the chunk bytes sent to the device in this
+	// update, resends included.
+	Encoding    string `json:"encoding,omitempty"`
+	PayloadSize int64  `json:"payload_size,omitempty"`
+	WireBytes   int64  `json:"wire_bytes,omitempty"`
 }
 
 // Event is one entry of the append-only event log, also published on MQTT.

@@ -78,6 +78,12 @@ type Policy struct {
 	// Dynamic lets devices that appear while the update runs, and match its
 	// selector, join it.
 	Dynamic bool `json:"dynamic,omitempty"`
+
+	// NoDelta sends no device a delta, and NoCompress no device a
+	// compressed image: by default each device gets the smallest payload
+	// it can decode (docs/ARCHITECTURE.md, Payloads).
+	NoDelta    bool `json:"no_delta,omitempty"`
+	NoCompress bool `json:"no_compress,omitempty"`
 }
 
 // WithDefaults returns p with zero fields set to the defaults.

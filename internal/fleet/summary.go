@@ -54,8 +54,16 @@ type UpdateSummary struct {
 	// GateFigures are the current phase's gate figures once decided.
 	GateFigures *GateFigures `json:"gate_figures,omitempty"`
 	// WaitingDetail is Explain's sentence, for dashboards.
-	WaitingDetail string    `json:"waiting_detail,omitempty"`
-	Time          time.Time `json:"time"`
+	WaitingDetail string `json:"waiting_detail,omitempty"`
+	// ImageBytes is the sum of the image sizes of the devices offered so
+	// far (one per device): what BytesSent would be with whole images and
+	// no resend. Encodings counts those devices by the payload of their
+	// current attempt (full, deflate, delta); PayloadsPending the devices
+	// that wait for a delta being built.
+	ImageBytes      int64          `json:"image_bytes"`
+	Encodings       map[string]int `json:"encodings,omitempty"`
+	PayloadsPending int            `json:"payloads_pending,omitempty"`
+	Time            time.Time      `json:"time"`
 }
 
 // GateFigures are the figures a phase gate was decided on: Succeeded of

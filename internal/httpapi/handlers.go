@@ -147,12 +147,24 @@ func (s *Server) listFirmware(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	payloads, err := s.Store.AllPayloads(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	for i := range fws {
+		fws[i].Payloads = payloads[fws[i].ID]
+	}
 	writeJSON(w, http.StatusOK, FirmwareList{Firmware: nonNil(fws)})
 }
 
 func (s *Server) getFirmware(w http.ResponseWriter, r *http.Request) {
 	fw, err := s.Store.Firmware(r.Context(), r.PathValue("id"))
 	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if fw.Payloads, err = s.Store.Payloads(r.Context(), fw.ID); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

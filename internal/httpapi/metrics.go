@@ -118,7 +118,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuild, descDevices, descConnected, descUpdates, descUpdateDevs,
 		descUpdateFlight, descChunks, descBytes, descResends, descAcks, descBadMsgs, descStaleMsgs, descQueueDrops,
 		descIllegal, descBeyondSent, descIllegalSuppressed, descEngineLogDropped, descStoreTx, descStoreRows, descStoreDrop, descStoreLast, descStoreBatch, descStoreCommit,
-		descStreamClients, descStreamDropped, descTimelineRef} {
+		descStreamClients, descStreamDropped, descTimelineRef, descPayloadBuilds} {
 		ch <- d
 	}
 	for _, m := range brokerMetrics {
@@ -171,6 +171,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		put(descBeyondSent, prometheus.CounterValue, float64(es.AcksBeyondSent))
 		put(descIllegalSuppressed, prometheus.CounterValue, float64(es.IllegalEventsSuppressed))
 		put(descEngineLogDropped, prometheus.CounterValue, float64(es.LogLinesSuppressed))
+		if p := es.Payloads; p != nil {
+			putPayloadBuilds(put, *p)
+		}
 	}
 
 	if s.BrokerStats != nil {

@@ -48,6 +48,9 @@ type Stats struct {
 	LogLinesSuppressed int64 `json:"log_lines_suppressed"`
 
 	StoreHolds int64 `json:"store_holds"` // times the engine held still because the store could not write
+
+	// Payloads are the payload builder's counters; absent without one.
+	Payloads *BuilderStats `json:"payloads,omitempty"`
 }
 
 // Engine API used by the HTTP API (see engine.go for the implementation):

@@ -4,7 +4,7 @@ import "github.com/flotaio/flota/internal/fleet"
 
 // Transfer counters (docs/PROTOCOL.md §14.2).
 //
-// bytes_acked counts each byte of each device's image once per attempt:
+// bytes_acked counts each byte of each device's payload once per attempt:
 // a device's high-water mark (target.credited) says how much of its
 // current attempt is counted, and only an offset past it adds to the
 // counter, whether it comes from an ack, from the offset a device accepts
@@ -25,7 +25,7 @@ import "github.com/flotaio/flota/internal/fleet"
 // credit counts the bytes of t's current attempt up to offset in the
 // run's bytes acked, each once.
 func (r *run) credit(t *target, offset int64) {
-	offset = min(offset, r.fw.Size)
+	offset = min(offset, t.size())
 	if offset > t.credited {
 		r.bytesAcked += offset - t.credited
 		t.credited = offset

@@ -71,6 +71,11 @@ type Engine struct {
 	// device's messages are dropped (Stats.QuotaDrops).
 	AckQuota     int
 	MessageQuota int
+	// Builder, when set, builds the payloads an update wants (deltas from
+	// the images its devices run); PayloadWait bounds how long a device
+	// waits for a delta being built (choose.go).
+	Builder     *Builder
+	PayloadWait time.Duration
 
 	inbox  chan inbound
 	shared int    // how full device messages may make the inbox (fair.go)
@@ -84,6 +89,9 @@ type Engine struct {
 	closed        atomic.Bool
 	opened        atomic.Bool // inbox and cmds exist: presence and commands may flow
 	logs          *logsafe.Limiter
+	// payloadsDirty: the builder finished a payload; the loop reloads
+	// the runs' payloads at its next tick (choose.go).
+	payloadsDirty atomic.Bool
 
 	stats struct {
 		chunks, bytes, resends, acks, bad, stale, drops, quotaDrops, illegal, storeHolds atomic.Int64
@@ -161,6 +169,9 @@ func (e *Engine) Open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("rollout: load event sequence: %w", err)
 	}
+	if err := e.openBuilder(ctx); err != nil {
+		return err
+	}
 	e.seq = seq
 	if err := e.restore(ctx); err != nil {
 		return err
@@ -186,6 +197,7 @@ func (e *Engine) Close() error {
 	var err error
 	e.once.Do(func() {
 		e.closed.Store(true)
+		e.closeBuilder()
 		if e.cancel == nil {
 			return
 		}
@@ -313,6 +325,7 @@ func (e *Engine) loop(ctx context.Context) {
 				continue
 			}
 			e.timers(now)
+			e.refreshPayloads(now)
 			for _, r := range e.runs {
 				e.checkRun(r, now)
 			}
@@ -405,6 +418,7 @@ func (e *Engine) Stats() Stats {
 		IllegalEventsSuppressed: e.stats.illegalSuppressed.Load(),
 		LogLinesSuppressed:      e.logLinesSuppressed(),
 		StoreHolds:              e.stats.storeHolds.Load(),
+		Payloads:                e.builderStats(),
 	}
 }
 

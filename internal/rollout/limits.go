@@ -3,21 +3,28 @@ package rollout
 import "github.com/flotaio/flota/internal/protocol"
 
 // deviceLimits are the largest chunk payload (bytes) and window (chunks) a
-// device stated in its hello (protocol 1.1); zero: not stated.
-type deviceLimits struct{ chunk, window int }
+// device stated in its hello (protocol 1.1); zero: not stated. caps and
+// image are the payloads it decodes and the SHA-256 of the image it runs,
+// which choose its payload (choose.go).
+type deviceLimits struct {
+	chunk, window int
+	caps          uint8
+	image         string
+}
 
 // noteLimits keeps the limits of a device's hello for the offers made on
 // its connection. Only devices that state a limit take an entry, and
 // deviceOffline drops it: the map is bounded by the connected devices.
 func (e *Engine) noteLimits(device string, h protocol.Hello) {
-	if h.MaxChunk == 0 && h.MaxWindow == 0 {
+	caps := capsOf(h.Caps)
+	if h.MaxChunk == 0 && h.MaxWindow == 0 && caps == 0 && h.Image == "" {
 		delete(e.limits, device)
 		return
 	}
 	if e.limits == nil {
 		e.limits = map[string]deviceLimits{}
 	}
-	e.limits[device] = deviceLimits{chunk: h.MaxChunk, window: h.MaxWindow}
+	e.limits[device] = deviceLimits{chunk: h.MaxChunk, window: h.MaxWindow, caps: caps, image: h.Image}
 }
 
 // sizeOffer sets the chunk size and window of t's next offer: the

@@ -45,6 +45,7 @@ func (e *Engine) requeue(t *target, reason fleet.Reason) {
 func (e *Engine) queueAgain(t *target, reason fleet.Reason) {
 	r := t.r
 	t.acked, t.sent, t.credited, t.sentMax = 0, 0, 0, 0 // a new attempt counts its bytes anew
+	t.picked = false                                    // and chooses its payload
 	t.notBefore = e.now().Add(fleet.Backoff(r.u.Policy.RetryBackoff.D(), t.p.Attempts, e.rng))
 	e.active[t.p.DeviceID] = t
 	e.setState(t, fleet.StateQueued, reason)

@@ -81,6 +81,9 @@ func (e *Engine) admit(r *run) {
 			kept = append(kept, t)
 			continue
 		}
+		if e.waitsForPayload(t, now) {
+			continue // in the run's payload wait queue (choose.go)
+		}
 		t.queued = false
 		e.start(t)
 	}
@@ -94,6 +97,9 @@ func (e *Engine) admit(r *run) {
 		t.queued = false
 		if !e.eligible(t) {
 			continue
+		}
+		if e.waitsForPayload(t, now) {
+			continue // in the run's payload wait queue (choose.go)
 		}
 		t.started, t.phase = true, r.phase
 		r.started++
@@ -116,6 +122,7 @@ func (e *Engine) start(t *target) {
 	case t.p.State == fleet.StateQueued:
 		if !t.resume {
 			t.p.Attempts++
+			t.picked = false // a new attempt chooses its payload
 		}
 		e.offer(t)
 	case t.resume && t.p.State.Transferring():

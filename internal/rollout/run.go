@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"fmt"
+	"io"
 	"strconv"
 	"time"
 
@@ -37,6 +38,13 @@ type run struct {
 	seenFrom, unseenAt time.Time
 	unseen             int
 	unseenUntil        time.Time
+
+	// pl: the run's payloads besides its image (choose.go); retired:
+	// payloads replaced while sessions may read them, closed with the run;
+	// encodings: started devices by the payload of their current attempt.
+	pl        runPayloads
+	retired   []*payload
+	encodings map[string]int
 
 	remaining   int64     // bytes the unfinished devices still need, as of remainingAt
 	remainingAt time.Time // zero: never counted
@@ -96,6 +104,15 @@ type target struct {
 
 	illegalAt     int64 // unix nanoseconds of its last illegal change recorded as an event; 0 none
 	chunk, window int   // of the current offer: the update's, lowered to the device's limits (limits.go)
+
+	// pl is the payload of the current attempt (choose.go), nil for the
+	// image itself; picked: it was chosen (or restored) for this attempt.
+	// waitSince: when it began waiting for a delta being built.
+	// restored: picked, loaded from the store, pl not resolved yet.
+	pl        *payload
+	picked    bool
+	restored  bool
+	waitSince time.Time
 }
 
 func newRun(u fleet.Update, fw fleet.Firmware, b blob, m *fleet.Matcher) *run {
@@ -108,11 +125,14 @@ func newRun(u fleet.Update, fw fleet.Firmware, b blob, m *fleet.Matcher) *run {
 		live:    map[*target]struct{}{},
 		counts:  map[fleet.DeviceState]int{},
 		rateAt:  time.Now(),
-		dirty:   true,
+
+		encodings: map[string]int{},
+		dirty:     true,
 	}
 }
 
 func (r *run) closeBlob() {
+	r.closePayloads()
 	if r.blob != nil {
 		r.blob.Close()
 		r.blob = nil
@@ -121,8 +141,18 @@ func (r *run) closeBlob() {
 
 // add registers a target with its stored progress.
 func (r *run) add(p fleet.Progress, handle uint32) *target {
-	t := &target{r: r, p: p, handle: handle, recoverAt: -1, acked: p.Offset, sent: p.Offset, saved: p.Offset, sentHigh: r.fw.Size}
-	t.credited = restoredCredit(p, r.fw.Size)
+	size := r.fw.Size
+	if p.PayloadSize > 0 {
+		size = p.PayloadSize // restored: the payload its offset counts
+	}
+	t := &target{r: r, p: p, handle: handle, recoverAt: -1, acked: p.Offset, sent: p.Offset, saved: p.Offset, sentHigh: size}
+	t.credited = restoredCredit(p, size)
+	if p.Encoding != "" {
+		// Resolved against the run's payloads once its device said
+		// which image it runs (resolveRestored).
+		r.encodings[p.Encoding]++
+		t.picked, t.restored = true, true
+	}
 	t.sentMax = t.credited
 	r.targets[p.DeviceID] = t
 	r.counts[p.State]++
@@ -199,6 +229,9 @@ type deviceStatus struct {
 	Reason  fleet.Reason      `json:"reason,omitempty"`
 	Version string            `json:"target_version"`
 	Time    time.Time         `json:"time"`
+	// Encoding names the payload Offset and Size count: full, deflate or
+	// delta; absent before the first offer.
+	Encoding string `json:"encoding,omitempty"`
 }
 
 // AppendJSON appends st's JSON encoding, as encoding/json writes it.
@@ -226,11 +259,15 @@ func (st deviceStatus) AppendJSON(b []byte) []byte {
 	if !ok {
 		panic(fmt.Sprintf("rollout: device status time out of range: %v", st.Time))
 	}
+	if st.Encoding != "" {
+		b = append(b, `,"encoding":`...)
+		b = protocol.AppendJSONString(b, st.Encoding)
+	}
 	return append(b, '}')
 }
 
 func (e *Engine) publishDeviceStatus(t *target) {
-	st := deviceStatus{Device: t.p.DeviceID, Update: t.r.u.ID, State: t.p.State, Offset: t.p.Offset, Size: t.r.fw.Size,
+	st := deviceStatus{Device: t.p.DeviceID, Update: t.r.u.ID, State: t.p.State, Offset: t.p.Offset, Size: t.size(), Encoding: t.p.Encoding,
 		Attempt: t.p.Attempts, Reason: t.p.Reason, Version: t.r.fw.Version, Time: t.p.UpdatedAt}
 	// Appended into one allocation: through Encode, st would be boxed and
 	// the encoding copied once more. Inline subscribers may keep the payload.
@@ -248,6 +285,10 @@ func (e *Engine) offer(t *target) {
 		r.slots++
 	}
 	t.resume = false
+	e.resolveRestored(t)
+	if !t.picked {
+		e.pick(t)
+	}
 	t.handle = e.newHandle(t.handle)
 	now := e.now()
 	t.offerAt, t.progress = now, now
@@ -267,6 +308,9 @@ func (e *Engine) offer(t *target) {
 		Firmware:  protocol.FirmwareInfoOf(r.fw),
 		ChunkSize: t.chunk, Window: t.window,
 	}
+	if t.pl != nil {
+		msg.Encoding, msg.PayloadSize, msg.Base = protocolEncoding(t.pl.encoding), t.pl.size, t.pl.base
+	}
 	if err := e.Transport.Publish(protocol.DownTopic(t.p.DeviceID, protocol.KindOffer), protocol.Encode(msg), false, 1); err != nil {
 		e.Logger.Warn("publish offer", "device", t.p.DeviceID, "err", err)
 	}
@@ -275,7 +319,10 @@ func (e *Engine) offer(t *target) {
 // pump sends chunks while the window has room.
 func (e *Engine) pump(t *target) {
 	r := t.r
-	size := r.fw.Size
+	size, src := r.fw.Size, io.ReaderAt(r.blob)
+	if t.pl != nil {
+		size, src = t.pl.size, t.pl.blob
+	}
 	if t.chunk == 0 {
 		// Acked before its first offer since a restart: the limits of the
 		// device's latest hello, if it said one, else the update's.
@@ -288,7 +335,7 @@ func (e *Engine) pump(t *target) {
 	for t.sent < size && t.sent < limit {
 		n := min(chunk, size-t.sent)
 		buf := e.frameBuf(protocol.HeaderSize + int(n))
-		if _, err := r.blob.ReadAt(buf[protocol.HeaderSize:], t.sent); err != nil {
+		if _, err := src.ReadAt(buf[protocol.HeaderSize:], t.sent); err != nil {
 			e.Logger.Error("read firmware", "firmware", r.fw.ID, "offset", t.sent, "err", err)
 			return
 		}
@@ -314,6 +361,7 @@ func (e *Engine) pump(t *target) {
 		t.sentHigh = max(t.sentHigh, t.sent)
 		t.sentMax = max(t.sentMax, t.sent)
 		t.rtt.sent(now, t.sent)
+		t.p.WireBytes += n
 		r.bytesSent += n
 		e.stats.chunks.Add(1)
 		e.stats.bytes.Add(n)
@@ -344,8 +392,8 @@ func (e *Engine) onAck(device string, a protocol.Ack) {
 		return
 	}
 	r := t.r
-	if a.Offset > r.fw.Size {
-		e.bad(inbound{device: device, kind: protocol.KindAck}, fleet.Errorf(fleet.ErrInvalidInput, "ack offset %d past image size %d", a.Offset, r.fw.Size))
+	if a.Offset > t.size() {
+		e.bad(inbound{device: device, kind: protocol.KindAck}, fleet.Errorf(fleet.ErrInvalidInput, "ack offset %d past payload size %d", a.Offset, t.size()))
 		return
 	}
 	if t.p.State != fleet.StateAccepted && t.p.State != fleet.StateDownloading || t.cancelling != "" {
@@ -405,8 +453,8 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 			e.stale(device, "duplicate accept", "state", t.p.State)
 			return
 		}
-		if rep.Offset > r.fw.Size {
-			e.bad(inbound{device: device, kind: protocol.KindReport}, fleet.Errorf(fleet.ErrInvalidInput, "accepted offset %d past image size %d", rep.Offset, r.fw.Size))
+		if rep.Offset > t.size() {
+			e.bad(inbound{device: device, kind: protocol.KindReport}, fleet.Errorf(fleet.ErrInvalidInput, "accepted offset %d past payload size %d", rep.Offset, t.size()))
 			return
 		}
 		// The device's offset is authoritative.
@@ -417,7 +465,7 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 		if !e.setState(t, fleet.StateAccepted, "") {
 			return
 		}
-		if t.acked < r.fw.Size {
+		if t.acked < t.size() {
 			e.setState(t, fleet.StateDownloading, "")
 			e.pump(t)
 		}
@@ -471,12 +519,12 @@ func (e *Engine) advance(t *target, to fleet.DeviceState) {
 		e.setState(t, to, "") // refused and recorded as illegal
 		return
 	}
-	if want >= happyIndex(fleet.StateDownloaded) && t.acked < t.r.fw.Size {
+	if size := t.size(); want >= happyIndex(fleet.StateDownloaded) && t.acked < size {
 		// Counted as acked: the bytes sent that no ack covered (lost
 		// acks), not the ones the device says it holds without having
 		// been sent them; once per attempt however often it is offered.
-		t.r.credit(t, min(t.sentHigh, t.r.fw.Size))
-		t.acked = t.r.fw.Size
+		t.r.credit(t, min(t.sentHigh, size))
+		t.acked = size
 	}
 	for i := from + 1; i <= want; i++ {
 		if !e.setState(t, happy[i], "") {
@@ -515,7 +563,8 @@ func (e *Engine) fail(t *target, reason fleet.Reason) {
 
 func (e *Engine) onHello(device string, h protocol.Hello) {
 	now := e.now().UTC()
-	d := fleet.Device{ID: device, Model: h.Model, Version: h.Version, Tags: h.Tags, FirstSeen: now, LastSeen: now, Online: true}
+	d := fleet.Device{ID: device, Model: h.Model, Version: h.Version, Tags: h.Tags, FirstSeen: now, LastSeen: now, Online: true,
+		Image: h.Image, Caps: h.Caps}
 	if err := e.Store.SaveDevice(d); err != nil {
 		e.Logger.Error("save device", "device", device, "err", err)
 	}
@@ -544,6 +593,7 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 	}
 	r := t.r
 	holds := h.Transfer != nil && h.Transfer.Update == r.u.ID
+	e.keepPayload(t, h, holds)
 	confirmed := h.Version == r.fw.Version && (!r.u.Policy.Force || (holds && h.Transfer.State == fleet.StateRebooting))
 	if !holds && e.declinedReinstall(t, h) {
 		return
@@ -704,7 +754,7 @@ func (e *Engine) timers(now time.Time) {
 				// whose publish failed (an external broker's connection
 				// was down) left nothing outstanding, and no ack will
 				// come to pump again.
-				if t.slot && e.ready[t.p.DeviceID] && t.acked < r.fw.Size && now.Sub(last) > e.resendTimeout(t) && t.cancelling == "" {
+				if t.slot && e.ready[t.p.DeviceID] && t.acked < t.size() && now.Sub(last) > e.resendTimeout(t) && t.cancelling == "" {
 					t.recoverAt = -1
 					t.resentAt = now // a resend is not progress: the idle timeout still runs
 					t.rtt.resent(true)

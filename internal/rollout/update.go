@@ -55,6 +55,11 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 		blob.Close()
 		return fleet.Update{}, fleet.Errorf(fleet.ErrNoTargets, "selector matches no registered device")
 	}
+	r := newRun(fleet.Update{Policy: pol}, fw, blob, matcher)
+	if err := e.wantPayloads(ctx, r, devices); err != nil {
+		blob.Close()
+		return fleet.Update{}, err
+	}
 	now := e.now().UTC()
 	u := fleet.Update{ID: fleet.NewID("u"), FirmwareID: fw.ID, Selector: req.Selector, Policy: pol,
 		State: fleet.UpdateRunning, CreatedAt: now, StartedAt: &now, CreatedBy: req.CreatedBy}
@@ -114,7 +119,7 @@ func (e *Engine) CreateUpdate(ctx context.Context, req CreateRequest) (fleet.Upd
 		if createErr = e.Store.CreateUpdate(ctx, u, targets); createErr != nil {
 			return
 		}
-		r := newRun(u, fw, blob, matcher)
+		r.u = u
 		r.phases = phases
 		e.runs[u.ID] = r
 		for _, p := range targets {
@@ -174,6 +179,9 @@ func (e *Engine) loadRun(ctx context.Context, u fleet.Update) (*run, error) {
 	}
 	r := newRun(u, fw, blob, matcher)
 	r.blobErr = blobErr
+	if err := e.loadPayloads(ctx, r); err != nil {
+		return fail(err)
+	}
 	r.bytesSent, r.bytesAcked, r.resends, r.savedCounters = c.BytesSent, c.BytesAcked, c.Resends, c
 	need := 0
 	var started []*target
@@ -381,8 +389,15 @@ func (e *Engine) Summary(ctx context.Context, updateID string) (fleet.UpdateSumm
 	if err != nil {
 		return s, err
 	}
+	encodings, err := e.Store.CountEncodings(ctx, updateID)
+	if err != nil {
+		return s, err
+	}
 	s = fleet.UpdateSummary{Update: u, Firmware: fw, Counts: counts, Time: e.now().UTC(),
-		BytesSent: c.BytesSent, BytesAcked: c.BytesAcked, Resends: c.Resends}
+		BytesSent: c.BytesSent, BytesAcked: c.BytesAcked, Resends: c.Resends, Encodings: encodings}
+	for _, n := range encodings {
+		s.ImageBytes += int64(n) * fw.Size
+	}
 	for _, c := range counts {
 		s.Total += c
 	}
@@ -398,7 +413,11 @@ func (e *Engine) summary(r *run, now time.Time) fleet.UpdateSummary {
 	}
 	s := fleet.UpdateSummary{Update: r.u, Firmware: r.fw, Total: len(r.targets), Counts: counts, InFlight: r.slots,
 		BytesSent: r.bytesSent, BytesAcked: r.bytesAcked, Resends: r.resends, RateBps: r.rate, Time: now.UTC(),
-		Phase: r.phase + 1, Phases: slices.Clone(r.phases), Gate: r.gate, Waiting: e.waiting(r, now)}
+		Phase: r.phase + 1, Phases: slices.Clone(r.phases), Gate: r.gate, Waiting: e.waiting(r, now),
+		Encodings: r.encodingCounts(), PayloadsPending: len(r.pl.waitQ)}
+	for _, n := range s.Encodings {
+		s.ImageBytes += int64(n) * r.fw.Size
+	}
 	if len(r.phases) <= 1 {
 		s.Phase, s.Phases = 0, nil
 	}
@@ -416,7 +435,7 @@ func (r *run) remainingBytes(now time.Time, interval time.Duration) int64 {
 	remaining := int64(0)
 	for _, t := range r.targets {
 		if !t.p.State.Terminal() {
-			remaining += r.fw.Size - t.acked
+			remaining += t.size() - t.acked
 		}
 	}
 	r.remaining, r.remainingAt = remaining, now
@@ -589,6 +608,7 @@ func (e *Engine) RetryFailed(ctx context.Context, updateID string) (int, error) 
 				continue
 			}
 			t.p.Attempts, t.notBefore, t.acked, t.sent, t.credited, t.sentMax = 0, time.Time{}, 0, 0, 0, 0
+			t.picked, t.restored = false, false
 			t.started = true
 			e.active[t.p.DeviceID] = t
 			e.setState(t, fleet.StateQueued, fleet.ReasonRetry)

@@ -98,8 +98,9 @@ func (s *Store) DeleteDevice(ctx context.Context, id string) error {
 	})
 }
 
-// DeleteFirmware removes a firmware no update refers to, and its image
-// file unless another firmware has the same bytes. It is refused with
+// DeleteFirmware removes a firmware no update refers to, its payloads (as
+// target and as base) with their files, and its image file unless another
+// firmware has the same bytes. It is refused with
 // fleet.ErrFirmwareInUse, naming an update, while any update (ended ones
 // too: their history names it) refers to it.
 func (s *Store) DeleteFirmware(ctx context.Context, id string) error {
@@ -121,6 +122,11 @@ func (s *Store) DeleteFirmware(ctx context.Context, id string) error {
 		if n > 0 {
 			return fleet.Errorf(fleet.ErrFirmwareInUse, "firmware %s is used by %d update(s), %s among them: it stays as long as an update refers to it", id, n, first)
 		}
+		payloads, err := payloadFilesOf(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		// Its payloads go with it, as target or as base (ON DELETE CASCADE).
 		if _, err := tx.ExecContext(ctx, `DELETE FROM firmware WHERE id = ?`, id); err != nil {
 			return err
 		}
@@ -132,6 +138,9 @@ func (s *Store) DeleteFirmware(ctx context.Context, id string) error {
 			return fmt.Errorf("commit: %w", err)
 		}
 		s.stats.transactions.Add(1)
+		if err := s.removePayloadFiles(payloads); err != nil {
+			return fmt.Errorf("firmware %s deleted, payload files stay: %w", id, err)
+		}
 		if others == 0 {
 			if err := os.Remove(s.FirmwarePath(fw.SHA256)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("firmware %s deleted, its image file stays: %w", id, err)

@@ -131,6 +131,9 @@ func (s *Store) AddFirmwareOnce(ctx context.Context, meta fleet.Firmware, r io.R
 	if err != nil {
 		return fleet.Firmware{}, false, fmt.Errorf("add firmware: %w", err)
 	}
+	if fn := s.firmwareAdded.Load(); fn != nil && created {
+		(*fn)(fw)
+	}
 	return fw, created, nil
 }
 

@@ -123,6 +123,11 @@ var migrations = []string{
 		instance   TEXT NOT NULL,
 		claimed_at TEXT NOT NULL
 	);`,
+
+	// 13: payloads (payloads.go): what a device runs and decodes, the
+	// payload of each device's current attempt, and the encoded copies
+	// kept of each image.
+	migrationPayloads,
 }
 
 // schemaVersion returns the highest applied migration, 0 for a new database.

@@ -58,13 +58,16 @@ type DeviceFilter struct {
 	Offset int
 }
 
-const deviceCols = `id, model, version, tags, first_seen, last_seen, online`
+const deviceCols = `id, model, version, tags, first_seen, last_seen, online, image, caps`
 
 func scanDevice(sc scanner) (fleet.Device, error) {
 	var d fleet.Device
-	var tags, first, last string
-	if err := sc.Scan(&d.ID, &d.Model, &d.Version, &tags, &first, &last, &d.Online); err != nil {
+	var tags, first, last, caps string
+	if err := sc.Scan(&d.ID, &d.Model, &d.Version, &tags, &first, &last, &d.Online, &d.Image, &caps); err != nil {
 		return fleet.Device{}, err
+	}
+	if caps != "" {
+		d.Caps = strings.Split(caps, ",")
 	}
 	if tags != "" && tags != "{}" {
 		if err := json.Unmarshal([]byte(tags), &d.Tags); err != nil {
@@ -138,8 +141,8 @@ func (s *Store) ListDevices(ctx context.Context, f DeviceFilter) ([]fleet.Device
 }
 
 // SelectDevices returns the devices sel matches, ordered by ID, with their
-// ID, model, version and presence only: what choosing an update's targets
-// needs (Device has the rest). Model, exact version, tags and explicit IDs
+// ID, model, version, presence and image only: what choosing an update's
+// targets and their deltas needs (Device has the rest). Model, exact version, tags and explicit IDs
 // are filtered in SQL; a version range in Go, parsing each distinct version
 // once, so that selecting from 100,000 devices stays well under 200 ms
 // (BenchmarkStore_SelectDevices100k). Tags and IDs are passed as one JSON
@@ -193,7 +196,7 @@ func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.
 		}
 		w.add("id IN (SELECT value FROM json_each(?))", string(ids))
 	}
-	rows, err := db.QueryContext(ctx, `SELECT id, model, version, online FROM devices`+w.String()+` ORDER BY id`, w.args...)
+	rows, err := db.QueryContext(ctx, `SELECT id, model, version, online, image FROM devices`+w.String()+` ORDER BY id`, w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("select devices: %w", err)
 	}
@@ -202,7 +205,7 @@ func (s *Store) SelectDevices(ctx context.Context, sel fleet.Selector) ([]fleet.
 	inRange := map[string]bool{}
 	for rows.Next() {
 		var d fleet.Device
-		if err := rows.Scan(&d.ID, &d.Model, &d.Version, &d.Online); err != nil {
+		if err := rows.Scan(&d.ID, &d.Model, &d.Version, &d.Online, &d.Image); err != nil {
 			return nil, fmt.Errorf("select devices: %w", err)
 		}
 		if rng != nil {
@@ -336,7 +339,7 @@ type ProgressRow struct {
 	Handle uint32 `json:"handle"`
 }
 
-const progressCols = `update_id, device_id, state, offset, attempts, reason, handle, started_at, finished_at, updated_at`
+const progressCols = `update_id, device_id, state, offset, attempts, reason, handle, started_at, finished_at, updated_at, encoding, payload_size, wire_bytes`
 
 // scanProgressRow scans progressCols, then the columns after them into
 // extra.
@@ -346,7 +349,7 @@ func scanProgressRow(sc scanner, extra ...any) (ProgressRow, error) {
 	var handle int64
 	var started, finished sql.NullString
 	if err := sc.Scan(append([]any{&r.UpdateID, &r.DeviceID, &state, &r.Offset, &r.Attempts, &reason, &handle,
-		&started, &finished, &updated}, extra...)...); err != nil {
+		&started, &finished, &updated, &r.Encoding, &r.PayloadSize, &r.WireBytes}, extra...)...); err != nil {
 		return ProgressRow{}, err
 	}
 	r.State = fleet.DeviceState(state)

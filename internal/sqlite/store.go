@@ -132,6 +132,9 @@ type Store struct {
 	// eventsCommitted is called by the writer after each commit with the
 	// events it stored (see OnEventsCommitted).
 	eventsCommitted atomic.Pointer[func([]fleet.Event)]
+	// firmwareAdded is called after a new firmware's row commits (see
+	// OnFirmwareAdded).
+	firmwareAdded atomic.Pointer[func(fleet.Firmware)]
 
 	stats struct {
 		transactions   atomic.Int64

@@ -10,13 +10,13 @@ import (
 )
 
 // targetsPerInsert is the number of progress rows one INSERT of
-// insertTargets carries: 10 parameters each, well under SQLite's 32,766,
+// insertTargets carries: 13 parameters each, well under SQLite's 32,766,
 // and enough that a 100,000-device update costs 1,000 statement executions
 // instead of 100,000 (BenchmarkStore_CreateUpdate100k).
 const targetsPerInsert = 200
 
 // progressParams is the number of parameters of one progress row.
-const progressParams = 10
+const progressParams = 13
 
 // insertTargetsSQL returns sqlUpsertProgress with n rows of values.
 func insertTargetsSQL(n int) string {
@@ -46,7 +46,7 @@ func insertTargets(ctx context.Context, tx *sql.Tx, u fleet.Update, targets []fl
 				updated = u.CreatedAt
 			}
 			args = append(args, u.ID, p.DeviceID, string(p.State), p.Offset, p.Attempts, string(p.Reason), int64(0),
-				fmtTimePtr(p.StartedAt), fmtTimePtr(p.FinishedAt), fmtTime(updated))
+				fmtTimePtr(p.StartedAt), fmtTimePtr(p.FinishedAt), fmtTime(updated), p.Encoding, p.PayloadSize, p.WireBytes)
 		}
 		var err error
 		if len(chunk) == targetsPerInsert {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,19 +51,21 @@ func (*syncOp) isWriteOp() {}
 
 // Statement texts of the batched operations.
 const (
-	sqlUpsertDevice = `INSERT INTO devices (id, model, version, tags, first_seen, last_seen, online)
-		VALUES (?, ?, ?, ?, ?, ?, ?)
+	sqlUpsertDevice = `INSERT INTO devices (id, model, version, tags, first_seen, last_seen, online, image, caps)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT(id) DO UPDATE SET model = excluded.model, version = excluded.version,
-			tags = excluded.tags, last_seen = excluded.last_seen, online = excluded.online`
+			tags = excluded.tags, last_seen = excluded.last_seen, online = excluded.online,
+			image = excluded.image, caps = excluded.caps`
 	sqlSetOnline = `UPDATE devices SET online = ?, last_seen = ? WHERE id = ?`
 
 	sqlUpsertProgress = `INSERT INTO progress (update_id, device_id, state, offset, attempts, reason, handle,
-			started_at, finished_at, updated_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			started_at, finished_at, updated_at, encoding, payload_size, wire_bytes)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT(update_id, device_id) DO UPDATE SET state = excluded.state, offset = excluded.offset,
 			attempts = excluded.attempts, reason = excluded.reason, handle = excluded.handle,
 			started_at = excluded.started_at, finished_at = excluded.finished_at,
-			updated_at = excluded.updated_at`
+			updated_at = excluded.updated_at, encoding = excluded.encoding,
+			payload_size = excluded.payload_size, wire_bytes = excluded.wire_bytes`
 	sqlInsertEvent = `INSERT INTO events (seq, time, type, update_id, device_id, from_state, state, reason,
 			offset, attempt, phase)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
@@ -312,6 +315,8 @@ func (o *saveDeviceOp) exec(ctx context.Context, ws *writeStmts) error {
 	st.setTime(4, first)
 	st.setTime(5, last)
 	st.setBool(6, d.Online)
+	st.setText(7, d.Image)
+	st.setText(8, strings.Join(d.Caps, ","))
 	if err := st.exec(ctx); err != nil {
 		return fmt.Errorf("save device %s: %w", d.ID, err)
 	}
@@ -384,6 +389,9 @@ func (o *saveProgressOp) exec(ctx context.Context, ws *writeStmts) error {
 	st.setTimeOrNull(7, p.StartedAt)
 	st.setTimeOrNull(8, p.FinishedAt)
 	st.setTime(9, updated)
+	st.setText(10, p.Encoding)
+	st.setInt(11, p.PayloadSize)
+	st.setInt(12, p.WireBytes)
 	if err := st.exec(ctx); err != nil {
 		return fmt.Errorf("save progress %s/%s: %w", p.UpdateID, p.DeviceID, err)
 	}
