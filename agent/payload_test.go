@@ -267,6 +267,7 @@ func TestAgent_ResumesADeltaFromItsLastCheckpointAfterACrash(t *testing.T) {
 	assert.Positive(t, sf.Held.Target)
 
 	b, sent := newRecordingAgent(t, cfg)
+	assert.Equal(t, protocol.EncodingBSDiff, b.Stats().Encoding, "restored with the transfer")
 	h := helloOf(t, b, sent)
 	require.NotNil(t, h.Transfer)
 	assert.Equal(t, protocol.Held{Update: "u1", Handle: 3, Offset: sf.Held.Offset, State: fleet.StateDownloading,

@@ -228,7 +228,7 @@ func (a *Agent) restore(b []byte) error {
 		s.UpdateTime = time.Duration(sf.UpdateTimeNs)
 		s.Image = a.image
 		if t != nil {
-			s.State = t.state
+			s.State, s.Encoding = t.state, t.encoding()
 		}
 	})
 	return nil

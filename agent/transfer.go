@@ -110,6 +110,7 @@ func (a *Agent) handleOffer(b []byte) {
 		// restart): keep the bytes, adopt the handle.
 		t.handle = o.Handle
 		t.ackEvery, t.unacked = ackEvery(o.Window), 0
+		a.updateStats(func(s *Stats) { s.Encoding = t.encoding() })
 		st := t.state
 		if st == fleet.StateDownloading {
 			st = fleet.StateAccepted
