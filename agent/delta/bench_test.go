@@ -26,7 +26,7 @@ const (
 // BenchmarkDiff measures payload sizes (as % of the image), the time and
 // CPU time of Diff and its peak heap:
 //
-//	go test -run XXX -bench BenchmarkDiff -benchtime 1x ./agent/delta
+//	go test -run XXX -bench 'BenchmarkDiff$' -benchtime 1x ./agent/delta
 //
 // "devicesim" builds cmd/devicesim at two commits with git worktree (cached
 // under $TMPDIR/flota-delta-bench), as go build makes it, stripped as
@@ -220,6 +220,48 @@ func BenchmarkDecoder(b *testing.B) {
 					b.Fatalf("decoded %d bytes: %v", out.n, err)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkDiffAdversarial measures Diff on 4 MiB pairs that are hard for
+// bsdiff's search: long runs, periodic data, random data against sparse
+// changes, unrelated images.
+func BenchmarkDiffAdversarial(b *testing.B) {
+	const n = 4 << 20
+	r := rand.New(rand.NewPCG(25, 26))
+	random := make([]byte, n)
+	fillRandom(r, random)
+	zeros := make([]byte, n)
+	periodic := func(period int, k byte) []byte {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = byte(i%period) * k
+		}
+		return p
+	}
+	sparse := func(p []byte, every int) []byte {
+		p = bytes.Clone(p)
+		for i := 0; i < len(p); i += every {
+			p[i] ^= 0x5a
+		}
+		return p
+	}
+	cases := []struct {
+		name         string
+		base, target []byte
+	}{
+		{"random-sparse", random, sparse(random, 1000)},
+		{"zeros-ff", zeros, bytes.Repeat([]byte{0xff}, n)},
+		{"zeros-sparse", zeros, sparse(zeros, 37)},
+		{"periodic-sparse", periodic(16, 3), sparse(periodic(16, 3), 101)},
+		{"periodic-other-period", periodic(7, 5), periodic(16, 3)},
+		{"random-zeros-sparse", random, sparse(zeros, 13)},
+		{"zeros-random", zeros, random},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			benchDiff(b, c.base, c.target)
 		})
 	}
 }

@@ -171,9 +171,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		put(descBeyondSent, prometheus.CounterValue, float64(es.AcksBeyondSent))
 		put(descIllegalSuppressed, prometheus.CounterValue, float64(es.IllegalEventsSuppressed))
 		put(descEngineLogDropped, prometheus.CounterValue, float64(es.LogLinesSuppressed))
-		if p := es.Payloads; p != nil {
-			putPayloadBuilds(put, *p)
-		}
+		putPayloadBuilds(put, es)
 	}
 
 	if s.BrokerStats != nil {

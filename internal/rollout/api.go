@@ -49,8 +49,12 @@ type Stats struct {
 
 	StoreHolds int64 `json:"store_holds"` // times the engine held still because the store could not write
 
-	// Payloads are the payload builder's counters; absent without one.
-	Payloads *BuilderStats `json:"payloads,omitempty"`
+	// The payload builder's counters (BuilderStats); zero without one.
+	PayloadsBuilt   int64 `json:"payloads_built"`
+	PayloadsFailed  int64 `json:"payloads_failed"`
+	PayloadsSkipped int64 `json:"payloads_skipped"`
+	PayloadsRefused int64 `json:"payloads_refused"`
+	PayloadRetries  int64 `json:"payload_retries"`
 }
 
 // Engine API used by the HTTP API (see engine.go for the implementation):

@@ -476,7 +476,11 @@ func (e *Engine) wantPayloads(ctx context.Context, r *run, devices []fleet.Devic
 		if err != nil {
 			return err
 		}
-		if err := e.Builder.Want(ctx, r.fw, payloadBases(family, r.fw, devices)); err != nil {
+		var bases []fleet.Firmware
+		if !r.u.Policy.NoDelta {
+			bases = payloadBases(family, r.fw, devices)
+		}
+		if err := e.Builder.Want(ctx, r.fw, bases); err != nil {
 			// The update goes on: its devices get the images it has.
 			e.Logger.Error("queue payloads", "firmware", r.fw.ID, "err", err)
 		}

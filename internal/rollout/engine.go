@@ -418,8 +418,7 @@ func (e *Engine) Stats() Stats {
 		IllegalEventsSuppressed: e.stats.illegalSuppressed.Load(),
 		LogLinesSuppressed:      e.logLinesSuppressed(),
 		StoreHolds:              e.stats.storeHolds.Load(),
-		Payloads:                e.builderStats(),
-	}
+	}.withBuilder(e.Builder)
 }
 
 // newHandle returns a non-zero transfer handle different from old.

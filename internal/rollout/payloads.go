@@ -114,9 +114,11 @@ func (b *Builder) Stats() BuilderStats {
 		Refused: b.stats.refused.Load(), Retries: b.stats.retries.Load()}
 }
 
-// Open removes payload files no row names (a crash between a file and its
-// row, a firmware deleted while its payload was built), and starts the
-// worker, which goes on with the builds left pending.
+// Open builds again the payloads whose file is missing (a data directory
+// restored from a backup, which holds the images only), removes payload
+// files no row names (a crash between a file and its row, a firmware
+// deleted while its payload was built), and starts the worker, which goes
+// on with the builds left pending.
 func (b *Builder) Open(ctx context.Context) error {
 	if b.Store == nil {
 		return errors.New("rollout: payload builder needs a store")
@@ -126,6 +128,9 @@ func (b *Builder) Open(ctx context.Context) error {
 	b.RetryMax = max(b.RetryMax, b.RetryMin)
 	if err := os.MkdirAll(filepath.Join(b.Store.DataDir, sqlite.PayloadDir), 0o755); err != nil {
 		return fmt.Errorf("rollout: payload directory: %w", err)
+	}
+	if err := b.rebuildMissing(ctx); err != nil {
+		return fmt.Errorf("rollout: payload files: %w", err)
 	}
 	if err := b.removeOrphans(ctx); err != nil {
 		return fmt.Errorf("rollout: payload files: %w", err)
@@ -162,6 +167,31 @@ func (b *Builder) poke() {
 	case b.wake <- struct{}{}:
 	default:
 	}
+}
+
+// rebuildMissing puts back to pending the ready payloads whose file is
+// missing or of another size than recorded.
+func (b *Builder) rebuildMissing(ctx context.Context) error {
+	all, err := b.Store.AllPayloads(ctx)
+	if err != nil {
+		return err
+	}
+	for _, ps := range all {
+		for _, p := range ps {
+			if p.State != fleet.PayloadReady {
+				continue
+			}
+			if fi, err := os.Stat(filepath.Join(b.Store.DataDir, p.Path)); err == nil && fi.Size() == p.Size {
+				continue
+			}
+			b.Logger.Warn("payload file missing: built again", "firmware", p.FirmwareID, "encoding", p.Encoding, "file", p.Path)
+			p.State, p.Size, p.SHA256, p.Path, p.Error = fleet.PayloadPending, 0, "", "", ""
+			if err := b.Store.FinishPayload(ctx, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // removeOrphans removes the payload directory's files that no payload row
@@ -395,7 +425,8 @@ func (b *Builder) encode(ctx context.Context, p *fleet.Payload) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	var buf bytes.Buffer
+	var out bytes.Buffer
+	buf := ctxWriter{ctx: ctx, w: &out} // Close stops a build at its next write
 	switch p.Encoding {
 	case fleet.EncodingDeflate:
 		if b.compress == nil {
@@ -406,11 +437,11 @@ func (b *Builder) encode(ctx context.Context, p *fleet.Payload) ([]byte, error) 
 			return nil, err
 		}
 		defer f.Close()
-		if _, err := b.compress(&buf, io.LimitReader(f, fw.Size)); err != nil {
+		if _, err := b.compress(buf, io.LimitReader(f, fw.Size)); err != nil {
 			return nil, fmt.Errorf("compress: %w", err)
 		}
-		if float64(buf.Len()) >= compressKeep*float64(fw.Size) {
-			p.State, p.Error = fleet.PayloadSkipped, fmt.Sprintf("compressed to %d of %d bytes: not kept", buf.Len(), fw.Size)
+		if float64(out.Len()) >= compressKeep*float64(fw.Size) {
+			p.State, p.Error = fleet.PayloadSkipped, fmt.Sprintf("compressed to %d of %d bytes: not kept", out.Len(), fw.Size)
 			return nil, nil
 		}
 	case fleet.EncodingDelta:
@@ -433,7 +464,7 @@ func (b *Builder) encode(ctx context.Context, p *fleet.Payload) ([]byte, error) 
 		if err != nil {
 			return nil, err
 		}
-		if _, err := diff(&buf, old, target); err != nil {
+		if _, err := diff(buf, old, target); err != nil {
 			return nil, fmt.Errorf("diff: %w", err)
 		}
 		// Kept only when smaller than what the device would get instead.
@@ -445,14 +476,28 @@ func (b *Builder) encode(ctx context.Context, p *fleet.Payload) ([]byte, error) 
 				}
 			}
 		}
-		if int64(buf.Len()) >= limit {
-			p.State, p.Error = fleet.PayloadSkipped, fmt.Sprintf("delta of %d bytes, %s %d: not kept", buf.Len(), instead, limit)
+		if int64(out.Len()) >= limit {
+			p.State, p.Error = fleet.PayloadSkipped, fmt.Sprintf("delta of %d bytes, %s %d: not kept", out.Len(), instead, limit)
 			return nil, nil
 		}
 	default:
 		return nil, fmt.Errorf("unknown encoding %q", p.Encoding)
 	}
-	return buf.Bytes(), nil
+	return out.Bytes(), nil
+}
+
+// ctxWriter fails its writes once ctx ends: the codec stops at a failing
+// write, so that Close need not wait out a long diff.
+type ctxWriter struct {
+	ctx context.Context
+	w   io.Writer
+}
+
+func (c ctxWriter) Write(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.w.Write(p)
 }
 
 // readImage reads fw's image and checks its size and SHA-256.
@@ -500,11 +545,12 @@ func (e *Engine) closeBuilder() {
 	e.Builder.Close() //nolint:errcheck // it returns nil
 }
 
-// builderStats returns the builder's counters, nil without one.
-func (e *Engine) builderStats() *BuilderStats {
-	if e.Builder == nil {
-		return nil
+// withBuilder returns s with b's counters, if there is a builder.
+func (s Stats) withBuilder(b *Builder) Stats {
+	if b == nil {
+		return s
 	}
-	s := e.Builder.Stats()
-	return &s
+	p := b.Stats()
+	s.PayloadsBuilt, s.PayloadsFailed, s.PayloadsSkipped, s.PayloadsRefused, s.PayloadRetries = p.Built, p.Failed, p.Skipped, p.Refused, p.Retries
+	return s
 }

@@ -109,6 +109,7 @@ func (h *harness) twoVersions(size int, seed uint64) (base, target []byte, baseF
 func payloadDevice(t *testing.T, h *harness, id string, image []byte, caps ...string) *scripted {
 	s := newScripted(t, h, id, "1.0.0")
 	s.helloImage(image, caps, nil)
+	h.waitImage(id, image) // the engine took this hello, not only the first
 	return s
 }
 
@@ -320,7 +321,7 @@ func TestEngine_FailedDeltaBuildSendsAnotherPayload(t *testing.T) {
 	assert.Equal(t, fleet.PayloadFailed, failed.State)
 	assert.Contains(t, failed.Error, "diff exploded")
 	assert.Empty(t, failed.Path)
-	assert.Equal(t, int64(1), h.engine.Builder.Stats().Failed)
+	eventually(t, 5*time.Second, func() bool { return h.engine.Builder.Stats().Failed == 1 }, "counted failed")
 
 	d := payloadDevice(t, h, "fallback", base, "bsdiff")
 	h.waitDevices(1)
@@ -364,14 +365,18 @@ func TestEngine_HeldTransferOfAnotherPayloadIsOfferedFromZero(t *testing.T) {
 	assert.Equal(t, fw.SHA256, sha(img))
 }
 
-func TestEngine_ResumeAfterRestartKeepsThePayload(t *testing.T) {
+func TestEngine_ResumeAfterRestartKeepsThePayloadOfTheAttempt(t *testing.T) {
 	h := newHarnessWith(t, testLogger(t), withBuilder(nil))
-	base, target, _, fw := h.twoVersions(300_000, 14)
+	base := compressible(300_000, 14)
+	target := edited(base, 15)
+	fw := h.addImage(target, "1.1.0") // the base is not stored yet: no delta
+	ps := h.waitPayloads(fw, 1)
+	deflated := ps[[2]string{fleet.EncodingDeflate, ""}]
 	d := payloadDevice(t, h, "restart", base, "bsdiff")
-	h.waitDevices(1)
+	h.waitImage("restart", base)
 	u := h.create(fw, fleet.Policy{ChunkSize: 1024, Window: 1}, fleet.Selector{})
 	o := d.offer()
-	require.Equal(t, protocol.EncodingBSDiff, o.Encoding)
+	require.Equal(t, protocol.EncodingDeflate, o.Encoding)
 	d.report(o, fleet.StateAccepted, 0, "")
 	var got []byte
 	for int64(len(got)) < 1024 {
@@ -382,14 +387,22 @@ func TestEngine_ResumeAfterRestartKeepsThePayload(t *testing.T) {
 	}
 	d.send(protocol.KindAck, protocol.Ack{V: 1, Handle: o.Handle, Offset: 1024})
 	eventually(t, 5*time.Second, func() bool { return h.summary(u.ID).BytesAcked == 1024 }, "ack applied")
-
 	require.NoError(t, h.engine.Close())
-	// Without a builder: the payload chosen before is read from the store.
+
+	// While the engine is down, a delta from the device's image appears:
+	// the attempt still resumes with the payload it started.
+	h.store.OnFirmwareAdded(nil)
+	baseFW := h.addImage(base, "1.0.0")
+	b := rollout.NewBuilder(h.store, h.log)
+	require.NoError(t, b.Want(context.Background(), fw, []fleet.Firmware{baseFW}))
+	require.NoError(t, b.Open(context.Background()))
+	h.waitPayloads(fw, 2)
+	require.NoError(t, b.Close())
 	h.openEngine()
-	d.helloImage(base, []string{"bsdiff"}, &protocol.Held{Update: u.ID, Handle: o.Handle, Offset: 1024, State: fleet.StateDownloading, Encoding: protocol.EncodingBSDiff})
+	d.helloImage(base, []string{"bsdiff"}, &protocol.Held{Update: u.ID, Handle: o.Handle, Offset: 1024, State: fleet.StateDownloading, Encoding: protocol.EncodingDeflate})
 	o2 := d.offer()
-	assert.Equal(t, protocol.EncodingBSDiff, o2.Encoding)
-	assert.Equal(t, o.PayloadSize, o2.PayloadSize)
+	assert.Equal(t, protocol.EncodingDeflate, o2.Encoding)
+	assert.Equal(t, deflated.Size, o2.PayloadSize)
 	d.report(o2, fleet.StateAccepted, 1024, "")
 	for int64(len(got)) < o2.PayloadSize {
 		f := <-d.chunks
@@ -402,5 +415,6 @@ func TestEngine_ResumeAfterRestartKeepsThePayload(t *testing.T) {
 	d.finish(o2, u)
 	s := h.waitEnd(u.ID, 10*time.Second)
 	assert.Equal(t, 1, s.Counts[fleet.StateSucceeded])
-	assert.Equal(t, map[string]int{fleet.EncodingDelta: 1}, s.Encodings)
+	assert.Equal(t, map[string]int{fleet.EncodingDeflate: 1}, s.Encodings)
+	assert.Less(t, s.BytesSent, s.ImageBytes)
 }
