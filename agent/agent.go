@@ -105,6 +105,23 @@ type Config struct {
 	QuietLimits bool
 	Caps        []string
 
+	// Image is the SHA-256 (hex) of the image the device runs, stated in
+	// the hello: the base the orchestrator makes deltas against. Empty
+	// with a Device that implements BaseImage: the agent hashes its
+	// running image at start. After a reboot into a new image the agent
+	// states that image's SHA-256.
+	Image string
+	// Images holds image contents for simulated agents (Device nil): the
+	// content of Image, the base of a delta, is looked up there
+	// (payload.go). Nil: a simulated agent has no base.
+	Images *Images
+	// Encodings are the payload encodings the agent decodes and states in
+	// its caps (protocol.EncodingDeflate, protocol.EncodingBSDiff). Nil:
+	// every one it can: deflate always, bsdiff when it can read the image
+	// it runs (a BaseImage Device, or Images). Empty, not nil: none; the
+	// agent then takes images only as they are.
+	Encodings []string
+
 	// StateFile, when set, is where the agent keeps what it holds across
 	// restarts (persist.go); empty: nothing is persisted. During a download
 	// the file is saved every CheckpointBytes or CheckpointInterval
@@ -213,6 +230,11 @@ type Stats struct {
 	EndTime time.Duration `json:"end_time_ns,omitempty"`
 	// PowerCuts counts injected power cuts (Faults.RebootMidDownload).
 	PowerCuts int `json:"power_cuts,omitempty"`
+	// Image is the SHA-256 of the image the device runs, when known.
+	Image string `json:"image,omitempty"`
+	// Encoding is the payload encoding of the last transfer offered
+	// ("" for the image itself).
+	Encoding string `json:"encoding,omitempty"`
 }
 
 // Presence status payloads (docs/PROTOCOL.md): published retained on
@@ -278,6 +300,8 @@ type Agent struct {
 	connTok        mqtt.Token
 	version        string
 	pendingVersion string // version to boot into at the next connect
+	image          string // SHA-256 of the image running (Config.Image, then each image booted)
+	pendingImage   string // SHA-256 of the image of pendingVersion
 	held           *transfer
 	persist        *persister // nil without Config.StateFile
 	done           *completed
@@ -359,7 +383,8 @@ func New(cfg Config) *Agent {
 		ready:      make(chan struct{}),
 		rng:        rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		version:    cfg.Version,
-		stats:      Stats{ID: cfg.ID, Version: cfg.Version},
+		image:      strings.ToLower(cfg.Image),
+		stats:      Stats{ID: cfg.ID, Version: cfg.Version, Image: strings.ToLower(cfg.Image)},
 	}
 	a.out = a.clientPublish
 	if a.link = newLink(cfg); a.link != nil {
@@ -394,6 +419,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.cancel = cancel
 	if a.cfg.Device != nil {
 		a.dev = &deviceRun{ctx: loopCtx, installed: make(chan installResult, 1)}
+		a.hashRunningImage()
 	}
 	a.loadState()
 	a.wg.Add(1)
@@ -455,6 +481,7 @@ func tokenDone(t mqtt.Token) <-chan struct{} {
 // run is the agent's goroutine: it owns the client and all protocol state.
 func (a *Agent) run(ctx context.Context) {
 	defer a.wg.Done()
+	defer func() { stopDecoder(a.held) }() // its coroutine ends with it
 	defer a.closeState()
 	defer a.stopTimers()
 	defer a.disconnect()
@@ -652,14 +679,14 @@ func (a *Agent) boot() {
 	if a.pendingVersion == "" {
 		return
 	}
-	target := a.pendingVersion
-	a.pendingVersion = ""
+	target, image := a.pendingVersion, a.pendingImage
+	a.pendingVersion, a.pendingImage = "", ""
 	if d := a.cfg.Device; d != nil {
 		// The device says what runs: the target, or the old version
 		// after a rollback (its hello reports either, §10).
 		v := d.Booted(a.dev.ctx, target)
 		if a.dev.ctx.Err() != nil {
-			a.pendingVersion = target // undecided: decided again at the next start
+			a.pendingVersion, a.pendingImage = target, image // undecided: decided again at the next start
 			return
 		}
 		if v != "" { // empty: unknown, keep the version read at start
@@ -670,7 +697,11 @@ func (a *Agent) boot() {
 		a.version = target
 	}
 	v, ok := a.version, a.version == target
-	a.updateStats(func(s *Stats) { s.Version = v; s.Updated = ok; s.Failed = !ok; s.LastReason = "" })
+	if ok && image != "" {
+		a.image = image
+	}
+	img := a.image
+	a.updateStats(func(s *Stats) { s.Version = v; s.Updated = ok; s.Failed = !ok; s.LastReason = ""; s.Image = img })
 }
 
 // onConnectResult handles the outcome of a connection attempt.

@@ -27,3 +27,37 @@ func BenchmarkAgent_HandleChunk(b *testing.B) {
 		a.handleDown(protocol.KindChunk, *f)
 	}
 }
+
+// BenchmarkAgent_HandleChunkDelta is the data path of a simulated device
+// applying a delta: decode a 4 KiB frame of a bsdiff payload (1 MiB of new
+// bytes, carried as they are), reconstruct, hash, ack.
+func BenchmarkAgent_HandleChunkDelta(b *testing.B) {
+	const chunk = 4096
+	base := newImage(1 << 20)
+	p := newDeltaPairInserting(b, 1<<20, 1<<20)
+	imgs := NewImages()
+	b.SetBytes(chunk)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		b.StopTimer()
+		a, _ := newOfflineAgent(Config{ID: "dev-1", Model: "m", Version: "1", Seed: 1, Image: imgs.Add(base.data), Images: imgs})
+		of := p.offer("u1", 1)
+		of.ChunkSize = chunk
+		a.handleDown(protocol.KindOffer, protocol.Encode(of))
+		frames := make([][]byte, 0, len(p.payload)/chunk+1)
+		for off := 0; off < len(p.payload); off += chunk {
+			frames = append(frames, protocol.AppendFrame(nil, protocol.Frame{Handle: 1, Offset: uint32(off), Payload: p.payload[off:min(off+chunk, len(p.payload))]}))
+		}
+		b.StartTimer()
+		for _, f := range frames[:len(frames)-1] { // the last one would install
+			a.handleDown(protocol.KindChunk, f)
+			if done++; done == b.N {
+				break
+			}
+		}
+		b.StopTimer()
+		stopDecoder(a.held)
+		b.StartTimer()
+	}
+}

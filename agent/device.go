@@ -2,7 +2,10 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"io"
 	"time"
 
 	"github.com/flotaio/flota/internal/fleet"
@@ -165,4 +168,24 @@ func (a *Agent) deviceReboot() {
 		a.logger().Warn("reboot failed", "err", err)
 	}
 	a.reconnTimer = time.NewTimer(0)
+}
+
+// hashRunningImage states the SHA-256 of a BaseImage Device's running
+// image when Config.Image does not: read once, at start.
+func (a *Agent) hashRunningImage() {
+	b, ok := a.cfg.Device.(BaseImage)
+	if !ok || a.image != "" {
+		return
+	}
+	r, n, err := b.RunningImage()
+	if err == nil {
+		h := sha256.New()
+		if _, err = io.Copy(h, io.NewSectionReader(r, 0, n)); err == nil {
+			a.image = hex.EncodeToString(h.Sum(nil))
+			img := a.image
+			a.updateStats(func(s *Stats) { s.Image = img })
+			return
+		}
+	}
+	a.logger().Warn("running image not read: no delta can be applied", "err", err)
 }

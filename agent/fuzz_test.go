@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/binary"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/flotaio/flota/agent/delta"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
 )
@@ -67,8 +69,31 @@ func FuzzAgent_HandleDown(f *testing.F) {
 	f.Add(encodeSession([]byte{0}, of, []byte{1}, c1, []byte{1}, c0, []byte{2}, cancel))
 	f.Add(encodeSession([]byte{0}, of, []byte{1}, c0, []byte{0}, of, []byte{1}, c1, []byte{0}, of))
 	f.Add(encodeSession([]byte{3}, []byte("x"), []byte{1}, []byte{1, 0, 0, 0}))
+	// Encoded payloads: the image compressed, and a delta from the base the
+	// agent runs.
+	base := []byte("firmware image bytes, one chunk of it and the rest")
+	images := NewImages()
+	baseSHA := images.Add(base)
+	for _, enc := range []string{protocol.EncodingDeflate, protocol.EncodingBSDiff} {
+		var p bytes.Buffer
+		if enc == protocol.EncodingDeflate {
+			_, _ = delta.Compress(&p, bytes.NewReader(img))
+		} else {
+			_, _ = delta.Diff(&p, base, img, delta.DiffOptions{})
+		}
+		o := protocol.Offer{V: 1, Update: "u2", Handle: 7, ChunkSize: 20, Window: 4, Encoding: enc, PayloadSize: int64(p.Len()),
+			Firmware: protocol.FirmwareInfo{Version: "2", Size: int64(len(img)), SHA256: "3c3f3b6c0b09c1a4b9a3b0d8b1f1e3c2"}}
+		if enc == protocol.EncodingBSDiff {
+			o.Base = baseSHA
+		}
+		session := [][]byte{{0}, protocol.Encode(o)}
+		for off := 0; off < p.Len(); off += 20 {
+			session = append(session, []byte{1}, protocol.AppendFrame(nil, protocol.Frame{Handle: 7, Offset: uint32(off), Payload: p.Bytes()[off:min(off+20, p.Len())]}))
+		}
+		f.Add(encodeSession(session...))
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		a, _ := newOfflineAgent(Config{ID: "dev-1", Model: "m", Version: "1", Seed: 1,
+		a, _ := newOfflineAgent(Config{ID: "dev-1", Model: "m", Version: "1", Seed: 1, Image: baseSHA, Images: images,
 			Faults: Faults{DropChunks: 0.1, FailInstall: 0.1, Disconnect: 0.5}})
 		for len(data) >= 3 {
 			kind := fuzzKinds[int(data[0])%len(fuzzKinds)]
@@ -78,10 +103,14 @@ func FuzzAgent_HandleDown(f *testing.F) {
 			a.handleDown(kind, data[:n])
 			step(a)
 			data = data[n:]
-			if t := a.held; t != nil && (t.expected < 0 || t.expected > t.fw.Size) {
-				panic("held offset out of the image")
+			if t := a.held; t != nil && (t.expected < 0 || t.expected > t.size()) {
+				panic("held offset out of the payload")
+			}
+			if t := a.held; t != nil && t.enc != nil && t.enc.target > t.fw.Size {
+				panic("decoded past the image's size")
 			}
 		}
+		stopDecoder(a.held) // its coroutine
 	})
 }
 

@@ -17,7 +17,7 @@ func TestAgent_StatesItsLimitsAndRejectsOffersOverThem(t *testing.T) {
 	})
 	assert.Equal(t, testChunk, h.MaxChunk)
 	assert.Equal(t, 2, h.MaxWindow)
-	assert.Equal(t, []string{"ota-dual-bank"}, h.Caps)
+	assert.Equal(t, []string{"ota-dual-bank", protocol.EncodingDeflate}, h.Caps, "its own caps, and deflate: every agent inflates")
 	img := newImage(3 * testChunk)
 
 	big := img.offer("u1", 1, "2.0.0", "m1")

@@ -11,9 +11,11 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/flotaio/flota/agent/delta"
 	"github.com/flotaio/flota/internal/atomicfile"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/protocol"
@@ -60,9 +62,11 @@ const stateFileVersion = 1
 
 // stateFile is the JSON form of the state file.
 type stateFile struct {
-	V        int    `json:"v"`
-	ID       string `json:"id"`
-	Version  string `json:"version"` // version running
+	V       int    `json:"v"`
+	ID      string `json:"id"`
+	Version string `json:"version"` // version running
+	// Image is the SHA-256 of the image running, when known.
+	Image    string `json:"image,omitempty"`
 	Installs int    `json:"installs"`
 	// ImageSHA256 and UpdateTimeNs keep the last transfer's Stats.
 	ImageSHA256  string         `json:"image_sha256,omitempty"`
@@ -82,14 +86,22 @@ type heldRecord struct {
 	// the image is not verified yet (downloading, downloaded).
 	HashState []byte    `json:"hash_state,omitempty"`
 	OfferedAt time.Time `json:"offered_at"`
+	// An encoded payload's (payload.go): Offset counts its bytes, and
+	// while downloading it is the decoder checkpoint's, Target the image
+	// bytes before that checkpoint, HashState their SHA-256 state.
+	Encoding    string `json:"encoding,omitempty"`
+	PayloadSize int64  `json:"payload_size,omitempty"`
+	Base        string `json:"base,omitempty"`
+	Target      int64  `json:"target,omitempty"`
 }
 
 // completedFile is the completed record.
 type completedFile struct {
-	Update  string `json:"update"`
-	Handle  uint32 `json:"handle"`
-	Size    int64  `json:"size"`
-	Version string `json:"version"`
+	Update   string `json:"update"`
+	Handle   uint32 `json:"handle"`
+	Size     int64  `json:"size"`
+	Encoding string `json:"encoding,omitempty"`
+	Version  string `json:"version"`
 }
 
 // snapshot is one encoded state, numbered in the order the loop took it.
@@ -185,22 +197,26 @@ func (a *Agent) restore(b []byte) error {
 		if d.Update == "" || d.Version == "" || d.Size < 0 {
 			return errors.New("incomplete completed record")
 		}
-		done = &completed{update: d.Update, handle: d.Handle, size: d.Size, version: d.Version}
+		done = &completed{update: d.Update, handle: d.Handle, size: d.Size, encoding: d.Encoding, version: d.Version}
 	}
 
 	if a.cfg.Device == nil {
 		a.version = sf.Version // a Device's version is what it runs: Config.Version
+		if sf.Image != "" {
+			a.image = sf.Image
+		}
 	}
 	a.done = done
 	a.setHeld(t)
 	if t != nil {
 		switch t.state {
 		case fleet.StateRebooting:
-			a.pendingVersion = t.fw.Version // boots into it when it connects
+			// Boots into it when it connects.
+			a.pendingVersion, a.pendingImage = t.fw.Version, strings.ToLower(t.fw.SHA256)
 		case fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling:
 			a.persist.resume = true
 		case fleet.StateDownloading:
-			a.persist.resume = t.expected == t.fw.Size
+			a.persist.resume = t.expected == t.size()
 		}
 	}
 	a.updateStats(func(s *Stats) {
@@ -210,8 +226,9 @@ func (a *Agent) restore(b []byte) error {
 		s.InstallsBefore = sf.Installs
 		s.ImageSHA256 = sf.ImageSHA256
 		s.UpdateTime = time.Duration(sf.UpdateTimeNs)
+		s.Image = a.image
 		if t != nil {
-			s.State = t.state
+			s.State, s.Encoding = t.state, t.encoding()
 		}
 	})
 	return nil
@@ -223,15 +240,22 @@ func heldFromFile(h *heldRecord) (*transfer, error) {
 		return nil, nil
 	}
 	fw := h.Firmware
-	if h.Update == "" || fw.Size < 0 || fw.Size > math.MaxUint32 || h.Offset < 0 || h.Offset > fw.Size {
+	if h.Update == "" || fw.Size < 0 || fw.Size > math.MaxUint32 || h.Offset < 0 {
 		return nil, fmt.Errorf("held transfer out of range: update %q offset %d size %d", h.Update, h.Offset, fw.Size)
 	}
 	t := &transfer{update: h.Update, handle: h.Handle, fw: fw, expected: h.Offset, state: h.State,
 		ackEvery: 1, faultAt: -1, cutAt: -1, offeredAt: h.OfferedAt}
+	if err := encodedFromFile(t, h); err != nil {
+		return nil, err
+	}
+	size := t.size()
+	if h.Offset > size {
+		return nil, fmt.Errorf("held transfer out of range: update %q offset %d size %d", h.Update, h.Offset, size)
+	}
 	switch h.State {
 	case fleet.StateDownloading, fleet.StateDownloaded:
-		if h.State == fleet.StateDownloaded && h.Offset != fw.Size {
-			return nil, fmt.Errorf("downloaded at offset %d of %d", h.Offset, fw.Size)
+		if h.State == fleet.StateDownloaded && h.Offset != size {
+			return nil, fmt.Errorf("downloaded at offset %d of %d", h.Offset, size)
 		}
 		hs := sha256.New()
 		if err := hs.(encoding.BinaryUnmarshaler).UnmarshalBinary(h.HashState); err != nil {
@@ -239,8 +263,8 @@ func heldFromFile(h *heldRecord) (*transfer, error) {
 		}
 		t.hash = hs
 	case fleet.StateVerified, fleet.StateInstalling, fleet.StateRebooting:
-		if h.Offset != fw.Size {
-			return nil, fmt.Errorf("%s at offset %d of %d", h.State, h.Offset, fw.Size)
+		if h.Offset != size {
+			return nil, fmt.Errorf("%s at offset %d of %d", h.State, h.Offset, size)
 		}
 	default:
 		return nil, fmt.Errorf("held transfer in state %q", h.State)
@@ -253,10 +277,15 @@ func (a *Agent) encodeState() ([]byte, error) {
 	s := a.Stats()
 	sf := stateFile{V: stateFileVersion, ID: a.cfg.ID, Version: a.version, Installs: s.Installs,
 		ImageSHA256: s.ImageSHA256, UpdateTimeNs: int64(s.UpdateTime)}
+	if a.cfg.Device == nil {
+		sf.Image = a.image // a Device's is read from it at start
+	}
 	if t := a.held; t != nil {
 		h := &heldRecord{Update: t.update, Handle: t.handle, Firmware: t.fw, Offset: t.expected,
 			State: t.state, OfferedAt: t.offeredAt}
-		if t.hash != nil {
+		if t.enc != nil {
+			encodedToFile(t, h)
+		} else if t.hash != nil {
 			m, ok := t.hash.(encoding.BinaryMarshaler)
 			if !ok {
 				return nil, errors.New("hash cannot be saved")
@@ -269,7 +298,7 @@ func (a *Agent) encodeState() ([]byte, error) {
 		sf.Held = h
 	}
 	if d := a.done; d != nil {
-		sf.Done = &completedFile{Update: d.update, Handle: d.handle, Size: d.size, Version: d.version}
+		sf.Done = &completedFile{Update: d.update, Handle: d.handle, Size: d.size, Encoding: d.encoding, Version: d.version}
 	}
 	return json.Marshal(sf)
 }
@@ -405,4 +434,34 @@ func (p *persister) write(s snapshot) {
 		return
 	}
 	p.written = s.seq
+}
+
+// encodedToFile saves an encoded transfer: while downloading, its last
+// decoder checkpoint and the hash state at it, not the running ones.
+func encodedToFile(t *transfer, h *heldRecord) {
+	e := t.enc
+	h.Encoding, h.PayloadSize, h.Base = e.encoding, e.size, e.base
+	if t.state == fleet.StateDownloading {
+		h.Offset, h.Target, h.HashState = e.ckpt.Payload, e.ckpt.Target, e.ckptHash
+		return
+	}
+	h.Target = t.fw.Size
+}
+
+// encodedFromFile rebuilds the encoded side of a held record, if it has one.
+func encodedFromFile(t *transfer, h *heldRecord) error {
+	switch h.Encoding {
+	case "":
+		return nil
+	case protocol.EncodingDeflate, protocol.EncodingBSDiff:
+	default:
+		return fmt.Errorf("held transfer of encoding %q", h.Encoding)
+	}
+	if h.PayloadSize <= 0 || h.PayloadSize > math.MaxUint32 || h.Target < 0 || h.Target > t.fw.Size ||
+		(h.Encoding == protocol.EncodingBSDiff) != protocol.ValidSHA256(h.Base) {
+		return fmt.Errorf("held %s payload out of range: size %d target %d", h.Encoding, h.PayloadSize, h.Target)
+	}
+	t.enc = &encoded{encoding: h.Encoding, size: h.PayloadSize, base: h.Base,
+		ckpt: delta.Checkpoint{Payload: h.Offset, Target: h.Target}, ckptHash: h.HashState, target: h.Target}
+	return nil
 }

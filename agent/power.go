@@ -31,10 +31,10 @@ type powerState struct {
 // rollPowerCut picks the offset at which t's power is cut, or -1.
 func (a *Agent) rollPowerCut(t *transfer) int64 {
 	p := a.cfg.Faults.RebootMidDownload
-	if p <= 0 || t.fw.Size == 0 || a.power.cutUpdate == t.update || a.rng.Float64() >= p {
+	if p <= 0 || t.size() == 0 || a.power.cutUpdate == t.update || a.rng.Float64() >= p {
 		return -1
 	}
-	return a.rng.Int64N(t.fw.Size)
+	return a.rng.Int64N(t.size())
 }
 
 // powerCut loses the device's RAM state, closes the connection and
@@ -70,7 +70,7 @@ func (a *Agent) powerCut() {
 // loseRAM drops the held transfer and reloads what flash holds.
 func (a *Agent) loseRAM() {
 	a.setHeld(nil)
-	a.pendingVersion = ""
+	a.pendingVersion, a.pendingImage = "", ""
 	if a.persist == nil {
 		return // only the running version survives
 	}

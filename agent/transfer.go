@@ -26,15 +26,23 @@ type transfer struct {
 	faultAt   int64             // disconnect once expected passes it; -1: no fault
 	cutAt     int64             // power cut once expected passes it; -1: none (power.go)
 	offeredAt time.Time
+	// enc is the decoding side of an encoded payload (payload.go); nil
+	// for the image itself. expected then counts payload bytes.
+	enc *encoded
+	// building: a simulated device copies the image into Config.Images,
+	// in copy (payload.go).
+	building bool
+	copy     []byte
 }
 
 // completed remembers the last update the device rebooted into, so that a
 // re-offer of it is answered with a hello rather than a new download.
 type completed struct {
-	update  string
-	handle  uint32
-	size    int64
-	version string
+	update   string
+	handle   uint32
+	size     int64  // the transfer's size: payload bytes with an encoding
+	encoding string // its payload encoding
+	version  string
 }
 
 // handleDown handles one down message. It touches the network only through
@@ -70,7 +78,7 @@ func (a *Agent) handleOffer(b []byte) {
 	if t == nil && a.done != nil && a.done.update == o.Update && a.version == o.Firmware.Version {
 		// Already running it: confirm again.
 		a.done.handle = o.Handle
-		a.sayHello(&protocol.Held{Update: o.Update, Handle: o.Handle, Offset: a.done.size, State: fleet.StateRebooting})
+		a.sayHello(&protocol.Held{Update: o.Update, Handle: o.Handle, Offset: a.done.size, State: fleet.StateRebooting, Encoding: a.done.encoding})
 		return
 	}
 	if t != nil && t.update != o.Update {
@@ -85,7 +93,7 @@ func (a *Agent) handleOffer(b []byte) {
 		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonIncompatibleModel})
 		return
 	}
-	if o.Firmware.Size > math.MaxUint32 || (a.cfg.MaxImageSize > 0 && o.Firmware.Size > a.cfg.MaxImageSize) {
+	if o.Firmware.Size > math.MaxUint32 || o.PayloadSize > math.MaxUint32 || (a.cfg.MaxImageSize > 0 && o.Firmware.Size > a.cfg.MaxImageSize) {
 		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonNoSpace})
 		return
 	}
@@ -93,11 +101,16 @@ func (a *Agent) handleOffer(b []byte) {
 		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: fleet.ReasonChunkTooLarge})
 		return
 	}
-	if t != nil && t.fw.Size == o.Firmware.Size && strings.EqualFold(t.fw.SHA256, o.Firmware.SHA256) {
+	if reason := a.encodingRefusal(o); reason != "" {
+		a.report(protocol.Report{Update: o.Update, Handle: o.Handle, State: fleet.StateRejected, Reason: reason})
+		return
+	}
+	if t != nil && t.fw.Size == o.Firmware.Size && strings.EqualFold(t.fw.SHA256, o.Firmware.SHA256) && (sameEncoding(t, o) || t.state != fleet.StateDownloading) {
 		// The same update again (a re-offer, or after an orchestrator
 		// restart): keep the bytes, adopt the handle.
 		t.handle = o.Handle
 		t.ackEvery, t.unacked = ackEvery(o.Window), 0
+		a.updateStats(func(s *Stats) { s.Encoding = t.encoding() })
 		st := t.state
 		if st == fleet.StateDownloading {
 			st = fleet.StateAccepted
@@ -121,13 +134,18 @@ func (a *Agent) handleOffer(b []byte) {
 		faultAt:   -1,
 		offeredAt: time.Now(),
 	}
-	if p := a.cfg.Faults.Disconnect; p > 0 && t.fw.Size > 0 && a.rng.Float64() < p {
-		t.faultAt = a.rng.Int64N(t.fw.Size)
+	if o.Encoding != "" {
+		t.enc = newEncoded(o)
+	}
+	if p := a.cfg.Faults.Disconnect; p > 0 && t.size() > 0 && a.rng.Float64() < p {
+		t.faultAt = a.rng.Int64N(t.size())
 	}
 	a.armPowerCut(t)
 	a.setHeld(t)
+	a.startCopy(t)
+	a.updateStats(func(s *Stats) { s.Encoding = o.Encoding })
 	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateAccepted, Offset: 0})
-	if t.fw.Size == 0 {
+	if t.size() == 0 {
 		a.complete()
 	}
 }
@@ -156,21 +174,28 @@ func (a *Agent) handleChunk(b []byte) {
 		return
 	}
 	off, n := int64(f.Offset), int64(len(f.Payload))
-	if off != t.expected || n == 0 || off+n > t.fw.Size {
+	if off != t.expected || n == 0 || off+n > t.size() {
 		a.ack(t) // a gap or a duplicate: the duplicate ack tells the expected offset
 		return
 	}
-	if !a.writeImage(t, off, f.Payload) {
-		return
+	if t.enc != nil {
+		if !a.decode(t, f.Payload) {
+			return
+		}
+	} else {
+		if !a.writeImage(t, off, f.Payload) {
+			return
+		}
+		t.hash.Write(f.Payload)
+		t.copyOut(f.Payload)
 	}
-	t.hash.Write(f.Payload)
 	if r := a.cfg.FlashRate; r > 0 {
 		time.Sleep(time.Duration(n * int64(time.Second) / r))
 	}
 	t.expected += n
 	a.updateStats(func(s *Stats) { s.BytesReceived += n })
 	a.checkpoint(t)
-	if t.unacked++; t.unacked >= t.ackEvery || t.expected == t.fw.Size {
+	if t.unacked++; t.unacked >= t.ackEvery || t.expected == t.size() {
 		a.ack(t)
 	}
 	if t.cutAt >= 0 && t.expected > t.cutAt {
@@ -179,7 +204,7 @@ func (a *Agent) handleChunk(b []byte) {
 		a.action = actPowerCut
 		return
 	}
-	if t.expected == t.fw.Size {
+	if t.expected == t.size() {
 		a.complete()
 		return
 	}
@@ -192,6 +217,9 @@ func (a *Agent) handleChunk(b []byte) {
 // complete checks the received image and starts the install.
 func (a *Agent) complete() {
 	t := a.held
+	if t.enc != nil && !a.finishDecode(t) {
+		return
+	}
 	if !a.syncImage() {
 		a.setHeld(nil)
 		a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateFailed, Reason: fleet.ReasonStorageError})
@@ -201,6 +229,7 @@ func (a *Agent) complete() {
 	t.hash = nil
 	a.updateStats(func(s *Stats) { s.ImageSHA256 = sum })
 	ok := strings.EqualFold(sum, t.fw.SHA256)
+	a.endCopy(t, ok)
 	// Where the steps below end is what the first report saves (persist.go).
 	if ok {
 		t.state = fleet.StateInstalling
@@ -238,7 +267,7 @@ func (a *Agent) finishInstall(err error) {
 	a.updateStats(func(s *Stats) { s.Installs++ })
 	t.state = fleet.StateRebooting
 	a.report(protocol.Report{Update: t.update, Handle: t.handle, State: fleet.StateRebooting, Offset: t.expected, Version: t.fw.Version})
-	a.pendingVersion = t.fw.Version
+	a.pendingVersion, a.pendingImage = t.fw.Version, strings.ToLower(t.fw.SHA256)
 	a.action = actReboot
 }
 
@@ -274,15 +303,15 @@ func (a *Agent) heldHello() *protocol.Held {
 	if t == nil {
 		return nil
 	}
-	return &protocol.Held{Update: t.update, Handle: t.handle, Offset: t.expected, State: t.state}
+	return &protocol.Held{Update: t.update, Handle: t.handle, Offset: t.expected, State: t.state, Encoding: t.encoding()}
 }
 
 // sayHello publishes a hello. After a reboot (transfer state rebooting) it
 // waits for the PUBACK and then forgets the transfer.
 func (a *Agent) sayHello(held *protocol.Held) {
-	h := protocol.Hello{V: protocol.Version, Model: a.cfg.Model, Version: a.version, Tags: a.cfg.Tags, Transfer: held}
+	h := protocol.Hello{V: protocol.Version, Model: a.cfg.Model, Version: a.version, Tags: a.cfg.Tags, Transfer: held, Image: a.image}
 	if !a.cfg.QuietLimits {
-		h.MaxChunk, h.MaxWindow, h.Caps = a.cfg.MaxChunk, a.cfg.MaxWindow, a.cfg.Caps
+		h.MaxChunk, h.MaxWindow, h.Caps = a.cfg.MaxChunk, a.cfg.MaxWindow, a.caps()
 	}
 	tok := a.out(protocol.UpTopic(a.cfg.ID, protocol.KindHello), 1, protocol.Encode(h))
 	a.resumeHeld()
@@ -304,8 +333,12 @@ func (a *Agent) sayHello(held *protocol.Held) {
 // setHeld replaces the held transfer; a Device discards the image of the
 // one it replaces.
 func (a *Agent) setHeld(t *transfer) {
-	if prev := a.held; prev != nil && prev != t && a.cfg.Device != nil {
-		a.cfg.Device.Discard(prev.update)
+	if prev := a.held; prev != nil && prev != t {
+		stopDecoder(prev)
+		a.endCopy(prev, false)
+		if a.cfg.Device != nil {
+			a.cfg.Device.Discard(prev.update)
+		}
 	}
 	a.held = t
 	a.updateStats(func(s *Stats) { s.Holding = t != nil })
@@ -315,7 +348,7 @@ func (a *Agent) setHeld(t *transfer) {
 func (a *Agent) settle() {
 	t := a.held
 	a.setHeld(nil)
-	a.done = &completed{update: t.update, handle: t.handle, size: t.fw.Size, version: t.fw.Version}
+	a.done = &completed{update: t.update, handle: t.handle, size: t.size(), encoding: t.encoding(), version: t.fw.Version}
 	d := time.Since(t.offeredAt)
 	a.updateStats(func(s *Stats) { s.UpdateTime, s.EndTime = d, d })
 	a.saveState(false) // lost in a crash: the reboot hello is said again

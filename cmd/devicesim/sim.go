@@ -78,9 +78,12 @@ type options struct {
 	quietLimits     bool  // limited devices enforce their limits without stating them
 	subscribeQoS    int   // QoS of the down subscription, 0 or 1
 	resubscribe     time.Duration
+	imageFile       string
+	image           []byte   // content of --image, the base every device runs at start
+	caps            []string // payload encodings the devices decode (--caps)
 }
 
-func newFlagSet(o *options, tags *string) *flag.FlagSet {
+func newFlagSet(o *options, tags, caps *string) *flag.FlagSet {
 	fs := flag.NewFlagSet("devicesim", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned; main prints them with the usage
 	fs.StringVar(&o.broker, "broker", "tcp://127.0.0.1:1883", "MQTT broker URL, or the nodes of a cluster, comma-separated: device i connects first to node i mod N and fails over to the others")
@@ -127,13 +130,17 @@ func newFlagSet(o *options, tags *string) *flag.FlagSet {
 	fs.DurationVar(&o.latency, "latency", 0, "one-way delay added to every message a device receives and sends (a round trip gains twice this)")
 	fs.Float64Var(&o.faults.RebootMidDownload, "reboot-mid-download", 0, "probability (0..1) that a device loses power once mid-transfer and boots again "+
 		"after --reboot-delay, resuming from its last checkpoint with --state-dir, else from scratch")
+	fs.StringVar(&o.imageFile, "image", "", "file whose content is the image the devices run at start: its SHA-256 is stated in their hello, "+
+		"and it is the base of the deltas they apply (held once for the whole fleet)")
+	fs.StringVar(caps, "caps", protocol.EncodingDeflate+","+protocol.EncodingBSDiff, "payload encodings the devices decode and state in their hello, "+
+		"comma-separated (deflate, bsdiff; bsdiff only with a known running image); empty: none, the devices take plain images only")
 	return fs
 }
 
 func usage() string {
 	var o options
-	var tags string
-	fs := newFlagSet(&o, &tags)
+	var tags, caps string
+	fs := newFlagSet(&o, &tags, &caps)
 	var b bytes.Buffer
 	b.WriteString("usage: devicesim [flags]\n")
 	fs.SetOutput(&b)
@@ -144,8 +151,8 @@ func usage() string {
 // parseFlags parses and validates the command line.
 func parseFlags(args []string) (options, error) {
 	var o options
-	var tags string
-	fs := newFlagSet(&o, &tags)
+	var tags, caps string
+	fs := newFlagSet(&o, &tags, &caps)
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return o, err
@@ -220,6 +227,14 @@ func parseFlags(args []string) (options, error) {
 	if len(o.tags) > protocol.MaxTags || !protocol.ValidIdent(o.model) || !protocol.ValidIdent(o.version) || o.version == "" {
 		return o, usagef("--model, --version (not empty) and --tags (at most %d): at most %d bytes of printable ASCII each", protocol.MaxTags, protocol.MaxIdentLen)
 	}
+	if o.caps, err = parseCaps(caps); err != nil {
+		return o, err
+	}
+	if o.imageFile != "" {
+		if o.image, err = os.ReadFile(o.imageFile); err != nil {
+			return o, usagef("--image: %v", err)
+		}
+	}
 	if o.publicKeyFile != "" {
 		if o.publicKey, err = protocol.ReadPublicKeyFile(o.publicKeyFile); err != nil {
 			return o, usagef("--public-key: %v", err)
@@ -229,6 +244,24 @@ func parseFlags(args []string) (options, error) {
 }
 
 func deviceID(prefix string, n int) string { return fmt.Sprintf("%s%05d", prefix, n) }
+
+// parseCaps parses --caps: known encodings, comma-separated; never nil, so
+// that an empty list turns every encoding off.
+func parseCaps(s string) ([]string, error) {
+	out := []string{}
+	for _, c := range strings.Split(s, ",") {
+		switch c = strings.TrimSpace(c); c {
+		case "":
+		case protocol.EncodingDeflate, protocol.EncodingBSDiff:
+			if !slices.Contains(out, c) {
+				out = append(out, c)
+			}
+		default:
+			return nil, usagef("--caps %q: want deflate, bsdiff or both, comma-separated", s)
+		}
+	}
+	return out, nil
+}
 
 // run is the whole program: parse flags, start the fleet, wait for the end
 // (ctx, --duration or --exit-when-updated), print the summary.
@@ -260,6 +293,13 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		defer stop(log)
 	}
 	rebootDelay := max(o.rebootDelay, time.Millisecond) // the agent reads zero as its default
+	// One copy of each image for the whole fleet: the base they run, and
+	// each image they install (agent.Images).
+	images := agent.NewImages()
+	var running string
+	if o.image != nil {
+		running = images.Add(o.image)
+	}
 	agents := make([]*agent.Agent, o.devices)
 	for i := range agents {
 		id := deviceID(o.idPrefix, i+1)
@@ -274,6 +314,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			PublicKey: o.publicKey,
 			Bandwidth: o.bandwidth, Latency: o.latency, KeepAlive: keepAlive(o.keepAlive), FlashRate: o.flashRate,
 			SubscribeQoS0: o.subscribeQoS == 0, ResubscribeAfter: o.resubscribe,
+			Image: running, Images: images, Encodings: o.caps,
 		}
 		if i%o.limitedEvery == 0 {
 			cfg.MaxChunk, cfg.MaxWindow, cfg.QuietLimits = o.maxChunk, o.maxWindow, o.quietLimits
@@ -445,6 +486,8 @@ type deviceDetail struct {
 	Reason        string  `json:"reason,omitempty"`
 	UpdateTimeMs  float64 `json:"update_time_ms,omitempty"`
 	MaxChunk      int     `json:"max_chunk,omitempty"` // the device's --max-chunk, if limited
+	Image         string  `json:"image,omitempty"`     // SHA-256 of the image it runs, when known
+	Encoding      string  `json:"encoding,omitempty"`  // payload encoding of its last transfer
 }
 
 // summarize collects the fleet's stats. Updated counts devices on the
@@ -479,7 +522,7 @@ func summarize(o options, agents []*agent.Agent, elapsed time.Duration) summary 
 		sum.DevicesDetail = append(sum.DevicesDetail, deviceDetail{
 			ID: s.ID, Version: s.Version, Connected: s.Connected, Installs: s.Installs, BytesReceived: s.BytesReceived,
 			ImageSHA256: s.ImageSHA256, Failed: s.Failed, Reason: string(s.LastReason), UpdateTimeMs: ms(s.UpdateTime),
-			MaxChunk: a.MaxChunk(),
+			MaxChunk: a.MaxChunk(), Image: s.Image, Encoding: s.Encoding,
 		})
 	}
 	slices.Sort(times)

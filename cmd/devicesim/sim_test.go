@@ -101,12 +101,23 @@ type session struct {
 	handle   uint32
 	acked    int
 	progress time.Time
+	payload  []byte // what the chunks carry
 }
 
 // scriptedOrchestrator offers img to every device that says hello on
 // version "1.0.0" and pushes it stop-and-wait, resending from the acked
 // offset after a timeout or a resume hello.
 func scriptedOrchestrator(t *testing.T, img []byte, sha string) string {
+	t.Helper()
+	return scriptedOrchestratorOffering(t, func(h protocol.Hello, of protocol.Offer) (protocol.Offer, []byte) {
+		of.Firmware = protocol.FirmwareInfo{ID: "fw", Name: "fw", Version: "2.0.0", Size: int64(len(img)), SHA256: sha}
+		return of, img
+	})
+}
+
+// scriptedOrchestratorOffering is scriptedOrchestrator with the offer (and
+// the payload its chunks carry) that choose makes for each device's hello.
+func scriptedOrchestratorOffering(t *testing.T, choose func(h protocol.Hello, of protocol.Offer) (protocol.Offer, []byte)) string {
 	t.Helper()
 	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(t, srv.AddHook(new(allowHook), nil))
@@ -129,8 +140,8 @@ func scriptedOrchestrator(t *testing.T, img []byte, sha string) string {
 
 	const chunk = 1024
 	send := func(id string, s *session) {
-		end := min(s.acked+chunk, len(img))
-		frame := protocol.AppendFrame(nil, protocol.Frame{Handle: s.handle, Offset: uint32(s.acked), Payload: img[s.acked:end]})
+		end := min(s.acked+chunk, len(s.payload))
+		frame := protocol.AppendFrame(nil, protocol.Frame{Handle: s.handle, Offset: uint32(s.acked), Payload: s.payload[s.acked:end]})
 		assert.NoError(t, srv.Publish(protocol.DownTopic(id, protocol.KindChunk), frame, false, 1))
 		s.progress = time.Now()
 	}
@@ -149,7 +160,7 @@ func scriptedOrchestrator(t *testing.T, img []byte, sha string) string {
 				return
 			case <-tick.C:
 				for id, s := range sessions {
-					if s.acked < len(img) && time.Since(s.progress) > 150*time.Millisecond {
+					if s.acked < len(s.payload) && time.Since(s.progress) > 150*time.Millisecond {
 						send(id, s)
 					}
 				}
@@ -164,9 +175,8 @@ func scriptedOrchestrator(t *testing.T, img []byte, sha string) string {
 					switch {
 					case h.Transfer == nil && h.Version == "1.0.0":
 						nextHandle++
-						sessions[m.device] = &session{handle: nextHandle}
-						of := protocol.Offer{V: 1, Update: "u1", Handle: nextHandle, Attempt: 1, ChunkSize: chunk, Window: 1,
-							Firmware: protocol.FirmwareInfo{ID: "fw", Name: "fw", Version: "2.0.0", Size: int64(len(img)), SHA256: sha}}
+						of, payload := choose(h, protocol.Offer{V: 1, Update: "u1", Handle: nextHandle, Attempt: 1, ChunkSize: chunk, Window: 1})
+						sessions[m.device] = &session{handle: nextHandle, payload: payload}
 						assert.NoError(t, srv.Publish(protocol.DownTopic(m.device, protocol.KindOffer), protocol.Encode(of), false, 1))
 					case h.Transfer != nil && h.Transfer.State == fleet.StateDownloading && s != nil:
 						s.acked = int(h.Transfer.Offset)
@@ -182,7 +192,7 @@ func scriptedOrchestrator(t *testing.T, img []byte, sha string) string {
 					a, err := protocol.DecodeAck(m.payload)
 					if assert.NoError(t, err) && s != nil && int(a.Offset) > s.acked {
 						s.acked = int(a.Offset)
-						if s.acked < len(img) {
+						if s.acked < len(s.payload) {
 							send(m.device, s)
 						}
 					}

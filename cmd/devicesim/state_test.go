@@ -2,14 +2,10 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -27,20 +23,7 @@ func TestRun_StateDirKeepsDevicesAcrossRuns(t *testing.T) {
 
 	runOnce := func() summary {
 		t.Helper()
-		file := filepath.Join(t.TempDir(), "summary.json")
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		var out bytes.Buffer
-		require.NoError(t, run(ctx, []string{
-			"--broker", broker, "--devices", "3", "--id-prefix", "s-", "--reboot-delay", "20ms",
-			"--state-dir", dir, "--exit-when-updated", "2.0.0", "--summary", file,
-		}, &out))
-		require.NoError(t, ctx.Err(), "run ended by the test timeout")
-		b, err := os.ReadFile(file)
-		require.NoError(t, err)
-		var s summary
-		require.NoError(t, json.Unmarshal(b, &s))
-		return s
+		return runFleet(t, broker, "--devices", "3", "--id-prefix", "s-", "--state-dir", dir)
 	}
 
 	first := runOnce()

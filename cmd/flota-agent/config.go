@@ -54,6 +54,7 @@ type config struct {
 	publicKey    string
 	stateDir     string
 	imageName    string
+	runningImage string
 	maxImageSize int64
 	maxChunk     int
 	maxWindow    int
@@ -95,6 +96,7 @@ func (c *config) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.publicKey, "public-key", "", "PEM ed25519 public key the firmware signatures must verify with (strongly advised)")
 	fs.StringVar(&c.stateDir, "state-dir", defaultStateDir, "directory of the agent's state file and of the image being downloaded")
 	fs.StringVar(&c.imageName, "image-name", defaultImageName, "file name of the image being downloaded, in --state-dir (an installer may want a suffix: update.raucb)")
+	fs.StringVar(&c.runningImage, "running-image", "", "file holding exactly the image the device runs: its SHA-256 is stated in the hello, and deltas are applied to it (none: full images only, compressed or not)")
 	fs.Int64Var(&c.maxImageSize, "max-image-size", defaultMaxImageSize, "largest image accepted, in bytes; larger offers are rejected insufficient_space")
 	fs.IntVar(&c.maxChunk, "max-chunk", 0, "largest chunk payload taken, in bytes, stated in the hello (0: the update's)")
 	fs.IntVar(&c.maxWindow, "max-window", 0, "largest window taken, in chunks, stated in the hello (0: the update's)")

@@ -125,6 +125,11 @@ func serve(ctx context.Context, c *config, log *slog.Logger) error {
 		SubscribeQoS0:    c.subscribeQoS == 0,
 		ResubscribeAfter: c.resubscribe,
 	}
+	if c.runningImage != "" {
+		based := &baseDevice{device: dev}
+		defer based.close()
+		cfg.Device = based
+	}
 	if c.passwordFile != "" {
 		if cfg.Password, err = readSecret(c.passwordFile); err != nil {
 			return fmt.Errorf("--password-file: %w", err)

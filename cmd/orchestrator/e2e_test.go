@@ -298,6 +298,8 @@ type simDevice struct {
 	ImageSHA256   string `json:"image_sha256"`
 	Failed        bool   `json:"failed"`
 	Reason        string `json:"reason"`
+	Image         string `json:"image"`    // SHA-256 of the image it runs
+	Encoding      string `json:"encoding"` // payload encoding of its last transfer
 }
 
 type simSummary struct {

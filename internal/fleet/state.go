@@ -155,3 +155,9 @@ const (
 	ReasonFetchFailed      Reason = "fetch_failed"      // the fetch of the firmware an update waited for failed
 	ReasonFetchCancelled   Reason = "fetch_cancelled"   // the fetch of the firmware an update waited for was cancelled
 )
+
+// Reasons of a device that refuses an encoded payload (docs/PROTOCOL.md §5.4).
+const (
+	ReasonBaseMismatch        Reason = "base_mismatch"        // (device) a delta's base is not the image the device runs
+	ReasonUnsupportedEncoding Reason = "unsupported_encoding" // (device) the device cannot decode the offer's payload encoding
+)

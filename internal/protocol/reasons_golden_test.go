@@ -20,7 +20,7 @@ import (
 // report_cancelled.json.
 var reasonReports = map[fleet.DeviceState][]fleet.Reason{
 	fleet.StateRejected: {fleet.ReasonBusy, fleet.ReasonIncompatibleModel, fleet.ReasonNoSpace,
-		fleet.ReasonChunkTooLarge, fleet.ReasonDowngradeRefused},
+		fleet.ReasonChunkTooLarge, fleet.ReasonDowngradeRefused, fleet.ReasonBaseMismatch, fleet.ReasonUnsupportedEncoding},
 	fleet.StateFailed: {fleet.ReasonBadDigest, fleet.ReasonBadSignature, fleet.ReasonInstallFailed,
 		fleet.ReasonStorageError},
 	// A cancelled report echoes the cancel's reason, or says unknown_update.
