@@ -487,3 +487,30 @@ func (e *Engine) wantPayloads(ctx context.Context, r *run, devices []fleet.Devic
 	}
 	return e.loadPayloads(ctx, r)
 }
+
+// reofferWhole answers a device that refused an encoded payload because
+// what the orchestrator knew of it was out of date: base_mismatch (it no
+// longer runs the delta's base) or unsupported_encoding (it no longer
+// decodes that encoding). Neither is the device's verdict on the update:
+// the record is corrected for this connection and the device is offered
+// again at once, choosing anew. It reports false, and the rejection
+// stands, for any other reason or when the refused offer carried the
+// image itself.
+func (e *Engine) reofferWhole(t *target, reason fleet.Reason) bool {
+	if t.pl == nil || t.p.State != fleet.StateOffered {
+		return false
+	}
+	d := e.limits[t.p.DeviceID]
+	switch reason {
+	case fleet.ReasonBaseMismatch:
+		d.image = ""
+	case fleet.ReasonUnsupportedEncoding:
+		d.caps = 0
+	default:
+		return false
+	}
+	e.limits[t.p.DeviceID] = d
+	t.picked = false
+	e.offer(t)
+	return true
+}

@@ -418,3 +418,31 @@ func TestEngine_ResumeAfterRestartKeepsThePayloadOfTheAttempt(t *testing.T) {
 	assert.Equal(t, map[string]int{fleet.EncodingDeflate: 1}, s.Encodings)
 	assert.Less(t, s.BytesSent, s.ImageBytes)
 }
+
+func TestEngine_DeviceRefusingAnEncodedPayloadItCannotApplyIsOfferedAgainWithoutIt(t *testing.T) {
+	h := newHarnessWith(t, testLogger(t), withBuilder(nil))
+	base, _, _, fw := h.twoVersions(300_000, 14)
+	d := payloadDevice(t, h, "stale", base, "deflate", "bsdiff")
+	h.waitDevices(1)
+	u := h.create(fw, fleet.Policy{ChunkSize: 1024, Window: 2}, fleet.Selector{})
+
+	// What the orchestrator knew of the device's image is out of date:
+	// the delta is refused, and the next offer is the compressed image.
+	o := d.offer()
+	require.Equal(t, protocol.EncodingBSDiff, o.Encoding)
+	d.report(o, fleet.StateRejected, 0, fleet.ReasonBaseMismatch)
+	o2 := d.offer()
+	require.Equal(t, protocol.EncodingDeflate, o2.Encoding)
+	assert.NotEqual(t, o.Handle, o2.Handle)
+
+	// Nor can it inflate any more: the image itself.
+	d.report(o2, fleet.StateRejected, 0, fleet.ReasonUnsupportedEncoding)
+	o3 := d.offer()
+	require.Equal(t, "", o3.Encoding)
+	d.report(o3, fleet.StateAccepted, 0, "")
+	img := decode(t, o3, d.downloadPayload(o3), nil)
+	assert.Equal(t, fw.SHA256, sha(img))
+	eventually(t, 10*time.Second, func() bool { return h.deviceState(u.ID, "stale").Offset == fw.Size }, "image acked")
+	// Neither refusal ended the device rejected.
+	assert.Equal(t, fleet.StateDownloading, h.deviceState(u.ID, "stale").State)
+}

@@ -470,6 +470,9 @@ func (e *Engine) onReport(device string, rep protocol.Report) {
 			e.pump(t)
 		}
 	case fleet.StateRejected, fleet.StateCancelled:
+		if rep.State == fleet.StateRejected && e.reofferWhole(t, rep.Reason) {
+			return
+		}
 		reason := rep.Reason
 		if rep.State == fleet.StateCancelled && t.cancelling != "" {
 			// The cancel says why; the device only echoes it, or says
