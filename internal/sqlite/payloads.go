@@ -193,10 +193,7 @@ func (s *Store) PayloadPaths(ctx context.Context) (map[string]bool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("payload paths: %w", err)
 	}
-	paths, err := collect(rows, func(sc interface{ Scan(...any) error }) (string, error) {
-		var p string
-		return p, sc.Scan(&p)
-	}, "payload paths")
+	paths, err := collect(rows, scanString, "payload paths")
 	if err != nil {
 		return nil, err
 	}
@@ -230,10 +227,13 @@ func payloadFilesOf(ctx context.Context, tx *sql.Tx, id string) ([]string, error
 	if err != nil {
 		return nil, err
 	}
-	return collect(rows, func(sc interface{ Scan(...any) error }) (string, error) {
-		var p string
-		return p, sc.Scan(&p)
-	}, "payload files")
+	return collect(rows, scanString, "payload files")
+}
+
+// scanString scans a row of one text column.
+func scanString(sc interface{ Scan(...any) error }) (string, error) {
+	var s string
+	return s, sc.Scan(&s)
 }
 
 // removePayloadFiles removes payload files named relative to the data
