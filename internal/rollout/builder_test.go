@@ -139,6 +139,28 @@ func TestBuilder_FailedBuildIsRecordedWithItsError(t *testing.T) {
 	assert.Empty(t, entries, "no file for a failed build")
 }
 
+func TestBuilder_DeltaFromADamagedBaseImageFails(t *testing.T) {
+	s := builderStore(t, "")
+	openBuilder(t, s, nil)
+	img := compressible(60_000, 20)
+	base := storeImage(t, s, img, "1.0.0")
+	builtPayloads(t, s, base, 1)
+	// The base's file changed in place, same size: a delta from it would
+	// not apply to the image devices run.
+	path := s.FirmwarePath(base.SHA256)
+	damaged, err := os.ReadFile(path)
+	require.NoError(t, err)
+	damaged[100] ^= 0xff
+	require.NoError(t, os.WriteFile(path, damaged, 0o644))
+	target := storeImage(t, s, edited(img, 7), "2.0.0")
+	for _, p := range builtPayloads(t, s, target, 2) {
+		if p.Encoding == fleet.EncodingDelta {
+			assert.Equal(t, fleet.PayloadFailed, p.State)
+			assert.Contains(t, p.Error, "SHA-256")
+		}
+	}
+}
+
 func TestBuilder_QueueIsBoundedAndRefusalsAreCounted(t *testing.T) {
 	s := builderStore(t, "")
 	b := rollout.NewBuilder(s, testLogger(t)) // not opened: nothing leaves the queue

@@ -123,12 +123,7 @@ func (t *target) encoding() string {
 }
 
 // key is t's payload key.
-func (t *target) key() payloadKey {
-	if t.pl != nil {
-		return payloadKey{t.pl.encoding, t.pl.base}
-	}
-	return payloadKey{fleet.EncodingFull, ""}
-}
+func (t *target) key() payloadKey { return keyOf(t.pl) }
 
 // loadPayloads reads the run's payloads from the store: those ready (an
 // opened one is kept) and the deltas still pending. It runs outside the

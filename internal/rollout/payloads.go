@@ -500,14 +500,17 @@ func (c ctxWriter) Write(p []byte) (int, error) {
 	return c.w.Write(p)
 }
 
-// readImage reads fw's image and checks its size and SHA-256.
+// readImage reads fw's image, checked as a run checks it (checkImage):
+// a file of another size is refused before it is read.
 func (b *Builder) readImage(fw fleet.Firmware) ([]byte, error) {
-	data, err := os.ReadFile(b.Store.FirmwarePath(fw.SHA256))
+	f, err := os.Open(b.Store.FirmwarePath(fw.SHA256))
 	if err != nil {
 		return nil, err
 	}
-	if sum := sha256.Sum256(data); int64(len(data)) != fw.Size || hex.EncodeToString(sum[:]) != fw.SHA256 {
-		return nil, fleet.Errorf(fleet.ErrFirmwareDamaged, "firmware %s: image file does not match", fw.ID)
+	defer f.Close()
+	data := make([]byte, fw.Size)
+	if err := checkImage(f, fw, data); err != nil {
+		return nil, err
 	}
 	return data, nil
 }
