@@ -253,17 +253,25 @@ func TestServer_DevicesSearchByIDPrefixAndTag(t *testing.T) {
 	callError(t, "GET", base+"/api/v1/devices?tag=site", nil, http.StatusBadRequest, CodeInvalidInput)
 }
 
+// newTestEngine opens a real broker on 127.0.0.1:0 and an engine over it
+// and st, both closed at the end of the test.
+func newTestEngine(tb testing.TB, st *sqlite.Store, log *slog.Logger) (*broker.Broker, *rollout.Engine) {
+	tb.Helper()
+	br := broker.New(broker.Options{Addr: "127.0.0.1:0", Logger: log})
+	require.NoError(tb, br.Open())
+	tb.Cleanup(func() { br.Close() })
+	eng := rollout.New(st, br, log)
+	require.NoError(tb, eng.Open(context.Background()))
+	tb.Cleanup(func() { eng.Close() })
+	return br, eng
+}
+
 // engineAPI serves an API with a real engine over a real broker.
 func engineAPI(t *testing.T) (*Server, string) {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	st := newTestStore(t)
-	br := broker.New(broker.Options{Addr: "127.0.0.1:0", Logger: log})
-	require.NoError(t, br.Open())
-	t.Cleanup(func() { br.Close() })
-	eng := rollout.New(st, br, log)
-	require.NoError(t, eng.Open(context.Background()))
-	t.Cleanup(func() { eng.Close() })
+	_, eng := newTestEngine(t, st, log)
 	s := &Server{Store: st, Engine: eng, Logger: log}
 	return s, newTestAPI(t, s)
 }
