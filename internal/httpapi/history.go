@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -273,9 +274,7 @@ func (s *Server) updateTimeline(w http.ResponseWriter, r *http.Request) {
 	}
 	out.Points = append(out.Points, TimelinePoint{Time: end, Counts: final})
 	// Newest first, as the dashboard lists them.
-	for i, j := 0, len(out.Recent)-1; i < j; i, j = i+1, j-1 {
-		out.Recent[i], out.Recent[j] = out.Recent[j], out.Recent[i]
-	}
+	slices.Reverse(out.Recent)
 	writeJSON(w, http.StatusOK, out)
 }
 
