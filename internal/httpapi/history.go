@@ -42,10 +42,7 @@ type replayLimit struct {
 }
 
 func newReplayLimit(n int) *replayLimit {
-	if n <= 0 {
-		n = DefaultTimelineReplays
-	}
-	return &replayLimit{slots: make(chan struct{}, n)}
+	return &replayLimit{slots: make(chan struct{}, orDefault(n, DefaultTimelineReplays))}
 }
 
 // acquire takes a slot, or counts a refusal and returns false.
