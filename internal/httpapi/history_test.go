@@ -403,3 +403,28 @@ func TestServer_TimelineReplaysBeyondTheLimitAreRefusedAndCounted(t *testing.T) 
 
 	assert.Contains(t, scrape(t, base), "flota_http_timeline_refused_total 1\n")
 }
+
+func TestServer_HistoryReadsIncludeWritesStillQueued(t *testing.T) {
+	// Queued writes would wait an hour for their commit: only the
+	// history routes' wait for the queue makes them visible.
+	st := sqlite.New(t.TempDir())
+	st.Logger = slog.New(slog.DiscardHandler)
+	st.FlushInterval = time.Hour
+	require.NoError(t, st.Open())
+	t.Cleanup(func() { assert.NoError(t, st.Close()) })
+	s := &Server{Store: st}
+	base := newTestAPI(t, s)
+	ctx := context.Background()
+	fw, err := st.AddFirmware(ctx, fleet.Firmware{Version: "2.0"}, strings.NewReader("image"))
+	require.NoError(t, err)
+	seedDevices(t, st, fleet.Device{ID: "d1"})
+	t0 := time.Now().UTC().Add(-time.Minute)
+	seedUpdate(t, st, "u-1", fw.ID, t0, time.Time{}, "d1")
+	moveDevice(t, st, 1, t0.Add(time.Second), "u-1", "d1", fleet.StateQueued, fleet.StateOffered, "")
+
+	var h DeviceHistory
+	resp := call(t, "GET", base+"/api/v1/devices/d1/history", nil, &h)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Len(t, h.Events, 1, "the event queued a moment ago")
+	assert.Equal(t, fleet.StateOffered, h.LastState)
+}
