@@ -72,6 +72,12 @@ type usageError struct {
 
 func (e *usageError) Error() string { return e.msg }
 
+// invalidInput is the message of a fleet.ErrInvalidInput error without its
+// prefix, for a usage error that names the flag itself.
+func invalidInput(err error) string {
+	return strings.TrimPrefix(err.Error(), fleet.ErrInvalidInput.Error()+": ")
+}
+
 // exitError ends a command with a code and nothing more to print.
 type exitError struct{ code int }
 
@@ -531,7 +537,7 @@ func (c *cli) firmwareAdd(ctx context.Context, args []string) error {
 		return err
 	}
 	if err := fleet.CheckVersion(*ver); err != nil {
-		return &usageError{msg: "--version: " + strings.TrimPrefix(err.Error(), fleet.ErrInvalidInput.Error()+": "), spec: sp}
+		return &usageError{msg: "--version: " + invalidInput(err), spec: sp}
 	}
 	f, err := os.Open(pos[0])
 	if err != nil {

@@ -89,7 +89,7 @@ func (c *cli) deviceAdd(ctx context.Context, args []string) error {
 		return err
 	}
 	if err := fleet.CheckDeviceID(pos[0]); err != nil {
-		return &usageError{msg: strings.TrimPrefix(err.Error(), fleet.ErrInvalidInput.Error()+": "), spec: sp}
+		return &usageError{msg: invalidInput(err), spec: sp}
 	}
 	var out httpapi.CredentialList
 	req := httpapi.AddDeviceRequest{ID: pos[0], Model: *model, Tags: tags}

@@ -85,7 +85,7 @@ func (c *cli) firmwareFetch(ctx context.Context, args []string) error {
 		return &usageError{msg: "--sign-key needs the file: with --url, give the image's --signature", spec: sp}
 	}
 	if err := fleet.CheckVersion(req.Version); err != nil {
-		return &usageError{msg: "--version: " + strings.TrimPrefix(err.Error(), fleet.ErrInvalidInput.Error()+": "), spec: sp}
+		return &usageError{msg: "--version: " + invalidInput(err), spec: sp}
 	}
 	req.URL, req.SHA256, req.Signature = byURL.url, strings.ToLower(byURL.sha256), byURL.signature
 	if req.Name == "" {

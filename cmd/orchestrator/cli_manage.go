@@ -24,7 +24,7 @@ func (m eventMatch) check() error {
 	}
 	if m.device != "" {
 		if err := fleet.CheckDeviceID(m.device); err != nil {
-			return fmt.Errorf("--device: %s", strings.TrimPrefix(err.Error(), fleet.ErrInvalidInput.Error()+": "))
+			return fmt.Errorf("--device: %s", invalidInput(err))
 		}
 	}
 	return nil

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotaio/flota/broker"
 	"github.com/flotaio/flota/internal/fleet"
 	"github.com/flotaio/flota/internal/rollout"
 	"github.com/flotaio/flota/internal/sqlite"
@@ -31,16 +30,7 @@ func fuzzServer(tb testing.TB) http.Handler {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { st.Close() })
-	br := broker.New(broker.Options{Addr: "127.0.0.1:0", Logger: log})
-	eng := rollout.New(st, br, log)
-	if err := br.Open(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { br.Close() })
-	if err := eng.Open(context.Background()); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { eng.Close() })
+	br, eng := newTestEngine(tb, st, log)
 
 	ctx := context.Background()
 	for _, id := range []string{"dev-a", "dev-b"} {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -41,10 +42,7 @@ type replayLimit struct {
 }
 
 func newReplayLimit(n int) *replayLimit {
-	if n <= 0 {
-		n = DefaultTimelineReplays
-	}
-	return &replayLimit{slots: make(chan struct{}, n)}
+	return &replayLimit{slots: make(chan struct{}, orDefault(n, DefaultTimelineReplays))}
 }
 
 // acquire takes a slot, or counts a refusal and returns false.
@@ -273,9 +271,7 @@ func (s *Server) updateTimeline(w http.ResponseWriter, r *http.Request) {
 	}
 	out.Points = append(out.Points, TimelinePoint{Time: end, Counts: final})
 	// Newest first, as the dashboard lists them.
-	for i, j := 0, len(out.Recent)-1; i < j; i, j = i+1, j-1 {
-		out.Recent[i], out.Recent[j] = out.Recent[j], out.Recent[i]
-	}
+	slices.Reverse(out.Recent)
 	writeJSON(w, http.StatusOK, out)
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -253,17 +252,25 @@ func TestServer_DevicesSearchByIDPrefixAndTag(t *testing.T) {
 	callError(t, "GET", base+"/api/v1/devices?tag=site", nil, http.StatusBadRequest, CodeInvalidInput)
 }
 
+// newTestEngine opens a real broker on 127.0.0.1:0 and an engine over it
+// and st, both closed at the end of the test.
+func newTestEngine(tb testing.TB, st *sqlite.Store, log *slog.Logger) (*broker.Broker, *rollout.Engine) {
+	tb.Helper()
+	br := broker.New(broker.Options{Addr: "127.0.0.1:0", Logger: log})
+	require.NoError(tb, br.Open())
+	tb.Cleanup(func() { br.Close() })
+	eng := rollout.New(st, br, log)
+	require.NoError(tb, eng.Open(context.Background()))
+	tb.Cleanup(func() { eng.Close() })
+	return br, eng
+}
+
 // engineAPI serves an API with a real engine over a real broker.
 func engineAPI(t *testing.T) (*Server, string) {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	st := newTestStore(t)
-	br := broker.New(broker.Options{Addr: "127.0.0.1:0", Logger: log})
-	require.NoError(t, br.Open())
-	t.Cleanup(func() { br.Close() })
-	eng := rollout.New(st, br, log)
-	require.NoError(t, eng.Open(context.Background()))
-	t.Cleanup(func() { eng.Close() })
+	_, eng := newTestEngine(t, st, log)
 	s := &Server{Store: st, Engine: eng, Logger: log}
 	return s, newTestAPI(t, s)
 }
@@ -394,13 +401,30 @@ func TestServer_TimelineReplaysBeyondTheLimitAreRefusedAndCounted(t *testing.T) 
 	assert.Equal(t, http.StatusOK, r.StatusCode, "the slot is free again")
 	assert.Len(t, s.replays.slots, 0, "a finished replay gives its slot back")
 
-	req, err := http.NewRequest("GET", base+"/metrics", nil)
+	assert.Contains(t, scrape(t, base), "flota_http_timeline_refused_total 1\n")
+}
+
+func TestServer_HistoryReadsIncludeWritesStillQueued(t *testing.T) {
+	// Queued writes would wait an hour for their commit: only the
+	// history routes' wait for the queue makes them visible.
+	st := sqlite.New(t.TempDir())
+	st.Logger = slog.New(slog.DiscardHandler)
+	st.FlushInterval = time.Hour
+	require.NoError(t, st.Open())
+	t.Cleanup(func() { assert.NoError(t, st.Close()) })
+	s := &Server{Store: st}
+	base := newTestAPI(t, s)
+	ctx := context.Background()
+	fw, err := st.AddFirmware(ctx, fleet.Firmware{Version: "2.0"}, strings.NewReader("image"))
 	require.NoError(t, err)
-	req.Header.Set("Authorization", "Bearer "+testReadToken)
-	mr, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer mr.Body.Close()
-	body, err := io.ReadAll(mr.Body)
-	require.NoError(t, err)
-	assert.Contains(t, string(body), "flota_http_timeline_refused_total 1\n")
+	seedDevices(t, st, fleet.Device{ID: "d1"})
+	t0 := time.Now().UTC().Add(-time.Minute)
+	seedUpdate(t, st, "u-1", fw.ID, t0, time.Time{}, "d1")
+	moveDevice(t, st, 1, t0.Add(time.Second), "u-1", "d1", fleet.StateQueued, fleet.StateOffered, "")
+
+	var h DeviceHistory
+	resp := call(t, "GET", base+"/api/v1/devices/d1/history", nil, &h)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Len(t, h.Events, 1, "the event queued a moment ago")
+	assert.Equal(t, fleet.StateOffered, h.LastState)
 }
