@@ -183,7 +183,7 @@ func (t *transfer) encoding() string {
 // copyOut appends image bytes to the copy a simulated device makes for
 // Images, if it makes one.
 func (t *transfer) copyOut(p []byte) {
-	if t.building {
+	if t.copy != nil {
 		t.copy = append(t.copy, p...)
 	}
 }
@@ -397,14 +397,13 @@ func (a *Agent) startCopy(t *transfer) {
 	if !protocol.ValidSHA256(d) || !a.cfg.Images.claim(d) {
 		return
 	}
-	t.building = true
-	t.copy = make([]byte, 0, t.fw.Size)
+	t.copy = make([]byte, 0, t.fw.Size) // not nil, even for an empty image
 }
 
 // endCopy ends t's copy: into Images when ok (the digest verified), else
 // dropped.
 func (a *Agent) endCopy(t *transfer, ok bool) {
-	if !t.building {
+	if t.copy == nil {
 		return
 	}
 	var content []byte
@@ -412,5 +411,5 @@ func (a *Agent) endCopy(t *transfer, ok bool) {
 		content = t.copy
 	}
 	a.cfg.Images.finish(strings.ToLower(t.fw.SHA256), content)
-	t.building, t.copy = false, nil
+	t.copy = nil
 }

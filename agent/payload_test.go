@@ -319,3 +319,54 @@ func TestAgentDevice_ResumedDeltaRewritesTheImageFromTheCheckpoint(t *testing.T)
 	assert.Equal(t, []fleet.DeviceState{fleet.StateAccepted, fleet.StateDownloaded, fleet.StateVerified, fleet.StateInstalling, fleet.StateRebooting},
 		reportStates(t, *sent))
 }
+
+// cutAfterLastDeltaChunk runs an agent that checkpoints every chunk through
+// a delta's last chunk, and cuts its power there, before the digest check.
+func cutAfterLastDeltaChunk(t *testing.T) (deltaPair, Config, *Agent) {
+	p := newDeltaPairInserting(t, 400<<10, 300<<10)
+	cfg := simConfig(t, NewImages(), p.base)
+	cfg.CheckpointBytes = testChunk
+	a, _ := newRecordingAgent(t, cfg)
+	a.handleDown(protocol.KindOffer, protocol.Encode(p.offer("u1", 3)))
+	a.held.cutAt = int64(len(p.payload)) - 1
+	sendChunks(a, image{data: p.payload}, 3, 0, len(p.payload))
+	require.NotNil(t, a.held)
+	require.Equal(t, fleet.StateDownloading, a.held.state, "cut before the digest check")
+	return p, cfg, a
+}
+
+func TestAgent_DeltaCutAfterItsLastChunkResumesAndInstalls(t *testing.T) {
+	p, cfg, a := cutAfterLastDeltaChunk(t)
+	crash(a)
+	sf := readStateFile(t, cfg.StateFile)
+	require.NotNil(t, sf.Held)
+	assert.Less(t, sf.Held.Offset, int64(len(p.payload)), "as with a plain image, the last chunk is not checkpointed: the digest check saves")
+
+	b, sent := newRecordingAgent(t, cfg)
+	h := helloOf(t, b, sent)
+	require.NotNil(t, h.Transfer)
+	if h.Transfer.Offset < int64(len(p.payload)) {
+		b.handleDown(protocol.KindOffer, protocol.Encode(p.offer("u1", 4)))
+		sendChunks(b, image{data: p.payload}, 4, int(h.Transfer.Offset), len(p.payload))
+	}
+	step(b)
+	s := b.Stats()
+	assert.Equal(t, p.target.sha, s.ImageSHA256)
+	assert.Equal(t, 1, s.Installs, "the resumed delta is verified and installed")
+}
+
+func TestAgent_DeltaHeldAtItsPayloadEndCompletesAfterTheHello(t *testing.T) {
+	p, cfg, a := cutAfterLastDeltaChunk(t)
+	a.saveState(true) // a state file saved at the payload's end
+	crash(a)
+	sf := readStateFile(t, cfg.StateFile)
+	require.NotNil(t, sf.Held)
+	require.Equal(t, int64(len(p.payload)), sf.Held.Offset)
+
+	b, sent := newRecordingAgent(t, cfg)
+	helloOf(t, b, sent)
+	step(b)
+	s := b.Stats()
+	assert.Equal(t, p.target.sha, s.ImageSHA256)
+	assert.Equal(t, 1, s.Installs, "the held payload is decoded to its end, verified and installed")
+}

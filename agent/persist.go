@@ -331,7 +331,7 @@ func (a *Agent) saveState(sync bool) {
 // checkpointed: the downloaded state is saved right after it.
 func (a *Agent) checkpoint(t *transfer) {
 	p := a.persist
-	if p == nil || t.expected >= t.fw.Size {
+	if p == nil || t.expected >= t.size() {
 		return
 	}
 	if t.expected-p.ckptAt < p.ckptBytes && time.Since(p.ckptTime) < p.ckptEvery {
@@ -358,7 +358,7 @@ func (a *Agent) resumeHeld() {
 	}
 	switch t.state {
 	case fleet.StateDownloading, fleet.StateDownloaded:
-		if t.expected == t.fw.Size {
+		if t.expected == t.size() {
 			a.complete()
 		}
 	case fleet.StateVerified:

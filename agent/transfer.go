@@ -29,10 +29,9 @@ type transfer struct {
 	// enc is the decoding side of an encoded payload (payload.go); nil
 	// for the image itself. expected then counts payload bytes.
 	enc *encoded
-	// building: a simulated device copies the image into Config.Images,
-	// in copy (payload.go).
-	building bool
-	copy     []byte
+	// copy, when not nil, is the image a simulated device copies into
+	// Config.Images (payload.go).
+	copy []byte
 }
 
 // completed remembers the last update the device rebooted into, so that a

@@ -198,7 +198,7 @@ func parseFlags(args []string) (options, error) {
 		return o, usagef("--connect-rate must be at least 1, got %d", o.connectRate)
 	}
 	if o.rebootDelay < 0 || o.installDelay < 0 || o.duration < 0 || o.latency < 0 || o.keepAlive < 0 || o.resubscribe < 0 {
-		return o, usagef("--reboot-delay, --install-delay, --duration, --latency and --keepalive must not be negative")
+		return o, usagef("--reboot-delay, --install-delay, --duration, --latency, --keepalive and --resubscribe-after must not be negative")
 	}
 	if o.maxChunk != 0 && (o.maxChunk < protocol.MinDeviceChunk || o.maxChunk > protocol.MaxChunkPayload) {
 		return o, usagef("--max-chunk must be 0 or %d..%d, got %d", protocol.MinDeviceChunk, protocol.MaxChunkPayload, o.maxChunk)

@@ -36,6 +36,7 @@ func TestParseFlags_Validation(t *testing.T) {
 		"bad prefix":         {"--id-prefix", "a/b"},
 		"connect rate":       {"--connect-rate", "0"},
 		"negative duration":  {"--duration", "-1s"},
+		"negative resub":     {"--resubscribe-after", "-1s"},
 		"unknown flag":       {"--nope"},
 		"positional":         {"extra"},
 		"not a number":       {"--devices", "many"},
