@@ -237,13 +237,19 @@ type Stats struct {
 	Encoding string `json:"encoding,omitempty"`
 }
 
-// Presence status payloads (docs/PROTOCOL.md): published retained on
-// flota/devices/{id}/up/status after connecting, the offline one before a
-// clean disconnect and as the last will.
-var (
-	statusOnline  = []byte(`{"v":1,"online":true}`)
-	statusOffline = []byte(`{"v":1,"online":false}`)
-)
+// statusPayload is a presence status (docs/PROTOCOL.md): published
+// retained on flota/devices/{id}/up/status after connecting, the offline
+// one before a clean disconnect and as the last will. conn is the
+// connection's number, the same in its hello.
+func statusPayload(online bool, conn uint32) []byte {
+	return fmt.Appendf(nil, `{"v":1,"online":%t,"conn":%d}`, online, conn)
+}
+
+// newConn draws the number of a new connection: random, never 0 (which
+// says "not stated").
+func newConn() uint32 {
+	return max(rand.Uint32(), 1)
+}
 
 // errOffline is the publish result while the agent has no client.
 var errOffline = errors.New("agent: not connected")
@@ -287,6 +293,7 @@ type Agent struct {
 	in        *inbox
 	connected chan uint64   // generations whose client connected
 	gen       atomic.Uint64 // generation of the current client
+	conn      atomic.Uint32 // number of the current connection (newConn), in its status, will and hello
 	ready     chan struct{} // closed after the first hello
 	readyOnce sync.Once
 
@@ -617,7 +624,7 @@ func (a *Agent) disconnect() {
 	if a.client != nil {
 		// A clean DISCONNECT discards the last will: say offline first.
 		if a.client.IsConnectionOpen() {
-			tok := a.client.Publish(a.statusTopic(), 1, true, statusOffline)
+			tok := a.client.Publish(a.statusTopic(), 1, true, statusPayload(false, a.conn.Load()))
 			if !tok.WaitTimeout(a.cfg.PublishTimeout) || tok.Error() != nil {
 				a.logger().Debug("offline status not acknowledged", "err", tok.Error())
 			}
@@ -653,7 +660,18 @@ func (a *Agent) connect() {
 			jitter.connected()
 			a.notifyConnected(gen)
 		}).
-		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { jitter.pause() }).
+		SetReconnectingHandler(func(_ mqtt.Client, o *mqtt.ClientOptions) {
+			jitter.pause()
+			// Each connection its own number and will: the broker may
+			// publish the old connection's will after the new one said
+			// hello, and the orchestrator then knows it is stale. paho
+			// reads the will from o at each attempt, on this goroutine.
+			conn := newConn()
+			o.WillPayload = statusPayload(false, conn)
+			if a.gen.Load() == gen {
+				a.conn.Store(conn)
+			}
+		}).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			if a.gen.Load() == gen {
 				a.logger().Info("connection lost", "err", err)
@@ -667,7 +685,9 @@ func (a *Agent) connect() {
 	}
 	// Presence for brokers without connection hooks: the broker publishes
 	// this when the connection ends without a DISCONNECT.
-	opts.SetBinaryWill(a.statusTopic(), statusOffline, 1, true)
+	conn := newConn()
+	a.conn.Store(conn)
+	opts.SetBinaryWill(a.statusTopic(), statusPayload(false, conn), 1, true)
 	a.setCredentials(opts)
 	a.client = mqtt.NewClient(opts)
 	a.online = true
@@ -767,7 +787,7 @@ func (a *Agent) onConnected() {
 	a.updateStats(func(s *Stats) { s.Connected = true })
 	// Retained, so that an orchestrator connecting later learns it too;
 	// QoS 1 from one client keeps it ahead of the hello.
-	c.Publish(a.statusTopic(), 1, true, statusOnline)
+	c.Publish(a.statusTopic(), 1, true, statusPayload(true, a.conn.Load()))
 	a.sayHello(a.heldHello())
 	a.readyOnce.Do(func() { close(a.ready) })
 }
@@ -802,7 +822,7 @@ func (a *Agent) resubscribe() {
 	}
 	c := a.client
 	c.Subscribe(protocol.DownFilter(a.cfg.ID), a.downQoS(), a.handler(a.resubGen))
-	c.Publish(a.statusTopic(), 1, true, statusOnline)
+	c.Publish(a.statusTopic(), 1, true, statusPayload(true, a.conn.Load()))
 	a.sayHello(a.heldHello())
 	a.resubDelay = min(2*a.resubDelay, 16*a.cfg.ResubscribeAfter)
 	a.armResubscribe()

@@ -308,7 +308,7 @@ func (a *Agent) heldHello() *protocol.Held {
 // sayHello publishes a hello. After a reboot (transfer state rebooting) it
 // waits for the PUBACK and then forgets the transfer.
 func (a *Agent) sayHello(held *protocol.Held) {
-	h := protocol.Hello{V: protocol.Version, Model: a.cfg.Model, Version: a.version, Tags: a.cfg.Tags, Transfer: held, Image: a.image}
+	h := protocol.Hello{V: protocol.Version, Model: a.cfg.Model, Version: a.version, Tags: a.cfg.Tags, Transfer: held, Image: a.image, Conn: a.conn.Load()}
 	if !a.cfg.QuietLimits {
 		h.MaxChunk, h.MaxWindow, h.Caps = a.cfg.MaxChunk, a.cfg.MaxWindow, a.caps()
 	}

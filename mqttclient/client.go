@@ -156,7 +156,7 @@ type pending struct {
 type Client struct {
 	opts     Options
 	log      *slog.Logger
-	presence func(deviceID string, online bool)
+	presence func(deviceID string, online bool, conn uint32)
 	found    func(deviceID string) // OnFoundOnline
 
 	cli       mqtt.Client
@@ -219,9 +219,10 @@ func New(opts Options) *Client {
 }
 
 // OnPresence sets the function told when a device's retained status says it
-// came online or went offline (its last will included). Call it before Open.
-// It runs on paho's delivery goroutine: it must not block.
-func (c *Client) OnPresence(fn func(deviceID string, online bool)) {
+// came online or went offline (its last will included), with the number of
+// the connection it names (0: not stated). Call it before Open. It runs on
+// paho's delivery goroutine: it must not block.
+func (c *Client) OnPresence(fn func(deviceID string, online bool, conn uint32)) {
 	c.presence = fn
 }
 
@@ -709,14 +710,14 @@ func (c *Client) onStatus(topic string, payload []byte) {
 	if len(payload) == 0 {
 		return // a retained status being cleared
 	}
-	online, err := decodeStatus(payload)
+	online, conn, err := decodeStatus(payload)
 	if err != nil {
 		c.stats.badStatus.Add(1)
 		c.log.Debug("bad device status", "device", id, "err", err)
 		return
 	}
 	c.stats.presence.Add(1)
-	c.presence(id, online)
+	c.presence(id, online, conn)
 }
 
 // OnFoundOnline sets the function told of each device whose retained
@@ -734,7 +735,7 @@ func (c *Client) onFound(topic string, payload []byte) {
 	if !ok || kind != protocol.KindStatus || len(payload) == 0 {
 		return
 	}
-	if online, err := decodeStatus(payload); err == nil && online {
+	if online, _, err := decodeStatus(payload); err == nil && online {
 		c.found(id)
 	}
 }

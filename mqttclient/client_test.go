@@ -153,11 +153,12 @@ func TestClient_PresenceFromRetainedStatusAndLastWill(t *testing.T) {
 	// A device that went online before the orchestrator connected: its
 	// retained status tells the orchestrator when it subscribes.
 	early := device(t, s, "dev-early", nil)
-	await(t, early.Publish(protocol.UpTopic("dev-early", protocol.KindStatus), 1, true, `{"v":1,"online":true}`))
+	await(t, early.Publish(protocol.UpTopic("dev-early", protocol.KindStatus), 1, true, `{"v":1,"online":true,"conn":3}`))
 
 	type change struct {
 		id     string
 		online bool
+		conn   uint32
 	}
 	var mu sync.Mutex // guards changes
 	var changes []change
@@ -172,9 +173,9 @@ func TestClient_PresenceFromRetainedStatusAndLastWill(t *testing.T) {
 		return false
 	}
 	c := New(Options{URL: s.URL(), Username: mosquitto.OrchestratorUser, Password: s.Password(mosquitto.OrchestratorUser)})
-	c.OnPresence(func(id string, online bool) {
+	c.OnPresence(func(id string, online bool, conn uint32) {
 		mu.Lock()
-		changes = append(changes, change{id, online})
+		changes = append(changes, change{id, online, conn})
 		mu.Unlock()
 	})
 	require.NoError(t, c.Open())
@@ -183,15 +184,16 @@ func TestClient_PresenceFromRetainedStatusAndLastWill(t *testing.T) {
 	// broker; every message still arrives once.
 	var up recorder
 	require.NoError(t, c.Subscribe(protocol.UpFilter, up.handle))
-	eventually(t, func() bool { return seen(change{"dev-early", true}) }, "retained online status")
+	eventually(t, func() bool { return seen(change{"dev-early", true, 3}) }, "retained online status")
 
-	// A device that dies without DISCONNECT: the broker publishes its will.
+	// A device that dies without DISCONNECT: the broker publishes its will,
+	// which names the connection (protocol 1.1).
 	bin, err := exec.LookPath("mosquitto_sub")
 	require.NoError(t, err, "mosquitto_sub must be installed (.ci/run installs it)")
 	sub := exec.Command(bin, "-h", "127.0.0.1", "-p", strconv.Itoa(s.Port), "-i", "dev-will", "-q", "1",
 		"-t", protocol.DownFilter("dev-will"),
 		"--will-topic", protocol.UpTopic("dev-will", protocol.KindStatus),
-		"--will-payload", `{"v":1,"online":false}`, "--will-qos", "1", "--will-retain")
+		"--will-payload", `{"v":1,"online":false,"conn":7}`, "--will-qos", "1", "--will-retain")
 	out, err := sub.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, sub.Start())
@@ -219,7 +221,7 @@ func TestClient_PresenceFromRetainedStatusAndLastWill(t *testing.T) {
 		}
 	}
 	require.NoError(t, sub.Process.Signal(syscall.SIGKILL))
-	eventually(t, func() bool { return seen(change{"dev-will", false}) }, "last will: offline")
+	eventually(t, func() bool { return seen(change{"dev-will", false, 7}) }, "last will: offline")
 
 	// Garbage on a status topic is counted, not passed on.
 	await(t, early.Publish(protocol.UpTopic("dev-early", protocol.KindStatus), 1, false, `{"online":1}`))

@@ -14,25 +14,27 @@ const maxStatusSize = 256
 // statusFilter matches every device's retained presence status.
 var statusFilter = protocol.UpTopic("+", protocol.KindStatus)
 
-// decodeStatus reads a device's presence status, {"v":1,"online":true|false}
-// (docs/PROTOCOL.md). It reads untrusted device input: it bounds the size,
-// requires both fields and tolerates unknown ones.
-func decodeStatus(payload []byte) (online bool, err error) {
+// decodeStatus reads a device's presence status,
+// {"v":1,"online":true|false[,"conn":N]} (docs/PROTOCOL.md). It reads
+// untrusted device input: it bounds the size, requires "v" and "online"
+// and tolerates unknown fields. conn is 0 when not stated.
+func decodeStatus(payload []byte) (online bool, conn uint32, err error) {
 	if len(payload) > maxStatusSize {
-		return false, fmt.Errorf("status: %d bytes, at most %d", len(payload), maxStatusSize)
+		return false, 0, fmt.Errorf("status: %d bytes, at most %d", len(payload), maxStatusSize)
 	}
 	var s struct {
-		V      *int  `json:"v"`
-		Online *bool `json:"online"`
+		V      *int   `json:"v"`
+		Online *bool  `json:"online"`
+		Conn   uint32 `json:"conn"`
 	}
 	if err := json.Unmarshal(payload, &s); err != nil {
-		return false, fmt.Errorf("status: %w", err)
+		return false, 0, fmt.Errorf("status: %w", err)
 	}
 	switch {
 	case s.V == nil || s.Online == nil:
-		return false, errors.New(`status: "v" and "online" are required`)
+		return false, 0, errors.New(`status: "v" and "online" are required`)
 	case *s.V != protocol.Version:
-		return false, fmt.Errorf("status: version %d, want %d", *s.V, protocol.Version)
+		return false, 0, fmt.Errorf("status: version %d, want %d", *s.V, protocol.Version)
 	}
-	return *s.Online, nil
+	return *s.Online, s.Conn, nil
 }

@@ -1,6 +1,7 @@
 package mqttclient
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -48,26 +49,32 @@ func TestDecodeStatus(t *testing.T) {
 	tests := []struct {
 		in      string
 		online  bool
+		conn    uint32
 		wantErr bool
 	}{
-		{`{"v":1,"online":true}`, true, false},
-		{`{"v":1,"online":false}`, false, false},
-		{`{"online":true,"v":1,"extra":"ignored"}`, true, false},
-		{`{"v":2,"online":true}`, false, true},
-		{`{"v":1}`, false, true},
-		{`{"online":true}`, false, true},
-		{`{"v":1,"online":"yes"}`, false, true},
-		{`not json`, false, true},
-		{`{"v":1,"online":true,"pad":"` + string(make([]byte, 300)) + `"}`, false, true},
+		{`{"v":1,"online":true}`, true, 0, false},
+		{`{"v":1,"online":false}`, false, 0, false},
+		{`{"v":1,"online":false,"conn":4294967295}`, false, 4294967295, false},
+		{`{"online":true,"v":1,"extra":"ignored","conn":7}`, true, 7, false},
+		{`{"v":1,"online":false,"conn":-1}`, false, 0, true},
+		{`{"v":1,"online":false,"conn":4294967296}`, false, 0, true},
+		{`{"v":1,"online":false,"conn":"7"}`, false, 0, true},
+		{`{"v":2,"online":true}`, false, 0, true},
+		{`{"v":1}`, false, 0, true},
+		{`{"online":true}`, false, 0, true},
+		{`{"v":1,"online":"yes"}`, false, 0, true},
+		{`not json`, false, 0, true},
+		{`{"v":1,"online":true,"pad":"` + string(make([]byte, 300)) + `"}`, false, 0, true},
 	}
 	for _, tt := range tests {
-		online, err := decodeStatus([]byte(tt.in))
+		online, conn, err := decodeStatus([]byte(tt.in))
 		if tt.wantErr {
 			assert.Error(t, err, tt.in)
 			continue
 		}
 		require.NoError(t, err, tt.in)
 		assert.Equal(t, tt.online, online, tt.in)
+		assert.Equal(t, tt.conn, conn, tt.in)
 	}
 }
 
@@ -76,17 +83,15 @@ func FuzzDecodeStatus(f *testing.F) {
 	f.Add([]byte(`{"v":1,"online":false}`))
 	f.Add([]byte(`{"v":1,"online":null}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		online, err := decodeStatus(b)
+		online, conn, err := decodeStatus(b)
 		if err != nil {
 			return
 		}
 		// Whatever decodes re-decodes the same from its canonical form.
-		canon := []byte(`{"v":1,"online":false}`)
-		if online {
-			canon = []byte(`{"v":1,"online":true}`)
-		}
-		again, err := decodeStatus(canon)
+		canon := fmt.Appendf(nil, `{"v":1,"online":%t,"conn":%d}`, online, conn)
+		again, againConn, err := decodeStatus(canon)
 		require.NoError(t, err)
 		require.Equal(t, online, again)
+		require.Equal(t, conn, againConn)
 	})
 }

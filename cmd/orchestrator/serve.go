@@ -348,7 +348,7 @@ func (m *Main) openClient(ctx context.Context) error {
 	})
 	m.Engine = m.newEngine(m.Client)
 	engine := m.Engine
-	m.Client.OnPresence(func(id string, online bool) { engine.DevicePresence(id, online) })
+	m.Client.OnPresence(engine.DeviceStatus)
 	m.Client.OnFoundOnline(engine.DeviceFoundOnline)
 	if err := m.Client.Open(); err != nil {
 		return fmt.Errorf("open broker client: %w", err)

@@ -36,7 +36,7 @@ var (
 	descResends     = desc("flota_transfer_resent_chunks_total", "Chunks sent again within an attempt: after a gap, an ack timeout or a re-offer.")
 	descAcks        = desc("flota_transfer_acks_total", "Chunk acknowledgements received from devices.")
 	descBadMsgs     = desc("flota_device_messages_bad_total", "Device messages that could not be decoded or were invalid.")
-	descStaleMsgs   = desc("flota_device_messages_stale_total", "Valid device messages for another update, handle or attempt.")
+	descStaleMsgs   = desc("flota_device_messages_stale_total", "Valid device messages for another update, handle, attempt or connection.")
 	descQueueDrops  = desc("flota_device_messages_dropped_total", "Device messages dropped before the engine: reason queue_full (its queue was full), device_quota (that device had its quota of messages waiting).", "reason")
 	descIllegal     = desc("flota_device_illegal_transitions_total", "Device state changes refused by the state machine.")
 	descBeyondSent  = desc("flota_transfer_acks_beyond_sent_total", "Acks refused because they acknowledge bytes never sent.")

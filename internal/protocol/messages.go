@@ -43,6 +43,10 @@ type Hello struct {
 	// Image is the SHA-256 (lower-case hex) of the image the device runs:
 	// the base a delta payload is made against (protocol 1.1, optional).
 	Image string `json:"image,omitempty"`
+	// Conn is the number the device drew for this connection, the same in
+	// its online status and its last will (protocol 1.1, optional; 0: not
+	// stated): an offline status of another connection is then stale.
+	Conn uint32 `json:"conn,omitempty"`
 }
 
 // Held is the transfer a device holds across a reconnect or a reboot.

@@ -106,6 +106,7 @@ type Engine struct {
 	active     map[string]*target             // device ID -> its target in an active update
 	ready      map[string]bool                // devices that said hello on their current connection
 	limits     map[string]deviceLimits        // limits stated in the hello of connected devices (limits.go)
+	conns      map[string]uint32              // connection number stated in the hello of connected devices
 	seq        int64                          // last event sequence number
 	ended      map[string]fleet.UpdateSummary // final summaries of recently ended updates
 	endedOrder []string                       // ended's keys, oldest first
@@ -120,6 +121,7 @@ type inbound struct {
 	device, kind string
 	payload      []byte
 	q            *quota // the device's quota it counts in; nil for presence
+	conn         uint32 // presence: the connection a status names; 0: not stated
 }
 
 // New returns an engine with default settings.
@@ -162,6 +164,7 @@ func (e *Engine) Open(ctx context.Context) error {
 	e.runs = map[string]*run{}
 	e.active = map[string]*target{}
 	e.ready = map[string]bool{}
+	e.conns = map[string]uint32{}
 	e.ended = map[string]fleet.UpdateSummary{}
 	e.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x666c6f7461))
 
@@ -242,6 +245,15 @@ func (e *Engine) handle(topic string, payload []byte) {
 // DevicePresence tells the engine a device connected or disconnected. It is
 // safe to call from any goroutine and never blocks for long.
 func (e *Engine) DevicePresence(deviceID string, online bool) {
+	e.DeviceStatus(deviceID, online, 0)
+}
+
+// DeviceStatus is DevicePresence from a device's status message, which may
+// name its connection (protocol 1.1 "conn"; 0: not stated). An offline
+// status naming another connection than the device's last hello did is
+// stale (an external broker published the will of a connection it closed
+// after the device's new one said hello) and changes nothing.
+func (e *Engine) DeviceStatus(deviceID string, online bool, conn uint32) {
 	if e.closed.Load() || !e.opened.Load() {
 		return
 	}
@@ -251,7 +263,7 @@ func (e *Engine) DevicePresence(deviceID string, online bool) {
 	}
 	// Presence may fill the whole inbox; device messages stop at e.shared.
 	select {
-	case e.inbox <- inbound{device: deviceID, kind: kind}:
+	case e.inbox <- inbound{device: deviceID, kind: kind, conn: conn}:
 	default:
 		e.stats.drops.Add(1)
 		e.logDrop(deviceID, &e.presenceDrops, dropFull)
@@ -356,6 +368,10 @@ func (e *Engine) dispatch(m inbound) {
 		// A connection alone proves nothing: wait for the hello, which the
 		// device sends after subscribing.
 	case kindOffline:
+		if cur := e.conns[m.device]; m.conn != 0 && cur != 0 && m.conn != cur {
+			e.stale(m.device, "offline status of an earlier connection", "conn", m.conn, "current", cur)
+			return
+		}
 		e.deviceOffline(m.device)
 	case kindFound:
 		e.foundOnline(m.device) // takeover.go
