@@ -162,6 +162,7 @@ var goldenValid = map[string]any{
 		V: 1, Model: "esp32-c3", Version: "1.4.2",
 		MaxChunk: 4096, MaxWindow: 4, Caps: []string{"ota-dual-bank"},
 	},
+	"hello_conn.json": Hello{V: 1, Model: "esp32-c3", Version: "1.4.2", Conn: 2868215391},
 	"hello_unknown_fields.json": Hello{
 		V: 1, Model: "esp32-c3", Version: "1.4.2",
 		Tags: map[string]string{"site": "lyon"},
@@ -251,6 +252,8 @@ var goldenInvalid = map[string]error{
 	"hello_cap_upper_case.json":               ErrBadValue,
 	"hello_cap_empty.json":                    ErrBadValue,
 	"hello_cap_over_32_bytes.json":            ErrBadValue,
+	"hello_conn_negative.json":                errJSONType,
+	"hello_conn_over_u32.json":                errJSONType,
 	"offer_missing_handle.json":               ErrMissing,
 	"offer_window_over_64.json":               ErrBadValue,
 	"ack_protocol_v_0.json":                   ErrBadVersion,
