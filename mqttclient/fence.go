@@ -178,6 +178,11 @@ func (c *Client) onClaim(_ string, payload []byte) {
 	close(f.stop)
 	err := f.err
 	f.mu.Unlock()
+	// Off the broker at once, not when the subscriber next looks: a
+	// connection lost meanwhile would be made again, and take the client
+	// ID back from the new leader. Not on this goroutine: paho's
+	// Disconnect waits for its delivery to stop.
+	go c.cli.Disconnect(0)
 	c.stats.fenced.Add(1)
 	c.log.Error("another orchestrator took over the broker: this one stops driving updates", "err", err)
 	if c.opts.OnFenced != nil {
