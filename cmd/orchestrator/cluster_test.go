@@ -143,12 +143,10 @@ func testClusterDeviceIsolation(t *testing.T, c *rabbitmq.Cluster) {
 }
 
 // clusterSim starts devicesim on the cluster nodes urls, with anonymous
-// devices (the cluster's default user).
-// They subscribe again and say hello at doubling intervals from 20 s after
-// each connection, as docs/BROKERS.md advises on RabbitMQ 3.10: a
-// subscription the cluster lost, or a will it published after the
-// device's new connection said it is online, would otherwise leave the
-// device connected and forgotten.
+// devices (the cluster's default user). They subscribe again and say hello
+// at doubling intervals from 20 s after each connection, as docs/BROKERS.md
+// advises on RabbitMQ 3.10: a subscription the cluster lost would
+// otherwise leave a device connected and forgotten.
 func clusterSim(t *testing.T, urls string, args ...string) *sim {
 	t.Helper()
 	return runSim(t, append([]string{"--broker", urls, "--resubscribe-after", "20s"}, args...)...)
