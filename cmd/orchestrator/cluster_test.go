@@ -155,10 +155,10 @@ func clusterSim(t *testing.T, urls string, args ...string) *sim {
 // testClusterUpdateSurvivesNodeKills: devices on every node, the
 // orchestrator on node 1, two nodes keeping the cluster's majority. Node 2 is
 // SIGKILLed mid-update and restarted; then node 1, the orchestrator's, is
-// SIGKILLed, and restarted once its stall is measured: RabbitMQ 3.10 may
-// leave a mirrored session queue whose master died with a node unusable
-// until that node returns, and a device whose queue it is cannot connect
-// anywhere meanwhile. Every device ends updated, having installed once.
+// SIGKILLed, and restarted 20 s later as a service manager would:
+// RabbitMQ 3.10 may leave a mirrored session queue whose master died with
+// a node unusable until that node returns, and a device whose queue it is
+// cannot connect anywhere meanwhile. Every device ends updated, having installed once.
 // The stall of each kill is the time until the fleet's acked bytes grow
 // again.
 func testClusterUpdateSurvivesNodeKills(t *testing.T, c *rabbitmq.Cluster) {
@@ -233,6 +233,22 @@ func testClusterUpdateSurvivesNodeKills(t *testing.T, c *rabbitmq.Cluster) {
 	t.Logf("node 2 restarted in %s", restart.Round(time.Millisecond))
 	s.mustCLI("update", "resume", id)
 	require.NoError(t, c.KillNode(1))
+	// Its service manager starts it again 20 s later (systemd's
+	// Restart=on-failure, RestartSec=20s), while the stall is measured.
+	var restart1 time.Duration
+	restarted := make(chan error, 1)
+	go func() {
+		time.Sleep(20 * time.Second)
+		t1 := time.Now()
+		err := c.RestartNode(1)
+		restart1 = time.Since(t1)
+		restarted <- err
+	}()
+	t.Cleanup(func() { // before the cluster stops, however the test ends
+		if restarted != nil {
+			<-restarted
+		}
+	})
 	stall1 := stall()
 	t.Logf("node 1, the orchestrator's, killed: the fleet's progress stalled %s", stall1.Round(10*time.Millisecond))
 	for _, l := range strings.Split(s.logString(), "\n") {
@@ -241,9 +257,6 @@ func testClusterUpdateSurvivesNodeKills(t *testing.T, c *rabbitmq.Cluster) {
 		}
 	}
 	late = clusterSim(t, c.URLs(2, 3), lateArgs...)
-	t0 = time.Now()
-	require.NoError(t, c.RestartNode(1))
-	t.Logf("node 1 restarted in %s", time.Since(t0).Round(time.Millisecond))
 
 	ends := 5*time.Minute + time.Duration(devices)*100*time.Millisecond
 	for deadline := time.Now().Add(ends); ; time.Sleep(100 * time.Millisecond) {
@@ -266,6 +279,9 @@ func testClusterUpdateSurvivesNodeKills(t *testing.T, c *rabbitmq.Cluster) {
 	}
 	took := time.Since(start)
 	cpu := processCPU(t, s.cmd.Process.Pid) - cpu0
+	require.NoError(t, <-restarted)
+	restarted = nil
+	t.Logf("node 1 restarted in %s, 20 s after its kill", restart1.Round(time.Millisecond))
 	st := s.status(id)
 	assert.Equal(t, fleet.UpdateCompleted, st.State)
 	assert.Equal(t, map[fleet.DeviceState]int{fleet.StateSucceeded: devices + heldBack}, st.Counts)
