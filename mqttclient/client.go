@@ -660,8 +660,7 @@ func (c *Client) subscriber() {
 		case <-c.ctx.Done():
 			return
 		case <-c.Fenced():
-			c.cli.Disconnect(0) // no reconnection: the broker is another's
-			return
+			return // onClaim disconnected: the broker is another's
 		case <-c.connected:
 		case <-retry.C:
 		}

@@ -236,19 +236,16 @@ func testClusterUpdateSurvivesNodeKills(t *testing.T, c *rabbitmq.Cluster) {
 	// Its service manager starts it again 20 s later (systemd's
 	// Restart=on-failure, RestartSec=20s), while the stall is measured.
 	var restart1 time.Duration
-	restarted := make(chan error, 1)
+	var restartErr error
+	restarted := make(chan struct{})
 	go func() {
+		defer close(restarted)
 		time.Sleep(20 * time.Second)
 		t1 := time.Now()
-		err := c.RestartNode(1)
+		restartErr = c.RestartNode(1)
 		restart1 = time.Since(t1)
-		restarted <- err
 	}()
-	t.Cleanup(func() { // before the cluster stops, however the test ends
-		if restarted != nil {
-			<-restarted
-		}
-	})
+	t.Cleanup(func() { <-restarted }) // before the cluster stops, however the test ends
 	stall1 := stall()
 	t.Logf("node 1, the orchestrator's, killed: the fleet's progress stalled %s", stall1.Round(10*time.Millisecond))
 	for _, l := range strings.Split(s.logString(), "\n") {
@@ -279,8 +276,8 @@ func testClusterUpdateSurvivesNodeKills(t *testing.T, c *rabbitmq.Cluster) {
 	}
 	took := time.Since(start)
 	cpu := processCPU(t, s.cmd.Process.Pid) - cpu0
-	require.NoError(t, <-restarted)
-	restarted = nil
+	<-restarted
+	require.NoError(t, restartErr)
 	t.Logf("node 1 restarted in %s, 20 s after its kill", restart1.Round(time.Millisecond))
 	st := s.status(id)
 	assert.Equal(t, fleet.UpdateCompleted, st.State)

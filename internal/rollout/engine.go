@@ -106,7 +106,6 @@ type Engine struct {
 	active     map[string]*target             // device ID -> its target in an active update
 	ready      map[string]bool                // devices that said hello on their current connection
 	limits     map[string]deviceLimits        // limits stated in the hello of connected devices (limits.go)
-	conns      map[string]uint32              // connection number stated in the hello of connected devices
 	seq        int64                          // last event sequence number
 	ended      map[string]fleet.UpdateSummary // final summaries of recently ended updates
 	endedOrder []string                       // ended's keys, oldest first
@@ -164,7 +163,6 @@ func (e *Engine) Open(ctx context.Context) error {
 	e.runs = map[string]*run{}
 	e.active = map[string]*target{}
 	e.ready = map[string]bool{}
-	e.conns = map[string]uint32{}
 	e.ended = map[string]fleet.UpdateSummary{}
 	e.rng = rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x666c6f7461))
 
@@ -368,7 +366,7 @@ func (e *Engine) dispatch(m inbound) {
 		// A connection alone proves nothing: wait for the hello, which the
 		// device sends after subscribing.
 	case kindOffline:
-		if cur := e.conns[m.device]; m.conn != 0 && cur != 0 && m.conn != cur {
+		if cur := e.limits[m.device].conn; m.conn != 0 && cur != 0 && m.conn != cur {
 			e.stale(m.device, "offline status of an earlier connection", "conn", m.conn, "current", cur)
 			return
 		}

@@ -10,21 +10,23 @@ type deviceLimits struct {
 	chunk, window int
 	caps          uint8
 	image         string
+	conn          uint32 // the hello's connection number: an offline status naming another is stale
 }
 
-// noteLimits keeps the limits of a device's hello for the offers made on
-// its connection. Only devices that state a limit take an entry, and
-// deviceOffline drops it: the map is bounded by the connected devices.
+// noteLimits keeps what a device's hello states (limits, capabilities,
+// image, connection number) for as long as its connection lasts. Only
+// devices that state something take an entry, and deviceOffline drops it:
+// the map is bounded by the connected devices.
 func (e *Engine) noteLimits(device string, h protocol.Hello) {
 	caps := capsOf(h.Caps)
-	if h.MaxChunk == 0 && h.MaxWindow == 0 && caps == 0 && h.Image == "" {
+	if h.MaxChunk == 0 && h.MaxWindow == 0 && caps == 0 && h.Image == "" && h.Conn == 0 {
 		delete(e.limits, device)
 		return
 	}
 	if e.limits == nil {
 		e.limits = map[string]deviceLimits{}
 	}
-	e.limits[device] = deviceLimits{chunk: h.MaxChunk, window: h.MaxWindow, caps: caps, image: h.Image}
+	e.limits[device] = deviceLimits{chunk: h.MaxChunk, window: h.MaxWindow, caps: caps, image: h.Image, conn: h.Conn}
 }
 
 // sizeOffer sets the chunk size and window of t's next offer: the

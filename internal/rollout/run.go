@@ -572,11 +572,6 @@ func (e *Engine) onHello(device string, h protocol.Hello) {
 		e.Logger.Error("save device", "device", device, "err", err)
 	}
 	e.ready[device] = true
-	if h.Conn != 0 {
-		e.conns[device] = h.Conn
-	} else {
-		delete(e.conns, device)
-	}
 	e.noteLimits(device, h)
 	t := e.active[device]
 	if held := h.Transfer; held != nil && (t == nil || t.r.u.ID != held.Update) {
@@ -708,7 +703,6 @@ func skipReason(d fleet.Device, fw fleet.Firmware, pol fleet.Policy) fleet.Reaso
 func (e *Engine) deviceOffline(device string) {
 	delete(e.ready, device)
 	delete(e.limits, device)
-	delete(e.conns, device)
 	if err := e.Store.SetDeviceOnline(device, false, e.now().UTC()); err != nil {
 		e.Logger.Error("save device presence", "device", device, "err", err)
 	}
