@@ -131,6 +131,10 @@ func TestEngine_BadMessageFloodLogsBoundedLinesAndASummary(t *testing.T) {
 		d.c.Publish(protocol.UpTopic("noisy", protocol.KindReport), 0, false, []byte("{not json"))
 	}
 	eventually(t, 30*time.Second, func() bool { return h.engine.Stats().BadMessages >= n }, "every bad message counted")
+	// A message is counted bad before its line is written or suppressed.
+	eventually(t, 5*time.Second, func() bool {
+		return int64(logs.count("bad device message"))+h.engine.Stats().LogLinesSuppressed >= n
+	}, "every bad message's line written or suppressed")
 	st := h.engine.Stats()
 	assert.EqualValues(t, n, st.BadMessages)
 	lines := logs.count("bad device message")
